@@ -1,0 +1,28 @@
+"""adapterlab: attach, train, evaluate and measure parameter-efficient adapters on transformers models."""
+
+from .architectures import ARCHITECTURES, Architecture
+from .checkpoint import export_peft, load_adapter, load_peft, save_adapter
+from .config import AdapterConfig
+from .engine import (
+    active_adapters,
+    adapter_names,
+    attach,
+    count_parameters,
+    detach,
+    disabled,
+    get_config,
+    merge,
+    set_active,
+    unmerge,
+)
+from .errors import AdapterError, IncompatibleAdapterError, NotMergeableError, TargetNotFoundError
+from .registry import config_class, make_config, method_names
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ARCHITECTURES", "AdapterConfig", "AdapterError", "Architecture", "IncompatibleAdapterError",
+    "NotMergeableError", "TargetNotFoundError", "active_adapters", "adapter_names", "attach", "config_class",
+    "count_parameters", "detach", "disabled", "export_peft", "get_config", "load_adapter", "load_peft",
+    "make_config", "merge", "method_names", "save_adapter", "set_active", "unmerge",
+]

@@ -1,0 +1,215 @@
+"""Saving and loading adapters: `adapter_config.json` + `adapter.safetensors`, PEFT format in and out.
+
+Only adapter parameters are written, keyed by the host layer's path without the adapter name, so an
+adapter can be loaded under any name. Files are written to a temporary name and renamed into place,
+so an interrupted save never leaves a half-written adapter. Loading never unpickles anything.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from . import __name__ as _pkg  # noqa: F401
+from .engine import HOST_ATTR, attach, get_config, placed, set_active
+from .errors import AdapterError, IncompatibleAdapterError
+from .registry import config_from_dict
+from .sites import model_type_of
+
+CONFIG_NAME = "adapter_config.json"
+WEIGHTS_NAME = "adapter.safetensors"
+PEFT_WEIGHTS_NAME = "adapter_model.safetensors"
+FORMAT_VERSION = 1
+
+
+def base_model_info(model: nn.Module) -> dict[str, Any]:
+    """What a saved adapter records about its base model, to refuse loading into another one."""
+    config = getattr(model, "config", None)
+    info = {"model_type": model_type_of(model), "name_or_path": getattr(config, "_name_or_path", None)}
+    for key in ("hidden_size", "num_hidden_layers", "vocab_size"):
+        value = getattr(config, key, None)
+        if isinstance(value, int):
+            info[key] = value
+    return info
+
+
+def adapter_state_dict(model: nn.Module, name: str = "default") -> dict[str, torch.Tensor]:
+    """The parameters and buffers of adapter `name`, keyed '<host path>.<parameter>'."""
+    get_config(model, name)
+    state = {}
+    for path, _, adapter in placed(model, name):
+        for key, tensor in adapter.state_dict().items():
+            state[f"{path}.{key}" if path else key] = tensor
+    return state
+
+
+def write_atomic(path: Path, write) -> None:
+    """Call write(tmp_path) and rename the result to `path`, so readers never see a partial file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    def write(tmp: str) -> None:
+        Path(tmp).write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
+
+    write_atomic(path, write)
+
+
+def save_adapter(model: nn.Module, directory: str | os.PathLike, name: str = "default") -> Path:
+    """Write adapter `name` to `directory` (adapter_config.json + adapter.safetensors)."""
+    directory = Path(directory)
+    config = get_config(model, name)
+    state = {k: v.detach().to("cpu").contiguous() for k, v in adapter_state_dict(model, name).items()}
+    if any(t.is_meta for t in state.values()):
+        raise AdapterError("The adapter lives on the meta device and has no values to save; load real weights first.")
+    write_atomic(directory / WEIGHTS_NAME, lambda tmp: save_file(state, tmp, metadata={"format": "pt"}))
+    data = {**config.to_dict(), "base_model": base_model_info(model), "adapterlab_format": FORMAT_VERSION}
+    write_json(directory / CONFIG_NAME, data)
+    return directory
+
+
+def _locate(path: str | os.PathLike, filename: str) -> Path:
+    """A file of a saved adapter in a local folder or, failing that, a hub repository."""
+    local = Path(path)
+    if local.is_dir():
+        if not (local / filename).is_file():
+            raise AdapterError(f"{local} has no {filename}; is it an adapter folder written by save_adapter?")
+        return local / filename
+    if local.exists():
+        raise AdapterError(f"{local} is a file; pass the folder that holds {CONFIG_NAME}.")
+    try:
+        from huggingface_hub import hf_hub_download
+
+        return Path(hf_hub_download(str(path), filename))
+    except Exception as exc:  # network errors, missing repos
+        raise AdapterError(f"No adapter folder {str(path)!r} here, and fetching it from the hub failed: {exc}") from exc
+
+
+def read_adapter_config(path: str | os.PathLike) -> dict[str, Any]:
+    file = _locate(path, CONFIG_NAME)
+    try:
+        return json.loads(file.read_text())
+    except json.JSONDecodeError as exc:
+        raise AdapterError(f"{file} is not valid JSON ({exc}).") from exc
+
+
+def _check_base(saved: dict[str, Any], model: nn.Module, where: str) -> None:
+    ours = base_model_info(model)
+    for key in ("model_type", "hidden_size", "num_hidden_layers"):
+        if key in saved and key in ours and saved[key] != ours[key]:
+            raise IncompatibleAdapterError(
+                f"The adapter in {where} was made for a {saved.get('model_type')} model with {key}="
+                f"{saved[key]}, but this model has {key}={ours[key]} (base model "
+                f"{saved.get('name_or_path')!r}). Load it into the base model it was trained on."
+            )
+
+
+def load_state(model: nn.Module, name: str, state: dict[str, torch.Tensor], where: str) -> None:
+    """Copy saved tensors into adapter `name`, refusing missing, extra or mis-shaped entries."""
+    expected = adapter_state_dict(model, name)
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    if missing or unexpected:
+        raise IncompatibleAdapterError(
+            f"The adapter in {where} does not fit this model: {len(missing)} missing entries "
+            f"(e.g. {missing[:2]}) and {len(unexpected)} unexpected ones (e.g. {unexpected[:2]}). "
+            "It was probably made for another architecture or with other targets."
+        )
+    for key, tensor in state.items():
+        if tensor.shape != expected[key].shape:
+            raise IncompatibleAdapterError(
+                f"The adapter in {where} has {key} of shape {tuple(tensor.shape)}, but this model needs "
+                f"{tuple(expected[key].shape)}: it was made for a model of another size."
+            )
+    with torch.no_grad():
+        for key, target in expected.items():
+            if target.is_meta:
+                raise AdapterError("Cannot load an adapter into a model on the meta device; load the base weights first.")
+            target.copy_(state[key].to(target.dtype))
+
+
+def load_adapter(
+    model: nn.Module, path: str | os.PathLike, name: str = "default", *, trainable: bool = False, **attach_options: Any
+) -> nn.Module:
+    """Attach the adapter saved in `path` (a folder or hub id) to `model` as `name`; frozen unless trainable."""
+    saved = read_adapter_config(path)
+    if "method" not in saved:
+        if "peft_type" in saved:
+            raise AdapterError(f"{path} holds a PEFT adapter; load it with adapterlab.load_peft(model, path).")
+        raise AdapterError(f"{path}/{CONFIG_NAME} has no 'method'; it was not written by adapterlab.")
+    _check_base(saved.get("base_model", {}), model, str(path))
+    config = config_from_dict(saved)
+    state = load_file(str(_locate(path, WEIGHTS_NAME)))
+    attach(model, config, name=name, **attach_options)
+    try:
+        load_state(model, name, state, str(path))
+    except Exception:
+        from .engine import detach
+
+        detach(model, name)
+        raise
+    set_active(model, name, trainable=trainable)
+    return model
+
+
+def export_peft(model: nn.Module, directory: str | os.PathLike, name: str = "default") -> Path:
+    """Write adapter `name` in PEFT's format, loadable by `peft.PeftModel.from_pretrained`."""
+    config = get_config(model, name)
+    to_peft = getattr(config, "to_peft", None)
+    if to_peft is None:
+        raise AdapterError(f"{config.method} has no PEFT counterpart to export to; use save_adapter instead.")
+    peft_config = to_peft(model, [site for _, _, a in placed(model, name) for site in [a._site]])
+    peft_config.setdefault("base_model_name_or_path", base_model_info(model).get("name_or_path"))
+    state = {f"base_model.model.{k}": v.detach().cpu().contiguous() for k, v in adapter_state_dict(model, name).items()}
+    directory = Path(directory)
+    write_atomic(directory / PEFT_WEIGHTS_NAME, lambda tmp: save_file(state, tmp, metadata={"format": "pt"}))
+    write_json(directory / CONFIG_NAME, peft_config)
+    return directory
+
+
+def load_peft(model: nn.Module, path: str | os.PathLike, name: str = "default", *, trainable: bool = False) -> nn.Module:
+    """Attach a PEFT adapter folder (adapter_config.json + adapter_model.safetensors) to `model`."""
+    saved = read_adapter_config(path)
+    peft_type = saved.get("peft_type")
+    from .registry import METHODS, config_class
+
+    for method in METHODS:
+        cls = config_class(method)
+        if getattr(cls, "peft_type", None) == peft_type and hasattr(cls, "from_peft"):
+            config = cls.from_peft(saved)
+            break
+    else:
+        raise AdapterError(f"{path}: PEFT adapter type {peft_type!r} cannot be imported; adapterlab imports LoRA and IA3.")
+    raw = load_file(str(_locate(path, PEFT_WEIGHTS_NAME)))
+    state = {}
+    for key, tensor in raw.items():
+        key = key.removeprefix("base_model.model.")
+        state[config.peft_key_to_ours(key) if hasattr(config, "peft_key_to_ours") else key] = tensor
+    attach(model, config, name=name)
+    try:
+        load_state(model, name, state, str(path))
+    except Exception:
+        from .engine import detach
+
+        detach(model, name)
+        raise
+    set_active(model, name, trainable=trainable)
+    return model
+
+
+__all__ = ["save_adapter", "load_adapter", "export_peft", "load_peft", "adapter_state_dict", "HOST_ATTR"]

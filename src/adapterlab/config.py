@@ -1,0 +1,93 @@
+"""The base config dataclass every adapter method extends (one dataclass per method, like PEFT)."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from .errors import AdapterError
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from .methods.base import Adapter
+    from .sites import Site
+
+
+@dataclass
+class AdapterConfig:
+    """Options shared by every method.
+
+    targets: module-name suffixes (``"q_proj"``) or logical names (``q k v o up gate down attn mlp``);
+    ``None`` means the method's ``default_targets``. layers: restrict to these block indices.
+    """
+
+    method: ClassVar[str] = ""
+    default_targets: ClassVar[tuple[str, ...]] = ()
+    mergeable: ClassVar[bool] = False
+    # site kinds the method can use: "module" (one layer), "sublayer" (attn/mlp), "model" (the forward call)
+    site_kinds: ClassVar[tuple[str, ...]] = ("module",)
+
+    targets: list[str] | None = None
+    layers: list[int] | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.targets, str):
+            self.targets = [t.strip() for t in self.targets.split(",") if t.strip()]
+        if self.targets is not None and not self.targets:
+            raise AdapterError(f"{self.method}: `targets` is empty; name at least one module or leave it unset.")
+        if self.targets is not None:
+            self.targets = list(self.targets)
+        if self.layers is not None:
+            self.layers = [int(i) for i in self.layers]
+        self.validate()
+
+    def validate(self) -> None:
+        """Check option values; methods override and raise AdapterError naming the option."""
+
+    def build(self, site: "Site", model: "nn.Module") -> "Adapter":
+        """The adapter module for one site; must not read weight values (attach works on meta models)."""
+        raise NotImplementedError
+
+    @property
+    def resolved_targets(self) -> list[str]:
+        return list(self.targets) if self.targets is not None else list(self.default_targets)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {"method": self.method}
+        out.update(dataclasses.asdict(self))
+        return out
+
+    @classmethod
+    def option_names(cls) -> list[str]:
+        return [f.name for f in dataclasses.fields(cls)]
+
+    @classmethod
+    def from_options(cls, **options: Any) -> "AdapterConfig":
+        """Build from keyword options, rejecting unknown ones with the list of valid names."""
+        known = set(cls.option_names())
+        unknown = sorted(set(options) - known)
+        if unknown:
+            raise AdapterError(
+                f"{cls.method}: unknown option(s) {unknown}. Valid options: {sorted(known)}."
+            )
+        try:
+            return cls(**options)
+        except TypeError as exc:  # pragma: no cover - dataclass signature errors
+            raise AdapterError(f"{cls.method}: {exc}") from exc
+
+
+def positive_int(method: str, name: str, value: Any) -> None:
+    """Raise AdapterError unless value is a positive int."""
+    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+        raise AdapterError(f"{method}: `{name}` must be a positive integer, got {value!r}.")
+
+
+def one_of(method: str, name: str, value: Any, allowed: tuple) -> None:
+    """Raise AdapterError unless value is one of allowed."""
+    if value not in allowed:
+        raise AdapterError(f"{method}: `{name}` must be one of {list(allowed)}, got {value!r}.")
+
+
+__all__ = ["AdapterConfig", "field", "positive_int", "one_of"]

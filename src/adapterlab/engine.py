@@ -1,0 +1,245 @@
+"""The adapter engine: place adapter modules at sites, switch them, merge them, count parameters.
+
+Adapter modules live in the model tree (a ModuleDict named `adapterlab` on each host layer, keyed by
+adapter name) so that `state_dict`, `.to()` and optimizers see them; forward hooks on the host layers
+run them. Base weights and module classes stay as they are. What adapters a model carries is kept
+on the model itself (`model.adapterlab_configs`, `model.adapterlab_active`), never globally.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
+from torch import nn
+
+from .architectures import Architecture
+from .config import AdapterConfig
+from .errors import AdapterError, NotMergeableError
+from .methods.base import Adapter
+from .registry import METHODS, make_config
+from .sites import Site, resolve_sites
+
+HOST_ATTR = "adapterlab"
+
+
+def adapter_names(model: nn.Module) -> list[str]:
+    """Names of the adapters attached to `model`, in the order they were attached."""
+    return list(getattr(model, "adapterlab_configs", {}))
+
+
+def get_config(model: nn.Module, name: str = "default") -> AdapterConfig:
+    configs = getattr(model, "adapterlab_configs", {})
+    if name not in configs:
+        raise AdapterError(f"No adapter named {name!r} on this model; it has {list(configs) or 'none'}.")
+    return configs[name]
+
+
+def placed(model: nn.Module, name: str | None = None) -> Iterator[tuple[str, nn.Module, Adapter]]:
+    """(host path, host module, adapter) for every placed adapter module (of `name`, if given)."""
+    for path, host in model.named_modules():
+        slot = host._modules.get(HOST_ATTR) if hasattr(host, "_modules") else None
+        if isinstance(slot, nn.ModuleDict):
+            for adapter_name, adapter in slot.items():
+                if name is None or adapter_name == name:
+                    yield path, host, adapter
+
+
+def _sites_for(model: nn.Module, config: AdapterConfig, architecture: Architecture | dict | None) -> list[Site]:
+    if config.site_kinds == ("model",):
+        return [Site("model", "", "", config.method)]
+    sites = resolve_sites(model, config.resolved_targets, config.layers, architecture)
+    bad = [s for s in sites if s.kind not in config.site_kinds]
+    if bad:
+        raise AdapterError(
+            f"{config.method} cannot be placed at {bad[0].kind} site {bad[0].target!r}; it takes "
+            f"{' or '.join(config.site_kinds)} targets (e.g. logical q k v o up gate down or module names)."
+        )
+    return sites
+
+
+def _install_hooks(model: nn.Module, site: Site, adapter: Adapter) -> list:
+    """Register the forward hooks that run `adapter` at `site`; returns their handles."""
+    if site.kind == "model":
+        def pre(module, args, kwargs):
+            return adapter.before_model(module, args, kwargs) if adapter.applies else None
+
+        def post(module, args, kwargs, output):
+            return adapter.after_model(module, args, kwargs, output) if adapter.applies else None
+
+        return [model.register_forward_pre_hook(pre, with_kwargs=True),
+                model.register_forward_hook(post, with_kwargs=True)]
+
+    host = model.get_submodule(site.path)
+    entry = model.get_submodule(site.entry)
+    handover = site.kind == "sublayer"  # the input seen at the entry layer is needed at the exit layer
+    seen: dict[str, Any] = {}
+
+    def entry_pre(module, args):
+        if not adapter.applies:
+            return None
+        x = adapter.adapt_input(args[0])
+        if handover:
+            seen["x"] = x
+        return (x, *args[1:]) if x is not args[0] else None
+
+    def exit_post(module, args, output):
+        if not adapter.applies:
+            return None
+        x = seen.pop("x") if handover else args[0]
+        return adapter.adapt_output(x, output)
+
+    return [entry.register_forward_pre_hook(entry_pre), host.register_forward_hook(exit_post)]
+
+
+def _host(model: nn.Module, site: Site) -> nn.Module:
+    return model if site.kind == "model" else model.get_submodule(site.path)
+
+
+def attach(
+    model: nn.Module,
+    method: str | AdapterConfig,
+    name: str = "default",
+    *,
+    architecture: Architecture | dict[str, Any] | None = None,
+    **options: Any,
+) -> nn.Module:
+    """Place adapter `method` (a registered name with options, or a config object) on `model` in place.
+
+    Every base parameter is frozen; the new adapter becomes the only active one. Returns `model`.
+    """
+    config = make_config(method, **options)
+    if not isinstance(name, str) or not name.isidentifier():
+        raise AdapterError(f"Adapter name {name!r} must be a Python identifier, e.g. 'default' or 'math_lora'.")
+    configs: dict[str, AdapterConfig] = getattr(model, "adapterlab_configs", {})
+    if name in configs:
+        raise AdapterError(f"An adapter named {name!r} is already attached; pick another name or detach it first.")
+    sites = _sites_for(model, config, architecture)
+    modules = [(site, config.build(site, model)) for site in sites]  # build all before touching the model
+    for site, adapter in modules:
+        host = _host(model, site)
+        if HOST_ATTR not in host._modules:
+            host.add_module(HOST_ATTR, nn.ModuleDict())
+        host._modules[HOST_ATTR][name] = adapter
+        adapter._hook_handles = _install_hooks(model, site, adapter)
+        adapter._site = site
+    model.adapterlab_configs = {**configs, name: config}
+    for parameter in model.parameters():
+        parameter.requires_grad_(False)
+    set_active(model, name)
+    return model
+
+
+def detach(model: nn.Module, name: str = "default") -> nn.Module:
+    """Remove adapter `name` (unmerging it first if it was merged)."""
+    get_config(model, name)
+    for _, host, adapter in list(placed(model, name)):
+        if adapter.merged:
+            adapter.unmerge(host)
+        for handle in adapter._hook_handles:
+            handle.remove()
+        del host._modules[HOST_ATTR][name]
+        if not len(host._modules[HOST_ATTR]):
+            del host._modules[HOST_ATTR]
+    configs = dict(model.adapterlab_configs)
+    configs.pop(name)
+    model.adapterlab_configs = configs
+    model.adapterlab_active = [n for n in model.adapterlab_active if n != name]
+    return model
+
+
+def set_active(model: nn.Module, names: str | list[str], trainable: bool = True) -> None:
+    """Make exactly `names` active (their parameters trainable unless trainable=False); others are off."""
+    names = [names] if isinstance(names, str) else list(names)
+    known = adapter_names(model)
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise AdapterError(f"Unknown adapter(s) {unknown}; this model has {known or 'none'}.")
+    for _, _, adapter in placed(model):
+        adapter.active = False
+        adapter.requires_grad_(False)
+    for name in names:
+        for _, _, adapter in placed(model, name):
+            adapter.active = True
+            adapter.requires_grad_(trainable)
+    model.adapterlab_active = names
+
+
+def active_adapters(model: nn.Module) -> list[str]:
+    return list(getattr(model, "adapterlab_active", []))
+
+
+@contextlib.contextmanager
+def disabled(model: nn.Module) -> Iterator[nn.Module]:
+    """Run the bare base model inside the block (merged adapters are unmerged for it and re-merged after)."""
+    states = [(host, a, a.active, a.merged) for _, host, a in placed(model)]
+    for host, adapter, _, merged in states:
+        if merged:
+            adapter.unmerge(host)
+            adapter.merged = False
+        adapter.active = False
+    try:
+        yield model
+    finally:
+        for host, adapter, active, merged in states:
+            adapter.active = active
+            if merged:
+                adapter.merge(host)
+                adapter.merged = True
+
+
+def _check_mergeable(model: nn.Module, names: list[str]) -> None:
+    for name in names:
+        config = get_config(model, name)
+        if not config.mergeable:
+            mergeable = sorted(m for m in METHODS if _is_mergeable(m))
+            raise NotMergeableError(
+                f"Adapter {name!r} ({config.method}) cannot be merged into the base weights: its modules are "
+                f"not linear in the layer they adapt. Mergeable methods: {', '.join(mergeable)}. Keep it "
+                "unmerged for inference."
+            )
+
+
+def _is_mergeable(method: str) -> bool:
+    from .registry import config_class
+
+    return config_class(method).mergeable
+
+
+def merge(model: nn.Module, names: str | list[str] | None = None) -> nn.Module:
+    """Fold the active (or named) adapters into the base weights; outputs stay the same."""
+    names = active_adapters(model) if names is None else ([names] if isinstance(names, str) else list(names))
+    _check_mergeable(model, names)
+    for name in names:
+        for _, host, adapter in placed(model, name):
+            if not adapter.merged:
+                adapter.merge(host)
+                adapter.merged = True
+    return model
+
+
+def unmerge(model: nn.Module, names: str | list[str] | None = None) -> nn.Module:
+    """Take merged adapters back out of the base weights, restoring them."""
+    names = adapter_names(model) if names is None else ([names] if isinstance(names, str) else list(names))
+    _check_mergeable(model, names)
+    for name in names:
+        for _, host, adapter in placed(model, name):
+            if adapter.merged:
+                adapter.unmerge(host)
+                adapter.merged = False
+    return model
+
+
+def count_parameters(model: nn.Module) -> tuple[int, int]:
+    """(trainable, total) parameter counts; total includes adapter parameters. Works on meta models."""
+    trainable = total = 0
+    seen: set[int] = set()
+    for parameter in model.parameters():
+        if id(parameter) in seen:
+            continue
+        seen.add(id(parameter))
+        total += parameter.numel()
+        if parameter.requires_grad:
+            trainable += parameter.numel()
+    return trainable, total

@@ -1,0 +1,1 @@
+"""Adapter methods: one file each, a config dataclass and the module it places at a site."""

@@ -1,0 +1,58 @@
+"""What every adapter module can do at its site; the engine calls these from forward hooks.
+
+A module at a "module" or "sublayer" site sees the site's input `x` and output `y`:
+`adapt_input(x)` may change the input before the host layer runs (IA3 on the MLP) and
+`adapt_output(x, y)` returns the new output (LoRA: y + BAx; series: y + f(y); parallel: y + f(x)).
+A module at the "model" site rewrites the model's call (`before_model`) and result (`after_model`),
+as prompt and prefix tuning do.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import NotMergeableError
+
+
+class Adapter(nn.Module):
+    """Base class of the modules that adapter methods place in a model."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.active = True
+        self.merged = False
+
+    @property
+    def applies(self) -> bool:
+        """Whether the hooks should run this adapter now (active and not folded into the base)."""
+        return self.active and not self.merged
+
+    def adapt_input(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+    def adapt_output(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return y
+
+    def before_model(self, model: nn.Module, args: tuple, kwargs: dict[str, Any]) -> tuple[tuple, dict[str, Any]]:
+        return args, kwargs
+
+    def after_model(self, model: nn.Module, args: tuple, kwargs: dict[str, Any], output: Any) -> Any:
+        return output
+
+    def merge(self, host: nn.Module) -> None:
+        """Fold this adapter into `host`'s weights so that inference costs nothing extra."""
+        raise NotMergeableError(f"{type(self).__name__} cannot be merged into the base weights.")
+
+    def unmerge(self, host: nn.Module) -> None:
+        """Undo `merge`, restoring the base weights."""
+        raise NotMergeableError(f"{type(self).__name__} cannot be unmerged.")
+
+
+def in_dtype_of(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """x cast to the dtype of module's parameters (adapters may be kept in float32 over a half base)."""
+    for p in module.parameters():
+        return x if x.dtype == p.dtype else x.to(p.dtype)
+    return x

@@ -1,0 +1,52 @@
+"""Method name -> config class. A new method is one file in `methods/` plus one line here."""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from .config import AdapterConfig
+from .errors import AdapterError
+
+# name: ("module:ConfigClass", preset options applied before the user's options)
+METHODS: dict[str, tuple[str, dict[str, Any]]] = {
+    "lora": ("adapterlab.methods.lora:LoraConfig", {}),
+}
+
+
+def method_names() -> list[str]:
+    return sorted(METHODS)
+
+
+def config_class(method: str) -> type[AdapterConfig]:
+    """The config dataclass registered under `method`."""
+    if method not in METHODS:
+        raise AdapterError(f"Unknown adapter method {method!r}. Known methods: {', '.join(method_names())}.")
+    module_name, class_name = METHODS[method][0].split(":")
+    return getattr(importlib.import_module(module_name), class_name)
+
+
+def make_config(method: str | AdapterConfig, **options: Any) -> AdapterConfig:
+    """A config object from a method name and options (presets filled in), or the config given."""
+    if isinstance(method, AdapterConfig):
+        if options:
+            raise AdapterError(
+                f"Options {sorted(options)} were given beside a {type(method).__name__} object; "
+                "set them on the config instead."
+            )
+        return method
+    if not isinstance(method, str):
+        raise AdapterError(f"method must be a registered name or an AdapterConfig, got {type(method).__name__}.")
+    cls = config_class(method)
+    return cls.from_options(**{**METHODS[method][1], **options})
+
+
+def config_from_dict(data: dict[str, Any]) -> AdapterConfig:
+    """Rebuild a config saved by `AdapterConfig.to_dict` (the `method` key picks the class)."""
+    data = dict(data)
+    method = data.pop("method", None)
+    if method is None:
+        raise AdapterError("adapter config has no 'method' field; it was not written by adapterlab.")
+    cls = config_class(method)
+    known = set(cls.option_names())
+    return cls.from_options(**{k: v for k, v in data.items() if k in known})

@@ -1,0 +1,165 @@
+"""Resolving an adapter's targets to sites: the places in a model where its modules go.
+
+A target is a module-name suffix (``"q_proj"``, matched like PEFT), a logical projection
+(``q k v o up gate down``, or ``qkv``), or a sublayer (``attn``, ``mlp``). Logical names go through
+the model family's row in `architectures`, or `discovery` for families without one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from torch import nn
+
+from .architectures import ARCHITECTURES, LOGICAL_PROJECTIONS, SUBLAYERS, Architecture
+from .discovery import discover
+from .errors import AdapterError, TargetNotFoundError
+from .layers import is_linear
+
+
+@dataclass(frozen=True)
+class Site:
+    """One place for one adapter module.
+
+    kind: "module" (a single layer: the adapter sees its input and output), "sublayer" (from the
+    input of `entry` to the output of `path`), or "model" (the whole model's forward call).
+    """
+
+    kind: str
+    path: str
+    entry: str
+    target: str
+    layer: int | None = None
+
+
+def model_type_of(model: nn.Module) -> str:
+    config = getattr(model, "config", None)
+    return getattr(config, "model_type", None) or type(model).__name__
+
+
+def architecture_of(model: nn.Module, override: Architecture | dict[str, Any] | None = None) -> Architecture:
+    """The model's Architecture: the user's override, the table row, or what discovery finds."""
+    if isinstance(override, Architecture):
+        return override
+    model_type = model_type_of(model)
+    if isinstance(override, dict):
+        base = ARCHITECTURES.get(model_type) or Architecture(name=model_type, blocks="")
+        fields = {"name": f"{model_type}+override", **override}
+        return Architecture(**{**base.__dict__, **fields})
+    if model_type in ARCHITECTURES:
+        return ARCHITECTURES[model_type]
+    found = discover(model, model_type)
+    if found is None:
+        raise AdapterError(
+            f"Model type {model_type!r} has no architecture row and no transformer blocks were found. "
+            "Pass targets as module-name suffixes (e.g. targets=['q_proj', 'v_proj']) or describe the "
+            "model with architecture={'blocks': ..., 'q': ..., ...}."
+        )
+    return found
+
+
+def block_paths(model: nn.Module, arch: Architecture) -> list[str]:
+    """Full names of the model's blocks, in order."""
+    for name, module in model.named_modules():
+        if isinstance(module, nn.ModuleList) and (name == arch.blocks or name.endswith("." + arch.blocks)):
+            return [f"{name}.{i}" for i in range(len(module))]
+    raise AdapterError(
+        f"No block list named {arch.blocks!r} in this {model_type_of(model)} model; pass "
+        "architecture={'blocks': '<name of the ModuleList of blocks>', ...}."
+    )
+
+
+def _needs_architecture(targets: list[str], layers: list[int] | None) -> bool:
+    logical = set(LOGICAL_PROJECTIONS) | set(SUBLAYERS) | {"qkv"}
+    return layers is not None or any(t in logical for t in targets)
+
+
+def _expand_fused(targets: list[str], arch: Architecture) -> list[str]:
+    """Map q/k/v onto the fused projection (all three or none), or expand 'qkv' where unfused."""
+    qkv_asked = [t for t in targets if t in ("q", "k", "v")]
+    rest = [t for t in targets if t not in ("q", "k", "v", "qkv")]
+    if arch.qkv:
+        if qkv_asked and len(set(qkv_asked)) < 3:
+            raise AdapterError(
+                f"{arch.name} fuses q, k and v into one projection ({arch.qkv!r}); adapting "
+                f"only {sorted(set(qkv_asked))} is not supported. Target all of q,k,v (or 'qkv') to adapt "
+                "the fused projection as a whole."
+            )
+        return (["qkv"] if qkv_asked or "qkv" in targets else []) + rest
+    if "qkv" in targets:
+        qkv_asked = ["q", "k", "v"]
+    return list(dict.fromkeys(qkv_asked)) + rest
+
+
+def _logical_sites(model: nn.Module, arch: Architecture, target: str, layers: list[int] | None) -> list[Site]:
+    blocks = block_paths(model, arch)
+    chosen = range(len(blocks)) if layers is None else layers
+    for i in chosen:
+        if not 0 <= i < len(blocks):
+            raise AdapterError(f"layers: block {i} does not exist; this model has blocks 0..{len(blocks) - 1}.")
+    sites = []
+    for i in chosen:
+        block = blocks[i]
+        if target in SUBLAYERS:
+            entry = arch.attn_entry if target == "attn" else arch.mlp_entry
+            exit_ = arch.o if target == "attn" else arch.down
+            if entry is None or exit_ is None:
+                raise TargetNotFoundError(
+                    f"The {arch.name} architecture row does not say where the {target} sublayer starts and ends; "
+                    "pass architecture={...} with its projections, or target modules by name."
+                )
+            sites.append(Site("sublayer", f"{block}.{exit_}", f"{block}.{entry}", target, i))
+        else:
+            rel = arch.projection(target)
+            if rel is None:
+                raise TargetNotFoundError(
+                    f"{arch.name} has no {target!r} projection. It has: "
+                    f"{[p for p in (*LOGICAL_PROJECTIONS, 'qkv') if arch.projection(p)]}."
+                )
+            sites.append(Site("module", f"{block}.{rel}", f"{block}.{rel}", target, i))
+    return sites
+
+
+def _suffix_sites(model: nn.Module, target: str, layer_of: dict[str, int], layers: list[int] | None) -> list[Site]:
+    sites = []
+    for name, _ in model.named_modules():
+        if name == target or name.endswith("." + target):
+            layer = next((i for prefix, i in layer_of.items() if name.startswith(prefix + ".")), None)
+            if layers is None or layer in layers:
+                sites.append(Site("module", name, name, target, layer))
+    return sites
+
+
+def linear_suffixes(model: nn.Module) -> list[str]:
+    """Distinct last name parts of the model's linear layers, for error messages."""
+    return sorted({name.rsplit(".", 1)[-1] for name, m in model.named_modules() if is_linear(m)})
+
+
+def resolve_sites(
+    model: nn.Module,
+    targets: list[str],
+    layers: list[int] | None = None,
+    architecture: Architecture | dict[str, Any] | None = None,
+) -> list[Site]:
+    """Every site named by `targets`; an error for any target that names nothing."""
+    arch = architecture_of(model, architecture) if _needs_architecture(targets, layers) or architecture else None
+    layer_of: dict[str, int] = {}
+    if arch is not None:
+        layer_of = {path: i for i, path in enumerate(block_paths(model, arch))}
+        targets = _expand_fused(targets, arch)
+    sites: dict[str, Site] = {}
+    for target in targets:
+        if arch is not None and (target in LOGICAL_PROJECTIONS or target in SUBLAYERS or target == "qkv"):
+            found = _logical_sites(model, arch, target, layers)
+        else:
+            found = _suffix_sites(model, target, layer_of, layers)
+        if not found:
+            raise TargetNotFoundError(
+                f"Target {target!r} matches no module of this {model_type_of(model)} model. Use a logical name "
+                f"(q k v o up gate down attn mlp) or a module-name suffix; its linear layers are named "
+                f"{linear_suffixes(model)}."
+            )
+        for site in found:
+            sites.setdefault(site.path, site)
+    return list(sites.values())
