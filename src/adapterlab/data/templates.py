@@ -1,0 +1,41 @@
+"""Prompt templates shared by training and evaluation, so that both format an example the same way.
+
+`alpaca` is the prompt of LLM-Adapters (Alpaca's, with "### Instruction:/### Input:/### Response:"
+sections); `chat` uses the tokenizer's own chat template with the instruction (and input) as the user turn.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+TEMPLATES = ("alpaca", "chat")
+
+ALPACA_WITH_INPUT = (
+    "Below is an instruction that describes a task, paired with an input that provides further context. "
+    "Write a response that appropriately completes the request.\n\n"
+    "### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:\n"
+)
+ALPACA_NO_INPUT = (
+    "Below is an instruction that describes a task. Write a response that appropriately completes the request.\n\n"
+    "### Instruction:\n{instruction}\n\n### Response:\n"
+)
+# Generation stops when the model starts a new section of the Alpaca prompt.
+STOP_STRINGS = ("### Instruction",)
+
+
+def build_prompt(record: dict[str, Any], template: str = "alpaca", tokenizer: Any = None) -> str:
+    """The prompt for `record` (instruction and optional input), ending where the response begins."""
+    instruction = str(record.get("instruction", "")).strip()
+    extra = str(record.get("input") or "").strip()
+    if template == "alpaca":
+        if extra:
+            return ALPACA_WITH_INPUT.format(instruction=instruction, input=extra)
+        return ALPACA_NO_INPUT.format(instruction=instruction)
+    if template == "chat":
+        if tokenizer is None or not getattr(tokenizer, "chat_template", None):
+            raise ValueError("--template chat needs a tokenizer with a chat template; this one has none. Use --template alpaca.")
+        content = f"{instruction}\n\n{extra}" if extra else instruction
+        return tokenizer.apply_chat_template(
+            [{"role": "user", "content": content}], tokenize=False, add_generation_prompt=True
+        )
+    raise ValueError(f"Unknown template {template!r}; choose one of {', '.join(TEMPLATES)}.")
