@@ -1,0 +1,41 @@
+"""The contract between a task (data + model head) and the training recipe in `adapterlab.train`."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from torch import nn
+
+
+@dataclass
+class TaskOptions:
+    """What every task receives: the model spec, data paths and the task-specific options from the CLI."""
+
+    model: str
+    data: list[str]
+    eval_data: list[str] | None = None
+    val_size: int | float = 0
+    seed: int = 42
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class TaskSetup:
+    """What a task hands the recipe: a model with the right head, datasets, collator and metric.
+
+    `metric_name` is the dev metric used for best-checkpoint selection and early stopping (e.g.
+    "eval_loss" or "eval_accuracy"); `processor` (tokenizer / feature extractor) is saved with the run.
+    """
+
+    model: nn.Module
+    train_dataset: Any
+    eval_dataset: Any | None
+    data_collator: Callable | None
+    processor: Any = None
+    compute_metrics: Callable | None = None
+    metric_name: str = "eval_loss"
+    greater_is_better: bool = False
+    num_tokens: int | None = None  # total training tokens per epoch, for tokens/s in the summary
+    info: dict[str, Any] = field(default_factory=dict)  # reported in the run summary (e.g. decontamination)
