@@ -11,6 +11,11 @@ from .errors import AdapterError
 # name: ("module:ConfigClass", preset options applied before the user's options)
 METHODS: dict[str, tuple[str, dict[str, Any]]] = {
     "lora": ("adapterlab.methods.lora:LoraConfig", {}),
+    "series": ("adapterlab.methods.bottleneck:SeriesConfig", {}),
+    "houlsby": ("adapterlab.methods.bottleneck:SeriesConfig", {"targets": ["attn", "mlp"]}),
+    "pfeiffer": ("adapterlab.methods.bottleneck:SeriesConfig", {"targets": ["mlp"]}),
+    "parallel": ("adapterlab.methods.bottleneck:ParallelConfig", {}),
+    "scaled_parallel": ("adapterlab.methods.bottleneck:ParallelConfig", {"scaling": 4.0, "init": "zero"}),
 }
 
 
