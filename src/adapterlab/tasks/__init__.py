@@ -5,4 +5,6 @@ by `adapterlab train --task` to its module; one line per task.
 """
 
 TASKS: dict[str, str] = {
+    "audio-cls": "adapterlab.tasks.audio",
+    "image-cls": "adapterlab.tasks.image",
 }

@@ -1,0 +1,112 @@
+"""Labelled WAV folders for audio classification: listing, reading, resampling, spectrogram features.
+
+Audio is read with soundfile and resampled with `scipy.signal.resample_poly` (no torchaudio needed);
+features come from the model's feature extractor (e.g. transformers' ASTFeatureExtractor, which pads or
+truncates log-mel frames to its `max_length`).
+"""
+
+from __future__ import annotations
+
+import csv
+import re
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import soundfile
+import torch
+from scipy.signal import resample_poly
+
+AUDIO_SUFFIXES = (".wav", ".flac", ".ogg")
+DEFAULT_LABEL_PATTERN = r"^([^_]+)_"  # label = file-name prefix before the first "_", e.g. FSDD "7_theo_12.wav"
+
+
+def read_audio(path: str | Path, sampling_rate: int) -> np.ndarray:
+    """A mono float32 waveform in [-1, 1] at `sampling_rate` Hz (channels averaged, polyphase resampling)."""
+    waveform, rate = soundfile.read(str(path), dtype="float32", always_2d=True)
+    waveform = waveform.mean(axis=1)
+    if rate != sampling_rate:
+        ratio = Fraction(sampling_rate, rate)
+        waveform = resample_poly(waveform, ratio.numerator, ratio.denominator).astype(np.float32)
+    return waveform
+
+
+def list_audio(root: str | Path) -> list[Path]:
+    """Audio files under `root` (recursively), sorted by path."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"Audio folder {root} does not exist; pass a folder of .wav files.")
+    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES)
+    if not files:
+        raise ValueError(f"No {'/'.join(AUDIO_SUFFIXES)} files under {root}.")
+    return files
+
+
+def labels_from_names(files: list[Path], pattern: str = DEFAULT_LABEL_PATTERN) -> list[str]:
+    """The label of each file: the first group of regex `pattern` matched against its file name (no suffix)."""
+    regex = re.compile(pattern)
+    labels = []
+    for path in files:
+        match = regex.search(path.stem)
+        if match is None or not match.groups():
+            raise ValueError(f"Label pattern {pattern!r} (needs one group) does not match file name {path.name!r}; "
+                             "pass --label-pattern or a --labels-csv with file,label columns.")
+        labels.append(match.group(1))
+    return labels
+
+
+def labels_from_csv(files: list[Path], root: str | Path, csv_path: str | Path) -> list[str]:
+    """The label of each file from a CSV with `file,label` columns, `file` relative to `root`.
+
+    Rows for files that are not in `files` are ignored, so one CSV can label several folders.
+    """
+    with open(csv_path, newline="") as handle:
+        reader = csv.DictReader(handle)
+        if not reader.fieldnames or not {"file", "label"} <= set(reader.fieldnames):
+            raise ValueError(f"{csv_path} needs a header with 'file' and 'label' columns; found {reader.fieldnames}.")
+        table = {Path(row["file"]).as_posix(): row["label"].strip() for row in reader}
+    labels = []
+    for path in files:
+        key = path.relative_to(root).as_posix()
+        if key not in table:
+            raise ValueError(f"{csv_path} has no row for {key!r} (file names are relative to {root}); "
+                             "add it or remove the file.")
+        labels.append(table[key])
+    return labels
+
+
+def fsdd_test_files(files: list[Path]) -> list[bool]:
+    """Free Spoken Digit Dataset convention: `{digit}_{speaker}_{index}.wav` with index 0-4 is the test set."""
+    marks = []
+    for path in files:
+        parts = path.stem.split("_")
+        if len(parts) != 3 or not parts[2].isdigit():
+            raise ValueError(f"{path.name!r} is not named {{digit}}_{{speaker}}_{{index}}.wav as the FSDD split "
+                             "needs; use --split random with --val-size instead.")
+        marks.append(int(parts[2]) < 5)
+    return marks
+
+
+class AudioClassificationDataset(torch.utils.data.Dataset):
+    """(file, label id) pairs turned into `{"input_values", "labels"}` by a feature extractor on access.
+
+    Features are computed once per example and kept (they are deterministic), so later epochs are cheap.
+    """
+
+    def __init__(self, files: list[Path], labels: list[int], feature_extractor: Any) -> None:
+        if len(files) != len(labels):
+            raise ValueError(f"{len(files)} files but {len(labels)} labels.")
+        self.files, self.labels, self.feature_extractor = list(files), list(labels), feature_extractor
+        self._features: dict[int, np.ndarray] = {}
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        if index not in self._features:
+            rate = self.feature_extractor.sampling_rate
+            waveform = read_audio(self.files[index], rate)
+            features = self.feature_extractor(waveform, sampling_rate=rate, return_tensors="np")
+            self._features[index] = features["input_values"][0].astype(np.float32)
+        return {"input_values": self._features[index], "labels": self.labels[index]}

@@ -1,0 +1,45 @@
+"""Image folders for classification (`root/<class>/*.png|jpg|...`) read with Pillow for an image processor."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+
+
+def list_images(root: str | Path) -> tuple[list[Path], list[str]]:
+    """(image files, class name of each) for a folder holding one sub-folder per class, sorted by path."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"Image folder {root} does not exist; pass a folder with one sub-folder per class.")
+    files, labels = [], []
+    for class_dir in sorted(p for p in root.iterdir() if p.is_dir()):
+        for path in sorted(class_dir.rglob("*")):
+            if path.suffix.lower() in IMAGE_SUFFIXES:
+                files.append(path)
+                labels.append(class_dir.name)
+    if not files:
+        raise ValueError(f"No images under {root}/<class>/; expected files ending in {', '.join(IMAGE_SUFFIXES)}.")
+    return files, labels
+
+
+class ImageClassificationDataset(torch.utils.data.Dataset):
+    """(image file, label id) pairs turned into `{"pixel_values", "labels"}` by an image processor on access."""
+
+    def __init__(self, files: list[Path], labels: list[int], processor: Any) -> None:
+        if len(files) != len(labels):
+            raise ValueError(f"{len(files)} files but {len(labels)} labels.")
+        self.files, self.labels, self.processor = list(files), list(labels), processor
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        with Image.open(self.files[index]) as image:
+            pixels = self.processor(images=image.convert("RGB"), return_tensors="np")["pixel_values"][0]
+        return {"pixel_values": pixels.astype(np.float32), "labels": self.labels[index]}

@@ -1,0 +1,50 @@
+"""Seeded, class-aware selection of examples: train/dev splits and K-shot subsets for classification data.
+
+Both are deterministic functions of (labels, seed), independent of file-system order, so a run can be
+repeated exactly and two methods compared on the same examples.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import defaultdict
+from collections.abc import Sequence
+
+
+def _by_class(labels: Sequence[int]) -> dict[int, list[int]]:
+    groups: dict[int, list[int]] = defaultdict(list)
+    for index, label in enumerate(labels):
+        groups[label].append(index)
+    return dict(sorted(groups.items()))
+
+
+def stratified_split(labels: Sequence[int], val_size: int | float, seed: int) -> tuple[list[int], list[int]]:
+    """Indices (train, dev): a seeded dev share of every class; `val_size` is a fraction (< 1) or a count."""
+    if val_size <= 0:
+        return list(range(len(labels))), []
+    fraction = val_size if val_size < 1 else val_size / max(len(labels), 1)
+    if fraction >= 1:
+        raise ValueError(f"val_size {val_size} leaves no training examples out of {len(labels)}; use a smaller one.")
+    rng = random.Random(seed)
+    train, dev = [], []
+    for members in _by_class(labels).values():
+        members = members[:]
+        rng.shuffle(members)
+        take = min(max(1, round(fraction * len(members))), len(members) - 1) if len(members) > 1 else 0
+        dev += members[:take]
+        train += members[take:]
+    return sorted(train), sorted(dev)
+
+
+def few_shot(labels: Sequence[int], k: int, seed: int) -> list[int]:
+    """Indices of `k` examples of every class, drawn with `seed`; raises if a class has fewer than `k`."""
+    if k < 1:
+        raise ValueError(f"few_shot must be a positive number of examples per class, got {k}.")
+    rng = random.Random(seed)
+    chosen = []
+    for label, members in _by_class(labels).items():
+        if len(members) < k:
+            raise ValueError(f"Class {label} has only {len(members)} training examples, fewer than few_shot={k}; "
+                             "lower --few-shot or add data.")
+        chosen += rng.sample(members, k)
+    return sorted(chosen)

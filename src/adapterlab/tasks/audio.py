@@ -1,0 +1,76 @@
+"""Audio classification (task `audio-cls`) with an Audio Spectrogram Transformer on folders of audio files.
+
+Labels come from a `file,label` CSV or from a regex on the file names (default: the prefix before the
+first "_", which is the digit in the Free Spoken Digit Dataset). Audio is resampled to the feature
+extractor's rate and cut or padded to `max_length` frames; a checkpoint used at another length gets its
+position embeddings interpolated to the new patch grid (`adapterlab.posembed`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from transformers import default_data_collator
+
+from ..data.audio import (
+    DEFAULT_LABEL_PATTERN,
+    AudioClassificationDataset,
+    fsdd_test_files,
+    labels_from_csv,
+    labels_from_names,
+    list_audio,
+)
+from ..posembed import resize_ast_positions
+from .base import TaskOptions, TaskSetup
+from .classification import accuracy, head_modules
+from .labelled import load_classifier, select
+
+SPLITS = ("random", "fsdd")
+
+
+def read_folders(folders: list[str], labels_csv: str | None, label_pattern: str) -> tuple[list[Path], list[str]]:
+    """(audio files, label name of each) from one or more folders."""
+    files, names = [], []
+    for folder in folders:
+        found = list_audio(folder)
+        files += found
+        names += labels_from_csv(found, folder, labels_csv) if labels_csv else labels_from_names(found, label_pattern)
+    return files, names
+
+
+def prepare(options: TaskOptions) -> TaskSetup:
+    """AST classifier, spectrogram train/dev sets and accuracy for `adapterlab train --task audio-cls`.
+
+    options.options: labels_csv, label_pattern, split ("random": --val-size by seed, stratified; "fsdd":
+    file index 0-4 is the dev set), few_shot (K per class, by seed), max_length (spectrogram frames).
+    """
+    opts = options.options
+    labels_csv, pattern = opts.get("labels_csv"), opts.get("label_pattern") or DEFAULT_LABEL_PATTERN
+    split = opts.get("split") or "random"
+    if split not in SPLITS:
+        raise ValueError(f"--split must be one of {SPLITS}, got {split!r}.")
+    if split == "fsdd" and options.eval_data:
+        raise ValueError("--split fsdd takes the dev set from the training folder; drop it or --eval-data.")
+    files, names = read_folders(options.data, labels_csv, pattern)
+    chosen = select(
+        files, names, options,
+        dev_mask=fsdd_test_files(files) if split == "fsdd" else None,
+        dev=read_folders(options.eval_data, labels_csv, pattern) if options.eval_data else None,
+    )
+    labels = chosen["labels"]
+    max_length = opts.get("max_length")
+    model, extractor, pretrained = load_classifier(options, "audio-cls", labels, max_length=max_length)
+    if max_length and int(max_length) != model.config.max_length:
+        resize_ast_positions(model, int(max_length))  # checkpoint grid -> new grid, by interpolation
+    extractor.max_length = model.config.max_length
+    train = AudioClassificationDataset(*chosen["train"], extractor)
+    dev = AudioClassificationDataset(*chosen["dev"], extractor) if chosen["dev"][0] else None
+    return TaskSetup(
+        model=model, train_dataset=train, eval_dataset=dev, data_collator=default_data_collator,
+        processor=extractor, compute_metrics=accuracy, metric_name="eval_accuracy", greater_is_better=True,
+        info={"labels": labels, "train_records": len(train), "dev_records": len(dev) if dev else 0,
+              "split": "eval-data" if options.eval_data else split, "few_shot": opts.get("few_shot"),
+              "max_length": model.config.max_length, "sampling_rate": extractor.sampling_rate,
+              "pretrained": pretrained},
+        trainable_modules=head_modules(model),
+    )

@@ -1,0 +1,73 @@
+"""Steps shared by the audio and image classification tasks: label ids, train/dev selection, the model.
+
+Examples are (file, label name) pairs. Label ids follow natural sort order of the names ("2" before
+"10") and are written into the model config. The dev set is a separate folder, a named convention
+(e.g. FSDD) or a seeded stratified share of the training folder; `few_shot` then keeps K training
+examples per class, chosen by seed.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from ..data.sampling import few_shot, stratified_split
+from .base import TaskOptions
+from .scratch import build_classifier, is_config_spec
+
+
+def natural_key(name: str) -> list[Any]:
+    """Sort key that orders digit runs by value: "2" < "10", "cat2" < "cat10"."""
+    return [(0, int(part), "") if part.isdigit() else (1, 0, part) for part in re.split(r"(\d+)", name) if part]
+
+
+def label_ids(names: list[str]) -> tuple[list[str], dict[str, int]]:
+    """(sorted label names, name -> id)."""
+    ordered = sorted(set(names), key=natural_key)
+    return ordered, {name: i for i, name in enumerate(ordered)}
+
+
+def select(files: list[Path], names: list[str], options: TaskOptions, dev_mask: list[bool] | None = None,
+           dev: tuple[list[Path], list[str]] | None = None) -> dict[str, Any]:
+    """Train/dev examples with label ids: `dev` is a separate (files, names) set; else `dev_mask` marks the
+    dev examples; else `options.val_size` of every class is held out by seed. Then `few_shot` is applied."""
+    labels, to_id = label_ids(names)
+    ids = [to_id[n] for n in names]
+    if dev is not None:
+        unknown = sorted(set(dev[1]) - set(labels), key=natural_key)
+        if unknown:
+            raise ValueError(f"The dev data has labels {unknown} that never occur in the training data {labels}.")
+        train, dev_files, dev_ids = list(range(len(files))), dev[0], [to_id[n] for n in dev[1]]
+    else:
+        if dev_mask is not None:
+            train = [i for i, d in enumerate(dev_mask) if not d]
+            held = [i for i, d in enumerate(dev_mask) if d]
+        else:
+            train, held = stratified_split(ids, options.val_size, options.seed)
+        dev_files, dev_ids = [files[i] for i in held], [ids[i] for i in held]
+    shots = options.options.get("few_shot")
+    if shots:
+        train = [train[i] for i in few_shot([ids[i] for i in train], int(shots), options.seed)]
+    return {"labels": labels, "train": ([files[i] for i in train], [ids[i] for i in train]),
+            "dev": (dev_files, dev_ids)}
+
+
+def load_classifier(options: TaskOptions, task: str, labels: list[str],
+                    **overrides: Any) -> tuple[nn.Module, Any, bool]:
+    """(model with a fresh `len(labels)`-way head, its processor, whether it came from pretrained weights).
+
+    `config:` specs build a random model (overrides apply to its config); other specs load a checkpoint
+    through `adapterlab.models.load_model`.
+    """
+    if is_config_spec(options.model):
+        model, processor = build_classifier(options.model, task, labels, options.seed, **overrides)
+        return model, processor, False
+    from ..models import load_model
+
+    model, processor = load_model(options.model, task=task, num_labels=len(labels), label_names=labels)
+    model.config.id2label = dict(enumerate(labels))
+    model.config.label2id = {name: i for i, name in enumerate(labels)}
+    return model, processor, True

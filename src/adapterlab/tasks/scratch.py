@@ -1,0 +1,78 @@
+"""Randomly initialised AST / ViT classifiers built from a config, for runs without pretrained weights.
+
+A model spec `config:NAME` picks a preset below; `config:PATH.json` reads a transformers config file
+(`model_type` "audio-spectrogram-transformer" or "vit"). The matching feature extractor or image
+processor is built from the same config, so its input size always fits the model.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+import transformers as T
+from torch import nn
+
+PREFIX = "config:"
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # ~0.8M parameters; 64 mel bins x 128 frames (1.28 s at the 10 ms hop) -> 5 x 12 patches.
+    "ast-small": dict(model_type="audio-spectrogram-transformer", hidden_size=128, num_hidden_layers=4,
+                      num_attention_heads=4, intermediate_size=512, num_mel_bins=64, max_length=128,
+                      patch_size=16, frequency_stride=10, time_stride=10),
+    # ~0.8M parameters; 32 x 32 RGB images in 4 x 4 patches -> 8 x 8 patches.
+    "vit-small": dict(model_type="vit", hidden_size=128, num_hidden_layers=4, num_attention_heads=4,
+                      intermediate_size=512, image_size=32, patch_size=4),
+}
+
+TASK_MODEL_TYPES = {"audio-cls": "audio-spectrogram-transformer", "image-cls": "vit"}
+
+
+def is_config_spec(spec: str) -> bool:
+    """True for `config:NAME` / `config:PATH.json` specs (a fresh model rather than a checkpoint)."""
+    return spec.startswith(PREFIX)
+
+
+def config_from_spec(spec: str, task: str) -> T.PretrainedConfig:
+    """The transformers config named by `spec` (a preset or a JSON file), checked to suit `task`."""
+    name = spec[len(PREFIX):]
+    if name in PRESETS:
+        values = dict(PRESETS[name])
+    elif Path(name).is_file():
+        values = json.loads(Path(name).read_text())
+    else:
+        raise ValueError(f"Model spec {spec!r}: {name!r} is neither a preset ({', '.join(PRESETS)}) nor a "
+                         "config .json file.")
+    model_type = values.pop("model_type", None)
+    if model_type != TASK_MODEL_TYPES[task]:
+        raise ValueError(f"Model spec {spec!r} has model_type {model_type!r}; task {task} builds "
+                         f"{TASK_MODEL_TYPES[task]!r} models from configs.")
+    return T.AutoConfig.for_model(model_type, **values)
+
+
+def build_classifier(spec: str, task: str, label_names: list[str], seed: int,
+                     **overrides: Any) -> tuple[nn.Module, Any]:
+    """(randomly initialised classifier with `len(label_names)` outputs, its feature extractor / processor).
+
+    `overrides` set config fields before the model is built (e.g. `max_length` for AST).
+    """
+    config = config_from_spec(spec, task)
+    for key, value in overrides.items():
+        if value is not None:
+            setattr(config, key, value)
+    config.num_labels = len(label_names)
+    config.id2label = dict(enumerate(label_names))
+    config.label2id = {name: i for i, name in enumerate(label_names)}
+    torch.manual_seed(seed)
+    if task == "audio-cls":
+        model = T.ASTForAudioClassification(config)
+        processor = T.ASTFeatureExtractor(num_mel_bins=config.num_mel_bins, max_length=config.max_length)
+    else:
+        model = T.ViTForImageClassification(config)
+        size = config.image_size
+        # The Pillow backend (transformers >= 5) needs no torchvision; older versions only have ViTImageProcessor.
+        processor_class = getattr(T, "ViTImageProcessorPil", T.ViTImageProcessor)
+        processor = processor_class(size={"height": size, "width": size})
+    return model, processor

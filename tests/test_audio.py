@@ -1,0 +1,140 @@
+"""Audio classification: WAV reading and resampling, labels, FSDD split, few-shot, position-embedding resizing."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile
+import torch
+from tiny_models import tiny_model
+from transformers import default_data_collator
+
+import adapterlab
+from adapterlab.data.audio import fsdd_test_files, labels_from_csv, labels_from_names, list_audio, read_audio
+from adapterlab.data.sampling import few_shot
+from adapterlab.posembed import resize_ast_positions, resize_patch_grid
+from adapterlab.tasks import audio
+from adapterlab.tasks.base import TaskOptions
+
+TINY_AST = dict(model_type="audio-spectrogram-transformer", hidden_size=32, num_hidden_layers=2,
+                num_attention_heads=4, intermediate_size=64, num_mel_bins=16, max_length=32)
+
+
+def write_tone(path: Path, freq: float, rate: int = 8000, seconds: float = 0.25) -> None:
+    t = np.arange(int(rate * seconds)) / rate
+    soundfile.write(str(path), (0.5 * np.sin(2 * np.pi * freq * t)).astype(np.float32), rate, subtype="PCM_16")
+
+
+@pytest.fixture
+def fsdd_like(tmp_path: Path) -> Path:
+    """3 digits x 2 speakers x 7 takes of tones, named like FSDD: {digit}_{speaker}_{index}.wav at 8 kHz."""
+    root = tmp_path / "recordings"
+    root.mkdir()
+    for digit in range(3):
+        for speaker in ("ann", "bob"):
+            for index in range(7):
+                write_tone(root / f"{digit}_{speaker}_{index}.wav", 300 + 400 * digit + 10 * index)
+    return root
+
+
+@pytest.fixture
+def tiny_ast_config(tmp_path: Path) -> str:
+    path = tmp_path / "ast.json"
+    path.write_text(json.dumps(TINY_AST))
+    return f"config:{path}"
+
+
+def test_read_audio_resamples_and_keeps_pitch(tmp_path: Path) -> None:
+    write_tone(tmp_path / "a.wav", 440.0, rate=8000, seconds=1.0)
+    wave = read_audio(tmp_path / "a.wav", 16000)
+    assert wave.dtype == np.float32 and wave.shape == (16000,)
+    peak_hz = np.argmax(np.abs(np.fft.rfft(wave))) * 16000 / len(wave)
+    assert abs(peak_hz - 440.0) <= 1.0
+
+
+def test_labels_from_names_csv_and_fsdd_split(fsdd_like: Path, tmp_path: Path) -> None:
+    files = list_audio(fsdd_like)
+    assert labels_from_names(files)[:7] == ["0"] * 7
+    table = tmp_path / "labels.csv"
+    table.write_text("file,label\n" + "".join(f"{p.name},{'low' if p.name[0] == '0' else 'high'}\n" for p in files))
+    assert set(labels_from_csv(files, fsdd_like, table)) == {"low", "high"}
+    marks = fsdd_test_files(files)
+    assert sum(marks) == 3 * 2 * 5 and all((int(p.stem.split("_")[2]) < 5) == m for p, m in zip(files, marks))
+    with pytest.raises(ValueError, match="label-pattern"):
+        labels_from_names(files, r"^x(\d)")
+
+
+def test_few_shot_is_deterministic_and_balanced() -> None:
+    labels = [i % 4 for i in range(40)]
+    picks = few_shot(labels, 3, seed=7)
+    assert picks == few_shot(labels, 3, seed=7)
+    assert picks != few_shot(labels, 3, seed=8)
+    assert sorted(labels[i] for i in picks) == [0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 3]
+    with pytest.raises(ValueError, match="few-shot"):
+        few_shot(labels, 11, seed=0)
+
+
+def test_position_grid_unchanged_size_is_identity_and_keeps_special_tokens() -> None:
+    table = torch.randn(1, 2 + 5 * 9, 8)
+    assert torch.equal(resize_patch_grid(table, (5, 9), (5, 9), leading_tokens=2), table)
+    wider = resize_patch_grid(table, (5, 9), (5, 20), leading_tokens=2)
+    assert wider.shape == (1, 2 + 5 * 20, 8) and torch.equal(wider[:, :2], table[:, :2])
+    flat = torch.ones(1, 1 + 3 * 4, 2)  # a constant grid stays constant under interpolation
+    assert torch.allclose(resize_patch_grid(flat, (3, 4), (6, 7), leading_tokens=1), torch.ones(1, 1 + 42, 2))
+
+
+def test_resized_ast_runs_at_the_new_length() -> None:
+    model = tiny_model("ast")
+    special = model.base_model.embeddings.position_embeddings[:, :2].clone()
+    resize_ast_positions(model, 96)  # 16 mel bins x 96 frames: 1 x 9 patches instead of 1 x 2
+    table = model.base_model.embeddings.position_embeddings
+    assert table.shape == (1, 2 + 9, 32) and torch.equal(table[:, :2], special)
+    assert model.config.max_length == 96
+    assert model(input_values=torch.randn(2, 96, 16)).logits.shape == (2, 3)
+
+
+def test_prepare_fsdd_split_few_shot_and_forward(fsdd_like: Path, tiny_ast_config: str) -> None:
+    options = TaskOptions(model=tiny_ast_config, data=[str(fsdd_like)], seed=3,
+                          options={"split": "fsdd", "few_shot": 2, "max_length": 48})
+    setup = audio.prepare(options)
+    assert setup.info["labels"] == ["0", "1", "2"]
+    assert len(setup.train_dataset) == 3 * 2 and len(setup.eval_dataset) == 3 * 2 * 5
+    assert all(int(p.stem.split("_")[2]) >= 5 for p in setup.train_dataset.files)
+    assert setup.model.config.max_length == 48 and setup.processor.max_length == 48
+    assert setup.model.config.id2label[2] == "2" and setup.trainable_modules == ["classifier"]
+    batch = default_data_collator([setup.train_dataset[i] for i in range(4)])
+    assert batch["input_values"].shape == (4, 48, 16) and batch["labels"].dtype == torch.long
+    assert torch.isfinite(setup.model(**batch).loss)
+    again = audio.prepare(options)
+    assert again.train_dataset.files == setup.train_dataset.files
+
+
+def test_prepare_random_split_is_stratified(fsdd_like: Path, tiny_ast_config: str) -> None:
+    setup = audio.prepare(TaskOptions(model=tiny_ast_config, data=[str(fsdd_like)], val_size=0.25, seed=0))
+    dev_labels = setup.eval_dataset.labels
+    assert len(setup.train_dataset) + len(dev_labels) == 42
+    assert sorted(set(dev_labels)) == [0, 1, 2] and dev_labels.count(0) == dev_labels.count(2)
+
+
+def test_adapter_on_prepared_ast_trains_only_adapter_and_head(fsdd_like: Path, tiny_ast_config: str) -> None:
+    setup = audio.prepare(TaskOptions(model=tiny_ast_config, data=[str(fsdd_like)], options={"split": "fsdd"}))
+    model = adapterlab.attach(setup.model, "lora", r=4)
+    for name in setup.trainable_modules:
+        model.get_submodule(name).requires_grad_(True)
+    batch = default_data_collator([setup.train_dataset[i] for i in range(4)])
+    model(**batch).loss.backward()
+    with_grad = {n for n, p in model.named_parameters() if p.grad is not None}
+    assert with_grad and all("adapterlab" in n or n.startswith("classifier.") for n in with_grad)
+    assert any(n.startswith("classifier.") for n in with_grad)
+
+
+def test_bad_options_name_the_fix(fsdd_like: Path, tiny_ast_config: str) -> None:
+    with pytest.raises(ValueError, match="--split"):
+        audio.prepare(TaskOptions(model=tiny_ast_config, data=[str(fsdd_like)], options={"split": "speaker"}))
+    with pytest.raises(ValueError, match="preset"):
+        audio.prepare(TaskOptions(model="config:nope", data=[str(fsdd_like)]))
+    with pytest.raises(ValueError, match="model_type"):
+        audio.prepare(TaskOptions(model="config:vit-small", data=[str(fsdd_like)]))

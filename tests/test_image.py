@@ -1,0 +1,69 @@
+"""Image classification: class folders, seeded stratified splits, few-shot, processor output fits the ViT."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from transformers import default_data_collator
+
+from adapterlab.data.image import list_images
+from adapterlab.tasks import image
+from adapterlab.tasks.base import TaskOptions
+
+TINY_VIT = dict(model_type="vit", hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                intermediate_size=64, image_size=16, patch_size=8)
+
+
+def image_folder(root: Path, classes: list[str], per_class: int, seed: int = 0) -> Path:
+    """`root/<class>/<i>.png` of small random images (RGB and grayscale mixed), plus a stray text file."""
+    rng = np.random.default_rng(seed)
+    for c, name in enumerate(classes):
+        (root / name).mkdir(parents=True)
+        for i in range(per_class):
+            pixels = rng.integers(0, 255, (12, 10, 3) if i % 2 else (12, 10), dtype=np.uint8)
+            Image.fromarray(pixels).save(root / name / f"{i}.{'png' if c % 2 else 'jpg'}")
+        (root / name / "notes.txt").write_text("not an image")
+    return root
+
+
+@pytest.fixture
+def tiny_vit_config(tmp_path: Path) -> str:
+    path = tmp_path / "vit.json"
+    path.write_text(json.dumps(TINY_VIT))
+    return f"config:{path}"
+
+
+def test_list_images_reads_class_folders(tmp_path: Path) -> None:
+    files, labels = list_images(image_folder(tmp_path / "imgs", ["cat", "dog"], 3))
+    assert labels == ["cat"] * 3 + ["dog"] * 3 and all(p.suffix in (".png", ".jpg") for p in files)
+    with pytest.raises(ValueError, match="No images"):
+        list_images(tmp_path / "imgs" / "cat")
+
+
+def test_prepare_split_few_shot_and_forward(tmp_path: Path, tiny_vit_config: str) -> None:
+    root = image_folder(tmp_path / "train", ["a", "b", "c"], 10)
+    options = TaskOptions(model=tiny_vit_config, data=[str(root)], val_size=0.2, seed=5, options={"few_shot": 4})
+    setup = image.prepare(options)
+    assert setup.info["labels"] == ["a", "b", "c"] and setup.trainable_modules == ["classifier"]
+    assert sorted(setup.train_dataset.labels) == [0] * 4 + [1] * 4 + [2] * 4
+    assert sorted(setup.eval_dataset.labels) == [0, 0, 1, 1, 2, 2]
+    assert not set(setup.train_dataset.files) & set(setup.eval_dataset.files)
+    assert image.prepare(options).train_dataset.files == setup.train_dataset.files
+    batch = default_data_collator([setup.train_dataset[i] for i in range(5)])
+    assert batch["pixel_values"].shape == (5, 3, 16, 16)
+    assert torch.isfinite(setup.model(**batch).loss)
+
+
+def test_separate_dev_folder_must_share_labels(tmp_path: Path, tiny_vit_config: str) -> None:
+    train = image_folder(tmp_path / "train", ["a", "b"], 4)
+    dev = image_folder(tmp_path / "dev", ["a", "b"], 2, seed=1)
+    setup = image.prepare(TaskOptions(model=tiny_vit_config, data=[str(train)], eval_data=[str(dev)]))
+    assert len(setup.train_dataset) == 8 and len(setup.eval_dataset) == 4
+    odd = image_folder(tmp_path / "odd", ["a", "zebra"], 1)
+    with pytest.raises(ValueError, match="zebra"):
+        image.prepare(TaskOptions(model=tiny_vit_config, data=[str(train)], eval_data=[str(odd)]))
