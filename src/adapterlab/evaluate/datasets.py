@@ -1,0 +1,191 @@
+"""Evaluation data sets: the known LLM-Adapters names, their answer types, and reading their JSON files.
+
+A known name (gsm8k, aqua, boolq, ...) fixes the file name to look for and the kind of answer to extract
+(a number, a letter A-E, or one of a fixed set of labels). Any other LLM-Adapters-format file can be
+given by path; its answer type is then inferred from its answers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+NUMBER, LETTER, LABEL = "number", "letter", "label"
+ANSWER_TYPES = (NUMBER, LETTER, LABEL)
+LETTERS = ("A", "B", "C", "D", "E")
+
+
+@dataclass(frozen=True)
+class KnownDataset:
+    """A test set of the LLM-Adapters collection: its file name, answer type and label set."""
+
+    file: str
+    answer_type: str
+    labels: tuple[str, ...] = ()
+
+
+def _numbered(stem: str, n: int) -> tuple[str, ...]:
+    return tuple(f"{stem}{i}" for i in range(1, n + 1))
+
+
+# Label sets follow LLM-Adapters' commonsense_evaluate.py: SIQA, ARC and OBQA share answer1..answer5.
+KNOWN: dict[str, KnownDataset] = {
+    "gsm8k": KnownDataset("gsm8k.json", NUMBER),
+    "svamp": KnownDataset("svamp.json", NUMBER),
+    "multiarith": KnownDataset("multiarith.json", NUMBER),
+    "addsub": KnownDataset("addsub.json", NUMBER),
+    "singleeq": KnownDataset("singleeq.json", NUMBER),
+    "mawps": KnownDataset("mawps.json", NUMBER),
+    "aqua": KnownDataset("aqua.json", LETTER, LETTERS),
+    "boolq": KnownDataset("boolq.json", LABEL, ("true", "false")),
+    "piqa": KnownDataset("piqa.json", LABEL, _numbered("solution", 2)),
+    "siqa": KnownDataset("social_i_qa.json", LABEL, _numbered("answer", 5)),
+    "hellaswag": KnownDataset("hellaswag.json", LABEL, _numbered("ending", 4)),
+    "winogrande": KnownDataset("winogrande.json", LABEL, _numbered("option", 2)),
+    "arc-e": KnownDataset("arc-easy.json", LABEL, _numbered("answer", 5)),
+    "arc-c": KnownDataset("arc-challenge.json", LABEL, _numbered("answer", 5)),
+    "obqa": KnownDataset("openbookqa.json", LABEL, _numbered("answer", 5)),
+}
+# Other spellings people use for the same sets (LLM-Adapters' own folder names among them).
+ALIASES = {
+    "arc-easy": "arc-e", "arc_easy": "arc-e", "arc-challenge": "arc-c", "arc_challenge": "arc-c",
+    "social_i_qa": "siqa", "social-i-qa": "siqa", "openbookqa": "obqa", "gsm": "gsm8k",
+}
+
+
+def default_data_dirs() -> list[Path]:
+    """Where known data sets are looked for when no --data-dir is given: ../shared/datasets/{math,commonsense}."""
+    dirs = []
+    for root in (Path.cwd() / ".." / "shared" / "datasets", Path(__file__).resolve().parents[3].parent / "shared" / "datasets"):
+        for sub in ("math", "commonsense"):
+            if (root / sub).is_dir() and (root / sub).resolve() not in [d.resolve() for d in dirs]:
+                dirs.append(root / sub)
+    return dirs
+
+
+@dataclass
+class EvalDataset:
+    """A data set ready to evaluate: its name, records and how to read answers to it."""
+
+    name: str
+    records: list[dict[str, Any]]
+    answer_type: str
+    labels: tuple[str, ...] = ()
+    source: str = "<records>"
+    known: str | None = None  # the known name, used by the llm-adapters extraction rules
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def canonical_name(name: str) -> str | None:
+    """The known data set `name` refers to (case-insensitive, aliases allowed), or None."""
+    key = name.strip().lower()
+    key = ALIASES.get(key, key)
+    return key if key in KNOWN else None
+
+
+def find_file(name: str, data_dirs: list[str | os.PathLike] | None = None) -> Path:
+    """The file of known data set `name` in one of `data_dirs` (default: the shared math/commonsense folders)."""
+    known = KNOWN[canonical_name(name)]
+    dirs = [Path(d) for d in data_dirs] if data_dirs else default_data_dirs()
+    candidates = [known.file, f"{name}.json", f"{name.lower()}.json", f"{name}/test.json"]
+    for d in dirs:
+        for candidate in candidates:
+            if (d / candidate).is_file():
+                return d / candidate
+    where = ", ".join(str(d) for d in dirs) or "(no folder: ../shared/datasets/{math,commonsense} does not exist)"
+    raise FileNotFoundError(
+        f"Data set {name!r} needs {known.file}, which is in none of: {where}. "
+        "Pass the folder holding it with --data-dir (may be repeated), or give the file's path instead of the name."
+    )
+
+
+def read_records(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """The records of an LLM-Adapters-format file (a JSON list of {instruction, input, output, answer})."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"No data file {path}; check the path or pass a known data set name ({', '.join(KNOWN)}).")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path} is not valid JSON ({exc}); expected a list of {{instruction, input, output, answer}}.") from exc
+    if not isinstance(data, list):
+        raise ValueError(f"{path} holds a JSON {type(data).__name__}; expected a list of {{instruction, input, output, answer}} records.")
+    for index, record in enumerate(data):
+        check_record(record, index, str(path))
+    return data
+
+
+def check_record(record: Any, index: int, where: str) -> None:
+    """Refuse a record that cannot be evaluated, naming the file, record and field."""
+    if not isinstance(record, dict):
+        raise ValueError(f"{where}: record {index} is a {type(record).__name__}, not an object with instruction and answer.")
+    if not str(record.get("instruction") or "").strip():
+        raise ValueError(f"{where}: record {index} has no 'instruction'; every test record needs the question there.")
+    answer = record.get("answer")
+    if answer is None or str(answer).strip() == "":
+        raise ValueError(
+            f"{where}: record {index} has no 'answer' (keys: {sorted(record)}); test records need the gold answer "
+            "in 'answer' (a number, a letter A-E or a label). Remove the record or fill in its answer."
+        )
+
+
+def _is_number(value: Any) -> bool:
+    try:
+        float(str(value).replace(",", ""))
+        return True
+    except ValueError:
+        return False
+
+
+def infer_answer_type(records: list[dict[str, Any]]) -> tuple[str, tuple[str, ...]]:
+    """Guess the answer type of an unknown data set from its gold answers: numbers, letters or labels."""
+    answers = [str(r["answer"]).strip() for r in records]
+    if answers and all(_is_number(a) for a in answers):
+        return NUMBER, ()
+    if answers and all(a in LETTERS for a in answers):
+        return LETTER, LETTERS
+    return LABEL, tuple(sorted(set(answers)))
+
+
+def load_dataset(
+    name_or_path: str,
+    data_dirs: list[str | os.PathLike] | None = None,
+    *,
+    answer_type: str | None = None,
+    limit: int | None = None,
+) -> EvalDataset:
+    """A known data set by name (searched in `data_dirs`) or any LLM-Adapters-format file by path."""
+    if answer_type is not None and answer_type not in ANSWER_TYPES:
+        raise ValueError(f"Unknown answer type {answer_type!r}; choose one of {', '.join(ANSWER_TYPES)}.")
+    known = canonical_name(Path(name_or_path).stem if name_or_path.endswith(".json") else name_or_path)
+    if Path(name_or_path).is_file():
+        path = Path(name_or_path)
+        name = path.stem
+    elif name_or_path.endswith(".json") or os.sep in name_or_path:
+        raise FileNotFoundError(f"No data file {name_or_path}; check the path.")
+    elif known is None:
+        raise ValueError(
+            f"Unknown data set {name_or_path!r}. Known names: {', '.join(KNOWN)}; "
+            "or pass the path of an LLM-Adapters-format JSON file."
+        )
+    else:
+        path = find_file(name_or_path, data_dirs)
+        name = known
+    records = read_records(path)
+    if limit is not None:
+        records = records[:limit]
+    if answer_type is None and known is not None:
+        answer_type, labels = KNOWN[known].answer_type, KNOWN[known].labels
+    elif answer_type is None:
+        answer_type, labels = infer_answer_type(records)
+    else:
+        labels = infer_answer_type(records)[1] if answer_type == LABEL else (LETTERS if answer_type == LETTER else ())
+    if answer_type == NUMBER:
+        for index, record in enumerate(records):
+            if not _is_number(record["answer"]):
+                raise ValueError(f"{path}: record {index} has answer {record['answer']!r}, not a number, "
+                                 f"but {name} is evaluated as a number data set; fix the record or the answer type.")
+    return EvalDataset(name=name, records=records, answer_type=answer_type, labels=labels, source=str(path), known=known)

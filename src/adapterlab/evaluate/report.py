@@ -1,0 +1,62 @@
+"""Scores and their uncertainty: accuracy with a 95% Wilson interval per data set, as JSON and Markdown."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from typing import Any
+
+Z95 = 1.959963984540054  # two-sided 95% normal quantile
+MATH_SETS = {"gsm8k", "svamp", "multiarith", "addsub", "singleeq", "mawps", "aqua"}
+OVERLAP_NOTE = (
+    "The LLM-Adapters math training set (train_math_3k.json / math_data.json) overlaps most math test sets; "
+    "scores of adapters trained on it are inflated on those sets."
+)
+
+
+def wilson_interval(correct: int, total: int, z: float = Z95) -> tuple[float, float]:
+    """The Wilson score interval for a proportion: sound near 0 and 1 and for small samples, unlike p ± z·se."""
+    if total <= 0:
+        return (0.0, 1.0)
+    p = correct / total
+    denominator = 1 + z * z / total
+    centre = (p + z * z / (2 * total)) / denominator
+    half = z * math.sqrt(p * (1 - p) / total + z * z / (4 * total * total)) / denominator
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+def score(rows: Iterable[dict[str, Any]]) -> dict[str, Any]:
+    """Accuracy, its 95% interval, the count of generations with no readable answer, and the other mode's accuracy."""
+    rows = list(rows)
+    n = len(rows)
+    correct = sum(bool(r["correct"]) for r in rows)
+    low, high = wilson_interval(correct, n)
+    result = {
+        "n": n, "correct": correct, "accuracy": correct / n if n else None, "ci95": [low, high],
+        "no_answer": sum(r["extracted"] is None for r in rows),
+    }
+    if rows and "alt_correct" in rows[0]:
+        result["alt_mode"] = rows[0]["alt_mode"]
+        result["alt_accuracy"] = sum(bool(r["alt_correct"]) for r in rows) / n
+    return result
+
+
+def markdown_table(summary: dict[str, Any]) -> str:
+    """A Markdown table of the summary: one row per data set, accuracy with its Wilson 95% interval."""
+    settings = summary.get("settings", {})
+    mode = settings.get("mode", "default")
+    lines = [
+        f"| dataset | n | accuracy ({mode} extraction) | 95% CI (Wilson) | no answer | other extraction |",
+        "|---|---:|---:|---|---:|---:|",
+    ]
+    for name, s in summary["datasets"].items():
+        accuracy = f"{100 * s['accuracy']:.1f}%" if s["accuracy"] is not None else "-"
+        interval = f"{100 * s['ci95'][0]:.1f}-{100 * s['ci95'][1]:.1f}%"
+        other = f"{100 * s['alt_accuracy']:.1f}% ({s['alt_mode']})" if "alt_accuracy" in s else "-"
+        lines.append(f"| {name} | {s['n']} | {accuracy} | {interval} | {s['no_answer']} | {other} |")
+    meta = summary.get("metadata", {})
+    described = ", ".join(f"{k}={v}" for k, v in {**meta, **settings}.items() if v is not None)
+    lines += ["", f"Settings: {described}."]
+    if MATH_SETS & set(summary["datasets"]):
+        lines += ["", f"Note: {OVERLAP_NOTE}"]
+    return "\n".join(lines) + "\n"
