@@ -1,0 +1,173 @@
+"""Load a model and its tokenizer or processor from a hub id, a local folder, a .gguf file or a short name.
+
+GGUF files are dequantised into an ordinary dense model (transformers' `GgufConfig(dequantize=True)`), so
+adapters attach to plain `nn.Linear` layers and the HF Trainer sees an unquantised model it can train.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import transformers as T
+from huggingface_hub.errors import HFValidationError
+from torch import nn
+
+from .cache import is_cached, model_path, pull
+from .known import KNOWN_MODELS, UnknownModelError
+
+TASKS: dict[str, tuple[str, str]] = {  # task -> (model auto class, processor auto class)
+    "causal-lm": ("AutoModelForCausalLM", "AutoTokenizer"),
+    "seq-cls": ("AutoModelForSequenceClassification", "AutoTokenizer"),
+    "audio-cls": ("AutoModelForAudioClassification", "AutoFeatureExtractor"),
+    "image-cls": ("AutoModelForImageClassification", "AutoImageProcessor"),
+}
+CLASSIFICATION_TASKS = ("seq-cls", "audio-cls", "image-cls")
+# Files that, next to a .gguf, would be read instead of the GGUF's own metadata.
+_HF_FILES = ("config.json", "tokenizer.json", "tokenizer_config.json", "generation_config.json",
+             "preprocessor_config.json")
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where a spec points: a local folder, a local .gguf file, or a hub id (`kind` says which)."""
+
+    kind: str   # "folder" | "gguf" | "hub"
+    location: str
+    name: str   # what to record as the model's name_or_path: a spec that load_model accepts again
+
+    @property
+    def is_local(self) -> bool:
+        return self.kind != "hub"
+
+
+def resolve_model(spec: str, *, log: Any = print) -> ModelSource:
+    """Decide what `spec` names, pulling a known short name into the cache if needed (no hub call here)."""
+    path = Path(spec).expanduser()
+    if spec.endswith(".gguf"):
+        if not path.is_file():
+            raise UnknownModelError(f"GGUF file {spec!r} does not exist; check the path.")
+        return ModelSource("gguf", str(path.resolve()), str(path.resolve()))
+    if path.is_dir():
+        ggufs = sorted(path.glob("*.gguf"))
+        if not (path / "config.json").exists() and len(ggufs) == 1:
+            return ModelSource("gguf", str(ggufs[0].resolve()), str(ggufs[0].resolve()))
+        return ModelSource("folder", str(path.resolve()), str(path.resolve()))
+    if spec in KNOWN_MODELS:
+        if is_cached(spec):
+            local = model_path(spec)
+        else:
+            log(f"Model {spec!r} is not cached yet; pulling it into {model_path(spec).parent}.")
+            local = pull(spec, log=log)
+        kind = "gguf" if KNOWN_MODELS[spec].is_gguf else "folder"
+        return ModelSource(kind, str(local), spec)
+    if spec.startswith(("/", "./", "../", "~")):
+        raise UnknownModelError(f"Model folder {spec!r} does not exist; check the path.")
+    return ModelSource("hub", spec, spec)
+
+
+def _dtype(dtype: str | torch.dtype | None) -> str | torch.dtype | None:
+    if dtype is None or isinstance(dtype, torch.dtype) or dtype == "auto":
+        return dtype
+    value = getattr(torch, str(dtype), None)
+    if not isinstance(value, torch.dtype):
+        raise ValueError(f"Unknown dtype {dtype!r}; use e.g. float32, bfloat16, float16 or auto.")
+    return value
+
+
+@contextlib.contextmanager
+def _pretrained_args(source: ModelSource) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(path or id, extra kwargs) for `from_pretrained`; a GGUF is read from a folder where it is alone."""
+    if source.kind != "gguf":
+        yield source.location, {}
+        return
+    gguf = Path(source.location)
+    if not any((gguf.parent / f).exists() for f in _HF_FILES):
+        yield str(gguf.parent), {"gguf_file": gguf.name}
+        return
+    with tempfile.TemporaryDirectory(prefix="adapterlab-gguf-") as tmp:
+        (Path(tmp) / gguf.name).symlink_to(gguf)
+        yield tmp, {"gguf_file": gguf.name}
+
+
+def _from_pretrained(auto_class: str, source: ModelSource, spec: str, **kwargs: Any) -> Any:
+    """`T.<auto_class>.from_pretrained` on `source`, turning an unreachable or unknown hub id into one clear error."""
+    with _pretrained_args(source) as (location, extra):
+        if extra and auto_class.startswith("AutoModel"):
+            extra["quantization_config"] = T.GgufConfig(dequantize=True)
+        try:
+            return getattr(T, auto_class).from_pretrained(location, **extra, **kwargs)
+        except (OSError, HFValidationError) as exc:
+            if source.is_local:
+                raise
+            raise UnknownModelError(
+                f"Unknown model {spec!r}: not a local folder or .gguf file, not a known short name "
+                f"({', '.join(KNOWN_MODELS)}), and the hub could not provide it ({exc})."
+            ) from exc
+
+
+def load_tokenizer(spec: str, *, padding_side: str | None = None, log: Any = print, **kwargs: Any) -> Any:
+    """The tokenizer of `spec`, with a pad token (eos when it has none); `padding_side` if given."""
+    return _tokenizer(resolve_model(spec, log=log), spec, padding_side, **kwargs)
+
+
+def _tokenizer(source: ModelSource, spec: str, padding_side: str | None, **kwargs: Any) -> Any:
+    tokenizer = _from_pretrained("AutoTokenizer", source, spec, **kwargs)
+    if tokenizer.pad_token is None and tokenizer.eos_token is not None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if padding_side is not None:
+        tokenizer.padding_side = padding_side
+    return tokenizer
+
+
+def _label_kwargs(task: str, num_labels: int | None, label_names: list[str] | None) -> dict[str, Any]:
+    if num_labels is None and label_names is None:
+        return {}
+    if task not in CLASSIFICATION_TASKS:
+        raise ValueError(f"num_labels/label_names are for classification tasks ({', '.join(CLASSIFICATION_TASKS)}), "
+                         f"not {task!r}.")
+    if label_names is not None:
+        if num_labels is not None and num_labels != len(label_names):
+            raise ValueError(f"num_labels={num_labels} but {len(label_names)} label_names were given; pass one of them.")
+        num_labels = len(label_names)
+    names = list(label_names) if label_names is not None else [f"LABEL_{i}" for i in range(num_labels)]
+    # A checkpoint's own head may have another number of classes: start a fresh head in that case.
+    return {"num_labels": num_labels, "id2label": dict(enumerate(names)),
+            "label2id": {n: i for i, n in enumerate(names)}, "ignore_mismatched_sizes": True}
+
+
+def load_model(spec: str, task: str = "causal-lm", *, num_labels: int | None = None,
+               label_names: list[str] | None = None, dtype: str | torch.dtype | None = None,
+               device: str | None = None, padding_side: str | None = None, log: Any = print,
+               **kwargs: Any) -> tuple[nn.Module, Any]:
+    """(model, tokenizer-or-processor) from a hub id, a local folder, a .gguf file, or a known short name.
+
+    `task` picks the head: causal-lm, seq-cls, audio-cls or image-cls. Classification heads get `num_labels`
+    or `label_names` (a new head when they differ from the checkpoint's). `dtype` None keeps transformers'
+    default; a GGUF is dequantised to a dense model. Extra kwargs go to the model's `from_pretrained`.
+    """
+    if task not in TASKS:
+        raise ValueError(f"Unknown task {task!r}; choose one of {', '.join(TASKS)}.")
+    model_class, processor_class = TASKS[task]
+    source = resolve_model(spec, log=log)
+    if source.kind == "hub":
+        log(f"Loading {spec!r} from the Hugging Face Hub.")
+    options = {**_label_kwargs(task, num_labels, label_names), **kwargs}
+    if dtype is not None:
+        options["dtype"] = _dtype(dtype)
+    if processor_class == "AutoTokenizer":
+        processor = _tokenizer(source, spec, padding_side)  # first: a bad hub id fails before the big download
+    else:
+        processor = _from_pretrained(processor_class, source, spec)
+    model = _from_pretrained(model_class, source, spec, **options)
+    model.config._name_or_path = source.name
+    if task == "seq-cls" and model.config.pad_token_id is None:
+        model.config.pad_token_id = processor.pad_token_id  # decoders classify at the last non-pad token
+    if device is not None:
+        model.to(device)
+    return model.eval(), processor
