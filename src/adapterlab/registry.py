@@ -16,6 +16,7 @@ METHODS: dict[str, tuple[str, dict[str, Any]]] = {
     "pfeiffer": ("adapterlab.methods.bottleneck:SeriesConfig", {"targets": ["mlp"]}),
     "parallel": ("adapterlab.methods.bottleneck:ParallelConfig", {}),
     "scaled_parallel": ("adapterlab.methods.bottleneck:ParallelConfig", {"scaling": 4.0, "init": "zero"}),
+    "conformer": ("adapterlab.methods.conformer:ConformerConfig", {}),
 }
 
 

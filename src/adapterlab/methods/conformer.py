@@ -1,0 +1,135 @@
+"""Conformer adapter (Cappellazzo et al., 2024, "Parameter-Efficient Transfer Learning of Audio Spectrogram
+Transformers"): the Conformer convolution module (Gulati et al., 2020) used as an adapter.
+
+f(h) = pw_out(SiLU(norm(dw_conv(GLU(pw_in(LN(h)))))))  on h of shape (batch, seq, d):
+LN over d (the paper's code normalises the adapter input; `input_norm`), pointwise conv d -> 2*size,
+GLU over channels, depthwise conv over the sequence (`kernel_size`, odd, 'same' padding), BatchNorm
+(the paper) or LayerNorm, SiLU, pointwise conv size -> out. Unlike the paper's code, the depthwise conv
+has no bias in front of BatchNorm, where it would be cancelled and never train. Placement "parallel" adds f(x) (x the sublayer
+or layer input) to the output, "series" adds f(y); the paper's best setting is parallel at the MLP
+("Pfeiffer") with no extra residual, which is the default here.
+
+Behaviour users must know:
+* BatchNorm follows the model's mode: batch statistics under `model.train()`, running statistics
+  (saved with the adapter) under `model.eval()`. Train with batches of more than one position.
+* The adapter does not see attention masks: the depthwise conv mixes up to kernel_size // 2 neighbouring
+  positions, padded ones included, and in training BatchNorm's statistics include padded positions. Fixed-
+  length inputs (AST spectrograms, ViT patches) are unaffected; for padded text batches, outputs near the
+  padding differ slightly from the unpadded sequence's.
+* The conv looks both ways along the sequence, so causal LMs are refused (it would leak future tokens and
+  cannot run token by token with a KV cache). Layers that see flattened (tokens, d) inputs raise an
+  error at the first forward.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..config import AdapterConfig, one_of, positive_int
+from ..errors import AdapterError
+from ..layers import reference_tensor
+from ..sites import Site
+from .base import Adapter, in_dtype_of
+from .bottleneck import site_features
+
+
+@dataclass
+class ConformerConfig(AdapterConfig):
+    """size: channels of the conv path; kernel_size: odd depthwise kernel; placement: "parallel" | "series";
+    norm: "batch" (the paper) | "layer" after the depthwise conv; input_norm: LayerNorm on the adapter input
+    (the paper's code); init: "torch" (PyTorch defaults, as the paper) | "zero" (last pointwise conv zero:
+    the model is unchanged at init); dropout: on the adapter output."""
+
+    method = "conformer"
+    default_targets = ("mlp",)
+    site_kinds = ("module", "sublayer")
+
+    size: int = 64
+    kernel_size: int = 31
+    placement: str = "parallel"
+    norm: str = "batch"
+    input_norm: bool = True
+    init: str = "torch"
+    dropout: float = 0.0
+
+    def validate(self) -> None:
+        positive_int(self.method, "size", self.size)
+        positive_int(self.method, "kernel_size", self.kernel_size)
+        if self.kernel_size % 2 == 0:
+            raise AdapterError(
+                f"conformer: `kernel_size` must be odd so that 'same' padding is symmetric, got "
+                f"{self.kernel_size}; use {self.kernel_size - 1} or {self.kernel_size + 1}."
+            )
+        one_of(self.method, "placement", self.placement, ("parallel", "series"))
+        one_of(self.method, "norm", self.norm, ("batch", "layer"))
+        one_of(self.method, "init", self.init, ("torch", "zero"))
+        if not isinstance(self.input_norm, bool):
+            raise AdapterError(f"conformer: `input_norm` must be true or false, got {self.input_norm!r}.")
+        if not 0.0 <= float(self.dropout) < 1.0:
+            raise AdapterError(f"conformer: `dropout` must be in [0, 1), got {self.dropout!r}.")
+
+    def build(self, site: Site, model: nn.Module) -> "ConformerAdapter":
+        if is_causal_lm(model):
+            raise AdapterError(
+                f"conformer mixes neighbouring positions in both directions, so on this {type(model).__name__} "
+                "it would let tokens see the future and could not generate with a KV cache. Use it on "
+                "encoders (AST, ViT, BERT-like); for causal LMs use series, parallel or lora."
+            )
+        in_features, out_features = site_features(site, model, self.method)
+        if self.placement == "series":
+            in_features = out_features
+        ref = reference_tensor(model.get_submodule(site.path))
+        return ConformerAdapter(in_features, out_features, self, ref.device, ref.dtype)
+
+
+def is_causal_lm(model: nn.Module) -> bool:
+    """Whether `model` generates left to right (a transformers decoder or causal LM)."""
+    config = getattr(model, "config", None)
+    can_generate = getattr(model, "can_generate", None)
+    return bool(getattr(config, "is_decoder", False)) or bool(callable(can_generate) and can_generate())
+
+
+class ConformerAdapter(Adapter):
+    """The Conformer convolution module, from (batch, seq, in) to (batch, seq, out)."""
+
+    def __init__(self, in_features: int, out_features: int, options: ConformerConfig,
+                 device: torch.device, dtype: torch.dtype) -> None:
+        super().__init__()
+        size, kernel = options.size, options.kernel_size
+        factory = {"device": device, "dtype": dtype}
+        self.placement = options.placement
+        self.input_norm = nn.LayerNorm(in_features, **factory) if options.input_norm else nn.Identity()
+        self.pointwise_in = nn.Conv1d(in_features, 2 * size, 1, **factory)
+        # a bias before BatchNorm is cancelled by its mean subtraction (zero gradient), so it is left out there
+        self.depthwise = nn.Conv1d(size, size, kernel, padding=kernel // 2, groups=size,
+                                   bias=options.norm != "batch", **factory)
+        self.norm = nn.BatchNorm1d(size, **factory) if options.norm == "batch" else nn.LayerNorm(size, **factory)
+        self.pointwise_out = nn.Conv1d(size, out_features, 1, **factory)
+        self.dropout = nn.Dropout(options.dropout) if options.dropout > 0 else nn.Identity()
+        if options.init == "zero":
+            with torch.no_grad():
+                nn.init.zeros_(self.pointwise_out.weight)
+                nn.init.zeros_(self.pointwise_out.bias)
+
+    def convolve(self, h: torch.Tensor) -> torch.Tensor:
+        """f(h) for h of shape (batch, seq, in), in the adapter's dtype."""
+        if h.dim() != 3:
+            raise AdapterError(
+                f"conformer needs (batch, seq, features) inputs to convolve over the sequence, but its layer "
+                f"received shape {tuple(h.shape)}. Target layers or sublayers that keep the sequence axis "
+                "(the attn / mlp sublayers of AST, ViT or BERT-like encoders)."
+            )
+        h = self.input_norm(in_dtype_of(self, h)).transpose(1, 2)  # (batch, in, seq)
+        h = F.glu(self.pointwise_in(h), dim=1)
+        h = self.depthwise(h)
+        h = self.norm(h) if isinstance(self.norm, nn.BatchNorm1d) else self.norm(h.transpose(1, 2)).transpose(1, 2)
+        h = self.pointwise_out(F.silu(h))
+        return self.dropout(h.transpose(1, 2))
+
+    def adapt_output(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        source = y if self.placement == "series" else x
+        return y + self.convolve(source).to(y.dtype)
