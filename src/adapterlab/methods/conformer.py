@@ -3,19 +3,20 @@ Transformers"): the Conformer convolution module (Gulati et al., 2020) used as a
 
 f(h) = pw_out(SiLU(norm(dw_conv(GLU(pw_in(LN(h)))))))  on h of shape (batch, seq, d):
 LN over d (the paper's code normalises the adapter input; `input_norm`), pointwise conv d -> 2*size,
-GLU over channels, depthwise conv over the sequence (`kernel_size`, odd, 'same' padding), BatchNorm
-(the paper) or LayerNorm, SiLU, pointwise conv size -> out. Unlike the paper's code, the depthwise conv
-has no bias in front of BatchNorm, where it would be cancelled and never train. Placement "parallel" adds f(x) (x the sublayer
-or layer input) to the output, "series" adds f(y); the paper's best setting is parallel at the MLP
-("Pfeiffer") with no extra residual, which is the default here.
+GLU over channels, depthwise conv over the sequence (`kernel_size`, odd, 'same' padding; 31 by default,
+as in common Conformer code), BatchNorm (the paper) or LayerNorm, SiLU, pointwise conv size -> out. Unlike the
+paper's code, the depthwise conv has no bias in front of BatchNorm, which would cancel it (it never
+trains). Placement "parallel" adds f(x) (x the sublayer or layer input) to the output, "series" adds
+f(y). The paper's best setting, parallel at the MLP ("Pfeiffer") with no extra residual, is the default;
+its bottleneck is d / 64 (12 on AST-base), so pass size=12 to match it there.
 
 Behaviour users must know:
 * BatchNorm follows the model's mode: batch statistics under `model.train()`, running statistics
   (saved with the adapter) under `model.eval()`. Train with batches of more than one position.
 * The adapter does not see attention masks: the depthwise conv mixes up to kernel_size // 2 neighbouring
   positions, padded ones included, and in training BatchNorm's statistics include padded positions. Fixed-
-  length inputs (AST spectrograms, ViT patches) are unaffected; for padded text batches, outputs near the
-  padding differ slightly from the unpadded sequence's.
+  length inputs (AST spectrograms, ViT patches) are unaffected; in padded text batches, real positions
+  within kernel_size // 2 of the padding differ from what the unpadded sequence would give.
 * The conv looks both ways along the sequence, so causal LMs are refused (it would leak future tokens and
   cannot run token by token with a KV cache). Layers that see flattened (tokens, d) inputs raise an
   error at the first forward.
