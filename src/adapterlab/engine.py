@@ -49,7 +49,7 @@ def placed(model: nn.Module, name: str | None = None) -> Iterator[tuple[str, nn.
 def _sites_for(model: nn.Module, config: AdapterConfig, architecture: Architecture | dict | None) -> list[Site]:
     if config.site_kinds == ("model",):
         return [Site("model", "", "", config.method)]
-    sites = resolve_sites(model, config.resolved_targets, config.layers, architecture)
+    sites = resolve_sites(model, config.resolved_targets, config.layers, architecture, defaults=config.targets is None)
     bad = [s for s in sites if s.kind not in config.site_kinds]
     if bad:
         raise AdapterError(
@@ -211,11 +211,19 @@ def merge(model: nn.Module, names: str | list[str] | None = None) -> nn.Module:
     """Fold the active (or named) adapters into the base weights; outputs stay the same."""
     names = active_adapters(model) if names is None else ([names] if isinstance(names, str) else list(names))
     _check_mergeable(model, names)
-    for name in names:
-        for _, host, adapter in placed(model, name):
-            if not adapter.merged:
-                adapter.merge(host)
-                adapter.merged = True
+    done: list[tuple[nn.Module, Adapter]] = []
+    try:
+        for name in names:
+            for _, host, adapter in placed(model, name):
+                if not adapter.merged:
+                    adapter.merge(host)
+                    adapter.merged = True
+                    done.append((host, adapter))
+    except Exception:  # all or nothing: a module that refuses (e.g. bitfit on a bias-free layer) undoes the rest
+        for host, adapter in reversed(done):
+            adapter.unmerge(host)
+            adapter.merged = False
+        raise
     return model
 
 

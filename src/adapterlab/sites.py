@@ -75,12 +75,16 @@ def _needs_architecture(targets: list[str], layers: list[int] | None) -> bool:
     return layers is not None or any(t in logical for t in targets)
 
 
-def _expand_fused(targets: list[str], arch: Architecture) -> list[str]:
-    """Map q/k/v onto the fused projection (all three or none), or expand 'qkv' where unfused."""
+def _expand_fused(targets: list[str], arch: Architecture, defaults: bool = False) -> list[str]:
+    """Map q/k/v onto the fused projection (all three or none), or expand 'qkv' where unfused.
+
+    A method's default targets (`defaults`) that name part of a fused projection take the whole of it,
+    as PEFT's per-family defaults do (e.g. LoRA's q,v become GPT-2's c_attn).
+    """
     qkv_asked = [t for t in targets if t in ("q", "k", "v")]
     rest = [t for t in targets if t not in ("q", "k", "v", "qkv")]
     if arch.qkv:
-        if qkv_asked and len(set(qkv_asked)) < 3:
+        if qkv_asked and len(set(qkv_asked)) < 3 and not defaults:
             raise AdapterError(
                 f"{arch.name} fuses q, k and v into one projection ({arch.qkv!r}); adapting "
                 f"only {sorted(set(qkv_asked))} is not supported. Target all of q,k,v (or 'qkv') to adapt "
@@ -141,13 +145,20 @@ def resolve_sites(
     targets: list[str],
     layers: list[int] | None = None,
     architecture: Architecture | dict[str, Any] | None = None,
+    defaults: bool = False,
 ) -> list[Site]:
-    """Every site named by `targets`; an error for any target that names nothing."""
+    """Every site named by `targets`; an error for any target that names nothing.
+
+    defaults=True marks a method's default targets, which fit themselves to the family: partial q/k/v
+    take a fused projection whole, and logical projections the family lacks (gate on BERT) are skipped.
+    """
     arch = architecture_of(model, architecture) if _needs_architecture(targets, layers) or architecture else None
     layer_of: dict[str, int] = {}
     if arch is not None:
         layer_of = {path: i for i, path in enumerate(block_paths(model, arch))}
-        targets = _expand_fused(targets, arch)
+        targets = _expand_fused(targets, arch, defaults)
+        if defaults:
+            targets = [t for t in targets if t not in LOGICAL_PROJECTIONS or arch.projection(t)] or targets
     sites: dict[str, Site] = {}
     for target in targets:
         if arch is not None and (target in LOGICAL_PROJECTIONS or target in SUBLAYERS or target == "qkv"):
