@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -176,6 +177,9 @@ def export_peft(model: nn.Module, directory: str | os.PathLike, name: str = "def
     peft_config = to_peft(model, [site for _, _, a in placed(model, name) for site in [a._site]])
     peft_config.setdefault("base_model_name_or_path", base_model_info(model).get("name_or_path"))
     state = {f"base_model.model.{k}": v.detach().cpu().contiguous() for k, v in adapter_state_dict(model, name).items()}
+    for head in peft_config.get("modules_to_save") or []:  # e.g. the classifier PEFT keeps beside a SEQ_CLS adapter
+        for key, tensor in model.get_submodule(head).state_dict().items():
+            state[f"base_model.model.{head}.{key}"] = tensor.detach().cpu().contiguous()
     directory = Path(directory)
     write_atomic(directory / PEFT_WEIGHTS_NAME, lambda tmp: save_file(state, tmp, metadata={"format": "pt"}))
     write_json(directory / CONFIG_NAME, peft_config)
@@ -183,7 +187,11 @@ def export_peft(model: nn.Module, directory: str | os.PathLike, name: str = "def
 
 
 def load_peft(model: nn.Module, path: str | os.PathLike, name: str = "default", *, trainable: bool = False) -> nn.Module:
-    """Attach a PEFT adapter folder (adapter_config.json + adapter_model.safetensors) to `model`."""
+    """Attach a PEFT adapter folder (adapter_config.json + adapter_model.safetensors) to `model`.
+
+    Whole modules PEFT saved beside the adapter (`modules_to_save`, e.g. a classifier head) overwrite the
+    model's own modules: they are part of the trained model, and `detach` does not restore them.
+    """
     saved = read_adapter_config(path)
     peft_type = saved.get("peft_type")
     from .registry import METHODS, config_class
@@ -191,7 +199,7 @@ def load_peft(model: nn.Module, path: str | os.PathLike, name: str = "default", 
     for method in METHODS:
         cls = config_class(method)
         if getattr(cls, "peft_type", None) == peft_type and hasattr(cls, "from_peft"):
-            config = cls.from_peft(saved)
+            config = cls.from_peft(_peft_patterns_to_paths(model, saved, str(path)))
             break
     else:
         raise AdapterError(f"{path}: PEFT adapter type {peft_type!r} cannot be imported; adapterlab imports LoRA and IA3.")
@@ -200,6 +208,7 @@ def load_peft(model: nn.Module, path: str | os.PathLike, name: str = "default", 
     for key, tensor in raw.items():
         key = key.removeprefix("base_model.model.")
         state[config.peft_key_to_ours(key) if hasattr(config, "peft_key_to_ours") else key] = tensor
+    heads = _split_heads(model, state, saved.get("modules_to_save") or [], str(path))
     attach(model, config, name=name)
     try:
         load_state(model, name, state, str(path))
@@ -208,8 +217,49 @@ def load_peft(model: nn.Module, path: str | os.PathLike, name: str = "default", 
 
         detach(model, name)
         raise
+    current = model.state_dict()  # tensors that share storage with the model's parameters and buffers
+    with torch.no_grad():
+        for key, tensor in heads.items():
+            current[key].copy_(tensor.to(current[key].dtype))
     set_active(model, name, trainable=trainable)
     return model
+
+
+def _peft_patterns_to_paths(model: nn.Module, saved: dict[str, Any], where: str) -> dict[str, Any]:
+    """`saved` with each string target_modules / feedforward_modules (a regex PEFT full-matches against
+    module names) replaced by the list of this model's modules it matches."""
+    names = [n for n, _ in model.named_modules() if n and HOST_ATTR not in n.split(".")]
+    out = dict(saved)
+    for key in ("target_modules", "feedforward_modules"):
+        pattern = saved.get(key)
+        if isinstance(pattern, str):
+            out[key] = [n for n in names if re.fullmatch(pattern, n)]
+            if key == "target_modules" and not out[key]:
+                raise IncompatibleAdapterError(
+                    f"The PEFT adapter in {where} targets modules matching {pattern!r}, and no module of this "
+                    "model matches; load it into the base model it was trained on."
+                )
+    return out
+
+
+def _split_heads(model: nn.Module, state: dict[str, torch.Tensor], modules: list[str], where: str) -> dict:
+    """Take out of `state` the whole-module weights PEFT saved for `modules_to_save` (e.g. a SEQ_CLS
+    classifier head trained beside the adapter); load_peft copies them into the model's own modules."""
+    if not modules:
+        return {}
+    base = {k: v for k, v in model.state_dict().items() if HOST_ATTR not in k.split(".")}
+    heads = {}
+    for key in list(state):
+        owner = key.rsplit(".", 1)[0]
+        if any(owner == m or owner.endswith("." + m) for m in modules):
+            tensor = state.pop(key)
+            if key not in base or base[key].shape != tensor.shape:
+                raise IncompatibleAdapterError(
+                    f"The PEFT adapter in {where} saves module weight {key} (modules_to_save={modules}), which this "
+                    "model lacks or has in another shape; load it into the model class it was trained with."
+                )
+            heads[key] = tensor
+    return heads
 
 
 __all__ = ["save_adapter", "load_adapter", "export_peft", "load_peft", "adapter_state_dict", "HOST_ATTR"]

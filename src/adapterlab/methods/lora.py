@@ -57,27 +57,80 @@ class LoraConfig(AdapterConfig):
             "r": self.r,
             "lora_alpha": self.alpha,
             "lora_dropout": self.dropout,
-            "target_modules": "(" + "|".join(re.escape(s.path) for s in sites) + ")",
+            "target_modules": regex_of_paths(s.path for s in sites),
             "fan_in_fan_out": any(isinstance(model.get_submodule(s.path), Conv1D) for s in sites),
             "bias": "none",
+            "modules_to_save": peft_heads(model),
             "inference_mode": True,
         }
 
     @classmethod
     def from_peft(cls, data: dict) -> "LoraConfig":
-        """A LoraConfig from a PEFT adapter_config.json (plain LoRA only)."""
-        unsupported = [k for k in ("use_dora", "use_rslora") if data.get(k)]
-        if data.get("rank_pattern") or data.get("alpha_pattern"):
-            unsupported.append("rank_pattern/alpha_pattern")
+        """A LoraConfig from a PEFT adapter_config.json: plain LoRA, or rsLoRA (its alpha / sqrt(r) scaling
+        is the same as alpha * sqrt(r) / r); anything else that changes the model is refused by name."""
+        refuse_peft_options("LoRA", data, PEFT_LORA_UNSUPPORTED)
         if data.get("bias", "none") != "none":
-            unsupported.append(f"bias={data['bias']!r}")
-        if unsupported:
-            raise AdapterError(f"This PEFT LoRA uses {unsupported}, which adapterlab does not import; only plain LoRA.")
-        targets = data["target_modules"]
-        targets = [targets] if isinstance(targets, str) else list(targets)
-        if len(targets) == 1 and any(c in targets[0] for c in "()|^$*"):
-            targets = [t.replace("\\.", ".") for t in targets[0].strip("()^$").split("|")]
-        return cls(targets=targets, r=data["r"], alpha=data["lora_alpha"], dropout=data.get("lora_dropout", 0.0))
+            raise AdapterError(f"This PEFT LoRA trains biases (bias={data['bias']!r}), which adapterlab does "
+                               "not import; only bias='none' adapters.")
+        r, alpha = data["r"], data["lora_alpha"]
+        if data.get("use_rslora"):
+            alpha = alpha * math.sqrt(r)
+        return cls(targets=peft_targets(data["target_modules"]), r=r, alpha=alpha,
+                   dropout=data.get("lora_dropout", 0.0))
+
+
+# PEFT LoraConfig options that change what the adapter computes or where it sits, and that adapterlab's
+# LoRA cannot express; importing an adapter that sets one would silently give a different model.
+PEFT_LORA_UNSUPPORTED = (
+    "use_dora", "rank_pattern", "alpha_pattern", "lora_bias", "target_parameters",
+    "layers_to_transform", "exclude_modules", "layer_replication", "trainable_token_indices",
+    "alora_invocation_tokens", "use_qalora", "megatron_config", "use_bdlora", "arrow_config", "kasa_config",
+)
+
+
+def refuse_peft_options(kind: str, data: dict, names: tuple[str, ...]) -> None:
+    """Raise AdapterError naming every option in `names` that a PEFT config sets (non-empty, non-false)."""
+    used = [name for name in names if data.get(name)]
+    if used:
+        raise AdapterError(
+            f"This PEFT {kind} adapter uses {', '.join(used)}, which adapterlab does not import (the result "
+            f"would compute something else). Load it with peft itself, or retrain it without those options."
+        )
+
+
+def regex_of_paths(paths) -> str:
+    """A PEFT target_modules regex (PEFT full-matches it) naming exactly these module paths."""
+    return "(" + "|".join(re.escape(p) for p in paths) + ")"
+
+
+def peft_targets(value: str | list[str]) -> list[str]:
+    """adapterlab targets from PEFT's target_modules: a list of name suffixes, or a regex of the plain
+    alternation form `(a\\.b|c\\.d)` that `regex_of_paths` writes. Other regexes are refused by name."""
+    if not isinstance(value, str):
+        return list(value)
+    body = value.strip()
+    body = body[1:] if body.startswith("^") else body
+    body = body[:-1] if body.endswith("$") else body
+    if body.startswith("(") and body.endswith(")"):
+        body = body[1:-1]
+    names = [re.sub(r"\\(.)", r"\1", part) for part in body.split("|")]
+    if not all(re.fullmatch(r"[\w.\-]+", name) for name in names):
+        raise AdapterError(
+            f"PEFT target_modules {value!r} is a general regular expression; adapterlab imports a list of "
+            "module names or an alternation of exact module paths. Rewrite it as a list of names."
+        )
+    return names
+
+
+def peft_heads(model: nn.Module) -> list[str] | None:
+    """The classifier head PEFT saves beside a SEQ_CLS adapter (its modules_to_save), or None.
+
+    PEFT always restores a sequence classifier's head from the adapter file, so the export carries the
+    head this model computes with (trained or not)."""
+    if peft_task_type(model) != "SEQ_CLS":
+        return None
+    heads = [name for name in ("classifier", "score") if isinstance(getattr(model, name, None), nn.Module)]
+    return heads or None
 
 
 def peft_task_type(model: nn.Module) -> str | None:

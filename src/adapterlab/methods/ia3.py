@@ -1,0 +1,139 @@
+"""(IA)^3 (Liu et al., 2022): learned per-feature scaling vectors, initialised to ones. Mergeable.
+
+Attention targets (default k, v) scale the layer's output, y * l, with l over out features; feed-forward
+targets (default the down projection) scale its input, layer(x * l), with l over in features. The
+vector is named and shaped as PEFT's `ia3_l` ((out, 1) or (1, in)), so checkpoints map one to one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ..config import AdapterConfig
+from ..errors import AdapterError, NotMergeableError
+from ..layers import is_linear, linear_features, reference_tensor, weight_as_out_in
+from ..sites import Site, resolve_sites
+from .base import Adapter
+from .lora import peft_heads, peft_targets, peft_task_type, refuse_peft_options, regex_of_paths
+
+DEFAULT_FEEDFORWARD = ("down",)
+
+
+@dataclass
+class IA3Config(AdapterConfig):
+    """feedforward: the targets whose input is scaled (logical names or module-name suffixes, like PEFT's
+    feedforward_modules); every other target has its output scaled. None means the down projection."""
+
+    method = "ia3"
+    default_targets = ("k", "v", "down")
+    mergeable = True
+
+    feedforward: list[str] | None = None
+
+    peft_type = "IA3"
+
+    def validate(self) -> None:
+        if isinstance(self.feedforward, str):
+            self.feedforward = [t.strip() for t in self.feedforward.split(",") if t.strip()]
+        if self.feedforward is not None:
+            if not all(isinstance(t, str) and t for t in self.feedforward):
+                raise AdapterError(f"ia3: `feedforward` must be a list of target names, got {self.feedforward!r}.")
+            self.feedforward = list(self.feedforward)
+
+    def feedforward_paths(self, model: nn.Module) -> set[str]:
+        """Full names of the layers that `feedforward` names in `model`."""
+        if self.feedforward is None:
+            try:
+                return {s.path for s in resolve_sites(model, list(DEFAULT_FEEDFORWARD), self.layers, defaults=True)}
+            except AdapterError:  # a family without a known down projection: nothing is feed-forward
+                return set()
+        return {s.path for s in resolve_sites(model, self.feedforward, self.layers)}
+
+    def build(self, site: Site, model: nn.Module) -> "IA3Adapter":
+        host = model.get_submodule(site.path)
+        if not is_linear(host):
+            raise AdapterError(
+                f"ia3 scales linear layers; target {site.target!r} matched {site.path!r}, a "
+                f"{type(host).__name__}. Target its projections instead (e.g. k_proj, v_proj, down_proj)."
+            )
+        in_features, out_features = linear_features(host)
+        feedforward = site.path in self.feedforward_paths(model)
+        ref = reference_tensor(host)
+        return IA3Adapter(in_features if feedforward else out_features, feedforward, ref.device, ref.dtype)
+
+    def to_peft(self, model: nn.Module, sites: list[Site]) -> dict:
+        """The equivalent PEFT IA3Config as a dict; targets are the exact placed layers."""
+        from transformers.pytorch_utils import Conv1D
+
+        feedforward = self.feedforward_paths(model)
+        return {
+            "peft_type": "IA3",
+            "task_type": peft_task_type(model),
+            "target_modules": regex_of_paths(s.path for s in sites),
+            "feedforward_modules": regex_of_paths(s.path for s in sites if s.path in feedforward),
+            "fan_in_fan_out": any(isinstance(model.get_submodule(s.path), Conv1D) for s in sites),
+            "modules_to_save": peft_heads(model),
+            "init_ia3_weights": True,
+            "inference_mode": True,
+        }
+
+    @classmethod
+    def from_peft(cls, data: dict) -> "IA3Config":
+        """An IA3Config from a PEFT adapter_config.json (modules_to_save are handled by load_peft)."""
+        refuse_peft_options("IA3", data, ("exclude_modules",))
+        targets = peft_targets(data["target_modules"])
+        feedforward = peft_targets(data.get("feedforward_modules") or [])
+        return cls(targets=targets, feedforward=feedforward)
+
+
+class IA3Adapter(Adapter):
+    """One (IA)^3 vector: scales the host's output features, or its input features if `feedforward`."""
+
+    def __init__(self, features: int, feedforward: bool, device: torch.device, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.feedforward = feedforward
+        shape = (1, features) if feedforward else (features, 1)
+        self.ia3_l = nn.Parameter(torch.ones(shape, device=device, dtype=dtype))
+
+    def adapt_input(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.feedforward:
+            return x
+        return (x.to(self.ia3_l.dtype) * self.ia3_l.flatten()).to(x.dtype)
+
+    def adapt_output(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if self.feedforward:
+            return y
+        return (y.to(self.ia3_l.dtype) * self.ia3_l.flatten()).to(y.dtype)
+
+    @torch.no_grad()
+    def merge(self, host: nn.Module) -> None:
+        """Scale the weight's rows (and the bias, which the output scaling also multiplies) or columns by l.
+
+        Refuses a vector with exact zeros: those rows or columns would be erased and unmerge could not
+        bring them back.
+        """
+        if bool((self.ia3_l == 0).any()):
+            raise NotMergeableError(
+                "ia3: this vector has exact zeros, so merging would erase base weights that unmerge cannot "
+                "restore; keep the adapter unmerged."
+            )
+        self._rescale(host, torch.mul)
+
+    @torch.no_grad()
+    def unmerge(self, host: nn.Module) -> None:
+        """Divide the merged scaling back out. (w * l) / l equals w only to rounding (about one ulp of the
+        weight's dtype per merge/unmerge cycle), so many cycles in half precision drift slightly."""
+        self._rescale(host, torch.div)
+
+    def _rescale(self, host: nn.Module, op) -> None:
+        scale = self.ia3_l.flatten().float()
+        weight = weight_as_out_in(host)
+        if self.feedforward:
+            weight.copy_(op(weight.float(), scale[None, :]).to(weight.dtype))
+        else:
+            weight.copy_(op(weight.float(), scale[:, None]).to(weight.dtype))
+            if getattr(host, "bias", None) is not None:
+                host.bias.copy_(op(host.bias.float(), scale).to(host.bias.dtype))

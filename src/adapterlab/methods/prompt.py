@@ -1,0 +1,120 @@
+"""Prompt tuning (Lester et al., 2021): learned token embeddings before the input; deep=True adds VPT-deep.
+
+The virtual tokens go first in text models (their logits are kept in the output, as PEFT does: the
+logits of a call that adds the prompt have `num_virtual_tokens` extra leading positions), and after the
+CLS/distillation tokens in ViT/AST. With deep=True (Jia et al., 2022, VPT-deep) every block i >= 1
+gets its own tokens: at that block's input the prompt positions are replaced by layer i's tokens.
+Not mergeable; the parameters are the embeddings themselves, so count_parameters counts n x hidden
+(x layers when deep).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ..config import AdapterConfig, one_of
+from ..errors import AdapterError
+from ..layers import reference_tensor
+from ..sites import Site
+from .virtual_tokens import VirtualTokenAdapter, check_num_virtual_tokens, modality_and_blocks, text_config
+
+INITS = ("random", "vocab", "text")
+
+
+@dataclass
+class PromptConfig(AdapterConfig):
+    """num_virtual_tokens: prompt length; deep: own tokens at every block (VPT-deep).
+
+    init: "random" (N(0, 1), PEFT's default), "vocab" (embeddings of random vocabulary tokens) or "text"
+    (embeddings of `init_text` tokenized by `tokenizer`, a name or path; repeated or cut to length). The
+    text is tokenized when the config is made and the ids kept in `init_token_ids`, so a saved adapter
+    reloads without the tokenizer. Vocabulary/text init copies the model's word embeddings, so it only
+    happens when they hold real values: attached to a meta-device model the prompt stays random (its
+    values come from the checkpoint you load afterwards). Deep prompt layers always start random.
+    """
+
+    method = "prompt"
+    site_kinds = ("model",)
+
+    num_virtual_tokens: int = 20
+    deep: bool = False
+    init: str = "random"
+    init_text: str | None = None
+    tokenizer: str | None = None
+    init_token_ids: list[int] | None = None
+
+    def validate(self) -> None:
+        check_num_virtual_tokens(self.method, self.num_virtual_tokens)
+        one_of(self.method, "init", self.init, INITS)
+        if self.targets is not None or self.layers is not None:
+            raise AdapterError("prompt: the prompt goes at the model's input; leave `targets` and `layers` unset.")
+        if self.init == "text" and self.init_token_ids is None:
+            self.init_token_ids = tokenize_init_text(self.init_text, self.tokenizer)
+
+    def build(self, site: Site, model: nn.Module) -> "PromptAdapter":
+        modality, leading, blocks = modality_and_blocks(model, need_blocks=self.deep)
+        embeddings = model.get_input_embeddings()
+        if modality == "text":
+            ref = reference_tensor(embeddings)
+            hidden = embeddings.embedding_dim
+        else:
+            ref = reference_tensor(model.get_submodule(blocks[0]))
+            hidden = text_config(model).hidden_size
+            if self.init != "random":
+                raise AdapterError(f"prompt: init={self.init!r} needs word embeddings; {modality} models take init='random'.")
+        adapter = PromptAdapter(self.num_virtual_tokens, hidden, self.deep, modality, leading, blocks, ref.device, ref.dtype)
+        if self.init != "random" and not ref.is_meta:
+            ids = self.init_token_ids if self.init == "text" else \
+                torch.randint(0, embeddings.num_embeddings, (self.num_virtual_tokens,)).tolist()
+            adapter.init_from_vocabulary(embeddings, ids)
+        return adapter
+
+
+def tokenize_init_text(text: str | None, tokenizer: str | None) -> list[int]:
+    """Token ids of the prompt's initial text."""
+    if not text or not tokenizer:
+        raise AdapterError("prompt: init='text' needs `init_text` (the words) and `tokenizer` (a name or path).")
+    from transformers import AutoTokenizer
+
+    try:
+        ids = AutoTokenizer.from_pretrained(tokenizer)(text, add_special_tokens=False)["input_ids"]
+    except (OSError, ValueError) as exc:
+        raise AdapterError(f"prompt: could not load tokenizer {tokenizer!r} for init='text' ({exc}).") from exc
+    if not ids:
+        raise AdapterError(f"prompt: init_text {text!r} has no tokens.")
+    return list(ids)
+
+
+class PromptAdapter(VirtualTokenAdapter):
+    """The prompt embeddings (`embedding.weight`, like PEFT) and, when deep, `layer_prompts` per block >= 1."""
+
+    def __init__(self, num_virtual_tokens: int, hidden: int, deep: bool, modality: str, leading: int,
+                 blocks: list[str], device: torch.device, dtype: torch.dtype) -> None:
+        super().__init__(num_virtual_tokens, modality, leading, blocks)
+        self.embedding = nn.Embedding(num_virtual_tokens, hidden, device=device, dtype=dtype)
+        self.deep_prompts = None
+        if deep:
+            self.deep_prompts = nn.Parameter(torch.empty(len(blocks) - 1, num_virtual_tokens, hidden,
+                                                         device=device, dtype=dtype))
+            nn.init.normal_(self.deep_prompts)
+
+    @property
+    def deep(self) -> bool:
+        return self.deep_prompts is not None
+
+    def prompts(self) -> torch.Tensor:
+        return self.embedding.weight
+
+    def layer_prompts(self, index: int) -> torch.Tensor | None:
+        return None if self.deep_prompts is None else self.deep_prompts[index - 1]
+
+    @torch.no_grad()
+    def init_from_vocabulary(self, embeddings: nn.Embedding, ids: list[int]) -> None:
+        """Start the prompt as the embeddings of token `ids` (repeated or cut to the prompt length)."""
+        n = self.num_virtual_tokens
+        ids = (ids * (n // len(ids) + 1))[:n]
+        index = torch.tensor(ids, device=embeddings.weight.device)
+        self.embedding.weight.copy_(embeddings.weight[index].to(self.embedding.weight.dtype))

@@ -1,0 +1,93 @@
+"""P-tuning (Liu et al., 2021): virtual token embeddings produced by a small prompt encoder (MLP or LSTM).
+
+The encoder reparameterises the prompt: `embedding` (num_virtual_tokens, hidden) goes through
+`mlp_head` (Linear-ReLU-Linear-ReLU-Linear), or a bidirectional `lstm_head` then a two-layer
+`mlp_head`, with PEFT's layer names and shapes so that weights compare. The encoded tokens are then
+placed like prompt tuning's (first in text models, after CLS in ViT/AST). count_parameters counts the
+encoder too; PEFT saves only the encoded tokens after training, adapterlab saves the encoder.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ..config import AdapterConfig, one_of, positive_int
+from ..errors import AdapterError
+from ..layers import reference_tensor
+from ..sites import Site
+from .virtual_tokens import VirtualTokenAdapter, check_num_virtual_tokens, modality_and_blocks, text_config
+
+
+@dataclass
+class PTuningConfig(AdapterConfig):
+    """num_virtual_tokens; encoder: "mlp" or "lstm"; encoder_hidden_size (default: the model's hidden size);
+    encoder_num_layers: LSTM layers (the MLP always has 3 linear layers, as in PEFT); encoder_dropout (LSTM)."""
+
+    method = "ptuning"
+    site_kinds = ("model",)
+
+    num_virtual_tokens: int = 20
+    encoder: str = "mlp"
+    encoder_hidden_size: int | None = None
+    encoder_num_layers: int = 2
+    encoder_dropout: float = 0.0
+
+    def validate(self) -> None:
+        check_num_virtual_tokens(self.method, self.num_virtual_tokens)
+        one_of(self.method, "encoder", self.encoder, ("mlp", "lstm"))
+        if self.encoder_hidden_size is not None:
+            positive_int(self.method, "encoder_hidden_size", self.encoder_hidden_size)
+        positive_int(self.method, "encoder_num_layers", self.encoder_num_layers)
+        if not 0.0 <= float(self.encoder_dropout) < 1.0:
+            raise AdapterError(f"ptuning: `encoder_dropout` must be in [0, 1), got {self.encoder_dropout!r}.")
+        if self.targets is not None or self.layers is not None:
+            raise AdapterError("ptuning: the prompt goes at the model's input; leave `targets` and `layers` unset.")
+
+    def build(self, site: Site, model: nn.Module) -> "PTuningAdapter":
+        modality, leading, blocks = modality_and_blocks(model, need_blocks=False)
+        if modality == "text":
+            embeddings = model.get_input_embeddings()
+            ref, hidden = reference_tensor(embeddings), embeddings.embedding_dim
+        else:
+            ref, hidden = reference_tensor(model.get_submodule(blocks[0])), text_config(model).hidden_size
+        encoder = PromptEncoder(self.num_virtual_tokens, hidden, self.encoder_hidden_size or hidden, self.encoder,
+                                self.encoder_num_layers, self.encoder_dropout).to(device=ref.device, dtype=ref.dtype)
+        return PTuningAdapter(encoder, self.num_virtual_tokens, modality, leading, blocks)
+
+
+class PromptEncoder(nn.Module):
+    """Token embeddings and the MLP or LSTM+MLP that turns them into the prompt."""
+
+    def __init__(self, n: int, hidden: int, encoder_hidden: int, kind: str, lstm_layers: int, dropout: float) -> None:
+        super().__init__()
+        self.embedding = nn.Embedding(n, hidden)
+        self.lstm_head = None
+        if kind == "lstm":
+            self.lstm_head = nn.LSTM(hidden, encoder_hidden, num_layers=lstm_layers, dropout=dropout,
+                                     bidirectional=True, batch_first=True)
+            self.mlp_head = nn.Sequential(nn.Linear(2 * encoder_hidden, 2 * encoder_hidden), nn.ReLU(),
+                                          nn.Linear(2 * encoder_hidden, hidden))
+        else:
+            self.mlp_head = nn.Sequential(nn.Linear(hidden, encoder_hidden), nn.ReLU(),
+                                          nn.Linear(encoder_hidden, encoder_hidden), nn.ReLU(),
+                                          nn.Linear(encoder_hidden, hidden))
+
+    def forward(self) -> torch.Tensor:
+        tokens = self.embedding.weight.unsqueeze(0)
+        if self.lstm_head is not None:
+            tokens = self.lstm_head(tokens)[0]
+        return self.mlp_head(tokens)[0]
+
+
+class PTuningAdapter(VirtualTokenAdapter):
+    """Places the prompt encoder's output as virtual tokens."""
+
+    def __init__(self, encoder: PromptEncoder, n: int, modality: str, leading: int, blocks: list[str]) -> None:
+        super().__init__(n, modality, leading, blocks)
+        self.encoder = encoder
+
+    def prompts(self) -> torch.Tensor:
+        return self.encoder()

@@ -1,0 +1,204 @@
+"""What prompt tuning, P-tuning and prefix tuning share: learned virtual tokens placed before the input.
+
+Text models: the adapter rewrites the model call (`before_model`). On the first call of a sequence
+(no KV cache yet, or an empty one, as `generate()` passes on its first step) the virtual tokens enter
+the sequence; on later cached steps they already sit in the cache, so only the attention mask and
+position ids are shifted. Any non-empty cache passed in is taken to be one this adapter filled.
+Conventions follow PEFT so that logits compare: virtual tokens go first (before any left padding),
+the attention mask gets `n` ones in front, token-level labels get `n` entries of -100 in front, token
+type ids get `n` zeros. Unlike PEFT (which drops position ids for prompt tuning) given position ids are
+kept and shifted by `n`, which is what makes left-padded batched generation equal per-example runs.
+
+Vision/audio models (no token embeddings): the tokens are inserted after the leading special tokens
+(`Architecture.leading_tokens`: CLS, distillation) at the input of the first block, so CLS stays at 0.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import Cache
+
+from ..config import positive_int
+from ..errors import AdapterError
+from ..sites import architecture_of, block_paths
+from .base import Adapter
+
+
+def check_num_virtual_tokens(method: str, value: Any) -> None:
+    """Raise AdapterError unless `num_virtual_tokens` is a positive int."""
+    positive_int(method, "num_virtual_tokens", value)
+
+
+def text_config(model: nn.Module) -> Any:
+    """The model's (text) config, where layer counts and head sizes live."""
+    config = getattr(model, "config", None)
+    if config is None:
+        raise AdapterError(f"{type(model).__name__} has no `.config`; virtual-token methods need a transformers model.")
+    return config.get_text_config() if hasattr(config, "get_text_config") else config
+
+
+def modality_and_blocks(model: nn.Module, need_blocks: bool) -> tuple[str, int, list[str]]:
+    """(modality, leading special tokens, block paths) of `model`; blocks only looked up when needed."""
+    embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    try:
+        arch = architecture_of(model)
+    except AdapterError:
+        if need_blocks or not isinstance(embeddings, nn.Embedding):
+            raise
+        return "text", 0, []
+    modality = arch.modality if arch.modality != "text" or isinstance(embeddings, nn.Embedding) else "vision"
+    blocks = block_paths(model, arch) if need_blocks or modality != "text" else []
+    return modality, (arch.leading_tokens if modality != "text" else 0), blocks
+
+
+def past_length(past: Any) -> int:
+    """How many positions a KV cache already holds (0 for none)."""
+    if past is None:
+        return 0
+    if isinstance(past, Cache):
+        return int(past.get_seq_length())
+    raise AdapterError(
+        f"past_key_values is a {type(past).__name__}; virtual-token adapters need a transformers Cache "
+        "(e.g. DynamicCache) or None."
+    )
+
+
+def extend_mask(mask: torch.Tensor | None, n: int, past: int, query: int) -> torch.Tensor | None:
+    """The 2-D attention mask with `n` ones in front when it does not cover the virtual tokens yet."""
+    if mask is None:
+        return None
+    if mask.dim() != 2:
+        raise AdapterError(
+            f"Virtual-token adapters take a 2-D attention mask (batch, length), got {mask.dim()}-D; pass the "
+            "padding mask and use a dynamic cache (the default) in generate()."
+        )
+    missing = past + query - mask.shape[1]
+    if missing == 0:
+        return mask
+    if missing < n:
+        raise AdapterError(
+            f"attention_mask has length {mask.shape[1]} but the sequence (cache {past} + input {query}) needs "
+            f"{past + query} or {past + query - n} (without the {n} virtual tokens); pass the input's own mask."
+        )
+    return torch.cat([mask.new_ones(mask.shape[0], n), mask], dim=1)
+
+
+def split_input_ids(args: tuple, kwargs: dict[str, Any]) -> tuple[tuple, dict[str, Any]]:
+    """Move a positional input_ids (the first positional argument of text models) into kwargs."""
+    if args:
+        if "input_ids" in kwargs:
+            raise AdapterError("input_ids given both positionally and by keyword.")
+        kwargs = {**kwargs, "input_ids": args[0]}
+        args = args[1:]
+    return args, dict(kwargs)
+
+
+def sequence_length(kwargs: dict[str, Any]) -> tuple[int, int, torch.device]:
+    """(batch, length, device) of the call's input_ids or inputs_embeds."""
+    source = kwargs.get("input_ids")
+    if source is None:
+        source = kwargs.get("inputs_embeds")
+    if source is None:
+        raise AdapterError("Virtual-token adapters on text models need input_ids or inputs_embeds.")
+    return source.shape[0], source.shape[1], source.device
+
+
+def shift_positions(kwargs: dict[str, Any], n: int, prepend: bool) -> None:
+    """Shift given position ids by `n` (and give the prepended virtual tokens 0..n-1 when `prepend`)."""
+    positions = kwargs.get("position_ids")
+    if positions is None:
+        return
+    shifted = positions + n
+    if prepend:
+        front = torch.arange(n, device=positions.device, dtype=positions.dtype).expand(*positions.shape[:-1], n)
+        shifted = torch.cat([front, shifted], dim=-1)
+    kwargs["position_ids"] = shifted
+
+
+class VirtualTokenAdapter(Adapter):
+    """Base of the adapters that put learned token embeddings into the input sequence (prompt, P-tuning).
+
+    Subclasses give `prompts()` (num_virtual_tokens, hidden) and, for deep prompts, `layer_prompts(i)`
+    for block i >= 1 (the tokens that replace the prompt positions at that block's input).
+    """
+
+    def __init__(self, num_virtual_tokens: int, modality: str, leading_tokens: int, blocks: list[str]) -> None:
+        super().__init__()
+        self.num_virtual_tokens = num_virtual_tokens
+        self.modality = modality
+        self.leading_tokens = leading_tokens
+        self.block_names = list(blocks)
+        self.prompt_in_call = False  # whether the current call's sequence holds the prompt positions
+
+    def prompts(self) -> torch.Tensor:
+        raise NotImplementedError
+
+    def layer_prompts(self, index: int) -> torch.Tensor | None:
+        """Tokens replacing the prompt positions at the input of block `index`; None for plain prompts."""
+        return None
+
+    @property
+    def deep(self) -> bool:
+        return False
+
+    def hook_submodules(self, model: nn.Module) -> list:
+        """Block hooks: insertion after the leading tokens (vision/audio) and per-layer tokens (deep)."""
+        handles = []
+        for index, path in enumerate(self.block_names):
+            if index == 0 and self.modality == "text":
+                continue
+            if index > 0 and not self.deep:
+                continue
+            block = model.get_submodule(path)
+            hook = functools.partial(self._block_pre, index)
+            handles.append(block.register_forward_pre_hook(hook, with_kwargs=True))
+        return handles
+
+    def _block_pre(self, index: int, module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> Any:
+        if not self.applies:
+            return None
+        in_kwargs = not args
+        hidden = kwargs["hidden_states"] if in_kwargs else args[0]
+        start, n = self.leading_tokens, self.num_virtual_tokens
+        if index == 0:  # vision/audio: insert after the leading special tokens
+            tokens = self.prompts().to(hidden.dtype).expand(hidden.shape[0], -1, -1)
+            hidden = torch.cat([hidden[:, :start], tokens, hidden[:, start:]], dim=1)
+        elif self.modality != "text" or self.prompt_in_call:  # deep: this layer's own tokens
+            tokens = self.layer_prompts(index).to(hidden.dtype).expand(hidden.shape[0], -1, -1)
+            hidden = torch.cat([hidden[:, :start], tokens, hidden[:, start + n:]], dim=1)
+        else:
+            return None
+        if in_kwargs:
+            return args, {**kwargs, "hidden_states": hidden}
+        return (hidden, *args[1:]), kwargs
+
+    def before_model(self, model: nn.Module, args: tuple, kwargs: dict[str, Any]) -> tuple[tuple, dict[str, Any]]:
+        if self.modality != "text":
+            return args, kwargs
+        args, kwargs = split_input_ids(args, kwargs)
+        batch, length, device = sequence_length(kwargs)
+        n = self.num_virtual_tokens
+        past = past_length(kwargs.get("past_key_values"))
+        self.prompt_in_call = past == 0
+        if self.prompt_in_call:
+            embeds = kwargs.pop("inputs_embeds", None)
+            ids = kwargs.pop("input_ids", None)
+            if embeds is None:
+                embeds = model.get_input_embeddings()(ids)
+            tokens = self.prompts().to(device=embeds.device, dtype=embeds.dtype).expand(batch, -1, -1)
+            kwargs["inputs_embeds"] = torch.cat([tokens, embeds], dim=1)
+            labels = kwargs.get("labels")
+            if labels is not None and labels.dim() >= 2 and labels.shape[1] == length:
+                kwargs["labels"] = torch.cat([labels.new_full((batch, n, *labels.shape[2:]), -100), labels], dim=1)
+            token_types = kwargs.get("token_type_ids")
+            if token_types is not None:
+                kwargs["token_type_ids"] = torch.cat([token_types.new_zeros(batch, n), token_types], dim=1)
+            length += n
+        shift_positions(kwargs, n, prepend=self.prompt_in_call)
+        if "attention_mask" in kwargs:
+            kwargs["attention_mask"] = extend_mask(kwargs["attention_mask"], n, past, length)
+        return args, kwargs
