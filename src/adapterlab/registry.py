@@ -11,6 +11,9 @@ from .errors import AdapterError
 # name: ("module:ConfigClass", preset options applied before the user's options)
 METHODS: dict[str, tuple[str, dict[str, Any]]] = {
     "lora": ("adapterlab.methods.lora:LoraConfig", {}),
+    "prompt": ("adapterlab.methods.prompt:PromptConfig", {}),
+    "prefix": ("adapterlab.methods.prefix:PrefixConfig", {}),
+    "ptuning": ("adapterlab.methods.ptuning:PTuningConfig", {}),
     "series": ("adapterlab.methods.bottleneck:SeriesConfig", {}),
     "houlsby": ("adapterlab.methods.bottleneck:SeriesConfig", {"targets": ["attn", "mlp"]}),
     "pfeiffer": ("adapterlab.methods.bottleneck:SeriesConfig", {"targets": ["mlp"]}),

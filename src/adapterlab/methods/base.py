@@ -42,6 +42,10 @@ class Adapter(nn.Module):
     def after_model(self, model: nn.Module, args: tuple, kwargs: dict[str, Any], output: Any) -> Any:
         return output
 
+    def hook_submodules(self, model: nn.Module) -> list:
+        """Extra hooks a model-site adapter registers inside the model (e.g. at every block); their handles."""
+        return []
+
     def merge(self, host: nn.Module) -> None:
         """Fold this adapter into `host`'s weights so that inference costs nothing extra."""
         raise NotMergeableError(f"{type(self).__name__} cannot be merged into the base weights.")
