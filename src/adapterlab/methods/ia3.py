@@ -73,7 +73,7 @@ class IA3Config(AdapterConfig):
             "peft_type": "IA3",
             "task_type": peft_task_type(model),
             "target_modules": regex_of_paths(s.path for s in sites),
-            "feedforward_modules": regex_of_paths(s.path for s in sites if s.path in feedforward),
+            "feedforward_modules": regex_of_paths(s.path for s in sites if s.path in feedforward) if feedforward else [],
             "fan_in_fan_out": any(isinstance(model.get_submodule(s.path), Conv1D) for s in sites),
             "modules_to_save": peft_heads(model),
             "init_ia3_weights": True,

@@ -113,6 +113,8 @@ def peft_targets(value: str | list[str]) -> list[str]:
     body = body[:-1] if body.endswith("$") else body
     if body.startswith("(") and body.endswith(")"):
         body = body[1:-1]
+    if not body:
+        return []
     names = [re.sub(r"\\(.)", r"\1", part) for part in body.split("|")]
     if not all(re.fullmatch(r"[\w.\-]+", name) for name in names):
         raise AdapterError(
