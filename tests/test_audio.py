@@ -138,3 +138,14 @@ def test_bad_options_name_the_fix(fsdd_like: Path, tiny_ast_config: str) -> None
         audio.prepare(TaskOptions(model="config:nope", data=[str(fsdd_like)]))
     with pytest.raises(ValueError, match="model_type"):
         audio.prepare(TaskOptions(model="config:vit-small", data=[str(fsdd_like)]))
+
+
+def test_fresh_ast_has_random_special_tokens(tiny_ast_config: str) -> None:
+    """Zero CLS tokens hit the first LayerNorm with zero variance; a config-built AST must not start that way."""
+    from adapterlab.tasks.scratch import build_classifier
+
+    model, _ = build_classifier(tiny_ast_config, "audio-cls", ["a", "b"], seed=0)
+    embeddings = model.base_model.embeddings
+    assert embeddings.cls_token.std() > 0 and embeddings.distillation_token.std() > 0
+    model(input_values=torch.randn(4, 32, 16), labels=torch.tensor([0, 1, 0, 1])).loss.backward()
+    assert float(torch.nn.utils.clip_grad_norm_(model.parameters(), 1e9)) < 100

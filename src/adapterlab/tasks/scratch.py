@@ -52,6 +52,18 @@ def config_from_spec(spec: str, task: str) -> T.PretrainedConfig:
     return T.AutoConfig.for_model(model_type, **values)
 
 
+def _draw_ast_tokens(model: nn.Module) -> None:
+    """Give a fresh AST random CLS/distillation tokens and positions, as a fresh ViT has.
+
+    transformers zero-initialises them (checkpoints overwrite them); from scratch a zero CLS token meets the
+    first LayerNorm with zero variance, which divides by sqrt(eps) and gives gradient norms of ~1e4.
+    """
+    embeddings = model.base_model.embeddings
+    with torch.no_grad():
+        for table in (embeddings.cls_token, embeddings.distillation_token, embeddings.position_embeddings):
+            nn.init.trunc_normal_(table, std=model.config.initializer_range)
+
+
 def build_classifier(spec: str, task: str, label_names: list[str], seed: int,
                      **overrides: Any) -> tuple[nn.Module, Any]:
     """(randomly initialised classifier with `len(label_names)` outputs, its feature extractor / processor).
@@ -68,6 +80,7 @@ def build_classifier(spec: str, task: str, label_names: list[str], seed: int,
     torch.manual_seed(seed)
     if task == "audio-cls":
         model = T.ASTForAudioClassification(config)
+        _draw_ast_tokens(model)
         processor = T.ASTFeatureExtractor(num_mel_bins=config.num_mel_bins, max_length=config.max_length)
     else:
         model = T.ViTForImageClassification(config)
