@@ -149,3 +149,25 @@ def test_fresh_ast_has_random_special_tokens(tiny_ast_config: str) -> None:
     assert embeddings.cls_token.std() > 0 and embeddings.distillation_token.std() > 0
     model(input_values=torch.randn(4, 32, 16), labels=torch.tensor([0, 1, 0, 1])).loss.backward()
     assert float(torch.nn.utils.clip_grad_norm_(model.parameters(), 1e9)) < 100
+
+
+def test_checkpoint_at_another_length_gets_interpolated_positions(fsdd_like: Path, tmp_path: Path) -> None:
+    from transformers import ASTFeatureExtractor
+
+    checkpoint = tmp_path / "ast-checkpoint"
+    saved = tiny_model("ast")  # 16 mel bins x 32 frames: a 1 x 2 patch grid
+    saved.save_pretrained(checkpoint)
+    ASTFeatureExtractor(num_mel_bins=16, max_length=32).save_pretrained(checkpoint)
+    table = saved.base_model.embeddings.position_embeddings.detach()
+
+    same = audio.prepare(TaskOptions(model=str(checkpoint), data=[str(fsdd_like)], options={"split": "fsdd"}))
+    assert torch.equal(same.model.base_model.embeddings.position_embeddings, table)
+    assert same.info["pretrained"] and same.model.config.id2label == {0: "0", 1: "1", 2: "2"}
+
+    longer = audio.prepare(TaskOptions(model=str(checkpoint), data=[str(fsdd_like)],
+                                       options={"split": "fsdd", "max_length": 96}))
+    resized = longer.model.base_model.embeddings.position_embeddings
+    assert resized.shape == (1, 2 + 9, 32) and torch.equal(resized[:, :2], table[:, :2])
+    assert torch.equal(resized[:, 2:], resize_patch_grid(table, (1, 2), (1, 9), leading_tokens=2)[:, 2:])
+    batch = default_data_collator([longer.train_dataset[i] for i in range(2)])
+    assert batch["input_values"].shape == (2, 96, 16) and torch.isfinite(longer.model(**batch).loss)

@@ -31,11 +31,15 @@ def image_folder(root: Path, classes: list[str], per_class: int, seed: int = 0) 
     return root
 
 
+def write_config(folder: Path) -> Path:
+    path = folder / "vit.json"
+    path.write_text(json.dumps(TINY_VIT))
+    return path
+
+
 @pytest.fixture
 def tiny_vit_config(tmp_path: Path) -> str:
-    path = tmp_path / "vit.json"
-    path.write_text(json.dumps(TINY_VIT))
-    return f"config:{path}"
+    return f"config:{write_config(tmp_path)}"
 
 
 def test_list_images_reads_class_folders(tmp_path: Path) -> None:
@@ -67,3 +71,21 @@ def test_separate_dev_folder_must_share_labels(tmp_path: Path, tiny_vit_config: 
     odd = image_folder(tmp_path / "odd", ["a", "zebra"], 1)
     with pytest.raises(ValueError, match="zebra"):
         image.prepare(TaskOptions(model=tiny_vit_config, data=[str(train)], eval_data=[str(odd)]))
+
+
+def test_checkpoint_gets_a_fresh_head_for_the_folder_classes(tmp_path: Path) -> None:
+    from tiny_models import tiny_model
+
+    from adapterlab.tasks.scratch import build_classifier
+
+    checkpoint = tmp_path / "vit-checkpoint"
+    _, processor = build_classifier(f"config:{write_config(tmp_path)}", "image-cls", ["x"], seed=0)
+    saved = tiny_model("vit")  # a 3-class head; the folder has 2 classes
+    saved.save_pretrained(checkpoint)
+    processor.save_pretrained(checkpoint)
+    root = image_folder(tmp_path / "train", ["a", "b"], 3)
+    setup = image.prepare(TaskOptions(model=str(checkpoint), data=[str(root)]))
+    assert setup.info["pretrained"] and setup.model.config.id2label == {0: "a", 1: "b"}
+    assert torch.equal(setup.model.vit.embeddings.position_embeddings, saved.vit.embeddings.position_embeddings)
+    batch = default_data_collator([setup.train_dataset[i] for i in range(2)])
+    assert setup.model(**batch).logits.shape == (2, 2)

@@ -67,7 +67,5 @@ def load_classifier(options: TaskOptions, task: str, labels: list[str],
         return model, processor, False
     from ..models import load_model
 
-    model, processor = load_model(options.model, task=task, num_labels=len(labels), label_names=labels)
-    model.config.id2label = dict(enumerate(labels))
-    model.config.label2id = {name: i for i, name in enumerate(labels)}
+    model, processor = load_model(options.model, task=task, label_names=labels)  # writes id2label / label2id
     return model, processor, True
