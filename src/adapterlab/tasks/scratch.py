@@ -86,6 +86,6 @@ def build_classifier(spec: str, task: str, label_names: list[str], seed: int,
         model = T.ViTForImageClassification(config)
         size = config.image_size
         # The Pillow backend (transformers >= 5) needs no torchvision; older versions only have ViTImageProcessor.
-        processor_class = getattr(T, "ViTImageProcessorPil", T.ViTImageProcessor)
+        processor_class = T.ViTImageProcessorPil if hasattr(T, "ViTImageProcessorPil") else T.ViTImageProcessor
         processor = processor_class(size={"height": size, "width": size})
     return model, processor
