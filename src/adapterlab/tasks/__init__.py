@@ -5,6 +5,8 @@ by `adapterlab train --task` to its module; one line per task.
 """
 
 TASKS: dict[str, str] = {
+    "causal-lm": "adapterlab.tasks.causal_lm",
+    "seq-cls": "adapterlab.tasks.classification",
     "audio-cls": "adapterlab.tasks.audio",
     "image-cls": "adapterlab.tasks.image",
 }

@@ -39,3 +39,6 @@ class TaskSetup:
     greater_is_better: bool = False
     num_tokens: int | None = None  # total training tokens per epoch, for tokens/s in the summary
     info: dict[str, Any] = field(default_factory=dict)  # reported in the run summary (e.g. decontamination)
+    # Modules trained in full beside the adapter and saved with it (a new classification head: "classifier",
+    # "score"), like PEFT's modules_to_save; paths as in model.named_modules().
+    trainable_modules: list[str] = field(default_factory=list)

@@ -1,0 +1,1 @@
+"""Subcommands of the `adapterlab` CLI; each module has `register(subparsers)`."""

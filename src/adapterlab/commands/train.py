@@ -1,0 +1,187 @@
+"""`adapterlab train`: flags generated from TrainConfig and from every registered method's config fields.
+
+Settings come from (lowest first) the dataclass defaults, a `--config` YAML file, and the command line.
+The flag names of LLM-Adapters' finetune.py are accepted as aliases so its published commands run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..errors import AdapterError
+from ..models import ModelPullError
+from ..registry import METHODS, config_class
+from ..train import TrainConfig, train
+
+OPTION_PREFIX = "adapter_option:"
+# LLM-Adapters finetune.py option names -> our adapter option names
+OPTION_ALIASES = {"lora_r": "r", "lora_alpha": "alpha", "lora_dropout": "dropout", "bottleneck_size": "size",
+                  "target_modules": "targets"}
+# LLM-Adapters --adapter_name values -> our methods (bottleneck is refined by --use_parallel_adapter/--use_adapterp)
+ADAPTER_NAMES = {"lora": "lora", "bottleneck": "series", "prefix-tuning": "prefix"}
+
+
+def parse_bool(text: str | bool) -> bool:
+    """true/false, yes/no, 1/0 (as fire, which LLM-Adapters uses, accepts True/False)."""
+    if isinstance(text, bool):
+        return text
+    lowered = text.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def parse_number(text: str) -> int | float:
+    """An int when the text is one, else a float (--val-size 120 or 0.1)."""
+    value = float(text)
+    return int(value) if value.is_integer() and "." not in text and "e" not in text.lower() else value
+
+
+def parse_value(text: str) -> Any:
+    """An adapter option value: YAML scalars and lists, so 32, 0.05, true and '["q_proj", "v_proj"]' all work."""
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+    return text if value is None else value
+
+
+def names(name: str, aliases: tuple[str, ...] = ()) -> list[str]:
+    """--dashed-name, --underscored_name and the aliases, without duplicates."""
+    flags = [f"--{name.replace('_', '-')}", f"--{name}", *aliases]
+    return list(dict.fromkeys(flags))
+
+
+def add_config_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per TrainConfig field; only flags the user gives land in the namespace."""
+    group = parser.add_argument_group("training")
+    for f in dataclasses.fields(TrainConfig):
+        if f.name == "adapter_options":
+            continue
+        kind = str(f.type)
+        kwargs: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS, "help": f.metadata.get("help")}
+        if kind == "bool":
+            kwargs.update(nargs="?", const=True, type=parse_bool, metavar="BOOL")
+        elif kind.startswith("list"):
+            kwargs.update(nargs="+", metavar="FILE")
+        elif f.name == "val_size":
+            kwargs.update(type=parse_number)
+        elif kind.startswith("int"):
+            kwargs.update(type=int)
+        elif kind.startswith("float"):
+            kwargs.update(type=float)
+        group.add_argument(*names(f.name, f.metadata.get("aliases", ())), **kwargs)
+
+
+def adapter_option_names() -> dict[str, list[str]]:
+    """Each option of any registered method -> the methods that have it."""
+    options: dict[str, list[str]] = {}
+    for method in sorted(METHODS):
+        for f in dataclasses.fields(config_class(method)):
+            options.setdefault(f.name, []).append(method)
+    return options
+
+
+def add_adapter_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per option of every registered method (e.g. --r, --alpha, --targets, --size)."""
+    group = parser.add_argument_group("adapter options (each applies to the methods named)")
+    options = adapter_option_names()
+    taken = {s for a in parser._actions for s in a.option_strings}
+    for name, methods in options.items():
+        aliases = tuple(f"--{form}" for alias, target in OPTION_ALIASES.items() if target == name
+                        for form in (alias.replace("_", "-"), alias))
+        flags = [s for s in names(name, aliases) if s not in taken]
+        group.add_argument(*flags, dest=OPTION_PREFIX + name, default=argparse.SUPPRESS, type=parse_value,
+                           nargs="?", const=True, metavar="VALUE", help=f"({', '.join(methods)})")
+    legacy = parser.add_argument_group("LLM-Adapters finetune.py compatibility")
+    legacy.add_argument("--adapter_name", dest="adapter_name", default=argparse.SUPPRESS,
+                        help="lora | bottleneck | prefix-tuning (or any method name)")
+    legacy.add_argument("--use_parallel_adapter", dest="use_parallel_adapter", nargs="?", const=True,
+                        type=parse_bool, default=False, help="with --adapter_name bottleneck: the parallel adapter")
+    legacy.add_argument("--use_adapterp", dest="use_adapterp", nargs="?", const=True, type=parse_bool,
+                        default=False, help="with --adapter_name bottleneck: the Pfeiffer adapter")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add `adapterlab train`."""
+    parser = subparsers.add_parser(
+        "train", help="fine-tune a model with an adapter (or in full)",
+        description="Fine-tune a model with an adapter (or --adapter full). Every flag can also come from a "
+                    "YAML file given with --config; flags on the command line win.",
+    )
+    parser.add_argument("--config", help="YAML file of settings (field names as in the flags, dashes or underscores)")
+    add_config_flags(parser)
+    add_adapter_flags(parser)
+    parser.set_defaults(func=run)
+
+
+def read_yaml(path: str) -> dict[str, Any]:
+    """The settings in a YAML config file, keys normalised to underscores."""
+    file = Path(path)
+    if not file.is_file():
+        raise AdapterError(f"--config {path}: no such file.")
+    try:
+        data = yaml.safe_load(file.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise AdapterError(f"--config {path} is not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise AdapterError(f"--config {path} must hold a mapping of settings, not a {type(data).__name__}.")
+    return {str(k).replace("-", "_"): v for k, v in data.items()}
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """Merge defaults, the --config file and the given flags into a TrainConfig."""
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    option_names = adapter_option_names()
+    settings: dict[str, Any] = {}
+    options: dict[str, Any] = {}
+    if getattr(args, "config", None):
+        for key, value in read_yaml(args.config).items():
+            key = OPTION_ALIASES.get(key, key)
+            if key == "adapter_options":
+                options.update(value or {})
+            elif key in fields:
+                settings[key] = value
+            elif key in option_names:
+                options[key] = value
+            else:
+                raise AdapterError(f"--config {args.config}: unknown setting {key!r}.")
+    given = vars(args)
+    settings.update({k: v for k, v in given.items() if k in fields})
+    options.update({k[len(OPTION_PREFIX):]: v for k, v in given.items() if k.startswith(OPTION_PREFIX)})
+    if "adapter_name" in given:
+        settings["adapter"] = legacy_method(given["adapter_name"], given["use_parallel_adapter"], given["use_adapterp"])
+    for key in ("data", "eval_data", "decontaminate"):
+        if isinstance(settings.get(key), str):
+            settings[key] = [settings[key]]
+    return TrainConfig.from_dict({**settings, "adapter_options": options})
+
+
+def legacy_method(name: str, parallel: bool, pfeiffer: bool) -> str:
+    """The method for LLM-Adapters' --adapter_name (bottleneck = series, parallel or pfeiffer)."""
+    if name == "bottleneck":
+        return "parallel" if parallel else "pfeiffer" if pfeiffer else "series"
+    return ADAPTER_NAMES.get(name, name)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Parse the settings, train, print the summary."""
+    try:
+        config = config_from_args(args)
+        summary = train(config)
+    except (ValueError, ModelPullError) as exc:  # AdapterError, DataError, UnknownModelError: messages for users
+        print(f"adapterlab train: error: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps({k: summary[k] for k in ("wall_time_s", "steps", "train_loss", "tokens_per_s", "best_metric",
+                                              "trainable_parameters", "final_weights")}, indent=2))
+    print(f"run folder: {config.output}")
+    return 0

@@ -1,0 +1,67 @@
+"""Trainer callbacks of the recipe: the JSONL metrics log and the best-checkpoint keeper with early stopping."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from transformers import TrainerCallback
+
+
+class MetricsLog(TrainerCallback):
+    """Append every log record (training loss, learning rate, dev metrics) to a JSONL file.
+
+    On resume, lines written after the checkpoint's step by the interrupted run are dropped first,
+    so the file reads as one uninterrupted run.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if state.is_world_process_zero and self.path.is_file():
+            keep = [line for line in self.path.read_text().splitlines()
+                    if line.strip() and json.loads(line).get("step", 0) <= state.global_step]
+            self.path.write_text("".join(line + "\n" for line in keep))
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if state.is_world_process_zero and logs:
+            record = {"step": state.global_step, "epoch": state.epoch, **logs}
+            with self.path.open("a") as handle:
+                handle.write(json.dumps(record) + "\n")
+
+
+class BestKeeper(TrainerCallback):
+    """Save a copy of the trained parameters whenever the dev metric improves; stop after `patience` misses.
+
+    The best so far is read from the trainer state's log history, so a resumed run continues the count.
+    """
+
+    def __init__(self, metric: str, greater_is_better: bool, save: Callable[[Any, int, float], None],
+                 patience: int | None = None) -> None:
+        self.metric, self.greater, self.save, self.patience = metric, greater_is_better, save, patience
+
+    def _better(self, a: float, b: float) -> bool:
+        if math.isnan(a):
+            return False
+        return math.isnan(b) or (a > b if self.greater else a < b)
+
+    def on_evaluate(self, args, state, control, metrics=None, model=None, **kwargs):
+        if not metrics or self.metric not in metrics:
+            raise KeyError(f"The dev metric {self.metric!r} is not among the evaluation results {sorted(metrics or {})}.")
+        values = [(h["step"], h[self.metric]) for h in state.log_history if self.metric in h]
+        value, earlier = metrics[self.metric], values[:-1]  # the last entry is this evaluation
+        best_step, best = None, None
+        for step, v in earlier:
+            if best is None or self._better(v, best):
+                best_step, best = step, v
+        if best is None or self._better(value, best):
+            if state.is_world_process_zero:
+                self.save(model, state.global_step, value)
+            return
+        misses = sum(1 for step, _ in earlier if step > best_step) + 1
+        if self.patience and misses >= self.patience:
+            control.should_training_stop = True

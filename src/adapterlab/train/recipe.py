@@ -1,0 +1,210 @@
+"""The training recipe: task setup, adapter (or full) fine-tuning on the HF Trainer, run folder outputs.
+
+The Trainer brings gradient accumulation, schedules, mixed precision, DDP/FSDP/DeepSpeed (through
+torchrun or accelerate), checkpoint rotation and exact resume; this module decides what is trained,
+what a checkpoint holds (see `checkpointing`), and what the run folder ends up with.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import platform
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import TrainerCallback, TrainingArguments, set_seed
+
+from .. import __version__
+from ..checkpoint import save_adapter, write_json
+from ..engine import attach, count_parameters
+from ..errors import AdapterError
+from ..tasks import TASKS
+from ..tasks.base import TaskOptions, TaskSetup
+from .callbacks import BestKeeper, MetricsLog
+from .checkpointing import TRAINABLE_NAME, AdapterTrainer, load_trainable, replace_dir, save_head, save_trainable
+from .config import TrainConfig
+from .plot import plot_metrics
+from .run_dir import BEST, CHECKPOINTS, METRICS, SUMMARY, check_run_dir, clear_run, write_run_config
+
+
+def world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def is_main_process() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def resolve_precision(precision: str) -> str:
+    """`auto` becomes bf16 on GPUs that support it, fp16 on other GPUs and fp32 on CPU."""
+    if precision != "auto":
+        return precision
+    if torch.cuda.is_available():
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "fp32"
+
+
+def task_options(config: TrainConfig) -> TaskOptions:
+    """The options a task receives, from the run config."""
+    keys = ("template", "cutoff_len", "train_on_inputs", "add_eos", "decontaminate", "max_train_samples",
+            "text_column", "text_pair_column", "label_column", "dtype")
+    return TaskOptions(model=config.model, data=list(config.data), eval_data=list(config.eval_data) or None,
+                       val_size=config.val_size, seed=config.seed, options={k: getattr(config, k) for k in keys})
+
+
+def prepare_task(config: TrainConfig) -> TaskSetup:
+    """Run the task's `prepare` (data, model with head, collator, metric)."""
+    if config.task not in TASKS:
+        raise AdapterError(f"Unknown task {config.task!r}; known tasks: {', '.join(sorted(TASKS))}.")
+    return importlib.import_module(TASKS[config.task]).prepare(task_options(config))
+
+
+def make_trainable(model: torch.nn.Module, config: TrainConfig, head_modules: list[str]) -> None:
+    """Attach the adapter (base frozen) and unfreeze the task head, or unfreeze everything for `full`."""
+    if config.adapter == "full":
+        if config.adapter_options:
+            raise AdapterError(f"--adapter full takes no adapter options, got {sorted(config.adapter_options)}.")
+        model.requires_grad_(True)
+        return
+    attach(model, config.adapter, **config.adapter_options)
+    for name in head_modules:
+        model.get_submodule(name).requires_grad_(True)
+
+
+def training_arguments(config: TrainConfig, setup: TaskSetup, checkpoints: Path) -> TrainingArguments:
+    """HF TrainingArguments for the run: accumulation from the global batch, eval/save cadence, precision."""
+    world = world_size()
+    if config.batch_size % (config.micro_batch_size * world):
+        raise AdapterError(f"--batch-size {config.batch_size} must be a multiple of --micro-batch-size "
+                           f"{config.micro_batch_size} x {world} processes.")
+    evaluating = setup.eval_dataset is not None
+    eval_strategy = ("steps" if config.eval_steps else "epoch") if evaluating else "no"
+    save_every = config.save_steps or (config.eval_steps if evaluating else None)
+    precision = resolve_precision(config.precision)
+    return TrainingArguments(
+        output_dir=str(checkpoints),
+        per_device_train_batch_size=config.micro_batch_size,
+        per_device_eval_batch_size=config.micro_batch_size,
+        gradient_accumulation_steps=config.batch_size // (config.micro_batch_size * world),
+        num_train_epochs=config.epochs,
+        max_steps=config.max_steps,
+        learning_rate=config.lr,
+        warmup_steps=config.warmup_steps,
+        lr_scheduler_type=config.scheduler,
+        weight_decay=config.weight_decay,
+        max_grad_norm=config.max_grad_norm,
+        eval_strategy=eval_strategy,
+        eval_steps=config.eval_steps,
+        save_strategy="steps" if save_every else "epoch",
+        save_steps=save_every or 500,
+        save_total_limit=config.save_total_limit,
+        logging_steps=config.logging_steps,
+        logging_first_step=True,
+        bf16=precision == "bf16",
+        fp16=precision == "fp16",
+        **checkpointing_arguments(config.gradient_checkpointing),
+        seed=config.seed,
+        dataloader_num_workers=config.num_workers,
+        dataloader_pin_memory=torch.cuda.is_available(),
+        # Several CPU processes (torchrun on a machine without GPUs): accelerate's multi-CPU mode over gloo.
+        use_cpu=world > 1 and not torch.cuda.is_available(),
+        ddp_backend="gloo" if world > 1 and not torch.cuda.is_available() else None,
+        include_num_input_tokens_seen="non_padding" if setup.num_tokens is not None else "no",
+        report_to="none",
+    )
+
+
+def checkpointing_arguments(enabled: bool) -> dict[str, Any]:
+    """Activation (gradient) checkpointing, non-reentrant so a frozen base needs no input grads; the
+    argument's name changed in transformers 5 (`activation_checkpointing`)."""
+    name = "activation_checkpointing" if "activation_checkpointing" in TrainingArguments.__dataclass_fields__ \
+        else "gradient_checkpointing"
+    return {name: enabled, f"{name}_kwargs": {"use_reentrant": False} if enabled else None}
+
+
+def train(config: TrainConfig, callbacks: Sequence[TrainerCallback] = ()) -> dict[str, Any]:
+    """Train as `config` says and fill its run folder; returns the summary (also written to summary.json).
+
+    Nothing is written before the config, data, model and adapter have all been checked.
+    """
+    config.validate()
+    out = Path(config.output)
+    checkpoint = check_run_dir(out, config)
+    set_seed(config.seed)
+    setup = prepare_task(config)
+    model = setup.model
+    make_trainable(model, config, setup.trainable_modules)
+    trainable, total = count_parameters(model)
+    args = training_arguments(config, setup, out / CHECKPOINTS)
+    main = is_main_process()
+    if main:
+        if config.overwrite:
+            clear_run(out)
+        write_run_config(out, config)
+
+    def keep_best(model_now: torch.nn.Module, step: int, value: float) -> None:
+        def build(tmp: Path) -> None:
+            save_trainable(model_now, tmp / TRAINABLE_NAME)
+            write_json(tmp / "best.json", {"step": step, setup.metric_name: value})
+
+        replace_dir(build, out / BEST)
+
+    trainer = AdapterTrainer(
+        model=model, args=args, train_dataset=setup.train_dataset, eval_dataset=setup.eval_dataset,
+        data_collator=setup.data_collator, processing_class=setup.processor, compute_metrics=setup.compute_metrics,
+        callbacks=[MetricsLog(out / METRICS),
+                   BestKeeper(setup.metric_name, setup.greater_is_better, keep_best, config.early_stopping),
+                   *callbacks],
+        full_model=config.adapter == "full",
+    )
+    tokens_before = json.loads((checkpoint / "trainer_state.json").read_text()).get("num_input_tokens_seen", 0) \
+        if checkpoint else 0
+    start = time.perf_counter()
+    result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    wall = time.perf_counter() - start
+    state = trainer.state
+    best = json.loads((out / BEST / "best.json").read_text()) if (out / BEST / "best.json").is_file() else None
+    tokens = (state.num_input_tokens_seen or 0) - tokens_before
+    summary = {
+        "model": config.model, "task": config.task, "adapter": config.adapter,
+        "adapter_options": config.adapter_options,
+        "wall_time_s": round(wall, 2), "steps": state.global_step, "epochs": state.epoch,
+        "resumed_from": str(checkpoint) if checkpoint else None,
+        "train_loss": result.training_loss, "train_tokens": tokens if setup.num_tokens is not None else None,
+        "tokens_per_s": round(tokens / wall, 1) if setup.num_tokens is not None and wall > 0 else None,
+        "best_metric": {"name": setup.metric_name, "value": best[setup.metric_name], "step": best["step"]} if best else None,
+        "final_weights": f"best (step {best['step']})" if best else "last",
+        "trainable_parameters": trainable, "total_parameters": total,
+        "trainable_percent": round(100 * trainable / total, 4) if total else None,
+        "world_size": world_size(), "precision": resolve_precision(config.precision),
+        "device": torch.cuda.get_device_name() if torch.cuda.is_available() else f"cpu ({platform.processor() or platform.machine()})",
+        "torch": torch.__version__, "adapterlab": __version__,
+        "data": setup.info,
+    }
+    if main:
+        if best:  # the run folder holds the best dev checkpoint, as LLM-Adapters' load_best_model_at_end does
+            load_trainable(model, out / BEST / TRAINABLE_NAME)
+        save_final(model, config, setup, out)
+        write_json(out / SUMMARY, summary)
+        if (out / METRICS).is_file():
+            plot_metrics(out / METRICS, out / "loss.png", title=f"{config.model} {config.adapter} ({config.task})")
+    return summary
+
+
+def save_final(model: torch.nn.Module, config: TrainConfig, setup: TaskSetup, out: Path) -> None:
+    """The run folder's weights: adapter (+ trained head) or, for full fine-tuning, the whole model; the processor."""
+    if config.adapter == "full":
+        model.save_pretrained(out)
+    else:
+        save_adapter(model, out)
+        if setup.trainable_modules:
+            save_head(model, out, setup.trainable_modules)
+    if "labels" in setup.info:
+        write_json(out / "labels.json", {"labels": setup.info["labels"]})
+    if setup.processor is not None:
+        setup.processor.save_pretrained(out)
