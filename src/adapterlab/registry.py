@@ -21,6 +21,7 @@ METHODS: dict[str, tuple[str, dict[str, Any]]] = {
     "scaled_parallel": ("adapterlab.methods.bottleneck:ParallelConfig", {"scaling": 4.0, "init": "zero"}),
     "conformer": ("adapterlab.methods.conformer:ConformerConfig", {}),
     "ia3": ("adapterlab.methods.ia3:IA3Config", {}),
+    "bitfit": ("adapterlab.methods.bitfit:BitFitConfig", {}),
 }
 
 

@@ -1,0 +1,256 @@
+"""(IA)^3 and BitFit: their math, merging, gradients, checkpoints, meta-device attach and bad options."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+import adapterlab
+from adapterlab.engine import placed
+from adapterlab.errors import AdapterError, NotMergeableError, TargetNotFoundError
+
+from tiny_models import randomize_adapters, tiny_config, tiny_inputs, tiny_model
+
+FAMILIES = ["llama", "gpt2", "opt", "bloom", "bert"]
+
+
+def adapters_by_path(model: torch.nn.Module) -> dict:
+    return {path: adapter for path, _, adapter in placed(model)}
+
+
+def outputs(model: torch.nn.Module, inputs: dict) -> torch.Tensor:
+    """Logits and last hidden state, flattened: BERT's classifier logits are ~0.02, its hidden states ~1."""
+    out = model(**{k: v for k, v in inputs.items() if k != "labels"}, output_hidden_states=True)
+    return torch.cat([out.logits.flatten(), out.hidden_states[-1].flatten()]).detach()
+
+
+def base_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in model.state_dict().items() if "adapterlab" not in k}
+
+
+# ---------------------------------------------------------------- (IA)^3
+
+
+def test_ia3_scales_outputs_of_attention_and_inputs_of_down() -> None:
+    model = tiny_model("llama")
+    adapterlab.attach(model, "ia3")
+    randomize_adapters(model, std=0.5)
+    adapters = adapters_by_path(model)
+    assert sorted(p.rsplit(".", 1)[-1] for p in adapters if ".0." in p) == ["down_proj", "k_proj", "v_proj"]
+    block = model.model.layers[0]
+    x_attn = torch.randn(3, 32)
+    k = adapters["model.layers.0.self_attn.k_proj"].ia3_l
+    assert k.shape == (16, 1)  # PEFT's shape: out features of k_proj (2 kv heads of 8)
+    expected = torch.nn.functional.linear(x_attn, block.self_attn.k_proj.weight) * k.flatten()
+    torch.testing.assert_close(block.self_attn.k_proj(x_attn), expected)
+    x_mlp = torch.randn(3, 64)
+    down = adapters["model.layers.0.mlp.down_proj"].ia3_l
+    assert down.shape == (1, 64)
+    expected = torch.nn.functional.linear(x_mlp * down.flatten(), block.mlp.down_proj.weight)
+    torch.testing.assert_close(block.mlp.down_proj(x_mlp), expected)
+
+
+def test_ia3_on_gpt2_conv1d_defaults_to_fused_qkv_and_mlp_projection() -> None:
+    model = tiny_model("gpt2")
+    adapterlab.attach(model, "ia3")
+    randomize_adapters(model, std=0.5)
+    adapters = adapters_by_path(model)
+    assert sorted(adapters) == ["transformer.h.0.attn.c_attn", "transformer.h.0.mlp.c_proj",
+                                "transformer.h.1.attn.c_attn", "transformer.h.1.mlp.c_proj"]
+    c_attn, c_proj = model.transformer.h[0].attn.c_attn, model.transformer.h[0].mlp.c_proj
+    x = torch.randn(2, 32)
+    l_attn = adapters["transformer.h.0.attn.c_attn"].ia3_l.flatten()
+    torch.testing.assert_close(c_attn(x), (x @ c_attn.weight + c_attn.bias) * l_attn)  # bias scaled too
+    h = torch.randn(2, 128)
+    l_mlp = adapters["transformer.h.0.mlp.c_proj"].ia3_l.flatten()
+    torch.testing.assert_close(c_proj(h), (h * l_mlp) @ c_proj.weight + c_proj.bias)
+
+
+def test_ia3_feedforward_option_picks_input_scaling() -> None:
+    model = tiny_model("llama")
+    adapterlab.attach(model, "ia3", targets=["q_proj", "up_proj"], feedforward=["up_proj"])
+    shapes = {p.rsplit(".", 1)[-1]: a.ia3_l.shape for p, a in adapters_by_path(model).items()}
+    assert shapes == {"q_proj": (32, 1), "up_proj": (1, 32)}
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_ia3_merge_matches_unmerged_and_unmerge_restores(family: str) -> None:
+    model = tiny_model(family)
+    before = base_state(model)
+    adapterlab.attach(model, "ia3", targets=["q", "k", "v", "o", "up", "down"])
+    randomize_adapters(model, std=0.3)
+    inputs = tiny_inputs(family)
+    unmerged = outputs(model, inputs)
+    with adapterlab.disabled(model):
+        assert (outputs(model, inputs) - unmerged).abs().max() > 1e-3
+    adapterlab.merge(model)
+    torch.testing.assert_close(outputs(model, inputs), unmerged, atol=1e-5, rtol=0)
+    adapterlab.unmerge(model)
+    for key, value in base_state(model).items():  # division restores to rounding
+        torch.testing.assert_close(value, before[key], atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(outputs(model, inputs), unmerged, atol=1e-6, rtol=0)
+
+
+def test_ia3_refuses_to_merge_a_zero_and_leaves_nothing_merged() -> None:
+    model = tiny_model("opt")
+    adapterlab.attach(model, "ia3")
+    randomize_adapters(model, std=0.3)
+    before = base_state(model)
+    last = list(adapters_by_path(model).values())[-1]
+    with torch.no_grad():
+        last.ia3_l[0, 0] = 0.0
+    with pytest.raises(NotMergeableError, match="zeros"):
+        adapterlab.merge(model)
+    assert not any(a.merged for a in adapters_by_path(model).values())
+    for key, value in base_state(model).items():
+        torch.testing.assert_close(value, before[key], atol=1e-6, rtol=1e-6)
+
+
+@pytest.mark.parametrize("method", ["ia3", "bitfit"])
+def test_gradients_reach_only_adapter_parameters(method: str) -> None:
+    model = tiny_model("llama").train()
+    adapterlab.attach(model, method)
+    inputs = tiny_inputs("llama")
+    model(**inputs, labels=inputs["input_ids"]).loss.backward()
+    for name, p in model.named_parameters():
+        if "adapterlab" in name:
+            assert p.grad is not None and p.grad.abs().sum() > 0, name
+        else:
+            assert not p.requires_grad and p.grad is None, name
+
+
+@pytest.mark.parametrize("method", ["ia3", "bitfit"])
+def test_save_load_round_trip(method: str, tmp_path) -> None:
+    model = tiny_model("gpt2")
+    adapterlab.attach(model, method)
+    randomize_adapters(model, std=0.3)
+    inputs = tiny_inputs("gpt2")
+    adapterlab.save_adapter(model, tmp_path)
+    loaded = adapterlab.load_adapter(tiny_model("gpt2"), tmp_path)
+    torch.testing.assert_close(outputs(loaded, inputs), outputs(model, inputs), atol=0, rtol=0)
+
+
+# tiny LLaMA, 2 blocks: ia3 = k (16 out) + v (16 out) + down (64 in); bitfit = outputs of q k v o up gate down
+@pytest.mark.parametrize("method, expected", [("ia3", 2 * (16 + 16 + 64)),
+                                              ("bitfit", 2 * (32 + 16 + 16 + 32 + 64 + 64 + 32))])
+def test_attach_on_meta_device(method: str, expected: int) -> None:
+    import transformers
+
+    with torch.device("meta"):
+        model = transformers.AutoModelForCausalLM.from_config(tiny_config("llama"))
+    adapterlab.attach(model, method)
+    assert adapterlab.count_parameters(model)[0] == expected
+    assert all(p.is_meta for _, _, a in placed(model) for p in a.parameters())
+
+
+@pytest.mark.parametrize("options, error", [
+    ({"feedforward": [3]}, AdapterError),
+    ({"feedforward": ["no_such_layer"]}, TargetNotFoundError),
+    ({"targets": ["input_layernorm"]}, AdapterError),  # not a linear layer
+    ({"bogus": 1}, AdapterError),
+])
+def test_ia3_bad_options(options: dict, error: type) -> None:
+    with pytest.raises(error):
+        adapterlab.attach(tiny_model("llama"), "ia3", **options)
+
+
+# ---------------------------------------------------------------- BitFit
+
+
+def test_bitfit_adds_a_bias_to_each_projection_output() -> None:
+    model = tiny_model("llama")
+    adapterlab.attach(model, "bitfit")
+    randomize_adapters(model, std=0.5)
+    adapters = adapters_by_path(model)
+    assert len(adapters) == 2 * 7  # q k v o up gate down in each of 2 blocks
+    proj = model.model.layers[1].mlp.gate_proj
+    x = torch.randn(3, 32)
+    delta = adapters["model.layers.1.mlp.gate_proj"].bias_delta
+    torch.testing.assert_close(proj(x), torch.nn.functional.linear(x, proj.weight) + delta)
+
+
+def test_bitfit_defaults_fit_the_family() -> None:
+    bert = adapterlab.attach(tiny_model("bert"), "bitfit")  # BERT has no gate projection: skipped
+    assert len(adapters_by_path(bert)) == 2 * 6
+    gpt2 = adapterlab.attach(tiny_model("gpt2"), "bitfit")  # fused c_attn takes q, k and v
+    assert sorted({p.split(".", 3)[-1] for p in adapters_by_path(gpt2)}) == ["attn.c_attn", "attn.c_proj",
+                                                                               "mlp.c_fc", "mlp.c_proj"]
+
+
+BERT_ALL_BIASES = ["q", "k", "v", "o", "up", "down", "LayerNorm"]
+
+
+def test_bitfit_trains_exactly_what_training_the_real_biases_would() -> None:
+    """Original BitFit on BERT: every bias of the encoder (projections and LayerNorms). Same gradients,
+    and after one Adam step the same model, whether the deltas or the biases themselves are trained."""
+    deltas = tiny_model("bert").train()
+    biases = copy.deepcopy(deltas)
+    adapterlab.attach(deltas, "bitfit", targets=BERT_ALL_BIASES)
+    sites = adapters_by_path(deltas)
+    assert sum(".LayerNorm" in p for p in sites) == 1 + 2 * 2  # embeddings', and 2 per block
+    for p in biases.parameters():
+        p.requires_grad_(False)
+    real = {path: biases.get_submodule(path).bias for path in sites}
+    for bias in real.values():
+        bias.requires_grad_(True)
+
+    inputs = {**tiny_inputs("bert"), "labels": torch.tensor([0, 2])}
+    torch.manual_seed(0)  # same dropout masks in both forwards
+    deltas(**inputs).loss.backward()
+    torch.manual_seed(0)
+    biases(**inputs).loss.backward()
+    for path, adapter in sites.items():
+        torch.testing.assert_close(adapter.bias_delta.grad, real[path].grad, atol=1e-7, rtol=1e-5)
+
+    torch.optim.Adam([a.bias_delta for a in sites.values()], lr=0.1).step()
+    torch.optim.Adam(list(real.values()), lr=0.1).step()
+    deltas.eval(), biases.eval()
+    torch.testing.assert_close(outputs(deltas, inputs), outputs(biases, inputs), atol=1e-6, rtol=0)
+    adapterlab.merge(deltas)  # BERT's layers all have biases, so the deltas fold into them
+    for path in sites:
+        torch.testing.assert_close(deltas.get_submodule(path).bias, real[path].detach(), atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("family", ["bert", "gpt2", "opt", "bloom"])
+def test_bitfit_merge_matches_unmerged_on_biased_layers(family: str) -> None:
+    model = tiny_model(family)
+    before = base_state(model)
+    adapterlab.attach(model, "bitfit")
+    randomize_adapters(model, std=0.3)
+    inputs = tiny_inputs(family)
+    unmerged = outputs(model, inputs)
+    adapterlab.merge(model)
+    torch.testing.assert_close(outputs(model, inputs), unmerged, atol=1e-5, rtol=0)
+    adapterlab.unmerge(model)
+    for key, value in base_state(model).items():
+        torch.testing.assert_close(value, before[key], atol=1e-6, rtol=0)
+
+
+def test_bitfit_merge_into_bias_free_layers_is_refused_and_nothing_changes() -> None:
+    """Qwen2 has biases on q, k, v but not on o or the MLP: merging must fail whole, not half."""
+    model = tiny_model("qwen2")
+    before = base_state(model)
+    adapterlab.attach(model, "bitfit")
+    randomize_adapters(model, std=0.3)
+    inputs = tiny_inputs("qwen2")
+    unmerged = outputs(model, inputs)
+    with pytest.raises(NotMergeableError, match="without a bias"):
+        adapterlab.merge(model)
+    assert not any(a.merged for a in adapters_by_path(model).values())
+    for key, value in base_state(model).items():
+        torch.testing.assert_close(value, before[key], atol=1e-6, rtol=0)
+    torch.testing.assert_close(outputs(model, inputs), unmerged, atol=1e-6, rtol=0)
+    adapterlab.detach(model)
+    adapterlab.attach(model, "bitfit", targets=["q", "k", "v"])  # only biased layers: mergeable
+    adapterlab.merge(model)
+
+
+def test_bitfit_bad_targets() -> None:
+    with pytest.raises(AdapterError, match="no per-feature weight or bias"):
+        adapterlab.attach(tiny_model("llama"), "bitfit", targets=["self_attn"])
+    with pytest.raises(AdapterError, match="unknown option"):
+        adapterlab.attach(tiny_model("llama"), "bitfit", r=4)
+    with pytest.raises(TargetNotFoundError):
+        adapterlab.attach(tiny_model("llama"), "bitfit", targets=["no_such_layer"])
