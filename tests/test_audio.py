@@ -134,6 +134,9 @@ def test_adapter_on_prepared_ast_trains_only_adapter_and_head(fsdd_like: Path, t
 def test_bad_options_name_the_fix(fsdd_like: Path, tiny_ast_config: str) -> None:
     with pytest.raises(ValueError, match="--split"):
         audio.prepare(TaskOptions(model=tiny_ast_config, data=[str(fsdd_like)], options={"split": "speaker"}))
+    with pytest.raises(ValueError, match="--val-size"):
+        audio.prepare(TaskOptions(model=tiny_ast_config, data=[str(fsdd_like)], val_size=0.1,
+                                  options={"split": "fsdd"}))
     with pytest.raises(ValueError, match="preset"):
         audio.prepare(TaskOptions(model="config:nope", data=[str(fsdd_like)]))
     with pytest.raises(ValueError, match="model_type"):

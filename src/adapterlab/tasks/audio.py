@@ -49,8 +49,9 @@ def prepare(options: TaskOptions) -> TaskSetup:
     split = opts.get("split") or "random"
     if split not in SPLITS:
         raise ValueError(f"--split must be one of {SPLITS}, got {split!r}.")
-    if split == "fsdd" and options.eval_data:
-        raise ValueError("--split fsdd takes the dev set from the training folder; drop it or --eval-data.")
+    if split == "fsdd" and (options.eval_data or options.val_size):
+        raise ValueError("--split fsdd fixes the dev set (takes 0-4 of the training folder); drop --eval-data "
+                         "and --val-size, or use --split random.")
     files, names = read_folders(options.data, labels_csv, pattern)
     chosen = select(
         files, names, options,
