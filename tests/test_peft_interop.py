@@ -126,3 +126,64 @@ def test_load_peft_reads_peft_checkpoint(method: str, family: str, tmp_path) -> 
     inputs = tiny_inputs(family)
     assert_close(outputs(model, inputs), outputs(peft_model, inputs), outputs(tiny_model(family), inputs))
     assert adapterlab.count_parameters(model)[0] == 0, "an imported adapter is frozen unless asked otherwise"
+
+
+def saved_peft_lora(tmp_path, family: str = "llama", **options):
+    config = peft.LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM", **options)
+    peft_model = peft.get_peft_model(tiny_model(family), config)
+    randomize_adapters(peft_model, std=0.2)
+    peft_model.save_pretrained(str(tmp_path))
+    return peft_model
+
+
+@pytest.mark.parametrize("options, named", [
+    ({"use_dora": True}, "use_dora"),
+    ({"rank_pattern": {"q_proj": 2}}, "rank_pattern"),
+    ({"alpha_pattern": {"v_proj": 4}}, "alpha_pattern"),
+    ({"bias": "all"}, "bias"),
+])
+def test_load_peft_refuses_features_it_cannot_import(options: dict, named: str, tmp_path) -> None:
+    saved_peft_lora(tmp_path, **options)
+    model = tiny_model("llama")
+    with pytest.raises(adapterlab.AdapterError, match=named):
+        adapterlab.load_peft(model, tmp_path)
+    assert adapterlab.adapter_names(model) == []
+
+
+def test_load_peft_imports_rslora_by_rescaling_alpha(tmp_path) -> None:
+    peft_model = saved_peft_lora(tmp_path, use_rslora=True)
+    model = adapterlab.load_peft(tiny_model("llama"), tmp_path)
+    inputs = tiny_inputs("llama")
+    assert_close(outputs(model, inputs), outputs(peft_model, inputs), outputs(tiny_model("llama"), inputs))
+
+
+@pytest.mark.parametrize("method", ["lora", "ia3"])
+def test_export_then_load_peft_round_trip(method: str, tmp_path) -> None:
+    model = ours(method, "gpt2")
+    adapterlab.export_peft(model, tmp_path)
+    loaded = adapterlab.load_peft(tiny_model("gpt2"), tmp_path)
+    inputs = tiny_inputs("gpt2")
+    torch.testing.assert_close(outputs(loaded, inputs), outputs(model, inputs), atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("method", ["lora", "ia3"])
+def test_gpt2_conv1d_merge_equals_peft_merge(method: str) -> None:
+    """Merging into GPT-2's transposed Conv1D weights gives PEFT's merged weights; in float64 the merged
+    model equals the unmerged one to 1e-12, so float32 differences of ~1e-6 are rounding, not layout."""
+    model = ours(method, "gpt2")
+    peft_model = peft.get_peft_model(tiny_model("gpt2"), peft_config(method, "gpt2"))
+    with torch.no_grad():
+        theirs = peft_adapter_tensors(peft_model)
+        for key, tensor in adapter_state_dict(model).items():
+            theirs[peft_name(key)].copy_(tensor)
+    peft_merged = peft_model.merge_and_unload()
+    adapterlab.merge(model)
+    mine = {k: v for k, v in model.state_dict().items() if "adapterlab" not in k}
+    for key, value in peft_merged.state_dict().items():
+        torch.testing.assert_close(mine[key], value, atol=1e-6, rtol=1e-6)
+
+    model = ours(method, "gpt2").double()
+    inputs = tiny_inputs("gpt2")
+    unmerged = outputs(model, inputs)
+    adapterlab.merge(model)
+    assert (outputs(model, inputs) - unmerged).abs().max().item() < 1e-12

@@ -129,11 +129,13 @@ class IA3Adapter(Adapter):
         self._rescale(host, torch.div)
 
     def _rescale(self, host: nn.Module, op) -> None:
-        scale = self.ia3_l.flatten().float()
+        """weight (and, for output scaling, bias) <- op(value, l), computed in at least float32."""
         weight = weight_as_out_in(host)
+        compute = torch.promote_types(weight.dtype, torch.float32)
+        scale = self.ia3_l.flatten().to(compute)
         if self.feedforward:
-            weight.copy_(op(weight.float(), scale[None, :]).to(weight.dtype))
+            weight.copy_(op(weight.to(compute), scale[None, :]).to(weight.dtype))
         else:
-            weight.copy_(op(weight.float(), scale[:, None]).to(weight.dtype))
+            weight.copy_(op(weight.to(compute), scale[:, None]).to(weight.dtype))
             if getattr(host, "bias", None) is not None:
-                host.bias.copy_(op(host.bias.float(), scale).to(host.bias.dtype))
+                host.bias.copy_(op(host.bias.to(compute), scale).to(host.bias.dtype))
