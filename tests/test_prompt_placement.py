@@ -201,3 +201,12 @@ def test_mask_that_does_not_fit_is_refused():
     ids = torch.tensor([[5, 6, 7, 8]])
     with pytest.raises(AdapterError, match="attention_mask"):
         model(input_ids=ids, attention_mask=torch.ones(1, 6, dtype=torch.long))
+
+
+@pytest.mark.parametrize("method", ["prompt", "prefix"])
+def test_positional_arguments_are_understood(method):
+    model = tiny_model("llama")
+    al.attach(model, method, num_virtual_tokens=N)
+    inputs = tiny_inputs("llama")
+    with torch.no_grad():
+        assert torch.equal(model(inputs["input_ids"], inputs["attention_mask"]).logits, model(**inputs).logits)

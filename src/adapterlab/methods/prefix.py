@@ -26,13 +26,13 @@ from ..layers import reference_tensor
 from ..sites import Site
 from .base import Adapter
 from .virtual_tokens import (
+    as_keywords,
     check_num_virtual_tokens,
     extend_mask,
     modality_and_blocks,
     past_length,
     sequence_length,
     shift_positions,
-    split_input_ids,
     text_config,
 )
 
@@ -106,7 +106,7 @@ class PrefixAdapter(Adapter):
             cache.update(keys, values, layer)
 
     def before_model(self, model: nn.Module, args: tuple, kwargs: dict[str, Any]) -> tuple[tuple, dict[str, Any]]:
-        args, kwargs = split_input_ids(args, kwargs)
+        args, kwargs = (), as_keywords(model, args, kwargs)
         batch, length, _ = sequence_length(kwargs)
         past = past_length(kwargs.get("past_key_values"))
         if past == 0:

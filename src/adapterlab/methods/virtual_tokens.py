@@ -16,6 +16,7 @@ Vision/audio models (no token embeddings): the tokens are inserted after the lea
 from __future__ import annotations
 
 import functools
+import inspect
 from typing import Any
 
 import torch
@@ -42,17 +43,20 @@ def text_config(model: nn.Module) -> Any:
 
 
 def modality_and_blocks(model: nn.Module, need_blocks: bool) -> tuple[str, int, list[str]]:
-    """(modality, leading special tokens, block paths) of `model`; blocks only looked up when needed."""
+    """(modality, leading special tokens, block paths) of `model`.
+
+    A model whose input embeddings are a token table is "text" (blocks looked up only when needed);
+    otherwise the architecture row says which modality it is and how many special tokens lead.
+    """
     embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
-    try:
-        arch = architecture_of(model)
-    except AdapterError:
-        if need_blocks or not isinstance(embeddings, nn.Embedding):
-            raise
+    is_text = isinstance(embeddings, nn.Embedding)
+    if is_text and not need_blocks:
         return "text", 0, []
-    modality = arch.modality if arch.modality != "text" or isinstance(embeddings, nn.Embedding) else "vision"
-    blocks = block_paths(model, arch) if need_blocks or modality != "text" else []
-    return modality, (arch.leading_tokens if modality != "text" else 0), blocks
+    arch = architecture_of(model)
+    blocks = block_paths(model, arch)
+    if is_text:
+        return "text", 0, blocks
+    return (arch.modality if arch.modality != "text" else "vision"), arch.leading_tokens, blocks
 
 
 def past_length(past: Any) -> int:
@@ -87,14 +91,18 @@ def extend_mask(mask: torch.Tensor | None, n: int, past: int, query: int) -> tor
     return torch.cat([mask.new_ones(mask.shape[0], n), mask], dim=1)
 
 
-def split_input_ids(args: tuple, kwargs: dict[str, Any]) -> tuple[tuple, dict[str, Any]]:
-    """Move a positional input_ids (the first positional argument of text models) into kwargs."""
-    if args:
-        if "input_ids" in kwargs:
-            raise AdapterError("input_ids given both positionally and by keyword.")
-        kwargs = {**kwargs, "input_ids": args[0]}
-        args = args[1:]
-    return args, dict(kwargs)
+def as_keywords(model: nn.Module, args: tuple, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The call's positional arguments (input_ids, attention_mask, ...) moved into keywords by name."""
+    if not args:
+        return dict(kwargs)
+    names = [p.name for p in inspect.signature(model.forward).parameters.values()
+             if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    if len(args) > len(names):
+        raise AdapterError(f"{type(model).__name__} was called with {len(args)} positional arguments; pass them by name.")
+    clash = [n for n in names[:len(args)] if n in kwargs]
+    if clash:
+        raise AdapterError(f"{clash} given both positionally and by keyword.")
+    return {**dict(zip(names, args)), **kwargs}
 
 
 def sequence_length(kwargs: dict[str, Any]) -> tuple[int, int, torch.device]:
@@ -179,7 +187,7 @@ class VirtualTokenAdapter(Adapter):
     def before_model(self, model: nn.Module, args: tuple, kwargs: dict[str, Any]) -> tuple[tuple, dict[str, Any]]:
         if self.modality != "text":
             return args, kwargs
-        args, kwargs = split_input_ids(args, kwargs)
+        args, kwargs = (), as_keywords(model, args, kwargs)
         batch, length, device = sequence_length(kwargs)
         n = self.num_virtual_tokens
         past = past_length(kwargs.get("past_key_values"))
