@@ -69,7 +69,7 @@ def _install_hooks(model: nn.Module, site: Site, adapter: Adapter) -> list:
             return adapter.after_model(module, args, kwargs, output) if adapter.applies else None
 
         return [model.register_forward_pre_hook(pre, with_kwargs=True),
-                model.register_forward_hook(post, with_kwargs=True)]
+                model.register_forward_hook(post, with_kwargs=True), *adapter.hook_submodules(model)]
 
     host = model.get_submodule(site.path)
     entry = model.get_submodule(site.entry)
