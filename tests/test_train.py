@@ -225,3 +225,31 @@ def test_torchrun_two_processes_match_one(llama, math_file, tmp_path):
     two = load_file(str(tmp_path / "two" / "adapter.safetensors"))
     for key in one:
         torch.testing.assert_close(two[key], one[key], rtol=1e-4, atol=1e-5)
+
+
+def test_best_keeper_saves_on_improvement_and_stops_after_patience():
+    from transformers import TrainerControl, TrainerState
+
+    from adapterlab.train.callbacks import BestKeeper
+
+    saved = []
+    keeper = BestKeeper("eval_loss", False, lambda model, step, value: saved.append((step, value)), patience=2)
+    state, control = TrainerState(), TrainerControl()
+    for step, loss in [(1, 3.0), (2, 2.0), (3, 2.5), (4, float("nan")), (5, 2.2)]:
+        state.global_step = step
+        state.log_history.append({"step": step, "eval_loss": loss})
+        keeper.on_evaluate(None, state, control, metrics={"eval_loss": loss})
+        if step == 3:
+            assert not control.should_training_stop
+    assert saved == [(1, 3.0), (2, 2.0)]
+    assert control.should_training_stop  # two evaluations (3 and 4) without beating step 2
+
+
+def test_gradient_checkpointing_gives_the_same_adapter(llama, math_file, tmp_path):
+    plain = train(lm_config(llama, math_file, tmp_path / "plain", max_steps=2))
+    ckpt = train(lm_config(llama, math_file, tmp_path / "ckpt", max_steps=2, gradient_checkpointing=True))
+    assert plain["steps"] == ckpt["steps"] == 2
+    a = load_file(str(tmp_path / "plain" / "adapter.safetensors"))
+    b = load_file(str(tmp_path / "ckpt" / "adapter.safetensors"))
+    for key in a:
+        torch.testing.assert_close(b[key], a[key], rtol=1e-5, atol=1e-6)
