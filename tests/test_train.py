@@ -253,3 +253,13 @@ def test_gradient_checkpointing_gives_the_same_adapter(llama, math_file, tmp_pat
     b = load_file(str(tmp_path / "ckpt" / "adapter.safetensors"))
     for key in a:
         torch.testing.assert_close(b[key], a[key], rtol=1e-5, atol=1e-6)
+
+
+def test_decoder_classification_uses_its_score_head(llama, tmp_path):
+    train_file = write_sst(tmp_path / "train.tsv", 24)
+    out = tmp_path / "run"
+    summary = train(TrainConfig(model=str(llama), data=[str(train_file)], task="seq-cls", output=str(out),
+                                adapter="lora", adapter_options={"r": 4}, val_size=8, max_steps=2, batch_size=4,
+                                micro_batch_size=4, warmup_steps=0, eval_steps=2))
+    assert summary["best_metric"]["name"] == "eval_accuracy"
+    assert set(load_file(str(out / "head.safetensors"))) == {"score.weight"}

@@ -26,7 +26,8 @@ from ..errors import AdapterError
 from ..tasks import TASKS
 from ..tasks.base import TaskOptions, TaskSetup
 from .callbacks import BestKeeper, MetricsLog
-from .checkpointing import TRAINABLE_NAME, AdapterTrainer, load_trainable, replace_dir, save_head, save_trainable
+from .checkpointing import (TRAINABLE_NAME, AdapterTrainer, last_checkpoint, load_trainable, replace_dir, save_head,
+                            save_trainable)
 from .config import TrainConfig
 from .plot import plot_metrics
 from .run_dir import BEST, CHECKPOINTS, METRICS, SUMMARY, check_run_dir, clear_run, write_run_config
@@ -134,14 +135,15 @@ def train(config: TrainConfig, callbacks: Sequence[TrainerCallback] = ()) -> dic
     """
     config.validate()
     out = Path(config.output)
-    checkpoint = check_run_dir(out, config)
+    main = is_main_process()
+    # Only the main process judges the folder (the others would race with its writes); all resume alike.
+    checkpoint = check_run_dir(out, config) if main else (last_checkpoint(out / CHECKPOINTS) if config.resume else None)
     set_seed(config.seed)
     setup = prepare_task(config)
     model = setup.model
     make_trainable(model, config, setup.trainable_modules)
     trainable, total = count_parameters(model)
     args = training_arguments(config, setup, out / CHECKPOINTS)
-    main = is_main_process()
     if main:
         if config.overwrite:
             clear_run(out)
