@@ -22,7 +22,7 @@ def test_issue_command_parses():
                    "--targets", "q,k,v,up,down", "--data", "math_10k.json", "--output", "runs/smol-lora",
                    "--epochs", "3", "--lr", "3e-4", "--batch-size", "16", "--micro-batch-size", "4",
                    "--cutoff-len", "256", "--val-size", "120")
-    assert config.adapter_options == {"r": 32, "alpha": 64, "targets": "q,k,v,up,down"}
+    assert config.adapter_options == {"r": 32, "alpha": 64, "targets": ["q", "k", "v", "up", "down"]}
     assert (config.model, config.data, config.epochs, config.lr, config.val_size) == (
         "HuggingFaceTB/SmolLM2-135M-Instruct", ["math_10k.json"], 3.0, 3e-4, 120)
     assert (config.batch_size, config.micro_batch_size, config.cutoff_len) == (16, 4, 256)
@@ -90,3 +90,10 @@ def test_unknown_setting_in_yaml_is_named(tmp_path, capsys):
     path.write_text("model: m\nlearning_rat: 0.1\n")
     assert main(["train", "--config", str(path)]) == 2
     assert "unknown setting 'learning_rat'" in capsys.readouterr().err
+
+
+def test_list_options_split_on_commas_and_strings_do_not():
+    config = parse("--model", "m", "--data", "d", "--adapter", "lora", "--layers", "0,1", "--targets", "q_proj")
+    assert config.adapter_options == {"layers": [0, 1], "targets": "q_proj"}
+    config = parse("--model", "m", "--data", "d", "--adapter", "prompt", "--init-text", "Classify it, please")
+    assert config.adapter_options == {"init_text": "Classify it, please"}

@@ -55,6 +55,14 @@ def parse_value(text: str) -> Any:
     return text if value is None else value
 
 
+def parse_list_value(text: str) -> Any:
+    """A list option: a YAML/JSON list, or comma-separated items each read as YAML ('0,1' -> [0, 1])."""
+    value = parse_value(text)
+    if isinstance(value, str) and "," in value:
+        return [parse_value(item.strip()) for item in value.split(",") if item.strip()]
+    return value
+
+
 def names(name: str, aliases: tuple[str, ...] = ()) -> list[str]:
     """--dashed-name, --underscored_name and the aliases, without duplicates."""
     flags = [f"--{name.replace('_', '-')}", f"--{name}", *aliases]
@@ -91,17 +99,22 @@ def adapter_option_names() -> dict[str, list[str]]:
     return options
 
 
+def list_options() -> set[str]:
+    """Options that some method declares as a list (their flags split comma-separated values)."""
+    return {f.name for method in METHODS for f in dataclasses.fields(config_class(method))
+            if str(f.type).replace("typing.", "").lower().startswith("list")}
+
+
 def add_adapter_flags(parser: argparse.ArgumentParser) -> None:
     """One flag per option of every registered method (e.g. --r, --alpha, --targets, --size)."""
     group = parser.add_argument_group("adapter options (each applies to the methods named)")
-    options = adapter_option_names()
+    options, lists = adapter_option_names(), list_options()
     taken = {s for a in parser._actions for s in a.option_strings}
     for name, methods in options.items():
         aliases = tuple(f"--{form}" for alias, target in OPTION_ALIASES.items() if target == name
                         for form in (alias.replace("_", "-"), alias))
         flags = [s for s in names(name, aliases) if s not in taken]
-        group.add_argument(*flags, dest=OPTION_PREFIX + name, default=argparse.SUPPRESS, type=parse_value,
-                           nargs="?", const=True, metavar="VALUE", help=f"({', '.join(methods)})")
+        group.add_argument(*flags, dest=OPTION_PREFIX + name, default=argparse.SUPPRESS, type=parse_list_value if name in lists else parse_value, nargs="?", const=True, metavar="VALUE", help=f"({', '.join(methods)})")
     legacy = parser.add_argument_group("LLM-Adapters finetune.py compatibility")
     legacy.add_argument("--adapter_name", dest="adapter_name", default=argparse.SUPPRESS,
                         help="lora | bottleneck | prefix-tuning (or any method name)")

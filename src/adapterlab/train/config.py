@@ -36,7 +36,7 @@ class TrainConfig:
     adapter: str = flag("adapter method (any registered one) or 'full' for full fine-tuning", default="lora")
     adapter_options: dict[str, Any] = field(default_factory=dict, metadata={"help": "method options", "aliases": ()})
     eval_data: list[str] = flag("dev data file(s); else --val-size records are held out", default_factory=list)
-    val_size: float = flag("dev records held out of the training data (a count, or a fraction < 1)",
+    val_size: int | float = flag("dev records held out of the training data (a count, or a fraction < 1)",
                            "--val_set_size", default=0)
     max_train_samples: int | None = flag("use a seeded random subset of this many training records", default=None)
     template: str = flag("prompt: alpaca (LLM-Adapters) or chat (the tokenizer's chat template)", default="alpaca")
