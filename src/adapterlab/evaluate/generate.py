@@ -69,6 +69,8 @@ def generate_batches(
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}.")
+    if not prompts:
+        return
     model.eval()
     if tokenizer.pad_token_id is None:  # left padding needs a pad token; its value is masked out anyway
         tokenizer.pad_token = tokenizer.eos_token

@@ -1,0 +1,117 @@
+"""`adapterlab eval`: evaluate a base model, or a base model with a saved adapter, on reasoning data sets.
+
+    adapterlab eval --model smollm2-135m --adapter-path runs/smol-lora --datasets gsm8k,aqua --output evals/smol
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..checkpoint import CONFIG_NAME, load_adapter
+from ..data.templates import TEMPLATES
+from ..evaluate import KNOWN, MODES, evaluate, markdown_table
+from ..models import ModelPullError, load_model
+
+TRAIN_CONFIG_FILES = ("train_config.yaml", "train_config.json", "summary.json")
+
+
+def find_adapter(path: str) -> Path:
+    """The adapter folder in `path`: `path` itself when it holds adapter_config.json, else the one subfolder
+    of a training run folder that does."""
+    root = Path(path)
+    if not root.is_dir():
+        raise FileNotFoundError(f"--adapter-path {path}: no such folder; pass the run or adapter folder written by training.")
+    if (root / CONFIG_NAME).is_file():
+        return root
+    found = sorted(p.parent for p in root.glob(f"*/{CONFIG_NAME}"))
+    if len(found) == 1:
+        return found[0]
+    if not found:
+        raise FileNotFoundError(f"--adapter-path {path}: neither it nor a subfolder holds {CONFIG_NAME}; "
+                                "pass the folder written by `adapterlab train` or save_adapter.")
+    raise ValueError(f"--adapter-path {path}: several adapters inside ({', '.join(map(str, found))}); pass one of them.")
+
+
+def training_template(adapter_dir: Path) -> str | None:
+    """The prompt template the adapter was trained with, read from the run's config next to or above it."""
+    for folder in (adapter_dir, adapter_dir.parent):
+        for name in TRAIN_CONFIG_FILES:
+            file = folder / name
+            if file.is_file():
+                try:
+                    data: Any = yaml.safe_load(file.read_text()) if file.suffix == ".yaml" else json.loads(file.read_text())
+                except (yaml.YAMLError, json.JSONDecodeError):
+                    continue
+                template = data.get("template") if isinstance(data, dict) else None
+                if isinstance(template, str):
+                    return template
+    return None
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "eval", help="evaluate a model (with or without an adapter) on math / commonsense reasoning sets",
+        description="Batched, greedy-by-default evaluation with answer extraction, Wilson intervals and resume. "
+                    f"Known data sets: {', '.join(KNOWN)}; any LLM-Adapters-format JSON file also works.",
+    )
+    parser.add_argument("--model", required=True, help="hub id, local folder, .gguf file or short name (smollm2-135m)")
+    parser.add_argument("--adapter-path", help="adapter or training run folder; without it the base model is evaluated")
+    parser.add_argument("--datasets", required=True,
+                        help="comma-separated known names and/or paths of LLM-Adapters-format JSON files")
+    parser.add_argument("--data-dir", action="append", default=None,
+                        help="folder holding the data files (repeatable); default ../shared/datasets/{math,commonsense}")
+    parser.add_argument("--output", help="folder for predictions JSONL, summary.json and summary.md")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--max-new-tokens", type=int, default=256)
+    parser.add_argument("--num-beams", type=int, default=1, help="1 = greedy (default); LLM-Adapters used 4")
+    parser.add_argument("--template", choices=TEMPLATES,
+                        help="prompt template; default: the one the adapter was trained with, else alpaca")
+    parser.add_argument("--mode", choices=MODES, default="default",
+                        help="answer extraction: default (robust) or llm-adapters (their exact rules)")
+    parser.add_argument("--answer-type", choices=("number", "letter", "label"),
+                        help="override the answer type (inferred for unknown files)")
+    parser.add_argument("--limit", type=int, help="evaluate only the first N items of each data set")
+    parser.add_argument("--resume", action="store_true", help="continue an interrupted run in --output")
+    parser.add_argument("--overwrite", action="store_true", help="discard predictions already in --output")
+    parser.add_argument("--dtype", help="model dtype (float32, bfloat16, float16); default: transformers' choice")
+    parser.add_argument("--device", help="cpu, cuda, cuda:1, mps; default cpu")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        return _run(args)
+    except (ValueError, FileNotFoundError, FileExistsError, ModelPullError) as exc:  # incl. IncompatibleAdapterError
+        print(f"adapterlab eval: error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _run(args: argparse.Namespace) -> int:
+    if (args.resume or args.overwrite) and not args.output:
+        raise ValueError("--resume and --overwrite need --output (the folder of the run).")
+    datasets = [d.strip() for d in args.datasets.split(",") if d.strip()]
+    if not datasets:
+        raise ValueError("--datasets is empty; give names like gsm8k,aqua or paths of JSON files.")
+    adapter_dir = find_adapter(args.adapter_path) if args.adapter_path else None
+    template = args.template or (training_template(adapter_dir) if adapter_dir else None) or "alpaca"
+    model, tokenizer = load_model(args.model, dtype=args.dtype, device=args.device)
+    if adapter_dir is not None:
+        load_adapter(model, adapter_dir)  # IncompatibleAdapterError names both base models
+    summary = evaluate(
+        model, tokenizer, datasets, data_dirs=args.data_dir, answer_type=args.answer_type,
+        batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, num_beams=args.num_beams,
+        template=template, mode=args.mode, output_dir=args.output, resume=args.resume, overwrite=args.overwrite,
+        limit=args.limit, progress=not args.no_progress,
+        metadata={"model": args.model, "adapter": str(adapter_dir) if adapter_dir else None},
+    )
+    print(markdown_table(summary), end="")
+    if args.output:
+        print(f"Predictions and summary in {args.output}/")
+    return 0
