@@ -220,6 +220,9 @@ def test_bad_input_names_the_problem_and_the_fix(tmp_path):
     bad = write(tmp_path / "bad.json", [{"instruction": "q", "answer": "1"}, {"instruction": "r", "output": "x"}])
     with pytest.raises(ValueError, match=r"bad.json: record 1 has no 'answer'"):
         load_dataset(str(bad))
+    write(tmp_path / "boolq.json", [{"instruction": "q", "answer": "maybe"}])
+    with pytest.raises(ValueError, match="record 0 has answer 'maybe', which is none of true, false"):
+        load_dataset("boolq", [tmp_path])
     write(tmp_path / "gsm8k.json", [{"instruction": "q", "answer": "seven"}])
     with pytest.raises(ValueError, match="record 0 has answer 'seven', not a number"):
         load_dataset("gsm8k", [tmp_path])
@@ -274,3 +277,26 @@ def test_adapter_folder_and_training_template(tmp_path):
     assert found == tmp_path / "run" / "adapter" and training_template(found) == "chat"
     with pytest.raises(FileNotFoundError, match="adapter_config.json"):
         find_adapter(str(tmp_path))
+
+
+# --- the real model ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_real_model_batched_equals_single_and_scores(tmp_path):
+    """SmolLM2-135M-Instruct on four GSM8K questions: batching changes no generation; the run is scored."""
+    from adapterlab.models import ModelPullError, load_model
+
+    try:
+        model, tok = load_model("smollm2-135m", dtype="float32", log=lambda *_: None)
+    except ModelPullError as exc:
+        pytest.skip(f"SmolLM2-135M-Instruct unavailable: {exc}")
+    records = [{"instruction": q, "input": "", "answer": a} for q, a in [
+        ("What is 12 plus 30?", "42"), ("Tom has 3 apples and buys 4 more. How many apples does he have?", "7"),
+        ("A box holds 6 eggs. How many eggs are in 5 boxes?", "30"), ("What is 100 minus 1?", "99")]]
+    prompts = [build_prompt(r, "alpaca") for r in records]
+    batched = generate(model, tok, prompts, batch_size=4, max_new_tokens=24)
+    assert batched == [generate(model, tok, [p], batch_size=1, max_new_tokens=24)[0] for p in prompts]
+    summary = evaluate(model, tok, records, max_new_tokens=24, output_dir=tmp_path, progress=False)
+    assert summary["datasets"]["records"]["n"] == 4
+    assert len((tmp_path / "records.predictions.jsonl").read_text().splitlines()) == 4

@@ -144,10 +144,33 @@ def infer_answer_type(records: list[dict[str, Any]]) -> tuple[str, tuple[str, ..
     """Guess the answer type of an unknown data set from its gold answers: numbers, letters or labels."""
     answers = [str(r["answer"]).strip() for r in records]
     if answers and all(_is_number(a) for a in answers):
-        return NUMBER, ()
-    if answers and all(a in LETTERS for a in answers):
-        return LETTER, LETTERS
-    return LABEL, tuple(sorted(set(answers)))
+        kind = NUMBER
+    elif answers and all(a in LETTERS for a in answers):
+        kind = LETTER
+    else:
+        kind = LABEL
+    return kind, labels_for(kind, records)
+
+
+def labels_for(answer_type: str, records: list[dict[str, Any]]) -> tuple[str, ...]:
+    """The answers a prediction may take: A-E for letters, the distinct gold answers for labels, none for numbers."""
+    if answer_type == LETTER:
+        return LETTERS
+    if answer_type == LABEL:
+        return tuple(sorted({str(r["answer"]).strip() for r in records}))
+    return ()
+
+
+def check_answers(records: list[dict[str, Any]], answer_type: str, labels: tuple[str, ...], where: str, name: str) -> None:
+    """Refuse gold answers that cannot match any prediction: non-numbers in a number set, unknown labels."""
+    for index, record in enumerate(records):
+        answer = record["answer"]
+        if answer_type == NUMBER and not _is_number(answer):
+            raise ValueError(f"{where}: record {index} has answer {answer!r}, not a number, but {name} is evaluated "
+                             "as a number data set; fix the record or pass another answer type.")
+        if answer_type != NUMBER and str(answer).strip() not in labels:
+            raise ValueError(f"{where}: record {index} has answer {answer!r}, which is none of {', '.join(labels)} "
+                             f"expected for {name}; fix the record or pass another answer type.")
 
 
 def load_dataset(
@@ -179,13 +202,9 @@ def load_dataset(
         records = records[:limit]
     if answer_type is None and known is not None:
         answer_type, labels = KNOWN[known].answer_type, KNOWN[known].labels
-    elif answer_type is None:
-        answer_type, labels = infer_answer_type(records)
     else:
-        labels = infer_answer_type(records)[1] if answer_type == LABEL else (LETTERS if answer_type == LETTER else ())
-    if answer_type == NUMBER:
-        for index, record in enumerate(records):
-            if not _is_number(record["answer"]):
-                raise ValueError(f"{path}: record {index} has answer {record['answer']!r}, not a number, "
-                                 f"but {name} is evaluated as a number data set; fix the record or the answer type.")
+        answer_type = answer_type or infer_answer_type(records)[0]
+        same = known is not None and KNOWN[known].answer_type == answer_type
+        labels = KNOWN[known].labels if same else labels_for(answer_type, records)
+    check_answers(records, answer_type, labels, str(path), name)
     return EvalDataset(name=name, records=records, answer_type=answer_type, labels=labels, source=str(path), known=known)

@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 
 from ..checkpoint import write_json
 from ..data.templates import STOP_STRINGS, build_prompt
-from .datasets import EvalDataset, check_record, infer_answer_type, load_dataset
+from .datasets import EvalDataset, check_answers, check_record, infer_answer_type, labels_for, load_dataset
 from .extract import MODES, extract_answer, is_correct
 from .generate import generate_batches
 from .report import markdown_table, score
@@ -37,10 +37,10 @@ def _as_datasets(datasets: Any, data_dirs, answer_type: str | None, limit: int |
         for index, record in enumerate(datasets):
             check_record(record, index, "records")
         records = datasets[:limit] if limit is not None else datasets
-        kind, labels = infer_answer_type(records)
-        if answer_type is not None and answer_type != kind:
-            labels = ("A", "B", "C", "D", "E") if answer_type == "letter" else labels if answer_type == "label" else ()
-        return [EvalDataset("records", records, answer_type or kind, labels)]
+        kind = answer_type or infer_answer_type(records)[0]
+        labels = labels_for(kind, records)
+        check_answers(records, kind, labels, "records", "these records")
+        return [EvalDataset("records", records, kind, labels)]
     out = []
     for d in datasets:
         if isinstance(d, EvalDataset):
