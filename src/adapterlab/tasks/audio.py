@@ -26,6 +26,7 @@ from .classification import accuracy, head_modules
 from .labelled import load_classifier, select
 
 SPLITS = ("random", "fsdd")
+AST = "audio-spectrogram-transformer"
 
 
 def read_folders(folders: list[str], labels_csv: str | None, label_pattern: str) -> tuple[list[Path], list[str]]:
@@ -61,6 +62,9 @@ def prepare(options: TaskOptions) -> TaskSetup:
     labels = chosen["labels"]
     max_length = opts.get("max_length")
     model, extractor, pretrained = load_classifier(options, "audio-cls", labels, max_length=max_length)
+    if model.config.model_type != AST:
+        raise ValueError(f"audio-cls trains Audio Spectrogram Transformers; {options.model!r} is a "
+                         f"{model.config.model_type!r} model. Pass an AST checkpoint or config:ast-small.")
     if max_length and int(max_length) != model.config.max_length:
         resize_ast_positions(model, int(max_length))  # checkpoint grid -> new grid, by interpolation
     extractor.max_length = model.config.max_length
