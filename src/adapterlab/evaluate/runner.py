@@ -105,16 +105,16 @@ def _check_resume(output_dir: Path, settings: dict[str, Any], resume: bool, over
 
 def _row(index: int, record: dict[str, Any], prompt: str, text: str, data: EvalDataset, mode: str) -> dict[str, Any]:
     """One line of predictions: the generation, the answer read from it in both modes, and whether it is right."""
-    row: dict[str, Any] = {"id": index, "dataset": data.name, "prompt": prompt, "generation": text}
-    for key, m in (("", mode), ("alt_", MODES[1 - MODES.index(mode)])):
+    other = MODES[1 - MODES.index(mode)]
+
+    def read(m: str) -> tuple[Any, bool]:
         answer = extract_answer(text, data.answer_type, mode=m, labels=data.labels, prompt=str(record["instruction"]))
-        if key:
-            row["alt_mode"] = m
-        row[f"{key}extracted"] = answer
-        row[f"{key}correct"] = is_correct(answer, record["answer"], data.answer_type, mode=m)
-        if not key:
-            row["label"] = record["answer"]
-    return row
+        return answer, is_correct(answer, record["answer"], data.answer_type, mode=m)
+
+    (extracted, correct), (alt_extracted, alt_correct) = read(mode), read(other)
+    return {"id": index, "dataset": data.name, "prompt": prompt, "generation": text, "extracted": extracted,
+            "label": record["answer"], "correct": correct, "alt_mode": other, "alt_extracted": alt_extracted,
+            "alt_correct": alt_correct}
 
 
 def evaluate(
