@@ -186,10 +186,12 @@ def test_save_load_round_trip_gives_identical_outputs(tmp_path, method, options)
 
 
 def test_presets_fill_in_their_options_and_users_can_override():
-    assert al.make_config("houlsby").resolved_targets == ["attn", "mlp"]
+    houlsby = al.make_config("houlsby")
+    assert (houlsby.method, houlsby.resolved_targets) == ("houlsby", ["attn", "mlp"])
     assert al.make_config("pfeiffer").resolved_targets == ["mlp"]
     scaled = al.make_config("scaled_parallel")
-    assert (scaled.method, scaled.scaling, scaled.init, scaled.resolved_targets) == ("parallel", 4.0, "zero", ["mlp"])
+    assert (scaled.method, scaled.scaling, scaled.init, scaled.resolved_targets) == (
+        "scaled_parallel", 4.0, "zero", ["mlp"])
     assert al.make_config("pfeiffer", targets=["down"]).resolved_targets == ["down"]
     assert al.make_config("series", scaling="0.5").scaling == 0.5
 
@@ -197,7 +199,7 @@ def test_presets_fill_in_their_options_and_users_can_override():
 @pytest.mark.parametrize("method", ["series", "houlsby", "parallel"])
 def test_merge_raises_a_clear_error(method):
     model = al.attach(tiny_model("llama"), method, size=4)
-    with pytest.raises(al.NotMergeableError, match="cannot be merged"):
+    with pytest.raises(al.NotMergeableError, match=rf"\({method}\) cannot be merged"):
         al.merge(model)
 
 

@@ -5,7 +5,8 @@ One module, `up(act(down(dropout(x))))`, placed two ways:
 * series:   y' = y + s * f(y)  on the output y of a linear layer or of an attention/MLP sublayer (before
   the block's residual add). `houlsby` places it after both sublayers, `pfeiffer` after the MLP only.
 * parallel: y' = y + s * f(x)  with x the input of the linear layer (LLM-Adapters: in -> size -> out) or
-  of the whole sublayer (the input of its entry layer; He et al. 2022, AdaptFormer).
+  of the whole sublayer (the input of its entry layer; He et al. 2022, AdaptFormer). `scaled_parallel`
+  is He et al.'s setting: at the MLP, s = 4, up-projection zero at init.
 
 Semantics follow LLM-Adapters' bottleneck tuner: dropout on the adapter input, "bert" init N(0, 0.02)
 on both projections, `scaling` a float or "learned" (a scalar parameter initialised to 1.0, as
@@ -111,6 +112,32 @@ class ParallelConfig(BottleneckOptions):
     def build(self, site: Site, model: nn.Module) -> "BottleneckAdapter":
         in_features, out_features = site_features(site, model, self.method)
         return self.make(in_features, out_features, "parallel", model.get_submodule(site.path))
+
+
+@dataclass
+class HoulsbyConfig(SeriesConfig):
+    """Houlsby et al. (2019): a series adapter after the attention and after the MLP sublayer of each block."""
+
+    method = "houlsby"
+    default_targets = ("attn", "mlp")
+
+
+@dataclass
+class PfeifferConfig(SeriesConfig):
+    """Pfeiffer et al. (2021): a series adapter after the MLP sublayer only (LLM-Adapters' AdapterP)."""
+
+    method = "pfeiffer"
+    default_targets = ("mlp",)
+
+
+@dataclass
+class ScaledParallelConfig(ParallelConfig):
+    """He et al. (2022)'s scaled parallel adapter: beside the MLP, scaled by 4, up-projection zero at init."""
+
+    method = "scaled_parallel"
+
+    scaling: float | str = 4.0
+    init: str = "zero"
 
 
 class BottleneckAdapter(Adapter):
