@@ -78,6 +78,27 @@ def test_folder_loads_as_classifier_with_labels_and_pad_id(tiny_folder):
     assert model(**batch).logits.shape == (2, 2)
 
 
+@pytest.mark.parametrize("task, family", [("image-cls", "vit"), ("audio-cls", "ast")])
+def test_vision_and_audio_folders_load_with_a_new_head_and_their_processor(tmp_path, task, family):
+    model = T.AutoModelForImageClassification.from_config(tiny_config("vit")) if family == "vit" else \
+        T.AutoModelForAudioClassification.from_config(tiny_config("ast"))
+    processor = T.ViTImageProcessor(size={"height": 16, "width": 16}) if family == "vit" else \
+        T.ASTFeatureExtractor(num_mel_bins=16, max_length=32)
+    model.save_pretrained(tmp_path / family)
+    processor.save_pretrained(tmp_path / family)
+    labels = ["a", "b", "c", "d", "e"]  # the saved head has 3 classes
+    loaded, loaded_processor = load_model(str(tmp_path / family), task, label_names=labels, log=quiet)
+    assert type(loaded) is type(model) and loaded.config.id2label == dict(enumerate(labels))
+    assert type(loaded_processor) is type(processor)
+    embeddings = next(iter(loaded.state_dict()))
+    assert torch.equal(loaded.state_dict()[embeddings], model.state_dict()[embeddings])
+    if family == "vit":
+        inputs = loaded_processor(images=[torch.zeros(3, 20, 20).numpy()], return_tensors="pt")
+    else:
+        inputs = loaded_processor([torch.zeros(1600).numpy()], sampling_rate=16000, return_tensors="pt")
+    assert loaded(**inputs).logits.shape == (1, 5)
+
+
 def test_bad_options_are_named(tiny_folder):
     with pytest.raises(ValueError, match="classification tasks"):
         load_model(str(tiny_folder), "causal-lm", num_labels=2, log=quiet)
