@@ -85,7 +85,7 @@ def test_only_adapter_parameters_change(llama, math_file, tmp_path):
 
 
 def test_classification_trains_head_and_restores_it(bert, tmp_path):
-    train_file, dev_file = write_sst(tmp_path / "train.tsv", 32), write_sst(tmp_path / "dev.tsv", 8, seed=1)
+    train_file, dev_file = write_sst(tmp_path / "train.tsv", 32), write_sst(tmp_path / "dev.tsv", 8, seed=1, text_column="content")
     out = tmp_path / "run"
     summary = train(TrainConfig(model=str(bert), data=[str(train_file)], eval_data=[str(dev_file)], task="seq-cls",
                                 output=str(out), adapter="lora", adapter_options={"r": 4}, max_steps=4,

@@ -67,10 +67,10 @@ def write_json(path: Path, records: list[dict]) -> Path:
     return path
 
 
-def write_sst(path: Path, n: int, seed: int = 0) -> Path:
+def write_sst(path: Path, n: int, seed: int = 0, text_column: str = "sentence") -> Path:
     """A TSV with header label<TAB>sentence; label 1 iff the sentence says good/great/fun."""
     rng = random.Random(seed)
-    lines = ["label\tsentence"]
+    lines = [f"label\t{text_column}"]
     for _ in range(n):
         label = rng.randint(0, 1)
         word = rng.choice(["good", "great", "fun"] if label else ["bad", "awful", "boring"])

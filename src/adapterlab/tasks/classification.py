@@ -46,8 +46,8 @@ def prepare(options: TaskOptions) -> TaskSetup:
                    text_pair_column=opts.get("text_pair_column"))
     rows, text_column = read_labelled(options.data, **columns)
     rows = subsample(rows, opts.get("max_train_samples"), options.seed)
-    dev_rows = read_labelled(options.eval_data, **{**columns, "text_column": columns["text_column"] or text_column})[0] \
-        if options.eval_data else []
+    # Unless named, the text column is guessed per file (SST-2's train and dev files name it differently).
+    dev_rows = read_labelled(options.eval_data, **columns)[0] if options.eval_data else []
     train_rows, held = holdout(rows, options.val_size, options.seed)
     dev_rows = dev_rows or held
     labels = label_names(train_rows)
