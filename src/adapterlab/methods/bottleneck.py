@@ -11,7 +11,9 @@ One module, `up(act(down(dropout(x))))`, placed two ways:
 Semantics follow LLM-Adapters' bottleneck tuner: dropout on the adapter input, "bert" init N(0, 0.02)
 on both projections, `scaling` a float or "learned" (a scalar parameter initialised to 1.0, as
 LLM-Adapters and AdaptFormer's learnable scalar). LLM-Adapters' projections have no bias: pass
-bias=False to reproduce its parameter counts. Not mergeable: the activation keeps the adapter nonlinear.
+bias=False to reproduce its parameter counts. Its "AdapterP" is `pfeiffer` (series on down_proj); its
+"AdapterH" adapts the inputs of gate/up and the output of down, whereas `houlsby` here follows Houlsby
+et al. (after the attention and the MLP outputs). Not mergeable: the activation makes the adapter nonlinear.
 """
 
 from __future__ import annotations
