@@ -75,9 +75,10 @@ def save_adapter(model: nn.Module, directory: str | os.PathLike, name: str = "de
     """Write adapter `name` to `directory` (adapter_config.json + adapter.safetensors)."""
     directory = Path(directory)
     config = get_config(model, name)
-    state = {k: v.detach().to("cpu").contiguous() for k, v in adapter_state_dict(model, name).items()}
+    state = adapter_state_dict(model, name)
     if any(t.is_meta for t in state.values()):
         raise AdapterError("The adapter lives on the meta device and has no values to save; load real weights first.")
+    state = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
     write_atomic(directory / WEIGHTS_NAME, lambda tmp: save_file(state, tmp, metadata={"format": "pt"}))
     data = {**config.to_dict(), "base_model": base_model_info(model), "adapterlab_format": FORMAT_VERSION}
     write_json(directory / CONFIG_NAME, data)

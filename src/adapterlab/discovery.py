@@ -9,7 +9,8 @@ from torch import nn
 from .architectures import Architecture
 from .layers import is_linear
 
-# Leaf-name patterns per logical projection, tried in order; the first match within a block wins.
+# Name patterns per logical projection, tried in order; the first match within a block wins. Each is
+# anchored at a dotted-name boundary (see `_matches`), so "v" matches "attn.v" but not "attn.conv".
 PATTERNS: dict[str, tuple[str, ...]] = {
     "qkv": (r"(query_key_value|qkv_proj|c_attn|Wqkv|qkv|W_pack)$",),
     "q": (r"(q_proj|query|q|wq|q_lin)$",),
@@ -22,11 +23,15 @@ PATTERNS: dict[str, tuple[str, ...]] = {
 }
 
 
+def _matches(pattern: str, name: str) -> bool:
+    return re.search(rf"(^|\.){pattern}", name) is not None
+
+
 def find_block_list(model: nn.Module) -> str | None:
     """Name of the longest ModuleList whose children share one class and hold linear layers."""
     best, best_len = None, 0
     for name, module in model.named_modules():
-        if not isinstance(module, nn.ModuleList) or len(module) < 1:
+        if not isinstance(module, nn.ModuleList) or len(module) < 1 or "adapterlab" in name.split("."):
             continue
         classes = {type(child) for child in module}
         has_linear = any(is_linear(m) for m in module[0].modules())
@@ -45,7 +50,7 @@ def discover(model: nn.Module, model_type: str) -> Architecture | None:
     found: dict[str, str] = {}
     for logical, patterns in PATTERNS.items():
         for pattern in patterns:
-            hit = next((n for n in linear_names if re.search(pattern, n) and n not in found.values()), None)
+            hit = next((n for n in linear_names if _matches(pattern, n) and n not in found.values()), None)
             if hit:
                 found[logical] = hit
                 break

@@ -19,9 +19,9 @@ from .config import AdapterConfig
 from .errors import AdapterError, NotMergeableError
 from .methods.base import Adapter
 from .registry import METHODS, make_config
-from .sites import Site, resolve_sites
+from .sites import ADAPTER_SLOT, Site, resolve_sites
 
-HOST_ATTR = "adapterlab"
+HOST_ATTR = ADAPTER_SLOT
 
 
 def adapter_names(model: nn.Module) -> list[str]:
@@ -59,38 +59,49 @@ def _sites_for(model: nn.Module, config: AdapterConfig, architecture: Architectu
     return sites
 
 
-def _install_hooks(model: nn.Module, site: Site, adapter: Adapter) -> list:
-    """Register the forward hooks that run `adapter` at `site`; returns their handles."""
-    if site.kind == "model":
-        def pre(module, args, kwargs):
-            return adapter.before_model(module, args, kwargs) if adapter.applies else None
+class _SiteHooks:
+    """The forward hooks that run one adapter at its site.
 
-        def post(module, args, kwargs, output):
-            return adapter.after_model(module, args, kwargs, output) if adapter.applies else None
+    An object rather than closures so that `copy.deepcopy(model)` (and pickling) gives the copy hooks
+    that call the copy's adapter, not the original's. For a sublayer site, the input seen at the entry
+    layer is handed to the exit layer through `seen` (gradient-checkpointing recomputation re-runs both).
+    """
 
-        return [model.register_forward_pre_hook(pre, with_kwargs=True),
-                model.register_forward_hook(post, with_kwargs=True), *adapter.hook_submodules(model)]
+    def __init__(self, adapter: Adapter, handover: bool) -> None:
+        self.adapter = adapter
+        self.handover = handover
+        self.seen: dict[str, Any] = {}
 
-    host = model.get_submodule(site.path)
-    entry = model.get_submodule(site.entry)
-    handover = site.kind == "sublayer"  # the input seen at the entry layer is needed at the exit layer
-    seen: dict[str, Any] = {}
-
-    def entry_pre(module, args):
-        if not adapter.applies:
+    def entry_pre(self, module: nn.Module, args: tuple) -> tuple | None:
+        if not self.adapter.applies:
             return None
-        x = adapter.adapt_input(args[0])
-        if handover:
-            seen["x"] = x
+        x = self.adapter.adapt_input(args[0])
+        if self.handover:
+            self.seen["x"] = x
         return (x, *args[1:]) if x is not args[0] else None
 
-    def exit_post(module, args, output):
-        if not adapter.applies:
+    def exit_post(self, module: nn.Module, args: tuple, output: Any) -> Any:
+        if not self.adapter.applies:
             return None
-        x = seen.pop("x") if handover else args[0]
-        return adapter.adapt_output(x, output)
+        x = self.seen.pop("x") if self.handover else args[0]
+        return self.adapter.adapt_output(x, output)
 
-    return [entry.register_forward_pre_hook(entry_pre), host.register_forward_hook(exit_post)]
+    def model_pre(self, module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> Any:
+        return self.adapter.before_model(module, args, kwargs) if self.adapter.applies else None
+
+    def model_post(self, module: nn.Module, args: tuple, kwargs: dict[str, Any], output: Any) -> Any:
+        return self.adapter.after_model(module, args, kwargs, output) if self.adapter.applies else None
+
+
+def _install_hooks(model: nn.Module, site: Site, adapter: Adapter) -> list:
+    """Register the forward hooks that run `adapter` at `site`; returns their handles."""
+    hooks = _SiteHooks(adapter, handover=site.kind == "sublayer")
+    if site.kind == "model":
+        return [model.register_forward_pre_hook(hooks.model_pre, with_kwargs=True),
+                model.register_forward_hook(hooks.model_post, with_kwargs=True), *adapter.hook_submodules(model)]
+    host = model.get_submodule(site.path)
+    entry = model.get_submodule(site.entry)
+    return [entry.register_forward_pre_hook(hooks.entry_pre), host.register_forward_hook(hooks.exit_post)]
 
 
 def _host(model: nn.Module, site: Site) -> nn.Module:
@@ -118,6 +129,7 @@ def attach(
     sites = _sites_for(model, config, architecture)
     modules = [(site, config.build(site, model)) for site in sites]  # build all before touching the model
     for site, adapter in modules:
+        adapter.train(model.training)  # an adapter added to a model in eval mode must not run dropout
         host = _host(model, site)
         if HOST_ATTR not in host._modules:
             host.add_module(HOST_ATTR, nn.ModuleDict())
@@ -228,8 +240,10 @@ def merge(model: nn.Module, names: str | list[str] | None = None) -> nn.Module:
 
 
 def unmerge(model: nn.Module, names: str | list[str] | None = None) -> nn.Module:
-    """Take merged adapters back out of the base weights, restoring them."""
-    names = adapter_names(model) if names is None else ([names] if isinstance(names, str) else list(names))
+    """Take merged adapters (all of them, or the named ones) back out of the base weights, restoring them."""
+    if names is None:
+        names = list(dict.fromkeys(n for n in adapter_names(model) for _, _, a in placed(model, n) if a.merged))
+    names = [names] if isinstance(names, str) else list(names)
     _check_mergeable(model, names)
     for name in names:
         for _, host, adapter in placed(model, name):

@@ -17,6 +17,8 @@ from .discovery import discover
 from .errors import AdapterError, TargetNotFoundError
 from .layers import is_linear
 
+ADAPTER_SLOT = "adapterlab"  # name of the ModuleDict that holds a layer's adapters (engine.HOST_ATTR)
+
 
 @dataclass(frozen=True)
 class Site:
@@ -44,6 +46,10 @@ def architecture_of(model: nn.Module, override: Architecture | dict[str, Any] | 
         return override
     model_type = model_type_of(model)
     if isinstance(override, dict):
+        valid = [f for f in Architecture.__dataclass_fields__ if f != "name"]
+        unknown = sorted(set(override) - set(valid))
+        if unknown:
+            raise AdapterError(f"architecture: unknown field(s) {unknown}; valid fields are {valid}.")
         base = ARCHITECTURES.get(model_type) or Architecture(name=model_type, blocks="")
         fields = {"name": f"{model_type}+override", **override}
         return Architecture(**{**base.__dict__, **fields})
@@ -128,6 +134,8 @@ def _logical_sites(model: nn.Module, arch: Architecture, target: str, layers: li
 def _suffix_sites(model: nn.Module, target: str, layer_of: dict[str, int], layers: list[int] | None) -> list[Site]:
     sites = []
     for name, _ in model.named_modules():
+        if _inside_adapter(name):
+            continue
         if name == target or name.endswith("." + target):
             layer = next((i for prefix, i in layer_of.items() if name.startswith(prefix + ".")), None)
             if layers is None or layer in layers:
@@ -135,9 +143,15 @@ def _suffix_sites(model: nn.Module, target: str, layer_of: dict[str, int], layer
     return sites
 
 
+def _inside_adapter(name: str) -> bool:
+    """Whether a module path lies inside an adapter slot (adapters are never targets themselves)."""
+    return ADAPTER_SLOT in name.split(".")
+
+
 def linear_suffixes(model: nn.Module) -> list[str]:
     """Distinct last name parts of the model's linear layers, for error messages."""
-    return sorted({name.rsplit(".", 1)[-1] for name, m in model.named_modules() if is_linear(m)})
+    return sorted({name.rsplit(".", 1)[-1] for name, m in model.named_modules()
+                   if is_linear(m) and not _inside_adapter(name)})
 
 
 def resolve_sites(
