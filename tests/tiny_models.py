@@ -30,6 +30,8 @@ def tiny_config(family: str) -> T.PretrainedConfig:
         "bert": lambda: T.BertConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, **common),
         "roberta": lambda: T.RobertaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                                            pad_token_id=1, **common),
+        "xlm-roberta": lambda: T.XLMRobertaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                                  pad_token_id=1, **common),
         "vit": lambda: T.ViTConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
                                    image_size=16, patch_size=8, num_labels=3),
         "ast": lambda: T.ASTConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
@@ -41,7 +43,7 @@ def tiny_config(family: str) -> T.PretrainedConfig:
 
 
 CAUSAL = ["llama", "mistral", "qwen2", "bloom", "opt", "gptj", "gpt2", "gpt_neox"]
-ENCODERS = ["bert", "roberta"]
+ENCODERS = ["bert", "roberta", "xlm-roberta"]
 VISION_AUDIO = ["vit", "ast"]
 ALL = CAUSAL + ENCODERS + VISION_AUDIO
 
