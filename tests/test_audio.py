@@ -174,3 +174,34 @@ def test_checkpoint_at_another_length_gets_interpolated_positions(fsdd_like: Pat
     assert torch.equal(resized[:, 2:], resize_patch_grid(table, (1, 2), (1, 9), leading_tokens=2)[:, 2:])
     batch = default_data_collator([longer.train_dataset[i] for i in range(2)])
     assert batch["input_values"].shape == (2, 96, 16) and torch.isfinite(longer.model(**batch).loss)
+
+
+def test_train_cli_run_restores_the_trained_classifier(fsdd_like: Path, tiny_ast_config: str, tmp_path: Path) -> None:
+    """`adapterlab train --task audio-cls` with the task flags; the run folder (adapter + head) reproduces
+    the best dev accuracy on a freshly built base model."""
+    from transformers import AutoFeatureExtractor
+
+    from adapterlab.cli import main
+    from adapterlab.tasks.scratch import build_classifier
+    from adapterlab.train import load_run
+
+    run = tmp_path / "run"
+    assert main(["train", "--task", "audio-cls", "--model", tiny_ast_config, "--data", str(fsdd_like),
+                 "--split", "fsdd", "--max-length", "48", "--few-shot", "4", "--adapter", "lora", "--r", "4",
+                 "--max-steps", "4", "--batch-size", "4", "--micro-batch-size", "4", "--eval-steps", "2",
+                 "--warmup-steps", "0", "--lr", "1e-2", "--output", str(run)]) == 0
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["data"]["split"] == "fsdd" and summary["data"]["train_records"] == 3 * 4
+    assert AutoFeatureExtractor.from_pretrained(run).max_length == 48
+
+    model, _ = build_classifier(tiny_ast_config, "audio-cls", summary["data"]["labels"], seed=42, max_length=48)
+    dev = audio.prepare(TaskOptions(model=tiny_ast_config, data=[str(fsdd_like)], options={"split": "fsdd"}))
+    dev.eval_dataset.feature_extractor.max_length = 48
+    batch = default_data_collator([dev.eval_dataset[i] for i in range(len(dev.eval_dataset))])
+    with torch.no_grad():
+        untrained = model.eval()(input_values=batch["input_values"]).logits
+        load_run(model, run)
+        logits = model(input_values=batch["input_values"]).logits
+    assert not torch.allclose(logits, untrained)
+    accuracy = (logits.argmax(-1) == batch["labels"]).float().mean().item()
+    assert accuracy == pytest.approx(summary["best_metric"]["value"])
