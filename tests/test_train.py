@@ -263,3 +263,22 @@ def test_decoder_classification_uses_its_score_head(llama, tmp_path):
                                 micro_batch_size=4, warmup_steps=0, eval_steps=2))
     assert summary["best_metric"]["name"] == "eval_accuracy"
     assert set(load_file(str(out / "head.safetensors"))) == {"score.weight"}
+
+
+def test_resume_skips_a_checkpoint_an_interrupt_cut_short(tmp_path):
+    from adapterlab.train.checkpointing import last_checkpoint
+    from adapterlab.train.run_dir import check_run_dir, write_run_config
+
+    config = TrainConfig(model="m", data=["d.json"], output=str(tmp_path / "run"), resume=True)
+    with pytest.raises(AdapterError, match="holds no run"):
+        check_run_dir(tmp_path / "run", config)
+    write_run_config(tmp_path / "run", config)
+    with pytest.raises(AdapterError, match="no complete checkpoint"):
+        check_run_dir(tmp_path / "run", config)
+    checkpoints = tmp_path / "run" / "checkpoints"
+    for step, complete in [(2, True), (10, True), (12, False)]:
+        (checkpoints / f"checkpoint-{step}").mkdir(parents=True)
+        if complete:
+            (checkpoints / f"checkpoint-{step}" / "trainer_state.json").write_text("{}")
+    assert last_checkpoint(checkpoints).name == "checkpoint-10"
+    assert check_run_dir(tmp_path / "run", config).name == "checkpoint-10"
