@@ -5,7 +5,7 @@ reads the answer with its own rules (restated below as a reference, independentl
 This script times the three protocols on the first GSM8K items with the same prompt and max_new_tokens,
 and checks that adapterlab's `llm-adapters` extraction gives the reference's answer on every generation.
 
-    flock /tmp/heavy.lock .venv/bin/python benchmarks/eval_speed.py --n 32 --max-new-tokens 128
+    flock /tmp/heavy.lock .venv/bin/python benchmarks/eval_speed.py --n 32 --baseline-n 32 --max-new-tokens 128
 """
 
 from __future__ import annotations
@@ -92,10 +92,21 @@ def main() -> None:
     result["batched_equals_batch1_generations"] = sum(a == b for a, b in zip(ours, single))
     theirs = timed("llm_adapters_protocol", lambda: [
         their_protocol(model, tokenizer, p, args.max_new_tokens) for p in prompts[: args.baseline_n]], args.baseline_n)
+    # The same decoding as theirs (4 beams, no stop string), batched with the cache: are the answers the same?
+    beams = timed("adapterlab_batched_beam4", lambda: generate(
+        model, tokenizer, prompts[: args.baseline_n], batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
+        num_beams=4, stop_strings=()), args.baseline_n)
+    clean = [t.replace(tokenizer.eos_token, "").strip() for t in theirs]
+    result["beam4_same_as_theirs"] = {
+        "items": len(theirs), "same_generation": sum(a == b for a, b in zip(beams, clean)),
+        "same_llm_adapters_answer": sum(extract_answer(a, "number", mode="llm-adapters") == reference_number(b)
+                                        or (extract_answer(a, "number", mode="llm-adapters") is None
+                                            and reference_number(b) == float("inf")) for a, b in zip(beams, theirs)),
+    }
     per_item = {k: result[k]["seconds_per_item"] for k in ("adapterlab_batched_greedy", "batch1_greedy", "llm_adapters_protocol")}
     result["speedup_vs_llm_adapters"] = round(per_item["llm_adapters_protocol"] / per_item["adapterlab_batched_greedy"], 1)
     result["speedup_vs_batch1_greedy"] = round(per_item["batch1_greedy"] / per_item["adapterlab_batched_greedy"], 1)
-    result["examples"] = [{"ours": o, "theirs": t} for o, t in zip(ours[:3], theirs[:3])]
+    result["examples"] = [{"ours_greedy": o, "ours_beam4": b, "theirs": t} for o, b, t in zip(ours, beams, theirs)][:3]
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     Path(args.output).write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps({k: v for k, v in result.items() if k != "examples"}, indent=2))
