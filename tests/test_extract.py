@@ -85,6 +85,11 @@ LETTER_CASES = [
     ("1023.65 - 1000 = 23.65", "A", None),
     ("the difference is 2.65 dollars", "D", None),
     ("no idea", None, None),
+    # the choices restated one per line (seen from SmolLM2): no answer in them, though "A" comes first
+    ("A) 60 m\nB) 61 m\nC) 62 m\nD) 63 m\nE) 64 m", None, "A"),
+    # "A:" opens an answer in the math training data; it is not a choice
+    ("A:", None, "A"),
+    ("A: 3 * 4 = 12 so the answer is (C)", "C", "A"),
 ]
 
 

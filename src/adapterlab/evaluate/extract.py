@@ -104,7 +104,8 @@ _LETTER_MARKER = re.compile(
     r"\(?(?P<letter>[A-E])(?![A-Za-z])"
 )
 _PAREN_LETTER = re.compile(r"\((?P<letter>[A-E])\)")
-_LONE_LETTER = re.compile(r"^\s*\(?(?P<letter>[A-E])(?:[).:]|\s*$)", re.MULTILINE)
+# "B", "B)" or "B." alone at the start of a line; not "A:", which opens an answer in the math training data.
+_LONE_LETTER = re.compile(r"^\s*\(?(?P<letter>[A-E])(?:[).]|\s*$)", re.MULTILINE)
 _OPTION = re.compile(r"\((?P<letter>[A-E])\)\s*(?P<value>[^()]*?)(?=\s*\([A-E]\)|$)", re.DOTALL)
 
 
@@ -128,9 +129,9 @@ def extract_letter(text: str, prompt: str | None = None) -> str | None:
     parenthesized = [m["letter"] for m in _PAREN_LETTER.finditer(text)]
     if parenthesized and len(set(parenthesized)) <= 2:  # three or more: the model is listing the choices
         return parenthesized[-1]
-    match = _LONE_LETTER.search(text)
-    if match:
-        return match["letter"]
+    lone = [m["letter"] for m in _LONE_LETTER.finditer(text)]
+    if lone and len(set(lone)) <= 2:  # three or more: the choices, one per line
+        return lone[0]
     if prompt:
         number = extract_number(text)
         if number is not None:
