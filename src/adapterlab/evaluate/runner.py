@@ -148,6 +148,8 @@ def evaluate(
         raise ValueError(f"Unknown extraction mode {mode!r}; choose one of {', '.join(MODES)}.")
     if resume and output_dir is None:
         raise ValueError("resume needs an output_dir holding the predictions of the interrupted run.")
+    if resume and overwrite:
+        raise ValueError("resume continues the predictions in output_dir and overwrite discards them; pass only one.")
     data = _as_datasets(datasets, data_dirs, answer_type, limit)
     settings = {"template": template, "max_new_tokens": max_new_tokens, "num_beams": num_beams,
                 "stop_strings": list(stop_strings), "mode": mode, "batch_size": batch_size, "limit": limit}
@@ -163,6 +165,10 @@ def evaluate(
         path = predictions_path(out, dataset.name) if out is not None else None
         done = _read_done(path) if path is not None and resume else {}
         prompts = [build_prompt(r, template, tokenizer) for r in dataset.records]
+        for i, row in done.items():
+            if i < len(prompts) and row.get("prompt") != prompts[i]:
+                raise ValueError(f"{path}: item {i} was made from another prompt than {dataset.source} gives now "
+                                 "(the data or template changed); resume into another folder or pass --overwrite.")
         todo = [i for i in range(len(prompts)) if i not in done]
         rows = dict(done)
         started = time.perf_counter()
