@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -46,7 +46,7 @@ class ModelSource:
         return self.kind != "hub"
 
 
-def resolve_model(spec: str, *, log: Any = print) -> ModelSource:
+def resolve_model(spec: str, *, log: Callable[[str], None] = print) -> ModelSource:
     """Decide what `spec` names, pulling a known short name into the cache if needed (no hub call here)."""
     path = Path(spec).expanduser()
     if spec.endswith(".gguf"):
@@ -111,13 +111,14 @@ def _from_pretrained(auto_class: str, source: ModelSource, spec: str, **kwargs: 
             ) from exc
 
 
-def load_tokenizer(spec: str, *, padding_side: str | None = None, log: Any = print, **kwargs: Any) -> Any:
+def load_tokenizer(spec: str, *, padding_side: str | None = None, log: Callable[[str], None] = print, **kwargs: Any) -> Any:
     """The tokenizer of `spec`, with a pad token (eos when it has none); `padding_side` if given."""
     return _tokenizer(resolve_model(spec, log=log), spec, padding_side, **kwargs)
 
 
 def _tokenizer(source: ModelSource, spec: str, padding_side: str | None, **kwargs: Any) -> Any:
     tokenizer = _from_pretrained("AutoTokenizer", source, spec, **kwargs)
+    tokenizer.name_or_path = source.name
     if tokenizer.pad_token is None and tokenizer.eos_token is not None:
         tokenizer.pad_token = tokenizer.eos_token
     if padding_side is not None:
@@ -143,7 +144,7 @@ def _label_kwargs(task: str, num_labels: int | None, label_names: list[str] | No
 
 def load_model(spec: str, task: str = "causal-lm", *, num_labels: int | None = None,
                label_names: list[str] | None = None, dtype: str | torch.dtype | None = None,
-               device: str | None = None, padding_side: str | None = None, log: Any = print,
+               device: str | None = None, padding_side: str | None = None, log: Callable[[str], None] = print,
                **kwargs: Any) -> tuple[nn.Module, Any]:
     """(model, tokenizer-or-processor) from a hub id, a local folder, a .gguf file, or a known short name.
 
