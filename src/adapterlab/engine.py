@@ -162,12 +162,20 @@ def detach(model: nn.Module, name: str = "default") -> nn.Module:
 
 
 def set_active(model: nn.Module, names: str | list[str], trainable: bool = True) -> None:
-    """Make exactly `names` active (their parameters trainable unless trainable=False); others are off."""
+    """Make exactly `names` active (their parameters trainable unless trainable=False); others are off.
+
+    An adapter switched off while merged is first unmerged, so that it stops affecting the outputs.
+    """
     names = [names] if isinstance(names, str) else list(names)
     known = adapter_names(model)
     unknown = [n for n in names if n not in known]
     if unknown:
         raise AdapterError(f"Unknown adapter(s) {unknown}; this model has {known or 'none'}.")
+    for name in known:
+        for _, host, adapter in placed(model, name):
+            if adapter.merged and name not in names:
+                adapter.unmerge(host)
+                adapter.merged = False
     for _, _, adapter in placed(model):
         adapter.active = False
         adapter.requires_grad_(False)

@@ -50,7 +50,7 @@ def architecture_of(model: nn.Module, override: Architecture | dict[str, Any] | 
         unknown = sorted(set(override) - set(valid))
         if unknown:
             raise AdapterError(f"architecture: unknown field(s) {unknown}; valid fields are {valid}.")
-        base = ARCHITECTURES.get(model_type) or Architecture(name=model_type, blocks="")
+        base = ARCHITECTURES.get(model_type) or discover(model, model_type) or Architecture(model_type, blocks="")
         fields = {"name": f"{model_type}+override", **override}
         return Architecture(**{**base.__dict__, **fields})
     if model_type in ARCHITECTURES:
@@ -186,5 +186,11 @@ def resolve_sites(
                 f"{linear_suffixes(model)}."
             )
         for site in found:
-            sites.setdefault(site.path, site)
+            other = sites.setdefault(site.path, site)
+            if (other.kind, other.entry) != (site.kind, site.entry):
+                raise AdapterError(
+                    f"Targets {other.target!r} and {site.target!r} both place an adapter at {site.path!r} "
+                    f"({other.kind} and {site.kind} sites); an adapter has one module per layer, so keep one "
+                    "of them or attach the other as a second adapter."
+                )
     return list(sites.values())
