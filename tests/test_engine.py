@@ -248,3 +248,26 @@ def test_bad_input_errors_name_the_problem():
         al.attach(model, "lora", targets=["q"])
     with pytest.raises(al.AdapterError, match="No adapter named 'other'.*'default'"):
         al.get_config(model, "other")
+
+
+def test_switching_away_from_a_merged_adapter_unmerges_it():
+    model, x = two_loras_on_one_layer()
+    al.set_active(model, "a")
+    only_a = output_of(model, x)
+    al.set_active(model, "b")
+    only_b = output_of(model, x)
+    al.set_active(model, "a")
+    al.merge(model)
+    torch.testing.assert_close(output_of(model, x), only_a, atol=1e-5, rtol=1e-5)
+    al.set_active(model, "b")  # 'a' must leave the weights, not linger in them while inactive
+    assert not any(a.merged for _, _, a in placed(model))
+    torch.testing.assert_close(output_of(model, x), only_b, atol=1e-5, rtol=1e-5)
+
+
+def test_two_site_kinds_on_one_layer_is_an_error():
+    model = tiny_model("llama")
+    with pytest.raises(al.AdapterError, match=r"Targets 'attn' and 'o' both place an adapter at "
+                                              r"'model.layers.0.self_attn.o_proj'"):
+        al.attach(model, SideConfig(targets=["attn", "o"]))
+    al.attach(model, SideConfig(targets=["o", "o_proj"]))  # the same site named twice is one site
+    assert len(list(placed(model))) == 2

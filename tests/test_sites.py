@@ -221,3 +221,9 @@ def test_architecture_override_as_object_and_dict():
         resolve_sites(model, ["q"], architecture={"qq": "x"})
     with pytest.raises(al.AdapterError, match="No block list named 'blocks'"):
         resolve_sites(model, ["q"], architecture={"blocks": "blocks"})
+
+
+def test_architecture_dict_override_on_a_discovered_family():
+    model = DISCOVERED["falcon"][0]()
+    arch = architecture_of(model, {"up": "mlp.dense_4h_to_h"})  # the rest comes from discovery
+    assert arch.blocks == "transformer.h" and arch.up == "mlp.dense_4h_to_h" and arch.qkv.endswith("query_key_value")
