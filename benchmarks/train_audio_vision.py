@@ -40,10 +40,11 @@ AUDIO = ["--task", "audio-cls", "--model", "config:ast-small", "--split", "fsdd"
 VISION = ["--task", "image-cls", "--model", "config:vit-small", "--val-size", "0.2"]
 # name -> (modality, flags); lr for the random base is higher than for fine-tuning a pretrained one.
 RUNS: dict[str, tuple[str, list[str]]] = {
-    "audio-full": ("audio", [*AUDIO, "--adapter", "full", "--lr", "1e-3", "--epochs", "4"]),
-    "audio-lora": ("audio", [*AUDIO, "--adapter", "lora", "--r", "8", "--lr", "3e-3", "--epochs", "4"]),
-    "vision-full": ("vision", [*VISION, "--adapter", "full", "--lr", "1e-3", "--epochs", "6"]),
-    "vision-lora": ("vision", [*VISION, "--adapter", "lora", "--r", "8", "--lr", "3e-3", "--epochs", "6"]),
+    "audio-full": ("audio", [*AUDIO, "--adapter", "full", "--lr", "1e-3", "--epochs", "10"]),
+    "audio-lora": ("audio", [*AUDIO, "--adapter", "lora", "--r", "8", "--lr", "3e-3", "--epochs", "10"]),
+    "audio-conformer": ("audio", [*AUDIO, "--adapter", "conformer", "--lr", "3e-3", "--epochs", "10"]),
+    "vision-full": ("vision", [*VISION, "--adapter", "full", "--lr", "1e-3", "--epochs", "15"]),
+    "vision-lora": ("vision", [*VISION, "--adapter", "lora", "--r", "8", "--lr", "3e-3", "--epochs", "15"]),
 }
 
 
@@ -110,9 +111,10 @@ def main() -> None:
     parser.add_argument("--runs", nargs="+", default=list(RUNS), choices=list(RUNS))
     parser.add_argument("--fsdd", type=Path, default=FSDD, help="folder of FSDD recordings")
     parser.add_argument("--work", type=Path, default=Path("/tmp/adapterlab-audio-vision"), help="run folders")
-    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "audio_vision")
+    here = Path(__file__).parent
+    parser.add_argument("--results", type=Path, default=here / "results" / "train_audio_vision.json")
+    parser.add_argument("--figure", type=Path, default=here / "figures" / "train_audio_vision.png")
     args = parser.parse_args()
-    args.out.mkdir(parents=True, exist_ok=True)
     data = {"audio": args.fsdd}
     if any(RUNS[n][0] == "vision" for n in args.runs):
         data["vision"] = write_digits(args.work / "sklearn-digits")
@@ -127,9 +129,9 @@ def main() -> None:
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}",
         "torch": torch.__version__, "runs": results,
     }
-    (args.out / "results.json").write_text(json.dumps(report, indent=1))
-    plot(results, args.out / "curves.png")
-    print(f"wrote {args.out / 'results.json'} and {args.out / 'curves.png'}")
+    args.results.write_text(json.dumps(report, indent=1))
+    plot(results, args.figure)
+    print(f"wrote {args.results} and {args.figure}")
 
 
 if __name__ == "__main__":
