@@ -53,11 +53,17 @@ def make_config(method: str | AdapterConfig, **options: Any) -> AdapterConfig:
 
 
 def config_from_dict(data: dict[str, Any]) -> AdapterConfig:
-    """Rebuild a config saved by `AdapterConfig.to_dict` (the `method` key picks the class)."""
-    data = dict(data)
+    """Rebuild a config saved by `AdapterConfig.to_dict` (the `method` key picks the class).
+
+    Keys other than the method's options and the checkpoint's own metadata are refused rather than
+    dropped: an option this version does not know would otherwise be silently lost.
+    """
+    data = {k: v for k, v in data.items() if k not in SAVED_METADATA}
     method = data.pop("method", None)
     if method is None:
         raise AdapterError("adapter config has no 'method' field; it was not written by adapterlab.")
-    cls = config_class(method)
-    known = set(cls.option_names())
-    return cls.from_options(**{k: v for k, v in data.items() if k in known})
+    return config_class(method).from_options(**data)
+
+
+# Keys that checkpoint.save_adapter writes beside the options.
+SAVED_METADATA = ("base_model", "adapterlab_format")
