@@ -135,3 +135,12 @@ def test_meta_models_cannot_be_saved_or_loaded(tmp_path):
     al.attach(meta, "lora")
     with pytest.raises(al.AdapterError, match="meta device"):
         al.save_adapter(meta, tmp_path / "meta")
+
+
+def test_unknown_saved_options_are_refused_not_dropped(tmp_path):
+    saved_lora(tmp_path)
+    path = tmp_path / "adapter_config.json"
+    config = json.loads(path.read_text())
+    path.write_text(json.dumps({**config, "rank_pattern": {"q_proj": 8}}))
+    with pytest.raises(al.AdapterError, match=r"unknown option\(s\) \['rank_pattern'\]"):
+        al.load_adapter(tiny_model("llama"), tmp_path)

@@ -260,3 +260,21 @@ def test_activation_checkpointing_gives_the_same_gradients(method, request):
     assert grads.keys() == grads_ckpt.keys()
     for name in grads:
         torch.testing.assert_close(grads_ckpt[name], grads[name], msg=name)
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_bad_options_and_targets_name_the_problem(method):
+    model = tiny_model(next(f for f in ("bert", "llama") if (method, f) not in UNSUPPORTED))
+    with pytest.raises(al.AdapterError, match=r"unknown option\(s\) \['no_such_option'\]. Valid options: \[.*'targets'"):
+        al.attach(model, method, no_such_option=1)
+    config_cls = al.config_class(method)
+    if config_cls.site_kinds == ("model",):  # placed at the model's input: targets make no sense
+        with pytest.raises(al.AdapterError, match="leave `targets`"):
+            al.attach(model, method, targets=["o"])
+    else:
+        with pytest.raises(al.TargetNotFoundError, match=r"'no_such_layer' matches no module.*linear layers are named"):
+            al.attach(model, method, targets=["no_such_layer"], **OPTIONS.get(method, {}))
+    assert al.adapter_names(model) == [] and not list(placed(model))
+    al.attach(model, method, **OPTIONS.get(method, {}))
+    with pytest.raises(al.AdapterError, match="already attached"):
+        al.attach(model, method, **OPTIONS.get(method, {}))
