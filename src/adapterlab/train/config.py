@@ -46,6 +46,16 @@ class TrainConfig:
     text_column: str | None = flag("classification: column holding the text (guessed if unset)", default=None)
     text_pair_column: str | None = flag("classification: second text column (sentence pairs)", default=None)
     label_column: str = flag("classification: column holding the label", default="label")
+    few_shot: int | None = flag("audio-cls, image-cls: keep K training examples per class, chosen by --seed",
+                                default=None)
+    max_length: int | None = flag("audio-cls: spectrogram frames, padded or cut (a checkpoint's position "
+                                  "embeddings are interpolated to it)", default=None)
+    labels_csv: str | None = flag("audio-cls: CSV with file,label columns (file relative to the data folder)",
+                                  default=None)
+    label_pattern: str | None = flag("audio-cls: regex on file names whose first group is the label "
+                                     "(default: the prefix before the first _)", default=None)
+    split: str = flag("audio-cls dev set: random (--val-size of every class) or fsdd (file takes 0-4)",
+                      default="random")
     decontaminate: list[str] = flag("eval files whose questions are dropped from the training data",
                                     default_factory=list)
     epochs: float = flag("training epochs", "--num_epochs", default=3.0)
