@@ -1,8 +1,9 @@
 """Resize the learned position embeddings of an Audio Spectrogram Transformer to a new input length.
 
 A checkpoint's position table holds one row per special token (CLS, distillation) followed by one row
-per patch of a fixed (frequency, time) grid. Using the model with another `max_length` changes the grid; the patch rows are then resized by 2-D interpolation and
-the special rows are kept, so the pretrained positions carry over instead of being re-initialised.
+per patch of a fixed (frequency, time) grid. Using the model with another `max_length` changes the grid;
+the patch rows are then resized by 2-D (bicubic) interpolation and the special rows are kept, so the
+pretrained positions carry over instead of being re-initialised or zeroed.
 """
 
 from __future__ import annotations

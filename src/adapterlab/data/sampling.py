@@ -19,7 +19,11 @@ def _by_class(labels: Sequence[int]) -> dict[int, list[int]]:
 
 
 def stratified_split(labels: Sequence[int], val_size: int | float, seed: int) -> tuple[list[int], list[int]]:
-    """Indices (train, dev): a seeded dev share of every class; `val_size` is a fraction (< 1) or a count."""
+    """Indices (train, dev): a seeded dev share of every class; `val_size` is a fraction (< 1) or a count.
+
+    A count is spread over the classes in proportion to their size, so the total can differ by rounding;
+    every class with two or more examples keeps at least one for training and gives at least one to dev.
+    """
     if val_size <= 0:
         return list(range(len(labels))), []
     fraction = val_size if val_size < 1 else val_size / max(len(labels), 1)
