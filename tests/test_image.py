@@ -89,3 +89,16 @@ def test_checkpoint_gets_a_fresh_head_for_the_folder_classes(tmp_path: Path) -> 
     assert torch.equal(setup.model.vit.embeddings.position_embeddings, saved.vit.embeddings.position_embeddings)
     batch = default_data_collator([setup.train_dataset[i] for i in range(2)])
     assert setup.model(**batch).logits.shape == (2, 2)
+
+
+def test_stratified_split_counts_fractions_and_singletons() -> None:
+    from adapterlab.data.sampling import stratified_split
+
+    labels = [0] * 10 + [1] * 10 + [2] * 10 + [3]
+    train, dev = stratified_split(labels, 6, seed=1)
+    assert sorted(labels[i] for i in dev) == [0, 0, 1, 1, 2, 2] and 30 in train  # the lone class-3 example trains
+    assert sorted(train + dev) == list(range(31))
+    assert stratified_split(labels, 0.2, seed=1) == (train, dev)
+    assert stratified_split(labels, 0.2, seed=2) != (train, dev)
+    with pytest.raises(ValueError, match="val_size"):
+        stratified_split(labels, 31, seed=1)
