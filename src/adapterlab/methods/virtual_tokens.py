@@ -6,8 +6,10 @@ the sequence; on later cached steps they already sit in the cache, so only the a
 position ids are shifted. Any non-empty cache passed in is taken to be one this adapter filled.
 Conventions follow PEFT so that logits compare: virtual tokens go first (before any left padding),
 the attention mask gets `n` ones in front, token-level labels get `n` entries of -100 in front, token
-type ids get `n` zeros. Unlike PEFT (which drops position ids for prompt tuning) given position ids are
-kept and shifted by `n`, which is what makes left-padded batched generation equal per-example runs.
+type ids get `n` zeros, and the logits of a call that adds the prompt keep its `n` positions in front
+(slice `logits[:, n:]` to align them with input_ids). Unlike PEFT, which drops position ids for prompt
+tuning, given position ids are kept and shifted by `n`: `generate()` derives them from the padding mask,
+and this is what makes a left-padded batch generate the same tokens as each prompt alone.
 
 Vision/audio models (no token embeddings): the tokens are inserted after the leading special tokens
 (`Architecture.leading_tokens`: CLS, distillation) at the input of the first block, so CLS stays at 0.
@@ -140,7 +142,9 @@ class VirtualTokenAdapter(Adapter):
         self.modality = modality
         self.leading_tokens = leading_tokens
         self.block_names = list(blocks)
-        self.prompt_in_call = False  # whether the current call's sequence holds the prompt positions
+        # whether the latest call's sequence holds the prompt positions (deep prompts replace them only then);
+        # kept after the call so that gradient-checkpointing recomputation of the blocks sees the same value
+        self.prompt_in_call = False
 
     def prompts(self) -> torch.Tensor:
         raise NotImplementedError
