@@ -54,7 +54,8 @@ def test_logits_equal_peft(family, method, options):
         want = twin(**inputs, labels=labels)
     # prompt-style methods keep the virtual positions' logits in front, as PEFT does; prefix adds none
     extra = 0 if method == "prefix" else N
-    assert got.logits.shape == (*inputs["input_ids"].shape[:1], inputs["input_ids"].shape[1] + extra, got.logits.shape[-1])
+    batch, length = inputs["input_ids"].shape
+    assert got.logits.shape[:2] == (batch, length + extra)
     assert (got.logits - want.logits).abs().max() < 1e-5
     assert (got.loss - want.loss).abs() < 1e-5
 
@@ -94,7 +95,8 @@ def left_padded(prompts: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 @pytest.mark.parametrize("family", ["llama", "gpt2", "opt"])
-@pytest.mark.parametrize("method,options", [("prompt", {}), ("prompt", {"deep": True}), ("prefix", {}), ("ptuning", {})])
+@pytest.mark.parametrize("method,options", [("prompt", {}), ("prompt", {"deep": True}), ("prefix", {}),
+                                            ("ptuning", {})])
 def test_generate_batched_left_padding_and_cache(family, method, options):
     model = tiny_model(family)
     al.attach(model, method, num_virtual_tokens=N, **options)
@@ -104,8 +106,8 @@ def test_generate_batched_left_padding_and_cache(family, method, options):
     uncached = model.generate(input_ids=ids, attention_mask=mask, use_cache=False, **GREEDY)[:, ids.shape[1]:]
     assert torch.equal(batched, uncached)
     for row, prompt in zip(batched, PROMPTS):
-        alone = model.generate(input_ids=torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
-                               **GREEDY)[0, len(prompt):]
+        single = torch.tensor([prompt])
+        alone = model.generate(input_ids=single, attention_mask=torch.ones_like(single), **GREEDY)[0, len(prompt):]
         assert torch.equal(row, alone)
     with al.disabled(model):
         assert not torch.equal(model.generate(input_ids=ids, attention_mask=mask, **GREEDY)[:, ids.shape[1]:], batched)

@@ -64,11 +64,16 @@ class PromptConfig(AdapterConfig):
             ref = reference_tensor(model.get_submodule(blocks[0]))
             hidden = text_config(model).hidden_size
             if self.init != "random":
-                raise AdapterError(f"prompt: init={self.init!r} needs word embeddings; {modality} models take init='random'.")
-        adapter = PromptAdapter(self.num_virtual_tokens, hidden, self.deep, modality, leading, blocks, ref.device, ref.dtype)
-        if self.init != "random" and not ref.is_meta:
-            ids = self.init_token_ids if self.init == "text" else \
-                torch.randint(0, embeddings.num_embeddings, (self.num_virtual_tokens,)).tolist()
+                raise AdapterError(
+                    f"prompt: init={self.init!r} needs word embeddings; {modality} models take init='random'."
+                )
+        adapter = PromptAdapter(self.num_virtual_tokens, hidden, self.deep, modality, leading, blocks,
+                                ref.device, ref.dtype)
+        if self.init != "random" and not ref.is_meta:  # data-dependent: only over real weights
+            if self.init == "text":
+                ids = self.init_token_ids
+            else:
+                ids = torch.randint(0, embeddings.num_embeddings, (self.num_virtual_tokens,)).tolist()
             adapter.init_from_vocabulary(embeddings, ids)
         return adapter
 

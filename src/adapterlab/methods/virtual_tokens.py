@@ -100,7 +100,9 @@ def as_keywords(model: nn.Module, args: tuple, kwargs: dict[str, Any]) -> dict[s
     names = [p.name for p in inspect.signature(model.forward).parameters.values()
              if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
     if len(args) > len(names):
-        raise AdapterError(f"{type(model).__name__} was called with {len(args)} positional arguments; pass them by name.")
+        raise AdapterError(
+            f"{type(model).__name__} was called with {len(args)} positional arguments; pass them by name."
+        )
     clash = [n for n in names[:len(args)] if n in kwargs]
     if clash:
         raise AdapterError(f"{clash} given both positionally and by keyword.")
