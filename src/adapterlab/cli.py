@@ -8,6 +8,7 @@ import sys
 
 # Each subcommand module has `register(subparsers)`, which adds its parser and sets `func`.
 SUBCOMMANDS = [
+    "adapterlab.commands.demo",
     "adapterlab.commands.eval",
     "adapterlab.commands.models",
     "adapterlab.commands.train",

@@ -1,0 +1,88 @@
+"""The demo pipeline end to end on a tiny random Llama: every promised file is written, the table printed, and
+the saved adapter is the one evaluated. The real demo (SmolLM2, minutes) is measured in BENCHMARKS.md, not here."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from train_helpers import causal_folder
+
+from adapterlab.cli import main
+from adapterlab.demo import DemoConfig, run_demo
+from adapterlab.errors import AdapterError
+
+FILES = ("adapter/adapter_config.json", "adapter/adapter.safetensors", "predictions_before.jsonl",
+         "predictions_after.jsonl", "report.md", "loss.png", "summary.json", "data/train.json", "data/test.json")
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return causal_folder(tmp_path_factory.mktemp("llama"))
+
+
+def tiny_config(model, output, **changes) -> DemoConfig:
+    settings = dict(model=str(model), output=str(output), train_problems=16, test_problems=6, steps=3,
+                    batch_size=4, warmup_steps=0, cutoff_len=512, max_new_tokens=4, eval_batch_size=4, progress=False)
+    return DemoConfig(**{**settings, **changes})
+
+
+def test_demo_writes_every_promised_file_and_prints_the_table(tiny, tmp_path, single_thread):
+    lines: list[str] = []
+    summary = run_demo(tiny_config(tiny, tmp_path / "demo"), log=lines.append)
+    out = tmp_path / "demo"
+    for name in FILES:
+        assert (out / name).is_file(), name
+    assert not (out / "adapter" / "checkpoints").exists()
+    assert not list(out.glob(".eval_*"))
+    assert json.loads((out / "summary.json").read_text()) == json.loads(json.dumps(summary))
+    printed = "\n".join(lines)
+    assert "| base model |" in printed and "| base + LoRA adapter |" in printed and "3 steps" in printed
+    for path in summary["files"].values():
+        assert path in printed
+    for which in ("before", "after"):
+        rows = [json.loads(line) for line in (out / f"predictions_{which}.jsonl").read_text().splitlines()]
+        assert len(rows) == 6 and summary[which]["n"] == 6
+        assert summary[which]["correct"] == sum(r["correct"] for r in rows)
+    test = {r["instruction"] for r in json.loads((out / "data" / "test.json").read_text())}
+    train = {r["instruction"] for r in json.loads((out / "data" / "train.json").read_text())}
+    assert not test & train
+    assert set(summary["phase_seconds"]) >= {"evaluate base model", "train LoRA adapter", "evaluate with adapter",
+                                             "total"}
+    report = (out / "report.md").read_text()
+    assert "![training loss](loss.png)" in report and "| base + LoRA adapter |" in report
+    assert summary["adapter_bytes"] > 0 and summary["train"]["trainable_parameters"] > 0
+
+
+def test_second_run_replaces_the_first(tiny, tmp_path, single_thread):
+    config = tiny_config(tiny, tmp_path / "demo")
+    first = run_demo(config, log=lambda _: None)
+    second = run_demo(config, log=lambda _: None)
+    assert first["before"]["correct"] == second["before"]["correct"]
+    assert first["train"]["train_loss"] == pytest.approx(second["train"]["train_loss"])
+    assert len((tmp_path / "demo" / "predictions_after.jsonl").read_text().splitlines()) == 6
+
+
+def test_demo_command(tiny, tmp_path, capsys, single_thread):
+    out = tmp_path / "cli"
+    code = main(["demo", "--model", str(tiny), "--output", str(out), "--steps", "2", "--train-problems", "8",
+                 "--test-problems", "3", "--batch-size", "4", "--cutoff-len", "512", "--max-new-tokens", "3", "--no-progress"])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "| base + LoRA adapter |" in printed and str(out / "report.md") in printed
+    assert json.loads((out / "summary.json").read_text())["train"]["steps"] == 2
+
+
+@pytest.mark.parametrize("change", [{"steps": 0}, {"test_problems": -1}, {"train_minutes": 0}, {"template": "x"}])
+def test_bad_settings_are_refused_before_anything_runs(tmp_path, change):
+    with pytest.raises(AdapterError):
+        run_demo(tiny_config("unused", tmp_path / "demo", **change))
+    assert not (tmp_path / "demo").exists()
+
+
+def test_time_limit_stops_training_early(tiny, tmp_path, single_thread):
+    lines: list[str] = []
+    summary = run_demo(tiny_config(tiny, tmp_path / "demo", train_minutes=1e-9), log=lines.append)
+    assert summary["train"]["steps"] == 1 and summary["stopped_by_time_limit"]
+    assert any("limit was reached" in line for line in lines)
