@@ -282,3 +282,9 @@ def test_resume_skips_a_checkpoint_an_interrupt_cut_short(tmp_path):
             (checkpoints / f"checkpoint-{step}" / "trainer_state.json").write_text("{}")
     assert last_checkpoint(checkpoints).name == "checkpoint-10"
     assert check_run_dir(tmp_path / "run", config).name == "checkpoint-10"
+
+
+def test_bf16_autocast_on_cpu_trains_float32_adapters(llama, math_file, tmp_path):
+    summary = train(lm_config(llama, math_file, tmp_path / "run", max_steps=2, precision="bf16"))
+    assert summary["precision"] == "bf16"
+    assert all(t.dtype == torch.float32 for t in load_file(str(tmp_path / "run" / "adapter.safetensors")).values())

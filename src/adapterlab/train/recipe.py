@@ -88,6 +88,9 @@ def training_arguments(config: TrainConfig, setup: TaskSetup, checkpoints: Path)
     eval_strategy = ("steps" if config.eval_steps else "epoch") if evaluating else "no"
     save_every = config.save_steps or (config.eval_steps if evaluating else None)
     precision = resolve_precision(config.precision)
+    on_cpu = not torch.cuda.is_available() and not torch.backends.mps.is_available()
+    if precision == "fp16" and on_cpu:
+        raise AdapterError("--precision fp16 needs a GPU; on the CPU use bf16 or fp32.")
     return TrainingArguments(
         output_dir=str(checkpoints),
         per_device_train_batch_size=config.micro_batch_size,
@@ -113,9 +116,9 @@ def training_arguments(config: TrainConfig, setup: TaskSetup, checkpoints: Path)
         seed=config.seed,
         dataloader_num_workers=config.num_workers,
         dataloader_pin_memory=torch.cuda.is_available(),
-        # Several CPU processes (torchrun on a machine without GPUs): accelerate's multi-CPU mode over gloo.
-        use_cpu=world > 1 and not torch.cuda.is_available(),
-        ddp_backend="gloo" if world > 1 and not torch.cuda.is_available() else None,
+        # Without an accelerator, say so: bf16 autocast and several processes (gloo) then run on the CPU.
+        use_cpu=on_cpu,
+        ddp_backend="gloo" if world > 1 and on_cpu else None,
         include_num_input_tokens_seen="non_padding" if setup.num_tokens is not None else "no",
         report_to="none",
     )
