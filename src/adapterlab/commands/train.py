@@ -114,7 +114,9 @@ def add_adapter_flags(parser: argparse.ArgumentParser) -> None:
         aliases = tuple(f"--{form}" for alias, target in OPTION_ALIASES.items() if target == name
                         for form in (alias.replace("_", "-"), alias))
         flags = [s for s in names(name, aliases) if s not in taken]
-        group.add_argument(*flags, dest=OPTION_PREFIX + name, default=argparse.SUPPRESS, type=parse_list_value if name in lists else parse_value, nargs="?", const=True, metavar="VALUE", help=f"({', '.join(methods)})")
+        group.add_argument(*flags, dest=OPTION_PREFIX + name, default=argparse.SUPPRESS, nargs="?", const=True,
+                           type=parse_list_value if name in lists else parse_value, metavar="VALUE",
+                           help=f"({', '.join(methods)})")
     legacy = parser.add_argument_group("LLM-Adapters finetune.py compatibility")
     legacy.add_argument("--adapter_name", dest="adapter_name", default=argparse.SUPPRESS,
                         help="lora | bottleneck | prefix-tuning (or any method name)")
