@@ -172,8 +172,9 @@ def test_resume_continues_without_redoing_items(model42, tokenizer, tmp_path, mo
     assert s["generated_now"] == 4 and s["n"] == 6 and s["correct"] == 4
     ids = [json.loads(line)["id"] for line in path.read_text().splitlines()]
     assert sorted(ids) == list(range(6))
-    again = run(model42, tokenizer, tmp_path, resume=True)
-    assert again["datasets"]["records"]["generated_now"] == 0
+    again = run(model42, tokenizer, tmp_path, resume=True, mode="llm-adapters")  # rescoring needs no generation
+    assert again["datasets"]["records"]["generated_now"] == 0 and again["datasets"]["records"]["alt_mode"] == "default"
+    assert [json.loads(line)["id"] for line in path.read_text().splitlines()] == list(range(6))
 
 
 def test_existing_predictions_need_resume_or_overwrite(model42, tokenizer, tmp_path):

@@ -12,7 +12,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from ..checkpoint import write_json
+from ..checkpoint import write_atomic, write_json
 from ..data.templates import STOP_STRINGS, build_prompt
 from .datasets import EvalDataset, check_answers, check_record, infer_answer_type, labels_for, load_dataset
 from .extract import MODES, extract_answer, is_correct
@@ -21,7 +21,8 @@ from .report import markdown_table, score
 
 CONFIG_FILE = "eval_config.json"
 # Settings that change generations: a resumed run must use the same ones, or its predictions would mix two runs.
-GENERATION_KEYS = ("template", "max_new_tokens", "num_beams", "stop_strings", "mode")
+# (The extraction mode may change: answers are read again from the stored generations on resume.)
+GENERATION_KEYS = ("template", "max_new_tokens", "num_beams", "stop_strings")
 
 
 def predictions_path(output_dir: str | os.PathLike, name: str) -> Path:
@@ -142,7 +143,7 @@ def evaluate(
     `datasets`: known names (gsm8k, aqua, boolq, ...; searched in `data_dirs`), paths of LLM-Adapters-format
     files, EvalDatasets, or one list of records. With `output_dir`, predictions are written there as they are
     made (`<name>.predictions.jsonl`), with `summary.json` and `summary.md` at the end; `resume` skips items
-    already written. `metadata` (e.g. model and adapter names) is recorded and checked on resume.
+    already written (and reads their answers again, so a finished run can be rescored in another mode). `metadata` (e.g. model and adapter names) is recorded and checked on resume.
     """
     if mode not in MODES:
         raise ValueError(f"Unknown extraction mode {mode!r}; choose one of {', '.join(MODES)}.")
@@ -170,7 +171,8 @@ def evaluate(
                 raise ValueError(f"{path}: item {i} was made from another prompt than {dataset.source} gives now "
                                  "(the data or template changed); resume into another folder or pass --overwrite.")
         todo = [i for i in range(len(prompts)) if i not in done]
-        rows = dict(done)
+        rows = {i: _row(i, dataset.records[i], prompts[i], row["generation"], dataset, mode)
+                for i, row in done.items() if i < len(prompts)}
         started = time.perf_counter()
         bar = tqdm(total=len(prompts), initial=len(prompts) - len(todo), desc=dataset.name, unit="item", disable=not progress)
         handle = open(path, "a", encoding="utf-8") if path is not None else None
@@ -192,7 +194,11 @@ def evaluate(
             if handle is not None:
                 handle.close()
         seconds = time.perf_counter() - started
-        ordered = [rows[i] for i in sorted(rows) if i < len(prompts)]
+        ordered = [rows[i] for i in sorted(rows)]
+        if path is not None:  # in data set order, answers read by the current rules; items past --limit kept
+            kept = ordered + [done[i] for i in sorted(done) if i >= len(prompts)]
+            write_atomic(path, lambda tmp: Path(tmp).write_text(
+                "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in kept), encoding="utf-8"))
         summary["datasets"][dataset.name] = {
             **score(ordered), "answer_type": dataset.answer_type, "source": dataset.source,
             "generated_now": len(todo), "seconds": round(seconds, 2),
