@@ -143,7 +143,8 @@ def evaluate(
     `datasets`: known names (gsm8k, aqua, boolq, ...; searched in `data_dirs`), paths of LLM-Adapters-format
     files, EvalDatasets, or one list of records. With `output_dir`, predictions are written there as they are
     made (`<name>.predictions.jsonl`), with `summary.json` and `summary.md` at the end; `resume` skips items
-    already written (and reads their answers again, so a finished run can be rescored in another mode). `metadata` (e.g. model and adapter names) is recorded and checked on resume.
+    already written and reads their answers again (so a finished run can be rescored in another mode).
+    `metadata` (e.g. model and adapter names) is recorded and checked on resume.
     """
     if mode not in MODES:
         raise ValueError(f"Unknown extraction mode {mode!r}; choose one of {', '.join(MODES)}.")
