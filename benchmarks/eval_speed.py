@@ -63,10 +63,13 @@ def main() -> None:
     parser.add_argument("--baseline-n", type=int, default=32, help="items run with LLM-Adapters' protocol")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--max-new-tokens", type=int, default=128)
+    parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
     parser.add_argument("--output", default="benchmarks/results/eval_speed.json")
     args = parser.parse_args()
 
     torch.manual_seed(0)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     model, tokenizer = load_model(args.model, dtype="float32", device="cpu")
     data = load_dataset("gsm8k", [args.data_dir], limit=args.n)
     labels = [str(r["answer"]) for r in data.records]
