@@ -105,7 +105,12 @@ def test_other_targets_are_refused(tmp_path):
 
 
 def test_bad_folders_are_clear_errors(tmp_path, monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    import huggingface_hub
+
+    def offline(*args, **kwargs):
+        raise OSError("offline")
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", offline)  # no network in tests
     model = tiny_model("llama")
     with pytest.raises(al.AdapterError, match="has no adapter_config.json"):
         al.load_adapter(model, tmp_path)
