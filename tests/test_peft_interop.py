@@ -11,9 +11,8 @@ import torch
 
 import adapterlab
 from adapterlab.checkpoint import adapter_state_dict
-from adapterlab.engine import placed
 
-from tiny_models import output_of, randomize_adapters, tiny_inputs, tiny_model
+from tiny_models import randomize_adapters, tiny_inputs, tiny_model
 
 peft = pytest.importorskip("peft")
 
@@ -28,7 +27,8 @@ PEFT_LORA_TARGETS = {
     "opt": ["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"],
     "bloom": ["query_key_value", "self_attention.dense", "dense_h_to_4h", "dense_4h_to_h"],
     "gpt_neox": ["query_key_value", "attention.dense", "dense_h_to_4h", "dense_4h_to_h"],
-    "bert": BERT_BLOCK + r"(attention\.self\.(query|key|value)|attention\.output\.dense|intermediate\.dense|output\.dense)",
+    "bert": BERT_BLOCK
+    + r"(attention\.self\.(query|key|value)|attention\.output\.dense|intermediate\.dense|output\.dense)",
 }
 OUR_LORA_TARGETS = ["q", "k", "v", "o", "up", "down"]
 

@@ -68,12 +68,12 @@ class IA3Config(AdapterConfig):
         """The equivalent PEFT IA3Config as a dict; targets are the exact placed layers."""
         from transformers.pytorch_utils import Conv1D
 
-        feedforward = self.feedforward_paths(model)
+        feedforward = [s.path for s in sites if s.path in self.feedforward_paths(model)]
         return {
             "peft_type": "IA3",
             "task_type": peft_task_type(model),
             "target_modules": regex_of_paths(s.path for s in sites),
-            "feedforward_modules": regex_of_paths(s.path for s in sites if s.path in feedforward) if feedforward else [],
+            "feedforward_modules": regex_of_paths(feedforward) if feedforward else [],
             "fan_in_fan_out": any(isinstance(model.get_submodule(s.path), Conv1D) for s in sites),
             "modules_to_save": peft_heads(model),
             "init_ia3_weights": True,
