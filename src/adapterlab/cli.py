@@ -10,6 +10,7 @@ import sys
 SUBCOMMANDS = [
     "adapterlab.commands.demo",
     "adapterlab.commands.eval",
+    "adapterlab.commands.measure",
     "adapterlab.commands.models",
     "adapterlab.commands.train",
 ]
