@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 NUMBER, LETTER, LABEL = "number", "letter", "label"
 ANSWER_TYPES = (NUMBER, LETTER, LABEL)
 LETTERS = ("A", "B", "C", "D", "E")
+SCHEMA = "{instruction, input, output, answer}"
 
 
 @dataclass(frozen=True)
@@ -58,8 +59,9 @@ ALIASES = {
 
 def default_data_dirs() -> list[Path]:
     """Where known data sets are looked for when no --data-dir is given: ../shared/datasets/{math,commonsense}."""
-    dirs = []
-    for root in (Path.cwd() / ".." / "shared" / "datasets", Path(__file__).resolve().parents[3].parent / "shared" / "datasets"):
+    dirs: list[Path] = []
+    beside_repo = Path(__file__).resolve().parents[3].parent  # the checkout's parent, for an editable install
+    for root in (Path.cwd() / ".." / "shared" / "datasets", beside_repo / "shared" / "datasets"):
         for sub in ("math", "commonsense"):
             if (root / sub).is_dir() and (root / sub).resolve() not in [d.resolve() for d in dirs]:
                 dirs.append(root / sub)
@@ -75,8 +77,7 @@ class EvalDataset:
     answer_type: str
     labels: tuple[str, ...] = ()
     source: str = "<records>"
-    known: str | None = None  # the known name, used by the llm-adapters extraction rules
-    info: dict[str, Any] = field(default_factory=dict)
+    known: str | None = None  # the known name this data set is, if any
 
 
 def canonical_name(name: str) -> str | None:
@@ -110,9 +111,9 @@ def read_records(path: str | os.PathLike) -> list[dict[str, Any]]:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
-        raise ValueError(f"{path} is not valid JSON ({exc}); expected a list of {{instruction, input, output, answer}}.") from exc
+        raise ValueError(f"{path} is not valid JSON ({exc}); expected a list of {SCHEMA} records.") from exc
     if not isinstance(data, list):
-        raise ValueError(f"{path} holds a JSON {type(data).__name__}; expected a list of {{instruction, input, output, answer}} records.")
+        raise ValueError(f"{path} holds a JSON {type(data).__name__}; expected a list of {SCHEMA} records.")
     for index, record in enumerate(data):
         check_record(record, index, str(path))
     return data
