@@ -107,6 +107,12 @@ class PrefixAdapter(Adapter):
 
     def before_model(self, model: nn.Module, args: tuple, kwargs: dict[str, Any]) -> tuple[tuple, dict[str, Any]]:
         args, kwargs = (), as_keywords(model, args, kwargs)
+        if model.training and getattr(model, "is_activation_checkpointing", False):
+            raise AdapterError(
+                "prefix tuning passes its keys/values through past_key_values, which transformers drops inside "
+                "checkpointed layers. Turn gradient checkpointing off for prefix tuning "
+                "(--gradient-checkpointing false), or use prompt tuning."
+            )
         batch, length, _ = sequence_length(kwargs)
         past = past_length(kwargs.get("past_key_values"))
         if past == 0:
