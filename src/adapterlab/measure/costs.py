@@ -17,9 +17,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..engine import attach, count_parameters, merge
+from ..engine import attach, count_parameters, get_config, merge
 from ..errors import NotMergeableError
-from ..registry import config_class
 
 FULL = "full"
 _CLEAR_REFS = Path("/proc/self/clear_refs")
@@ -153,7 +152,7 @@ def _train_costs(model: nn.Module, batch: dict[str, torch.Tensor], settings: Set
 
 def _latency(model: nn.Module, batch: dict[str, torch.Tensor], settings: Settings, device: torch.device,
              prefix: str = "") -> dict[str, float | None]:
-    """Prefill (one forward over the batch) time, and per-token greedy decode time with the KV cache.
+    """Prefill time (one forward over the batch, logits at every position) and per-token greedy decode time.
 
     Decode time is (generate 1 + k tokens - generate 1 token) / k, so the prefill inside generate cancels.
     """
@@ -197,7 +196,7 @@ def _measure(factory: Callable[[], nn.Module], method: str, options: dict[str, A
         mergeable = False
     else:
         attach(model, method, **options)
-        mergeable = config_class(method).mergeable
+        mergeable = get_config(model).mergeable
     trainable, total = count_parameters(model)
     batch = random_batch(model, settings, dev)
     row: dict[str, Any] = {
