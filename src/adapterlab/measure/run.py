@@ -54,6 +54,7 @@ def check_methods(methods: list[str], options: dict[str, dict[str, Any]]) -> Non
 
 def _pretrained(folder: str, task_class: str, dtype: str) -> nn.Module:
     """Load the temporary copy of the base (module-level so that a spawned process can unpickle it)."""
+    transformers.utils.logging.disable_progress_bar()  # only ever runs in a measuring child process
     return getattr(transformers, task_class).from_pretrained(folder, dtype=getattr(torch, dtype))
 
 
