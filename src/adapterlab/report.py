@@ -41,17 +41,22 @@ def _phases(times: dict[str, float]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _examples(before_file: Path, after_file: Path, count: int = 5) -> str:
-    """The first `count` test problems the adapter turned from wrong to right (else the first ones), side by side."""
-    read = lambda path: [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    pairs = sorted(zip(read(before_file), read(after_file)), key=lambda p: p[0]["id"])
+def _number(value: Any) -> str:
+    return "none" if value is None else f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _examples(test_file: Path, before_file: Path, after_file: Path, count: int = 5) -> str:
+    """Up to `count` test problems the adapter turned from wrong to right (else the first ones), side by side."""
+    read = lambda path: sorted((json.loads(line) for line in path.read_text().splitlines() if line.strip()),
+                               key=lambda row: row["id"])
+    questions = [record["instruction"] for record in json.loads(test_file.read_text())]
+    pairs = list(zip(read(before_file), read(after_file)))
     fixed = [p for p in pairs if p[1]["correct"] and not p[0]["correct"]] or pairs
     blocks = []
     for old, new in fixed[:count]:
-        question = old["prompt"].split("### Instruction:\n")[-1].split("\n\n### Response:")[0].strip()
-        blocks.append(f"**{question}** (answer {old['label']})\n\n"
-                      f"- base: {json.dumps(old['generation'][:200])} -> {old['extracted']}\n"
-                      f"- with adapter: {json.dumps(new['generation'][:200])} -> {new['extracted']}\n")
+        shown = lambda row: f"{json.dumps(row['generation'][:200], ensure_ascii=False)} -> {_number(row['extracted'])}"
+        blocks.append(f"**{questions[old['id']]}** (answer {old['label']})\n\n"
+                      f"- base: {shown(old)}\n- with adapter: {shown(new)}\n")
     return "\n".join(blocks)
 
 
@@ -68,6 +73,7 @@ def demo_markdown(summary: dict[str, Any]) -> str:
         f"Settings: {settings}. Training ran on {summary['train']['device']}.", "",
         "## Phase times", "", _phases(summary["phase_seconds"]),
         "## Training loss", "", "![training loss](loss.png)", "",
-        "## Examples", "", _examples(Path(files["predictions_before"]), Path(files["predictions_after"])),
+        "## Examples", "", _examples(Path(files["data"]) / "test.json", Path(files["predictions_before"]),
+                                        Path(files["predictions_after"])),
         "## Files", "", *[f"- {name}: `{path}`" for name, path in files.items()], "",
     ])
