@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 import torch
@@ -149,3 +150,16 @@ def test_unknown_saved_options_are_refused_not_dropped(tmp_path):
     path.write_text(json.dumps({**config, "rank_pattern": {"q_proj": 8}}))
     with pytest.raises(al.AdapterError, match=r"unknown option\(s\) \['rank_pattern'\]"):
         al.load_adapter(tiny_model("llama"), tmp_path)
+
+
+def test_saved_files_are_readable_by_others(tmp_path):
+    """Atomic saves go through a private temp file; the result still gets the usual umask permissions."""
+    model = tiny_model("llama")
+    al.attach(model, "lora", r=2)
+    old = os.umask(0o022)
+    try:
+        al.save_adapter(model, tmp_path)
+    finally:
+        os.umask(old)
+    for name in ("adapter_config.json", "adapter.safetensors"):
+        assert (tmp_path / name).stat().st_mode & 0o777 == 0o644

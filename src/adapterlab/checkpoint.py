@@ -51,6 +51,13 @@ def adapter_state_dict(model: nn.Module, name: str = "default") -> dict[str, tor
     return state
 
 
+def _umask() -> int:
+    """The process umask (read by setting and restoring it: the only portable way)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def write_atomic(path: Path, write) -> None:
     """Call write(tmp_path) and rename the result to `path`, so readers never see a partial file."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -58,6 +65,7 @@ def write_atomic(path: Path, write) -> None:
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; saved adapters are ordinary files
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
