@@ -30,7 +30,8 @@ def test_every_method_has_every_field_with_sane_values(measured):
     assert [r["method"] for r in rows] == METHODS
     for row in rows:
         assert set(COLUMNS) <= set(row)
-        assert row["step_time_ms"] > 0 and row["prefill_ms"] > 0 and row["decode_ms_per_token"] >= 0
+        assert row["step_time_ms"] > 0 and row["prefill_ms"] > 0
+        assert row["decode_ms_per_token"] is None or row["decode_ms_per_token"] > 0
         if row["method"] == "full":
             assert row["trainable_params"] == row["total_params"]
             assert row["step_time_vs_full_pct"] == 100.0
@@ -48,7 +49,8 @@ def test_merged_latency_only_for_mergeable_methods(measured):
     for row in rows:
         merged = row["merged_prefill_ms"] is not None
         assert merged == (row["method"] == "lora"), row["method"]
-        assert (row["merged_decode_ms_per_token"] is not None) == merged
+        if not merged:  # (a merged decode time may also be None: too small to tell from noise)
+            assert row["merged_decode_ms_per_token"] is None
 
 
 def test_csv_and_markdown_agree_with_json(measured):

@@ -154,7 +154,8 @@ def _latency(model: nn.Module, batch: dict[str, torch.Tensor], settings: Setting
              prefix: str = "") -> dict[str, float | None]:
     """Prefill time (one forward over the batch, logits at every position) and per-token greedy decode time.
 
-    Decode time is (generate 1 + k tokens - generate 1 token) / k, so the prefill inside generate cancels.
+    Decode time is (generate 1 + k tokens - generate 1 token) / k, so the prefill inside generate cancels;
+    None when noise swamps it (the longer generation was not slower).
     """
     inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
     with torch.inference_mode():
@@ -167,9 +168,12 @@ def _latency(model: nn.Module, batch: dict[str, torch.Tensor], settings: Setting
                 return lambda: model.generate(**inputs, max_new_tokens=n, min_new_tokens=n, do_sample=False,
                                               pad_token_id=pad, use_cache=True)
 
-            one = _median_ms(generate(1), settings, device)
-            many = _median_ms(generate(1 + settings.decode_tokens), settings, device)
-            decode = round(max(many - one, 0.0) / settings.decode_tokens, 3)
+            one, many = generate(1), generate(1 + settings.decode_tokens)
+            for _ in range(settings.warmup):
+                one(), many()
+            # paired, interleaved runs: a burst of load on a shared machine hits both halves of a pair
+            extra = statistics.median(_timed(many, device) - _timed(one, device) for _ in range(settings.steps))
+            decode = round(1000 * extra / settings.decode_tokens, 3) if extra > 0 else None
     return {f"{prefix}prefill_ms": prefill, f"{prefix}decode_ms_per_token": decode}
 
 
