@@ -271,3 +271,18 @@ def test_two_site_kinds_on_one_layer_is_an_error():
         al.attach(model, SideConfig(targets=["attn", "o"]))
     al.attach(model, SideConfig(targets=["o", "o_proj"]))  # the same site named twice is one site
     assert len(list(placed(model))) == 2
+
+
+def test_a_merged_adapter_is_frozen_until_unmerged():
+    """Merged, an adapter's hooks are off and it would silently get no gradient: it is frozen instead."""
+    model = tiny_model("llama")
+    al.attach(model, "lora", r=2)
+    lora = [p for n, p in model.named_parameters() if "lora_" in n]
+    al.merge(model)
+    assert not any(p.requires_grad for p in lora)
+    al.unmerge(model)
+    assert all(p.requires_grad for p in lora)
+    al.set_active(model, "default", trainable=False)
+    al.merge(model)
+    al.unmerge(model)
+    assert not any(p.requires_grad for p in lora)

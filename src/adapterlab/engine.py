@@ -177,12 +177,12 @@ def set_active(model: nn.Module, names: str | list[str], trainable: bool = True)
                 adapter.unmerge(host)
                 adapter.merged = False
     for _, _, adapter in placed(model):
-        adapter.active = False
+        adapter.active = adapter.trainable = False
         adapter.requires_grad_(False)
     for name in names:
         for _, _, adapter in placed(model, name):
-            adapter.active = True
-            adapter.requires_grad_(trainable)
+            adapter.active, adapter.trainable = True, trainable
+            adapter.requires_grad_(trainable and not adapter.merged)
     model.adapterlab_active = names
 
 
@@ -238,11 +238,13 @@ def merge(model: nn.Module, names: str | list[str] | None = None) -> nn.Module:
                 if not adapter.merged:
                     adapter.merge(host)
                     adapter.merged = True
+                    adapter.requires_grad_(False)  # its hooks are off while merged: it would get no gradient
                     done.append((host, adapter))
     except Exception:  # all or nothing: a module that refuses (e.g. bitfit on a bias-free layer) undoes the rest
         for host, adapter in reversed(done):
             adapter.unmerge(host)
             adapter.merged = False
+            adapter.requires_grad_(adapter.trainable)
         raise
     return model
 
@@ -258,6 +260,7 @@ def unmerge(model: nn.Module, names: str | list[str] | None = None) -> nn.Module
             if adapter.merged:
                 adapter.unmerge(host)
                 adapter.merged = False
+                adapter.requires_grad_(adapter.active and adapter.trainable)
     return model
 
 

@@ -24,6 +24,7 @@ class Adapter(nn.Module):
         super().__init__()
         self.active = True
         self.merged = False
+        self.trainable = True  # whether set_active made it trainable (a merged adapter is frozen meanwhile)
 
     @property
     def applies(self) -> bool:
