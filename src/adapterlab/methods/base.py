@@ -9,12 +9,16 @@ as prompt and prefix tuning do.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
-from ..errors import NotMergeableError
+from ..errors import AdapterError, NotMergeableError
+from ..layers import is_linear
+
+if TYPE_CHECKING:
+    from ..sites import Site
 
 
 class Adapter(nn.Module):
@@ -61,3 +65,14 @@ def in_dtype_of(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
     for p in module.parameters():
         return x if x.dtype == p.dtype else x.to(p.dtype)
     return x
+
+
+def linear_host(site: "Site", model: nn.Module, does: str, examples: str) -> nn.Module:
+    """The linear layer at `site`, or an AdapterError saying what matched instead and what to target."""
+    host = model.get_submodule(site.path)
+    if not is_linear(host):
+        raise AdapterError(
+            f"{does} linear layers; target {site.target!r} matched {site.path!r}, a "
+            f"{type(host).__name__}. Target its projections instead (e.g. {examples})."
+        )
+    return host

@@ -14,9 +14,9 @@ from torch import nn
 
 from ..config import AdapterConfig
 from ..errors import AdapterError, NotMergeableError
-from ..layers import is_linear, linear_features, reference_tensor, weight_as_out_in
+from ..layers import linear_features, reference_tensor, weight_as_out_in
 from ..sites import Site, resolve_sites
-from .base import Adapter
+from .base import Adapter, linear_host
 from .lora import peft_heads, peft_targets, peft_task_type, refuse_peft_options, regex_of_paths
 
 DEFAULT_FEEDFORWARD = ("down",)
@@ -53,12 +53,7 @@ class IA3Config(AdapterConfig):
         return {s.path for s in resolve_sites(model, self.feedforward, self.layers)}
 
     def build(self, site: Site, model: nn.Module) -> "IA3Adapter":
-        host = model.get_submodule(site.path)
-        if not is_linear(host):
-            raise AdapterError(
-                f"ia3 scales linear layers; target {site.target!r} matched {site.path!r}, a "
-                f"{type(host).__name__}. Target its projections instead (e.g. k_proj, v_proj, down_proj)."
-            )
+        host = linear_host(site, model, "ia3 scales", "k_proj, v_proj, down_proj")
         in_features, out_features = linear_features(host)
         feedforward = site.path in self.feedforward_paths(model)
         ref = reference_tensor(host)

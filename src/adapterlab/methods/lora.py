@@ -11,9 +11,9 @@ from torch import nn
 
 from ..config import AdapterConfig, positive_int
 from ..errors import AdapterError
-from ..layers import is_linear, linear_features, reference_tensor, weight_as_out_in
+from ..layers import linear_features, reference_tensor, weight_as_out_in
 from ..sites import Site
-from .base import Adapter, in_dtype_of
+from .base import Adapter, in_dtype_of, linear_host
 
 
 @dataclass
@@ -36,12 +36,7 @@ class LoraConfig(AdapterConfig):
             raise AdapterError(f"lora: `dropout` must be in [0, 1), got {self.dropout!r}.")
 
     def build(self, site: Site, model: nn.Module) -> "LoraAdapter":
-        host = model.get_submodule(site.path)
-        if not is_linear(host):
-            raise AdapterError(
-                f"lora adapts linear layers; target {site.target!r} matched {site.path!r}, a "
-                f"{type(host).__name__}. Target its projections instead (e.g. q_proj, v_proj)."
-            )
+        host = linear_host(site, model, "lora adapts", "q_proj, v_proj")
         in_features, out_features = linear_features(host)
         ref = reference_tensor(host)
         return LoraAdapter(in_features, out_features, self.r, self.alpha / self.r, self.dropout, ref.device, ref.dtype)
