@@ -190,8 +190,8 @@ def test_cli_lists_and_pulls(home, fake_known_model, capsys):
     assert "smollm2-135m" in listing and "minilm-l6" in listing and " no " in listing
     assert main(["models", "pull", "fake"]) == 0
     assert is_cached("fake")
-    with pytest.raises(SystemExit, match="unknown model name"):
-        main(["models", "pull", "nope"])
+    assert main(["models", "pull", "nope"]) == 2
+    assert "adapterlab models: error: unknown model name(s) nope" in capsys.readouterr().err
 
 
 @pytest.mark.slow

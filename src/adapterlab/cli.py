@@ -1,10 +1,17 @@
-"""The `adapterlab` command. It only parses arguments and calls functions a Python user can call too."""
+"""The `adapterlab` command. It only parses arguments and calls functions a Python user can call too.
+
+Errors: one handler for every command. A `UserError` (or an OS error such as a full disk) prints one line,
+`adapterlab CMD: error: ...`, and exits 2; `--debug` (anywhere on the line) shows the traceback instead.
+"""
 
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import sys
+
+from .errors import UserError
 
 # Each subcommand module has `register(subparsers)`, which adds its parser and sets `func`.
 SUBCOMMANDS = [
@@ -14,17 +21,56 @@ SUBCOMMANDS = [
     "adapterlab.commands.models",
     "adapterlab.commands.train",
 ]
+# What to do about an OS error, by errno; the message already names the file.
+OS_FIXES = {
+    errno.ENOSPC: "free disk space (or choose a folder on another disk) and run again",
+    errno.EDQUOT: "free disk space (or choose a folder on another disk) and run again",
+    errno.EROFS: "choose a folder on a writable file system",
+    errno.EACCES: "choose a folder you may write to, or fix its permissions",
+    errno.EPERM: "choose a folder you may write to, or fix its permissions",
+    errno.ENOTDIR: "a path component is a file, not a folder; choose another path",
+    errno.EISDIR: "that path is a folder; give a file",
+    errno.ENOENT: "check the path",
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="adapterlab", description="Attach, train, evaluate and measure adapters.")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error (also accepted after "
+                                                             "the command name)")
     subparsers = parser.add_subparsers(dest="command", required=True)
     for module_name in SUBCOMMANDS:
         importlib.import_module(module_name).register(subparsers)
     return parser
 
 
+def describe_os_error(exc: OSError) -> str:
+    """One line: what failed, on which file, and what to do."""
+    where = f": {exc.filename}" if exc.filename else ""
+    fix = OS_FIXES.get(exc.errno or -1, "check the path and the disk")
+    return f"{exc.strerror or exc}{where}; {fix}."
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv if argv is not None else sys.argv[1:])
-    return int(args.func(args) or 0)
+    argv = list(argv if argv is not None else sys.argv[1:])
+    debug = "--debug" in argv
+    argv = [a for a in argv if a != "--debug"]
+    args = build_parser().parse_args(argv)
+    command = f"adapterlab {args.command}"
+    try:
+        return int(args.func(args) or 0)
+    except UserError as exc:
+        if debug:
+            raise
+        message = str(exc)
+    except OSError as exc:
+        if debug:
+            raise
+        message = describe_os_error(exc)
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        print(f"{command}: interrupted", file=sys.stderr)
+        return 130
+    print(f"{command}: error: {' '.join(message.split())}", file=sys.stderr)
+    return 2

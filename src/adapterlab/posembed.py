@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+from .errors import UsageError
 
 
 def resize_patch_grid(table: torch.Tensor, old_grid: tuple[int, int], new_grid: tuple[int, int],
@@ -22,7 +23,7 @@ def resize_patch_grid(table: torch.Tensor, old_grid: tuple[int, int], new_grid: 
     rows, cols = old_grid
     expected = leading_tokens + rows * cols
     if table.dim() != 3 or table.shape[1] != expected:
-        raise ValueError(f"Position table of shape {tuple(table.shape)} does not match {leading_tokens} special "
+        raise UsageError(f"Position table of shape {tuple(table.shape)} does not match {leading_tokens} special "
                          f"tokens plus a {rows}x{cols} patch grid ({expected} rows); check the config it came from.")
     special, patches = table[:, :leading_tokens], table[:, leading_tokens:]
     grid = patches.reshape(1, rows, cols, -1).permute(0, 3, 1, 2).float()
@@ -35,7 +36,7 @@ def ast_grid(num_mel_bins: int, max_length: int, patch_size: int, frequency_stri
              time_stride: int) -> tuple[int, int]:
     """(frequency, time) patch counts of an AST spectrogram, as its strided patch convolution produces them."""
     if min(num_mel_bins, max_length) < patch_size:
-        raise ValueError(f"An AST input of {max_length} frames x {num_mel_bins} mel bins is smaller than one "
+        raise UsageError(f"An AST input of {max_length} frames x {num_mel_bins} mel bins is smaller than one "
                          f"{patch_size}x{patch_size} patch; use a max_length of at least {patch_size}.")
     return ((num_mel_bins - patch_size) // frequency_stride + 1, (max_length - patch_size) // time_stride + 1)
 
@@ -45,7 +46,7 @@ def _embeddings(model: nn.Module) -> nn.Module:
     base = getattr(model, "base_model", model)
     embeddings = getattr(base, "embeddings", None)
     if embeddings is None or not isinstance(getattr(embeddings, "position_embeddings", None), nn.Parameter):
-        raise ValueError(f"{type(model).__name__} has no learned `embeddings.position_embeddings` to resize.")
+        raise UsageError(f"{type(model).__name__} has no learned `embeddings.position_embeddings` to resize.")
     return embeddings
 
 

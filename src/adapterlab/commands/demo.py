@@ -7,11 +7,8 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
 from ..demo import DemoConfig, run_demo
-from ..errors import AdapterError
-from ..models import ModelPullError
 
 DEFAULTS = DemoConfig()
 
@@ -51,9 +48,5 @@ def run(args: argparse.Namespace) -> int:
                         batch_size=args.batch_size, lr=args.lr, r=args.r, alpha=2 * args.r,
                         cutoff_len=args.cutoff_len,
                         max_new_tokens=args.max_new_tokens, seed=args.seed, progress=not args.no_progress)
-    try:
-        run_demo(config)
-    except (AdapterError, ModelPullError, ValueError) as exc:
-        print(f"adapterlab demo: error: {exc}", file=sys.stderr)
-        return 2
+    run_demo(config)
     return 0

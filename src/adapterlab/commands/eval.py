@@ -7,16 +7,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from ..errors import MissingPathError, UsageError
 from ..checkpoint import CONFIG_NAME, load_adapter
 from ..data.templates import TEMPLATES
 from ..evaluate import KNOWN, MODES, evaluate, markdown_table
-from ..models import ModelPullError, load_model
+from ..models import load_model
 
 TRAIN_CONFIG_FILES = ("train_config.yaml", "train_config.json", "summary.json")
 
@@ -26,16 +26,16 @@ def find_adapter(path: str) -> Path:
     of a training run folder that does."""
     root = Path(path)
     if not root.is_dir():
-        raise FileNotFoundError(f"--adapter-path {path}: no such folder; pass the run or adapter folder written by training.")
+        raise MissingPathError(f"--adapter-path {path}: no such folder; pass the run or adapter folder written by training.")
     if (root / CONFIG_NAME).is_file():
         return root
     found = sorted(p.parent for p in root.glob(f"*/{CONFIG_NAME}"))
     if len(found) == 1:
         return found[0]
     if not found:
-        raise FileNotFoundError(f"--adapter-path {path}: neither it nor a subfolder holds {CONFIG_NAME}; "
+        raise MissingPathError(f"--adapter-path {path}: neither it nor a subfolder holds {CONFIG_NAME}; "
                                 "pass the folder written by `adapterlab train` or save_adapter.")
-    raise ValueError(f"--adapter-path {path}: several adapters inside ({', '.join(map(str, found))}); pass one of them.")
+    raise UsageError(f"--adapter-path {path}: several adapters inside ({', '.join(map(str, found))}); pass one of them.")
 
 
 def training_template(adapter_dir: Path) -> str | None:
@@ -86,19 +86,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        return _run(args)
-    except (ValueError, FileNotFoundError, FileExistsError, ModelPullError) as exc:  # incl. IncompatibleAdapterError
-        print(f"adapterlab eval: error: {exc}", file=sys.stderr)
-        return 2
-
-
-def _run(args: argparse.Namespace) -> int:
+    """Load the model (and adapter), evaluate, print the table."""
     if (args.resume or args.overwrite) and not args.output:
-        raise ValueError("--resume and --overwrite need --output (the folder of the run).")
+        raise UsageError("--resume and --overwrite need --output (the folder of the run).")
     datasets = [d.strip() for d in args.datasets.split(",") if d.strip()]
     if not datasets:
-        raise ValueError("--datasets is empty; give names like gsm8k,aqua or paths of JSON files.")
+        raise UsageError("--datasets is empty; give names like gsm8k,aqua or paths of JSON files.")
     adapter_dir = find_adapter(args.adapter_path) if args.adapter_path else None
     template = args.template or (training_template(adapter_dir) if adapter_dir else None) or "alpaca"
     model, tokenizer = load_model(args.model, dtype=args.dtype, device=args.device)

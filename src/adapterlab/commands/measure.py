@@ -7,13 +7,11 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from collections.abc import Iterable
 from typing import Any
 
-from ..errors import AdapterError
+from ..errors import UsageError
 from ..measure import markdown_table, measure
-from ..models import ModelPullError, UnknownModelError
 from .train import parse_list_value
 
 
@@ -24,7 +22,7 @@ def parse_options(items: Iterable[str]) -> dict[str, dict[str, Any]]:
         target, sep, value = item.partition("=")
         method, dot, key = target.partition(".")
         if not sep or not dot or not method or not key:
-            raise ValueError(f"--option {item!r} must look like METHOD.KEY=VALUE, e.g. lora.r=32.")
+            raise UsageError(f"--option {item!r} must look like METHOD.KEY=VALUE, e.g. lora.r=32.")
         options.setdefault(method.strip(), {})[key.strip().replace("-", "_")] = parse_list_value(value.strip())
     return options
 
@@ -60,16 +58,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-        rows = measure(args.model, methods, options=parse_options(args.option), seq_len=args.seq_len,
-                       micro_batch_size=args.micro_batch_size, steps=args.steps, warmup=args.warmup,
-                       decode_tokens=args.decode_tokens, device=args.device, dtype=args.dtype, task=args.task,
-                       isolate=not args.no_isolate, threads=args.threads, output=args.output,
-                       progress=not args.no_progress)
-    except (AdapterError, ModelPullError, UnknownModelError, ValueError) as exc:
-        print(f"adapterlab measure: error: {exc}", file=sys.stderr)
-        return 2
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    rows = measure(args.model, methods, options=parse_options(args.option), seq_len=args.seq_len,
+                   micro_batch_size=args.micro_batch_size, steps=args.steps, warmup=args.warmup,
+                   decode_tokens=args.decode_tokens, device=args.device, dtype=args.dtype, task=args.task,
+                   isolate=not args.no_isolate, threads=args.threads, output=args.output,
+                   progress=not args.no_progress)
     print(markdown_table(rows))
     print(f"Written to {args.output}: results.json, results.csv, results.md, costs.png")
     return 0

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..models import KNOWN_MODELS, ModelPullError, UnknownModelError, cached_size, is_cached, model_path, pull
+from ..models import KNOWN_MODELS, UnknownModelError, cached_size, is_cached, model_path, pull
 
 
 def list_models(args: argparse.Namespace) -> int:
@@ -29,12 +29,9 @@ def pull_models(args: argparse.Namespace) -> int:
     """Fetch each named model (reusing the cache unless --force)."""
     unknown = [n for n in args.names if n not in KNOWN_MODELS]
     if unknown:
-        raise SystemExit(f"error: unknown model name(s) {', '.join(unknown)}; known: {', '.join(KNOWN_MODELS)}.")
+        raise UnknownModelError(f"unknown model name(s) {', '.join(unknown)}; known: {', '.join(KNOWN_MODELS)}.")
     for name in args.names:
-        try:
-            pull(name, force=args.force)
-        except (ModelPullError, UnknownModelError) as exc:
-            raise SystemExit(f"error: {exc}") from exc
+        pull(name, force=args.force)
     return 0
 
 

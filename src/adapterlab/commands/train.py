@@ -9,14 +9,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from ..errors import AdapterError
-from ..models import ModelPullError
 from ..registry import METHODS, config_class
 from ..train import TrainConfig, train
 
@@ -190,12 +188,8 @@ def legacy_method(name: str, parallel: bool, pfeiffer: bool) -> str:
 
 def run(args: argparse.Namespace) -> int:
     """Parse the settings, train, print the summary."""
-    try:
-        config = config_from_args(args)
-        summary = train(config)
-    except (ValueError, ModelPullError) as exc:  # AdapterError, DataError, UnknownModelError: messages for users
-        print(f"adapterlab train: error: {exc}", file=sys.stderr)
-        return 2
+    config = config_from_args(args)
+    summary = train(config)
     print(json.dumps({k: summary[k] for k in ("wall_time_s", "steps", "train_loss", "tokens_per_s", "best_metric",
                                               "trainable_parameters", "final_weights")}, indent=2))
     print(f"run folder: {config.output}")

@@ -15,6 +15,7 @@ import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from ..errors import UsageError
 
 SPLITS = ("train", "test")
 TEST_SHARE = 5  # one underlying problem in five belongs to the test split
@@ -93,7 +94,7 @@ def _render(template: Template, numbers: tuple[int, ...], rng: random.Random) ->
 def generate_problems(n: int, split: str = "train", seed: int = 0) -> list[dict[str, str]]:
     """`n` distinct problems of `split`, the templates taking turns; the same (n, split, seed) gives the same list."""
     if split not in SPLITS:
-        raise ValueError(f"Unknown split {split!r}; choose train or test.")
+        raise UsageError(f"Unknown split {split!r}; choose train or test.")
     rng = random.Random(f"{split}:{seed}")
     pools = []
     for template in TEMPLATES:
@@ -102,7 +103,7 @@ def generate_problems(n: int, split: str = "train", seed: int = 0) -> list[dict[
         pools.append((template, pool))
     available = sum(len(pool) for _, pool in pools)
     if n > available:
-        raise ValueError(f"Asked for {n} {split} problems but only {available} distinct ones exist; ask for fewer.")
+        raise UsageError(f"Asked for {n} {split} problems but only {available} distinct ones exist; ask for fewer.")
     chosen: list[tuple[Template, tuple[int, ...]]] = []
     while len(chosen) < n:
         for template, pool in pools:

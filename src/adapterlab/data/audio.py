@@ -17,6 +17,7 @@ import numpy as np
 import soundfile
 import torch
 from scipy.signal import resample_poly
+from ..errors import DataError, MissingPathError
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg")
 DEFAULT_LABEL_PATTERN = r"^([^_]+)_"  # label = file-name prefix before the first "_", e.g. FSDD "7_theo_12.wav"
@@ -36,10 +37,10 @@ def list_audio(root: str | Path) -> list[Path]:
     """Audio files under `root` (recursively), sorted by path."""
     root = Path(root)
     if not root.is_dir():
-        raise FileNotFoundError(f"Audio folder {root} does not exist; pass a folder of .wav files.")
+        raise MissingPathError(f"Audio folder {root} does not exist; pass a folder of .wav files.")
     files = sorted(p for p in root.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES)
     if not files:
-        raise ValueError(f"No {'/'.join(AUDIO_SUFFIXES)} files under {root}.")
+        raise DataError(f"No {'/'.join(AUDIO_SUFFIXES)} files under {root}.")
     return files
 
 
@@ -50,7 +51,7 @@ def labels_from_names(files: list[Path], pattern: str = DEFAULT_LABEL_PATTERN) -
     for path in files:
         match = regex.search(path.stem)
         if match is None or not match.groups():
-            raise ValueError(f"Label pattern {pattern!r} (needs one group) does not match file name {path.name!r}; "
+            raise DataError(f"Label pattern {pattern!r} (needs one group) does not match file name {path.name!r}; "
                              "pass --label-pattern or a --labels-csv with file,label columns.")
         labels.append(match.group(1))
     return labels
@@ -64,13 +65,13 @@ def labels_from_csv(files: list[Path], root: str | Path, csv_path: str | Path) -
     with open(csv_path, newline="") as handle:
         reader = csv.DictReader(handle)
         if not reader.fieldnames or not {"file", "label"} <= set(reader.fieldnames):
-            raise ValueError(f"{csv_path} needs a header with 'file' and 'label' columns; found {reader.fieldnames}.")
+            raise DataError(f"{csv_path} needs a header with 'file' and 'label' columns; found {reader.fieldnames}.")
         table = {Path(row["file"]).as_posix(): row["label"].strip() for row in reader}
     labels = []
     for path in files:
         key = path.relative_to(root).as_posix()
         if key not in table:
-            raise ValueError(f"{csv_path} has no row for {key!r} (file names are relative to {root}); "
+            raise DataError(f"{csv_path} has no row for {key!r} (file names are relative to {root}); "
                              "add it or remove the file.")
         labels.append(table[key])
     return labels
@@ -82,7 +83,7 @@ def fsdd_test_files(files: list[Path]) -> list[bool]:
     for path in files:
         parts = path.stem.split("_")
         if len(parts) != 3 or not parts[2].isdigit():
-            raise ValueError(f"{path.name!r} is not named {{digit}}_{{speaker}}_{{index}}.wav as the FSDD split "
+            raise DataError(f"{path.name!r} is not named {{digit}}_{{speaker}}_{{index}}.wav as the FSDD split "
                              "needs; use --split random with --val-size instead.")
         marks.append(int(parts[2]) < 5)
     return marks
@@ -96,7 +97,7 @@ class AudioClassificationDataset(torch.utils.data.Dataset):
 
     def __init__(self, files: list[Path], labels: list[int], feature_extractor: Any) -> None:
         if len(files) != len(labels):
-            raise ValueError(f"{len(files)} files but {len(labels)} labels.")
+            raise DataError(f"{len(files)} files but {len(labels)} labels.")
         self.files, self.labels, self.feature_extractor = list(files), list(labels), feature_extractor
         self._features: dict[int, np.ndarray] = {}
 

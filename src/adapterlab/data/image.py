@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image
+from ..errors import DataError, MissingPathError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
@@ -16,7 +17,7 @@ def list_images(root: str | Path) -> tuple[list[Path], list[str]]:
     """(image files, class name of each) for a folder holding one sub-folder per class, sorted by path."""
     root = Path(root)
     if not root.is_dir():
-        raise FileNotFoundError(f"Image folder {root} does not exist; pass a folder with one sub-folder per class.")
+        raise MissingPathError(f"Image folder {root} does not exist; pass a folder with one sub-folder per class.")
     files, labels = [], []
     for class_dir in sorted(p for p in root.iterdir() if p.is_dir()):
         for path in sorted(class_dir.rglob("*")):
@@ -24,7 +25,7 @@ def list_images(root: str | Path) -> tuple[list[Path], list[str]]:
                 files.append(path)
                 labels.append(class_dir.name)
     if not files:
-        raise ValueError(f"No images under {root}/<class>/; expected files ending in {', '.join(IMAGE_SUFFIXES)}.")
+        raise DataError(f"No images under {root}/<class>/; expected files ending in {', '.join(IMAGE_SUFFIXES)}.")
     return files, labels
 
 
@@ -33,7 +34,7 @@ class ImageClassificationDataset(torch.utils.data.Dataset):
 
     def __init__(self, files: list[Path], labels: list[int], processor: Any) -> None:
         if len(files) != len(labels):
-            raise ValueError(f"{len(files)} files but {len(labels)} labels.")
+            raise DataError(f"{len(files)} files but {len(labels)} labels.")
         self.files, self.labels, self.processor = list(files), list(labels), processor
 
     def __len__(self) -> int:

@@ -7,13 +7,10 @@ import json
 from pathlib import Path
 from typing import Any
 
+from ..errors import DataError
 from .templates import build_prompt
 
 REQUIRED_FIELDS = ("instruction", "output")
-
-
-class DataError(ValueError):
-    """A data file that cannot be used; the message names the file, the record and the field."""
 
 
 def read_json_records(path: str | Path) -> list[dict[str, Any]]:

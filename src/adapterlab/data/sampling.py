@@ -9,6 +9,7 @@ from __future__ import annotations
 import random
 from collections import defaultdict
 from collections.abc import Sequence
+from ..errors import DataError
 
 
 def _by_class(labels: Sequence[int]) -> dict[int, list[int]]:
@@ -28,7 +29,7 @@ def stratified_split(labels: Sequence[int], val_size: int | float, seed: int) ->
         return list(range(len(labels))), []
     fraction = val_size if val_size < 1 else val_size / max(len(labels), 1)
     if fraction >= 1:
-        raise ValueError(f"val_size {val_size} leaves no training examples out of {len(labels)}; use a smaller one.")
+        raise DataError(f"val_size {val_size} leaves no training examples out of {len(labels)}; use a smaller one.")
     rng = random.Random(seed)
     train, dev = [], []
     for members in _by_class(labels).values():
@@ -43,12 +44,12 @@ def stratified_split(labels: Sequence[int], val_size: int | float, seed: int) ->
 def few_shot(labels: Sequence[int], k: int, seed: int) -> list[int]:
     """Indices of `k` examples of every class, drawn with `seed`; raises if a class has fewer than `k`."""
     if k < 1:
-        raise ValueError(f"few_shot must be a positive number of examples per class, got {k}.")
+        raise DataError(f"few_shot must be a positive number of examples per class, got {k}.")
     rng = random.Random(seed)
     chosen = []
     for label, members in _by_class(labels).items():
         if len(members) < k:
-            raise ValueError(f"Class {label} has only {len(members)} training examples, fewer than few_shot={k}; "
+            raise DataError(f"Class {label} has only {len(members)} training examples, fewer than few_shot={k}; "
                              "lower --few-shot or add data.")
         chosen += rng.sample(members, k)
     return sorted(chosen)

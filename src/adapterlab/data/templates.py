@@ -7,6 +7,7 @@ sections); `chat` uses the tokenizer's own chat template with the instruction (a
 from __future__ import annotations
 
 from typing import Any
+from ..errors import UsageError
 
 TEMPLATES = ("alpaca", "chat")
 
@@ -33,9 +34,9 @@ def build_prompt(record: dict[str, Any], template: str = "alpaca", tokenizer: An
         return ALPACA_NO_INPUT.format(instruction=instruction)
     if template == "chat":
         if tokenizer is None or not getattr(tokenizer, "chat_template", None):
-            raise ValueError("--template chat needs a tokenizer with a chat template; this one has none. Use --template alpaca.")
+            raise UsageError("--template chat needs a tokenizer with a chat template; this one has none. Use --template alpaca.")
         content = f"{instruction}\n\n{extra}" if extra else instruction
         return tokenizer.apply_chat_template(
             [{"role": "user", "content": content}], tokenize=False, add_generation_prompt=True
         )
-    raise ValueError(f"Unknown template {template!r}; choose one of {', '.join(TEMPLATES)}.")
+    raise UsageError(f"Unknown template {template!r}; choose one of {', '.join(TEMPLATES)}.")

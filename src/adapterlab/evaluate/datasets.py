@@ -12,6 +12,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from ..errors import DataError, MissingPathError
 
 NUMBER, LETTER, LABEL = "number", "letter", "label"
 ANSWER_TYPES = (NUMBER, LETTER, LABEL)
@@ -97,7 +98,7 @@ def find_file(name: str, data_dirs: list[str | os.PathLike] | None = None) -> Pa
             if (d / candidate).is_file():
                 return d / candidate
     where = ", ".join(str(d) for d in dirs) or "(no folder: ../shared/datasets/{math,commonsense} does not exist)"
-    raise FileNotFoundError(
+    raise MissingPathError(
         f"Data set {name!r} needs {known.file}, which is in none of: {where}. "
         "Pass the folder holding it with --data-dir (may be repeated), or give the file's path instead of the name."
     )
@@ -107,13 +108,13 @@ def read_records(path: str | os.PathLike) -> list[dict[str, Any]]:
     """The records of an LLM-Adapters-format file (a JSON list of {instruction, input, output, answer})."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"No data file {path}; check the path or pass a known data set name ({', '.join(KNOWN)}).")
+        raise MissingPathError(f"No data file {path}; check the path or pass a known data set name ({', '.join(KNOWN)}).")
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
-        raise ValueError(f"{path} is not valid JSON ({exc}); expected a list of {SCHEMA} records.") from exc
+        raise DataError(f"{path} is not valid JSON ({exc}); expected a list of {SCHEMA} records.") from exc
     if not isinstance(data, list):
-        raise ValueError(f"{path} holds a JSON {type(data).__name__}; expected a list of {SCHEMA} records.")
+        raise DataError(f"{path} holds a JSON {type(data).__name__}; expected a list of {SCHEMA} records.")
     for index, record in enumerate(data):
         check_record(record, index, str(path))
     return data
@@ -122,12 +123,12 @@ def read_records(path: str | os.PathLike) -> list[dict[str, Any]]:
 def check_record(record: Any, index: int, where: str) -> None:
     """Refuse a record that cannot be evaluated, naming the file, record and field."""
     if not isinstance(record, dict):
-        raise ValueError(f"{where}: record {index} is a {type(record).__name__}, not an object with instruction and answer.")
+        raise DataError(f"{where}: record {index} is a {type(record).__name__}, not an object with instruction and answer.")
     if not str(record.get("instruction") or "").strip():
-        raise ValueError(f"{where}: record {index} has no 'instruction'; every test record needs the question there.")
+        raise DataError(f"{where}: record {index} has no 'instruction'; every test record needs the question there.")
     answer = record.get("answer")
     if answer is None or str(answer).strip() == "":
-        raise ValueError(
+        raise DataError(
             f"{where}: record {index} has no 'answer' (keys: {sorted(record)}); test records need the gold answer "
             "in 'answer' (a number, a letter A-E or a label). Remove the record or fill in its answer."
         )
@@ -167,10 +168,10 @@ def check_answers(records: list[dict[str, Any]], answer_type: str, labels: tuple
     for index, record in enumerate(records):
         answer = record["answer"]
         if answer_type == NUMBER and not _is_number(answer):
-            raise ValueError(f"{where}: record {index} has answer {answer!r}, not a number, but {name} is evaluated "
+            raise DataError(f"{where}: record {index} has answer {answer!r}, not a number, but {name} is evaluated "
                              "as a number data set; fix the record or pass another answer type.")
         if answer_type != NUMBER and str(answer).strip() not in labels:
-            raise ValueError(f"{where}: record {index} has answer {answer!r}, which is none of {', '.join(labels)} "
+            raise DataError(f"{where}: record {index} has answer {answer!r}, which is none of {', '.join(labels)} "
                              f"expected for {name}; fix the record or pass another answer type.")
 
 
@@ -183,15 +184,15 @@ def load_dataset(
 ) -> EvalDataset:
     """A known data set by name (searched in `data_dirs`) or any LLM-Adapters-format file by path."""
     if answer_type is not None and answer_type not in ANSWER_TYPES:
-        raise ValueError(f"Unknown answer type {answer_type!r}; choose one of {', '.join(ANSWER_TYPES)}.")
+        raise DataError(f"Unknown answer type {answer_type!r}; choose one of {', '.join(ANSWER_TYPES)}.")
     known = canonical_name(Path(name_or_path).stem if name_or_path.endswith(".json") else name_or_path)
     if Path(name_or_path).is_file():
         path = Path(name_or_path)
         name = path.stem
     elif name_or_path.endswith(".json") or os.sep in name_or_path:
-        raise FileNotFoundError(f"No data file {name_or_path}; check the path.")
+        raise MissingPathError(f"No data file {name_or_path}; check the path.")
     elif known is None:
-        raise ValueError(
+        raise DataError(
             f"Unknown data set {name_or_path!r}. Known names: {', '.join(KNOWN)}; "
             "or pass the path of an LLM-Adapters-format JSON file."
         )

@@ -14,6 +14,7 @@ import math
 import re
 from typing import Any
 
+from ..errors import UsageError
 from .datasets import LABEL, LETTER, LETTERS, NUMBER
 
 MODES = ("default", "llm-adapters")
@@ -179,9 +180,9 @@ def extract_answer(
     `prompt` (optional) lets the default mode map a computed number onto AQuA's listed choices.
     """
     if mode not in MODES:
-        raise ValueError(f"Unknown extraction mode {mode!r}; choose one of {', '.join(MODES)}.")
+        raise UsageError(f"Unknown extraction mode {mode!r}; choose one of {', '.join(MODES)}.")
     if answer_type not in (NUMBER, LETTER, LABEL):
-        raise ValueError(f"Unknown answer type {answer_type!r}; choose number, letter or label.")
+        raise UsageError(f"Unknown answer type {answer_type!r}; choose number, letter or label.")
     if mode == "llm-adapters":
         return _llm_adapters(text, answer_type, labels or (LETTERS if answer_type == LETTER else ()))
     if answer_type == NUMBER:

@@ -12,6 +12,7 @@ from typing import Any
 import torch
 from transformers import GenerationConfig
 
+from ..errors import UsageError
 from ..data.templates import STOP_STRINGS
 
 
@@ -43,7 +44,7 @@ def generation_config(
 ) -> GenerationConfig:
     """Deterministic decoding settings: greedy (num_beams=1) or beam search, stopping at any EOS or stop string."""
     if max_new_tokens < 1 or num_beams < 1:
-        raise ValueError(f"max_new_tokens ({max_new_tokens}) and num_beams ({num_beams}) must be at least 1.")
+        raise UsageError(f"max_new_tokens ({max_new_tokens}) and num_beams ({num_beams}) must be at least 1.")
     eos = _eos_ids(model, tokenizer)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (eos[0] if eos else 0)
     return GenerationConfig(
@@ -68,7 +69,7 @@ def generate_batches(
     Batches are formed from prompts of similar length; callers restore the order by index.
     """
     if batch_size < 1:
-        raise ValueError(f"batch_size must be at least 1, got {batch_size}.")
+        raise UsageError(f"batch_size must be at least 1, got {batch_size}.")
     if not prompts:
         return
     model.eval()

@@ -12,6 +12,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from ..errors import RunFolderError, UsageError
 from ..checkpoint import write_atomic, write_json
 from ..data.templates import STOP_STRINGS, build_prompt
 from .datasets import EvalDataset, check_answers, check_record, infer_answer_type, labels_for, load_dataset
@@ -53,7 +54,7 @@ def _as_datasets(datasets: Any, data_dirs, answer_type: str | None, limit: int |
             raise TypeError(f"Cannot evaluate a {type(d).__name__}; pass data set names or paths, EvalDatasets or a list of records.")
     names = [d.name for d in out]
     if len(set(names)) != len(names):
-        raise ValueError(f"Two data sets share a name ({names}); their predictions would overwrite each other. Rename a file.")
+        raise UsageError(f"Two data sets share a name ({names}); their predictions would overwrite each other. Rename a file.")
     return out
 
 
@@ -72,7 +73,7 @@ def _read_done(path: Path) -> dict[int, dict[str, Any]]:
             row = json.loads(line)
         except json.JSONDecodeError:
             if any(rest.strip() for rest in lines[number + 1 :]):
-                raise ValueError(f"{path}: line {number + 1} is not JSON; delete the file or that line and resume again.")
+                raise UsageError(f"{path}: line {number + 1} is not JSON; delete the file or that line and resume again.")
             with open(path, "r+b") as f:  # interrupted while writing this line: drop it
                 f.truncate(good_bytes)
             break
@@ -89,13 +90,13 @@ def _check_resume(output_dir: Path, settings: dict[str, Any], resume: bool, over
         changed = {k: (saved.get(k), settings.get(k)) for k in (*GENERATION_KEYS, "model", "adapter")
                    if saved.get(k) != settings.get(k)}
         if changed:
-            raise ValueError(
+            raise UsageError(
                 f"Cannot resume in {output_dir}: settings differ from the interrupted run "
                 f"({', '.join(f'{k}: was {a!r}, now {b!r}' for k, (a, b) in changed.items())}). "
                 "Use the same settings, another --output folder, or --overwrite."
             )
     elif existing and not resume and not overwrite:
-        raise FileExistsError(
+        raise RunFolderError(
             f"{existing[0]} already holds predictions. Pass --resume to continue that run, "
             "--overwrite to start again, or choose another --output folder."
         )
@@ -147,11 +148,11 @@ def evaluate(
     `metadata` (e.g. model and adapter names) is recorded and checked on resume.
     """
     if mode not in MODES:
-        raise ValueError(f"Unknown extraction mode {mode!r}; choose one of {', '.join(MODES)}.")
+        raise UsageError(f"Unknown extraction mode {mode!r}; choose one of {', '.join(MODES)}.")
     if resume and output_dir is None:
-        raise ValueError("resume needs an output_dir holding the predictions of the interrupted run.")
+        raise UsageError("resume needs an output_dir holding the predictions of the interrupted run.")
     if resume and overwrite:
-        raise ValueError("resume continues the predictions in output_dir and overwrite discards them; pass only one.")
+        raise UsageError("resume continues the predictions in output_dir and overwrite discards them; pass only one.")
     data = _as_datasets(datasets, data_dirs, answer_type, limit)
     settings = {"template": template, "max_new_tokens": max_new_tokens, "num_beams": num_beams,
                 "stop_strings": list(stop_strings), "mode": mode, "batch_size": batch_size, "limit": limit}
@@ -169,7 +170,7 @@ def evaluate(
         prompts = [build_prompt(r, template, tokenizer) for r in dataset.records]
         for i, row in done.items():
             if i < len(prompts) and row.get("prompt") != prompts[i]:
-                raise ValueError(f"{path}: item {i} was made from another prompt than {dataset.source} gives now "
+                raise UsageError(f"{path}: item {i} was made from another prompt than {dataset.source} gives now "
                                  "(the data or template changed); resume into another folder or pass --overwrite.")
         todo = [i for i in range(len(prompts)) if i not in done]
         rows = {i: _row(i, dataset.records[i], prompts[i], row["generation"], dataset, mode)

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from ..engine import attach, count_parameters, get_config, merge
-from ..errors import NotMergeableError
+from ..errors import NotMergeableError, UsageError
 
 FULL = "full"
 _CLEAR_REFS = Path("/proc/self/clear_refs")
@@ -41,9 +41,9 @@ class Settings:
         """Raise a clear error for settings no measurement can run with."""
         for name in ("seq_len", "micro_batch_size", "steps", "decode_tokens"):
             if getattr(self, name) < 1:
-                raise ValueError(f"measure setting {name} must be at least 1, got {getattr(self, name)}.")
+                raise UsageError(f"measure setting {name} must be at least 1, got {getattr(self, name)}.")
         if self.warmup < 0:
-            raise ValueError(f"measure setting warmup must be 0 or more, got {self.warmup}.")
+            raise UsageError(f"measure setting warmup must be 0 or more, got {self.warmup}.")
 
 
 def memory_method(device: torch.device) -> str:
@@ -124,7 +124,7 @@ def random_batch(model: nn.Module, settings: Settings, device: torch.device) -> 
     elif getattr(model.config, "num_labels", None):
         labels = torch.randint(0, model.config.num_labels, (settings.micro_batch_size,), generator=g)
     else:
-        raise ValueError(f"{type(model).__name__} is neither a causal LM nor a classifier; measure needs a loss.")
+        raise UsageError(f"{type(model).__name__} is neither a causal LM nor a classifier; measure needs a loss.")
     batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels}
     return {k: v.to(device) for k, v in batch.items()}
 

@@ -24,6 +24,7 @@ import transformers
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..errors import UsageError
 from ..registry import config_class, make_config, method_names
 from .costs import FULL, Settings, measure_method
 from .report import add_relative, write_outputs
@@ -34,18 +35,18 @@ ModelSpec = str | Callable[[], nn.Module]
 def check_methods(methods: list[str], options: dict[str, dict[str, Any]]) -> None:
     """Refuse unknown methods, options for methods not measured, and invalid options, before any work."""
     if not methods:
-        raise ValueError("No methods to measure; give e.g. full,lora.")
+        raise UsageError("No methods to measure; give e.g. full,lora.")
     known = [FULL, *method_names()]
     unknown = [m for m in methods if m not in known]
     if unknown:
-        raise ValueError(f"Unknown method(s) {unknown}; choose from {', '.join(known)}.")
+        raise UsageError(f"Unknown method(s) {unknown}; choose from {', '.join(known)}.")
     if len(set(methods)) != len(methods):
-        raise ValueError(f"Methods {methods} name one twice; measure each once.")
+        raise UsageError(f"Methods {methods} name one twice; measure each once.")
     stray = [m for m in options if m not in methods]
     if stray:
-        raise ValueError(f"Options were given for {stray}, which are not among the methods measured {methods}.")
+        raise UsageError(f"Options were given for {stray}, which are not among the methods measured {methods}.")
     if options.get(FULL):
-        raise ValueError("full fine-tuning takes no options.")
+        raise UsageError("full fine-tuning takes no options.")
     for method in methods:
         if method != FULL:
             config_class(method)
@@ -111,10 +112,10 @@ def measure(
                         decode_tokens=decode_tokens)
     settings.validate()
     if task not in TASKS:
-        raise ValueError(f"Unknown task {task!r}; choose one of {', '.join(TASKS)}.")
+        raise UsageError(f"Unknown task {task!r}; choose one of {', '.join(TASKS)}.")
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     if torch.device(device).type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda was asked for but torch sees no CUDA device; use --device cpu.")
+        raise UsageError("--device cuda was asked for but torch sees no CUDA device; use --device cpu.")
     jobs = [(m, options.get(m, {})) for m in methods]
     name = model_spec if isinstance(model_spec, str) else getattr(model_spec, "__name__", repr(model_spec))
 

@@ -17,11 +17,8 @@ import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
+from ..errors import ModelPullError
 from .known import KnownModel, known_model
-
-
-class ModelPullError(RuntimeError):
-    """A known model could not be fetched or extracted."""
 
 
 def adapterlab_home() -> Path:

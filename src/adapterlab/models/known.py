@@ -8,9 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-
-class UnknownModelError(ValueError):
-    """A model spec that names no local folder, no .gguf file, no known short name and no reachable hub model."""
+from ..errors import UnknownModelError
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ import transformers as T
 from huggingface_hub.errors import HFValidationError
 from torch import nn
 
+from ..errors import UsageError
 from .cache import is_cached, model_path, pull
 from .known import KNOWN_MODELS, UnknownModelError
 
@@ -76,7 +77,7 @@ def _dtype(dtype: str | torch.dtype | None) -> str | torch.dtype | None:
         return dtype
     value = getattr(torch, str(dtype), None)
     if not isinstance(value, torch.dtype):
-        raise ValueError(f"Unknown dtype {dtype!r}; use e.g. float32, bfloat16, float16 or auto.")
+        raise UsageError(f"Unknown dtype {dtype!r}; use e.g. float32, bfloat16, float16 or auto.")
     return value
 
 
@@ -130,11 +131,11 @@ def _label_kwargs(task: str, num_labels: int | None, label_names: list[str] | No
     if num_labels is None and label_names is None:
         return {}
     if task not in CLASSIFICATION_TASKS:
-        raise ValueError(f"num_labels/label_names are for classification tasks ({', '.join(CLASSIFICATION_TASKS)}), "
+        raise UsageError(f"num_labels/label_names are for classification tasks ({', '.join(CLASSIFICATION_TASKS)}), "
                          f"not {task!r}.")
     if label_names is not None:
         if num_labels is not None and num_labels != len(label_names):
-            raise ValueError(f"num_labels={num_labels} but {len(label_names)} label_names were given; pass one of them.")
+            raise UsageError(f"num_labels={num_labels} but {len(label_names)} label_names were given; pass one of them.")
         num_labels = len(label_names)
     names = list(label_names) if label_names is not None else [f"LABEL_{i}" for i in range(num_labels)]
     # A checkpoint's own head may have another number of classes: start a fresh head in that case.
@@ -153,7 +154,7 @@ def load_model(spec: str, task: str = "causal-lm", *, num_labels: int | None = N
     default; a GGUF is dequantised to a dense model. Extra kwargs go to the model's `from_pretrained`.
     """
     if task not in TASKS:
-        raise ValueError(f"Unknown task {task!r}; choose one of {', '.join(TASKS)}.")
+        raise UsageError(f"Unknown task {task!r}; choose one of {', '.join(TASKS)}.")
     model_class, processor_class = TASKS[task]
     source = resolve_model(spec, log=log)
     if source.kind == "hub":

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from transformers import default_data_collator
 
+from ..errors import UsageError
 from ..data.audio import (
     DEFAULT_LABEL_PATTERN,
     AudioClassificationDataset,
@@ -49,9 +50,9 @@ def prepare(options: TaskOptions) -> TaskSetup:
     labels_csv, pattern = opts.get("labels_csv"), opts.get("label_pattern") or DEFAULT_LABEL_PATTERN
     split = opts.get("split") or "random"
     if split not in SPLITS:
-        raise ValueError(f"--split must be one of {SPLITS}, got {split!r}.")
+        raise UsageError(f"--split must be one of {SPLITS}, got {split!r}.")
     if split == "fsdd" and (options.eval_data or options.val_size):
-        raise ValueError("--split fsdd fixes the dev set (takes 0-4 of the training folder); drop --eval-data "
+        raise UsageError("--split fsdd fixes the dev set (takes 0-4 of the training folder); drop --eval-data "
                          "and --val-size, or use --split random.")
     files, names = read_folders(options.data, labels_csv, pattern)
     chosen = select(
@@ -63,7 +64,7 @@ def prepare(options: TaskOptions) -> TaskSetup:
     max_length = opts.get("max_length")
     model, extractor, pretrained = load_classifier(options, "audio-cls", labels, max_length=max_length)
     if model.config.model_type != AST:
-        raise ValueError(f"audio-cls trains Audio Spectrogram Transformers; {options.model!r} is a "
+        raise UsageError(f"audio-cls trains Audio Spectrogram Transformers; {options.model!r} is a "
                          f"{model.config.model_type!r} model. Pass an AST checkpoint or config:ast-small.")
     if max_length and int(max_length) != model.config.max_length:
         resize_ast_positions(model, int(max_length))  # checkpoint grid -> new grid, by interpolation

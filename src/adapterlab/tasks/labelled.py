@@ -14,6 +14,7 @@ from typing import Any
 
 from torch import nn
 
+from ..errors import DataError
 from ..data.sampling import few_shot, stratified_split
 from .base import TaskOptions
 from .scratch import build_classifier, is_config_spec
@@ -39,7 +40,7 @@ def select(files: list[Path], names: list[str], options: TaskOptions, dev_mask: 
     if dev is not None:
         unknown = sorted(set(dev[1]) - set(labels), key=natural_key)
         if unknown:
-            raise ValueError(f"The dev data has labels {unknown} that never occur in the training data {labels}.")
+            raise DataError(f"The dev data has labels {unknown} that never occur in the training data {labels}.")
         train, dev_files, dev_ids = list(range(len(files))), dev[0], [to_id[n] for n in dev[1]]
     else:
         if dev_mask is not None:

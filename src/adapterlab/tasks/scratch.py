@@ -14,6 +14,7 @@ from typing import Any
 import torch
 import transformers as T
 from torch import nn
+from ..errors import ModelError
 
 PREFIX = "config:"
 
@@ -43,11 +44,11 @@ def config_from_spec(spec: str, task: str) -> T.PretrainedConfig:
     elif Path(name).is_file():
         values = json.loads(Path(name).read_text())
     else:
-        raise ValueError(f"Model spec {spec!r}: {name!r} is neither a preset ({', '.join(PRESETS)}) nor a "
+        raise ModelError(f"Model spec {spec!r}: {name!r} is neither a preset ({', '.join(PRESETS)}) nor a "
                          "config .json file.")
     model_type = values.pop("model_type", None)
     if model_type != TASK_MODEL_TYPES[task]:
-        raise ValueError(f"Model spec {spec!r} has model_type {model_type!r}; task {task} builds "
+        raise ModelError(f"Model spec {spec!r} has model_type {model_type!r}; task {task} builds "
                          f"{TASK_MODEL_TYPES[task]!r} models from configs.")
     return T.AutoConfig.for_model(model_type, **values)
 

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from transformers import TrainerCallback
+from ..errors import UsageError
 
 
 class MetricsLog(TrainerCallback):
@@ -51,7 +52,7 @@ class BestKeeper(TrainerCallback):
 
     def on_evaluate(self, args, state, control, metrics=None, model=None, **kwargs):
         if not metrics or self.metric not in metrics:
-            raise KeyError(f"The dev metric {self.metric!r} is not among the evaluation results {sorted(metrics or {})}.")
+            raise UsageError(f"The dev metric {self.metric!r} is not among the evaluation results {sorted(metrics or {})}.")
         values = [(h["step"], h[self.metric]) for h in state.log_history if self.metric in h]
         value, earlier = metrics[self.metric], values[:-1]  # the last entry is this evaluation
         best_step, best = None, None

@@ -1,0 +1,54 @@
+"""One error path: every user error prints one line `adapterlab CMD: error: ...`, exits 2, no traceback;
+`--debug` shows the traceback instead."""
+
+from __future__ import annotations
+
+import errno
+
+import pytest
+
+from adapterlab.cli import main
+from adapterlab.errors import DataError, MissingPathError, UserError
+
+
+def one_line_error(capsys, command: str) -> str:
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, err
+    assert lines[0].startswith(f"adapterlab {command}: error: "), err
+    assert "Traceback" not in err
+    return lines[0]
+
+
+def test_missing_audio_folder_is_one_line(tmp_path, capsys):
+    code = main(["train", "--task", "audio-cls", "--model", "config:ast-small", "--adapter", "lora",
+                 "--data", str(tmp_path / "nope"), "--output", str(tmp_path / "run")])
+    assert code == 2
+    line = one_line_error(capsys, "train")
+    assert "nope" in line
+    assert not (tmp_path / "run").exists(), "nothing half-written"
+
+
+def test_debug_shows_the_traceback(tmp_path):
+    with pytest.raises(MissingPathError):
+        main(["train", "--task", "audio-cls", "--model", "config:ast-small", "--adapter", "lora", "--debug",
+              "--data", str(tmp_path / "nope"), "--output", str(tmp_path / "run")])
+
+
+def test_every_user_error_class_shares_one_base():
+    import adapterlab.errors as errors
+    classes = [c for c in vars(errors).values() if isinstance(c, type) and issubclass(c, Exception)]
+    assert all(issubclass(c, UserError) for c in classes)
+    assert issubclass(DataError, ValueError) and issubclass(MissingPathError, FileNotFoundError)
+
+
+def test_os_errors_become_one_line_with_the_fix(monkeypatch, capsys):
+    import adapterlab.commands.models as models_command
+
+    def full_disk(args):
+        raise OSError(errno.ENOSPC, "No space left on device", "/tmp/x/adapter.safetensors")
+
+    monkeypatch.setattr(models_command, "list_models", full_disk)
+    assert main(["models", "list"]) == 2
+    line = one_line_error(capsys, "models")
+    assert "No space left on device: /tmp/x/adapter.safetensors" in line and "free disk space" in line
