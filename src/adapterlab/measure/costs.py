@@ -204,7 +204,7 @@ def _measure(factory: Callable[[], nn.Module], method: str, options: dict[str, A
     trainable, total = count_parameters(model)
     batch = random_batch(model, settings, dev)
     row: dict[str, Any] = {
-        "method": method, "options": dict(options), "mergeable": mergeable,
+        "method": method, "status": "ok", "options": dict(options), "mergeable": mergeable,
         "trainable_params": trainable, "total_params": total,
         "trainable_percent": round(100 * trainable / total, 4), "threads": torch.get_num_threads(),
     }

@@ -9,7 +9,7 @@ from typing import Any
 
 # Columns of results.csv, in order; `options` is written as JSON.
 COLUMNS = [
-    "method", "options", "mergeable", "trainable_params", "total_params", "trainable_percent", "threads",
+    "method", "status", "options", "mergeable", "trainable_params", "total_params", "trainable_percent", "threads",
     "step_time_ms", "peak_memory_mb", "train_memory_mb", "prefill_ms", "decode_ms_per_token",
     "merged_prefill_ms", "merged_decode_ms_per_token", "step_time_vs_full_pct", "train_memory_vs_full_pct",
     "prefill_vs_full_pct", "merged_prefill_vs_full_pct", "decode_vs_full_pct", "merged_decode_vs_full_pct",
@@ -23,12 +23,24 @@ RELATIVE = {
 }
 
 
+def refused_row(method: str, options: dict[str, Any], reason: str) -> dict[str, Any]:
+    """The row of a method that refused this model (e.g. prefix tuning on BERT): every cost empty, the reason kept."""
+    row: dict[str, Any] = dict.fromkeys(COLUMNS)
+    row.update(method=method, status="refused", options=dict(options), note=reason)
+    return row
+
+
+def measured(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The rows that hold measurements (not refusals)."""
+    return [r for r in rows if r["status"] == "ok"]
+
+
 def add_relative(rows: list[dict[str, Any]]) -> None:
     """Add each cost as a percentage of full fine-tuning's (None without a `full` row or a value to compare).
 
     Merged latencies are compared with full FT's (that is, the base model's) unmerged latency.
     """
-    full = next((r for r in rows if r["method"] == "full"), None)
+    full = next((r for r in measured(rows) if r["method"] == "full"), None)
     for row in rows:
         for field, rel in RELATIVE.items():
             reference = full and full[field.removeprefix("merged_")]
@@ -66,6 +78,9 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
+        if r["status"] != "ok":
+            lines.append(f"| {r['method']} | {r['status']} (see note) |" + " |" * 8)
+            continue
         cells = [
             r["method"], f"{r['trainable_params']:,}", f"{r['trainable_percent']:.2f}",
             _with_pct(r["step_time_ms"], r["step_time_vs_full_pct"]),
@@ -84,7 +99,7 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
 def markdown_report(summary: dict[str, Any]) -> str:
     """results.md: the table, then what was measured and how, so the numbers can be read without the code."""
     s, env = summary["settings"], summary["environment"]
-    memory = sorted({r["memory_method"] for r in summary["results"]})
+    memory = sorted({r["memory_method"] for r in measured(summary["results"])})
     return "\n".join([
         f"# Adapter costs on {summary['model']}", "",
         markdown_table(summary["results"]),
@@ -98,7 +113,7 @@ def markdown_report(summary: dict[str, Any]) -> str:
         f"Memory: {'; '.join(memory)}.", "",
         f"Device: {env['device']} ({env['device_name']}), torch {env['torch']}, transformers {env['transformers']}, "
         f"dtype {summary['dtype']}, {env['threads']} threads; measured {summary['date']}.", "",
-        "![costs](costs.png)", "",
+        *(["![costs](costs.png)", ""] if measured(summary["results"]) else []),
     ])
 
 
@@ -109,6 +124,9 @@ def plot_costs(rows: list[dict[str, Any]], png: Path, title: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    rows = measured(rows)
+    if not rows:
+        return
     names = [r["method"] for r in rows]
     x = range(len(rows))
     fig, axes = plt.subplots(1, 3, figsize=(14, 4.2))
@@ -140,4 +158,6 @@ def write_outputs(summary: dict[str, Any], output: Path) -> dict[str, Path]:
     paths["markdown"].write_text(markdown_report(summary))
     title = f"Adapter costs on {summary['model']} ({summary['environment']['device']})"
     plot_costs(summary["results"], paths["plot"], title)
+    if not measured(summary["results"]):
+        paths.pop("plot")
     return paths

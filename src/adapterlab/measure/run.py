@@ -24,10 +24,10 @@ import transformers
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..errors import UsageError
+from ..errors import UsageError, UserError
 from ..registry import config_class, make_config, method_names
 from .costs import FULL, Settings, measure_method
-from .report import add_relative, write_outputs
+from .report import add_relative, measured, refused_row, write_outputs
 
 ModelSpec = str | Callable[[], nn.Module]
 
@@ -59,23 +59,18 @@ def _pretrained(folder: str, task_class: str, dtype: str) -> nn.Module:
     return getattr(transformers, task_class).from_pretrained(folder, dtype=getattr(torch, dtype))
 
 
-def _environment(device: str, rows: list[dict[str, Any]]) -> dict[str, Any]:
+def _environment(device: str, rows: list[dict[str, Any]], threads: int | None) -> dict[str, Any]:
     dev = torch.device(device)
     name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else (platform.processor() or platform.machine())
-    return {"device": device, "device_name": name, "cpu_count": os.cpu_count(), "threads": rows[0]["threads"],
+    used = next((r["threads"] for r in measured(rows)), threads or torch.get_num_threads())
+    return {"device": device, "device_name": name, "cpu_count": os.cpu_count(), "threads": used,
             "torch": torch.__version__, "transformers": transformers.__version__, "python": platform.python_version()}
 
 
-def _run_isolated(factory: Callable[[], nn.Module], jobs: list[tuple[str, dict]], settings: Settings, device: str,
-                  threads: int | None, bar: tqdm) -> list[dict[str, Any]]:
-    rows = []
-    context = multiprocessing.get_context("spawn")
-    for method, options in jobs:
-        bar.set_postfix_str(method)
-        with concurrent.futures.ProcessPoolExecutor(1, mp_context=context) as pool:
-            rows.append(pool.submit(measure_method, factory, method, options, settings, device, threads).result())
-        bar.update()
-    return rows
+def _in_fresh_process(*args: Any) -> dict[str, Any]:
+    """measure_method in a spawned process of its own, so its memory peak is its own."""
+    with concurrent.futures.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(measure_method, *args).result()
 
 
 def measure(
@@ -102,7 +97,9 @@ def measure(
     be picklable, e.g. a module-level function or a functools.partial of one, when `isolate` is true).
     `options` maps a method to its adapter options; `dtype` applies to a loaded spec, not to a factory.
     `threads` sets torch's CPU threads for the measurements (default: torch's own choice).
-    Returns one dict per method, in the order given (see `measure.report.COLUMNS` for the fields).
+    Returns one dict per method, in the order given (see `measure.report.COLUMNS` for the fields); a method that
+    refuses the model (prefix tuning on BERT, say) gets a row with status "refused" and the reason in `note`,
+    and the others are still measured. Each row is written to `output` as soon as it is done.
     """
     from ..models import TASKS, load_model
 
@@ -119,6 +116,19 @@ def measure(
     jobs = [(m, options.get(m, {})) for m in methods]
     name = model_spec if isinstance(model_spec, str) else getattr(model_spec, "__name__", repr(model_spec))
 
+    rows: list[dict[str, Any]] = []
+
+    def write() -> None:
+        add_relative(rows)
+        if output is not None:
+            summary = {
+                "model": name, "task": task, "dtype": dtype, "isolated": isolate,
+                "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+                "settings": dataclasses.asdict(settings), "environment": _environment(device, rows, threads),
+                "results": rows,
+            }
+            write_outputs(summary, Path(output))
+
     with tempfile.TemporaryDirectory(prefix="adapterlab-measure-") as tmp, \
             tqdm(total=len(jobs), desc="measure", unit="method", disable=not progress) as bar:
         if isinstance(model_spec, str):
@@ -131,20 +141,13 @@ def measure(
                 factory = functools.partial(copy.deepcopy, base)
         else:
             factory = model_spec
-        if isolate:
-            rows = _run_isolated(factory, jobs, settings, device, threads, bar)
-        else:
-            rows = []
-            for method, opts in jobs:
-                bar.set_postfix_str(method)
-                rows.append(measure_method(factory, method, opts, settings, device, threads))
-                bar.update()
-    add_relative(rows)
-    if output is not None:
-        summary = {
-            "model": name, "task": task, "dtype": dtype, "isolated": isolate,
-            "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-            "settings": dataclasses.asdict(settings), "environment": _environment(device, rows), "results": rows,
-        }
-        write_outputs(summary, Path(output))
+        run_one = _in_fresh_process if isolate else measure_method
+        for method, opts in jobs:  # each finished row is written at once: a later failure loses none of them
+            bar.set_postfix_str(method)
+            try:
+                rows.append(run_one(factory, method, opts, settings, device, threads))
+            except UserError as exc:  # this method refuses this model: keep the reason, measure the others
+                rows.append(refused_row(method, opts, " ".join(str(exc).split())))
+            write()
+            bar.update()
     return rows
