@@ -11,7 +11,7 @@ from train_helpers import causal_folder
 
 from adapterlab.cli import main
 from adapterlab.demo import DemoConfig, run_demo
-from adapterlab.errors import AdapterError
+from adapterlab.errors import AdapterError, RunFolderError
 
 FILES = ("adapter/adapter_config.json", "adapter/adapter.safetensors", "predictions_before.jsonl",
          "predictions_after.jsonl", "report.md", "loss.png", "summary.json", "data/train.json", "data/test.json")
@@ -86,3 +86,39 @@ def test_time_limit_stops_training_early(tiny, tmp_path, single_thread):
     summary = run_demo(tiny_config(tiny, tmp_path / "demo", train_minutes=1e-9), log=lines.append)
     assert summary["train"]["steps"] == 1 and summary["stopped_by_time_limit"]
     assert any("limit was reached" in line for line in lines)
+
+
+def test_default_demo_trains_fixed_steps_and_says_how_long_it_takes():
+    """The default demo has no time limit (its result cannot depend on the machine) and fits in 10 minutes."""
+    from adapterlab.demo import expected_minutes
+
+    assert DemoConfig().train_minutes is None and DemoConfig().steps == 80
+    assert 3 < expected_minutes(DemoConfig()) < 10
+    assert expected_minutes(DemoConfig(model="elsewhere")) is None
+
+
+@pytest.mark.reliability
+def test_demo_refuses_a_folder_that_holds_no_demo(tmp_path):
+    """demo --output into a non-empty folder that holds no demo -> refused before anything is written; --overwrite replaces it"""
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "report.md").write_text("my notes")
+    with pytest.raises(RunFolderError, match="--overwrite"):
+        run_demo(tiny_config("unused", out))
+    assert (out / "report.md").read_text() == "my notes" and sorted(p.name for p in out.iterdir()) == ["report.md"]
+
+
+@pytest.mark.reliability
+def test_demo_overwrite_replaces_a_foreign_folder_but_never_a_repository(tiny, tmp_path, single_thread):
+    """demo --overwrite into a git repository -> refused; into another non-empty folder -> replaced by the demo"""
+    repo = tmp_path / "repo"
+    (repo / ".git").mkdir(parents=True)
+    (repo / "code.py").write_text("x = 1")
+    with pytest.raises(RunFolderError, match="repository"):
+        run_demo(tiny_config(tiny, repo, overwrite=True))
+    assert (repo / "code.py").exists()
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "old.txt").write_text("old")
+    run_demo(tiny_config(tiny, out, overwrite=True, steps=1, test_problems=2), log=lambda _: None)
+    assert not (out / "old.txt").exists() and (out / "summary.json").is_file()

@@ -22,7 +22,7 @@ from transformers import TrainerCallback
 from .checkpoint import load_adapter, write_json
 from .data.arith import write_problems
 from .data.templates import TEMPLATES
-from .errors import AdapterError
+from .errors import AdapterError, RunFolderError
 from .evaluate import evaluate, load_dataset
 from .models import load_model, resolve_model
 from .report import demo_markdown, results_table
@@ -38,8 +38,8 @@ class DemoConfig:
     output: str = "runs/demo"
     train_problems: int = 1000
     test_problems: int = 100
-    steps: int = 80
-    train_minutes: float | None = 6.0  # safety net on slower machines: stop training after this long
+    steps: int = 80  # a fixed, seeded number of steps: a slow machine takes longer but gets the same adapter
+    train_minutes: float | None = None  # opt-in time limit; the result then depends on the machine's speed
     batch_size: int = 8
     lr: float = 1e-3
     warmup_steps: int = 5
@@ -52,6 +52,7 @@ class DemoConfig:
     eval_batch_size: int = 20
     seed: int = 0
     progress: bool = True
+    overwrite: bool = False  # replace a non-empty output folder that is not an earlier demo's
 
     def validate(self) -> None:
         """Raise a clear error for settings the demo cannot run with."""
@@ -62,6 +63,39 @@ class DemoConfig:
             raise AdapterError(f"train_minutes must be positive (or None for no limit), got {self.train_minutes}.")
         if self.template not in TEMPLATES:
             raise AdapterError(f"template must be one of {TEMPLATES}, got {self.template!r}.")
+
+
+# Seconds measured for the default demo on an idle 2-core CPU (BENCHMARKS.md, "make demo"), to tell the user
+# up front how long it will take: model load, evaluation per test problem (base and adapter), training per step.
+REFERENCE_SECONDS = {"load": 26.0, "eval_per_problem": 0.22, "train_per_step": 2.5}
+MARKER = ".adapterlab-demo"  # written first into the output folder: the folder holds a demo and may be replaced
+
+
+def expected_minutes(config: DemoConfig) -> float | None:
+    """Minutes the demo takes on an idle 2-core CPU, from measured rates; None for a model other than the default."""
+    if config.model != DemoConfig.model:
+        return None
+    ref = REFERENCE_SECONDS
+    train = ref["train_per_step"] * config.steps * config.batch_size / DemoConfig.batch_size
+    return (ref["load"] + 2 * ref["eval_per_problem"] * config.test_problems + train) / 60
+
+
+def prepare_output(out: Path, overwrite: bool) -> None:
+    """Empty `out` for a new demo: an earlier demo's folder is replaced; any other non-empty folder only with
+    `overwrite` (never a folder holding a git repository, the current folder or the home folder)."""
+    if out.exists() and not out.is_dir():
+        raise RunFolderError(f"--output {out} is a file; choose a folder.")
+    if out.is_dir() and any(out.iterdir()):
+        if not (out / MARKER).is_file() and not overwrite:
+            raise RunFolderError(f"--output {out} is not empty and holds no earlier demo; choose an empty or new "
+                                 "folder, or pass --overwrite to replace what it holds.")
+        resolved = out.resolve()
+        if (resolved / ".git").exists() or resolved in (Path.cwd().resolve(), Path.home().resolve()):
+            raise RunFolderError(f"--output {out} is a repository, the current folder or the home folder; the "
+                                 "demo will not empty it. Choose another folder.")
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / MARKER).write_text("This folder holds an `adapterlab demo` run; the next demo into it replaces it.\n")
 
 
 class TimeLimit(TrainerCallback):
@@ -104,14 +138,19 @@ def run_demo(config: DemoConfig | None = None, log: Callable[[str], None] = prin
     """Run the demo as `config` says (defaults: SmolLM2-135M-Instruct, a few minutes on CPU); return its summary.
 
     Writes into `config.output`: adapter/ (the training run folder, with the adapter), data/, predictions_before.jsonl,
-    predictions_after.jsonl, loss.png, report.md and summary.json. An earlier demo in that folder is replaced.
+    predictions_after.jsonl, loss.png, report.md and summary.json. An earlier demo in that folder is replaced; any
+    other non-empty folder is refused unless `config.overwrite`.
     """
     config = config or DemoConfig()
     config.validate()
     out = Path(config.output)
-    out.mkdir(parents=True, exist_ok=True)
+    prepare_output(out, config.overwrite)
     times: dict[str, float] = {}
     total_start = time.perf_counter()
+    minutes = expected_minutes(config)
+    if minutes is not None:
+        log(f"Expected time: about {minutes:.0f} minutes on an idle 2-core CPU, longer on a busy one. The result does "
+            f"not depend on the machine's speed: {config.steps} seeded training steps, greedy decoding.")
 
     with _phase(times, "model (pull or cache)", log):
         resolve_model(config.model, log=log)

@@ -20,11 +20,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "prints a before/after table and writes the adapter, predictions and a report.",
     )
     parser.add_argument("--model", default=DEFAULTS.model, help="model spec (default %(default)s, pulled via pip)")
-    parser.add_argument("--output", default=DEFAULTS.output, help="output folder, replaced if it holds a demo "
-                                                                  "(default %(default)s)")
+    parser.add_argument("--output", default=DEFAULTS.output, help="output folder, replaced if it holds an earlier "
+                                                                  "demo (default %(default)s)")
+    parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --output that holds no demo")
     parser.add_argument("--steps", type=int, default=DEFAULTS.steps, help="optimizer steps (default %(default)s)")
     parser.add_argument("--train-minutes", type=float, default=DEFAULTS.train_minutes,
-                        help="also stop training after this many minutes (default %(default)s)")
+                        help="also stop training after this many minutes; the result then depends on the machine's "
+                             "speed (default: no limit, the fixed --steps)")
     parser.add_argument("--train-problems", type=int, default=DEFAULTS.train_problems,
                         help="training problems generated (default %(default)s)")
     parser.add_argument("--test-problems", type=int, default=DEFAULTS.test_problems,
@@ -47,6 +49,7 @@ def run(args: argparse.Namespace) -> int:
                         train_problems=args.train_problems, test_problems=args.test_problems,
                         batch_size=args.batch_size, lr=args.lr, r=args.r, alpha=2 * args.r,
                         cutoff_len=args.cutoff_len,
-                        max_new_tokens=args.max_new_tokens, seed=args.seed, progress=not args.no_progress)
+                        max_new_tokens=args.max_new_tokens, seed=args.seed, progress=not args.no_progress,
+                        overwrite=args.overwrite)
     run_demo(config)
     return 0
