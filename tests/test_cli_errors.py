@@ -20,7 +20,9 @@ def one_line_error(capsys, command: str) -> str:
     return lines[0]
 
 
+@pytest.mark.reliability
 def test_missing_audio_folder_is_one_line(tmp_path, capsys):
+    """train --task audio-cls with a missing audio folder -> one line naming the folder, exit 2, no run folder"""
     code = main(["train", "--task", "audio-cls", "--model", "config:ast-small", "--adapter", "lora",
                  "--data", str(tmp_path / "nope"), "--output", str(tmp_path / "run")])
     assert code == 2
@@ -42,7 +44,9 @@ def test_every_user_error_class_shares_one_base():
     assert issubclass(DataError, ValueError) and issubclass(MissingPathError, FileNotFoundError)
 
 
+@pytest.mark.reliability
 def test_os_errors_become_one_line_with_the_fix(monkeypatch, capsys):
+    """disk full (or any OS error) inside a command -> one line naming the file and the fix, exit 2"""
     import adapterlab.commands.models as models_command
 
     def full_disk(args):
@@ -52,3 +56,16 @@ def test_os_errors_become_one_line_with_the_fix(monkeypatch, capsys):
     assert main(["models", "list"]) == 2
     line = one_line_error(capsys, "models")
     assert "No space left on device: /tmp/x/adapter.safetensors" in line and "free disk space" in line
+
+
+@pytest.mark.reliability
+def test_a_bad_flag_is_one_line(capsys):
+    """an unknown flag or a flag value of the wrong type -> one line naming it and pointing at --help, exit 2"""
+    with pytest.raises(SystemExit) as exit_info:
+        main(["eval", "--model", "m", "--datasets", "gsm8k", "--batch-size", "many"])
+    assert exit_info.value.code == 2
+    line = one_line_error(capsys, "eval")
+    assert "--batch-size" in line and "adapterlab eval --help" in line
+    with pytest.raises(SystemExit):
+        main(["train", "--no-such-flag", "1"])
+    assert "--no-such-flag" in one_line_error(capsys, "train")

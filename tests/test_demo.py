@@ -110,7 +110,7 @@ def test_demo_refuses_a_folder_that_holds_no_demo(tmp_path):
 
 @pytest.mark.reliability
 def test_demo_overwrite_replaces_a_foreign_folder_but_never_a_repository(tiny, tmp_path, single_thread):
-    """demo --overwrite into a git repository -> refused; into another non-empty folder -> replaced by the demo"""
+    """demo --overwrite into a folder holding a git repository -> refused, the repository untouched"""
     repo = tmp_path / "repo"
     (repo / ".git").mkdir(parents=True)
     (repo / "code.py").write_text("x = 1")

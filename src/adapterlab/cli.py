@@ -10,6 +10,7 @@ import argparse
 import errno
 import importlib
 import sys
+from typing import NoReturn
 
 from .errors import UserError
 
@@ -34,13 +35,21 @@ OS_FIXES = {
 }
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse with the house error format: one line naming the problem and where to look, exit 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="adapterlab", description="Attach, train, evaluate and measure adapters.")
+    parser = Parser(prog="adapterlab", description="Attach, train, evaluate and measure adapters.")
     parser.add_argument("--debug", action="store_true", help="show the traceback of an error (also accepted after "
                                                              "the command name)")
     subparsers = parser.add_subparsers(dest="command", required=True)
     for module_name in SUBCOMMANDS:
         importlib.import_module(module_name).register(subparsers)
+    parser.commands = subparsers.choices  # command name -> its parser
     return parser
 
 
@@ -55,7 +64,10 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(argv if argv is not None else sys.argv[1:])
     debug = "--debug" in argv
     argv = [a for a in argv if a != "--debug"]
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:  # name the command whose flags these are not
+        parser.commands[args.command].error(f"unrecognized arguments: {' '.join(unknown)}")
     command = f"adapterlab {args.command}"
     try:
         return int(args.func(args) or 0)
