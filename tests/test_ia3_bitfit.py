@@ -156,6 +156,49 @@ def test_ia3_bad_options(options: dict, error: type) -> None:
         adapterlab.attach(tiny_model("llama"), "ia3", **options)
 
 
+class RenamedMLP(torch.nn.Module):
+    """LLaMA's MLP with its down projection renamed `ffn_out`, a name neither the llama row nor discovery knows."""
+
+    def __init__(self, mlp: torch.nn.Module) -> None:
+        super().__init__()
+        self.gate_proj, self.up_proj, self.ffn_out, self.act_fn = mlp.gate_proj, mlp.up_proj, mlp.down_proj, mlp.act_fn
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.ffn_out(self.act_fn(self.gate_proj(x)) * self.up_proj(x))
+
+
+def renamed_llama() -> torch.nn.Module:
+    """The tiny LLaMA with renamed down projections and a model type that has no architecture row."""
+    model = tiny_model("llama")
+    for block in model.model.layers:
+        block.mlp = RenamedMLP(block.mlp)
+    model.config.model_type = "renamed_llama"
+    return model
+
+
+def test_ia3_honours_the_architecture_override() -> None:
+    """An architecture= override naming the down projection gives the same IA3 as on the standard model."""
+    standard, renamed = tiny_model("llama"), renamed_llama()
+    adapterlab.attach(standard, "ia3")
+    adapterlab.attach(renamed, "ia3", architecture={"down": "mlp.ffn_out"})
+    randomize_adapters(standard, std=0.3)
+    randomize_adapters(renamed, std=0.3)
+    layout = {p.replace("ffn_out", "down_proj"): (a.feedforward, tuple(a.ia3_l.shape))
+              for p, a in adapters_by_path(renamed).items()}
+    assert layout == {p: (a.feedforward, tuple(a.ia3_l.shape)) for p, a in adapters_by_path(standard).items()}
+    assert layout["model.layers.0.mlp.down_proj"] == (True, (1, 64))  # input scaling, not output scaling
+    inputs = tiny_inputs("llama")
+    torch.testing.assert_close(outputs(renamed, inputs), outputs(standard, inputs))
+
+
+def test_ia3_refuses_when_it_cannot_tell_the_feedforward_layers() -> None:
+    """Named targets on a model whose down projection is unknown: an error, not silent output scaling."""
+    with pytest.raises(AdapterError, match=r"ia3 .*no down projection.*feedforward=\[\.\.\.\]"):
+        adapterlab.attach(renamed_llama(), "ia3", targets=["k_proj", "v_proj", "ffn_out"])
+    model = adapterlab.attach(renamed_llama(), "ia3", targets=["k_proj", "v_proj", "ffn_out"], feedforward=["ffn_out"])
+    assert adapters_by_path(model)["model.layers.1.mlp.ffn_out"].feedforward
+
+
 # ---------------------------------------------------------------- BitFit
 
 

@@ -81,6 +81,18 @@ def test_vision_audio_prompt_after_leading_tokens(family, leading, deep):
         assert not torch.allclose(model(**inputs).logits, logits)
 
 
+@pytest.mark.parametrize("method", ["prompt", "ptuning"])
+def test_virtual_tokens_honour_the_architecture_override(method):
+    """architecture= reaches virtual-token methods too: here no leading token is kept in front."""
+    model = tiny_model("vit")
+    al.attach(model, method, num_virtual_tokens=N, architecture={"leading_tokens": 0})
+    seen = block_inputs(model, [model.base_model.layers[0]])
+    with torch.no_grad():
+        model(**tiny_inputs("vit"))
+        prompts = model.adapterlab["default"].prompts()
+    torch.testing.assert_close(seen[0][:, :N], prompts.expand(2, -1, -1))
+
+
 @pytest.mark.parametrize("family", ["vit", "ast"])
 def test_ptuning_on_vision_audio(family):
     model = tiny_model(family)

@@ -12,7 +12,7 @@ if TYPE_CHECKING:
     from torch import nn
 
     from .methods.base import Adapter
-    from .sites import Site
+    from .sites import Placement, Site
 
 
 @dataclass
@@ -46,8 +46,17 @@ class AdapterConfig:
     def validate(self) -> None:
         """Check option values; methods override and raise AdapterError naming the option."""
 
-    def build(self, site: "Site", model: "nn.Module") -> "Adapter":
-        """The adapter module for one site; must not read weight values (attach works on meta models)."""
+    def sites(self, model: "nn.Module", placement: "Placement") -> list["Site"]:
+        """Where this adapter goes: its targets' sites. A method that also adapts layers no target names
+        (BitFit's normalisation layers) extends this."""
+        return placement.resolve(self.resolved_targets, self.layers, defaults=self.targets is None)
+
+    def build(self, site: "Site", model: "nn.Module", placement: "Placement") -> "Adapter":
+        """The adapter module for one site; must not read weight values (attach works on meta models).
+
+        `placement` holds the model's architecture (the user's override honoured) and all the sites: use
+        it rather than looking the architecture up again.
+        """
         raise NotImplementedError
 
     @property

@@ -19,7 +19,7 @@ from .config import AdapterConfig
 from .errors import AdapterError, NotMergeableError
 from .methods.base import Adapter
 from .registry import METHODS, make_config
-from .sites import ADAPTER_SLOT, Site, resolve_sites
+from .sites import ADAPTER_SLOT, Placement, Site
 
 HOST_ATTR = ADAPTER_SLOT
 
@@ -46,10 +46,10 @@ def placed(model: nn.Module, name: str | None = None) -> Iterator[tuple[str, nn.
                     yield path, host, adapter
 
 
-def _sites_for(model: nn.Module, config: AdapterConfig, architecture: Architecture | dict | None) -> list[Site]:
+def _sites_for(model: nn.Module, config: AdapterConfig, placement: Placement) -> list[Site]:
     if config.site_kinds == ("model",):
         return [Site("model", "", "", config.method)]
-    sites = resolve_sites(model, config.resolved_targets, config.layers, architecture, defaults=config.targets is None)
+    sites = config.sites(model, placement)
     bad = [s for s in sites if s.kind not in config.site_kinds]
     if bad:
         raise AdapterError(
@@ -126,8 +126,10 @@ def attach(
     configs: dict[str, AdapterConfig] = getattr(model, "adapterlab_configs", {})
     if name in configs:
         raise AdapterError(f"An adapter named {name!r} is already attached; pick another name or detach it first.")
-    sites = _sites_for(model, config, architecture)
-    modules = [(site, config.build(site, model)) for site in sites]  # build all before touching the model
+    placement = Placement(model, architecture)
+    placement.sites = _sites_for(model, config, placement)
+    # build all before touching the model; every build sees the one resolved architecture and all the sites
+    modules = [(site, config.build(site, model, placement)) for site in placement.sites]
     for site, adapter in modules:
         adapter.train(model.training)  # an adapter added to a model in eval mode must not run dropout
         host = _host(model, site)

@@ -23,7 +23,7 @@ from torch import nn
 from ..config import AdapterConfig
 from ..errors import AdapterError, NotMergeableError
 from ..layers import is_linear, linear_features
-from ..sites import Site
+from ..sites import Placement, Site
 from .base import Adapter
 
 
@@ -36,7 +36,7 @@ class BitFitConfig(AdapterConfig):
     default_targets = ("q", "k", "v", "o", "up", "gate", "down")
     mergeable = True
 
-    def build(self, site: Site, model: nn.Module) -> "BitFitAdapter":
+    def build(self, site: Site, model: nn.Module, placement: Placement) -> "BitFitAdapter":
         host = model.get_submodule(site.path)
         features, ref = output_features(host, site)
         return BitFitAdapter(features, ref.device, ref.dtype)

@@ -27,7 +27,7 @@ from transformers import Cache
 
 from ..config import positive_int
 from ..errors import AdapterError
-from ..sites import architecture_of, block_paths
+from ..sites import Placement, block_paths
 from .base import Adapter
 
 
@@ -44,17 +44,17 @@ def text_config(model: nn.Module) -> Any:
     return config.get_text_config() if hasattr(config, "get_text_config") else config
 
 
-def modality_and_blocks(model: nn.Module, need_blocks: bool) -> tuple[str, int, list[str]]:
+def modality_and_blocks(model: nn.Module, placement: Placement, need_blocks: bool) -> tuple[str, int, list[str]]:
     """(modality, leading special tokens, block paths) of `model`.
 
     A model whose input embeddings are a token table is "text" (blocks looked up only when needed);
-    otherwise the architecture row says which modality it is and how many special tokens lead.
+    otherwise the placement's architecture says which modality it is and how many special tokens lead.
     """
     embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
     is_text = isinstance(embeddings, nn.Embedding)
     if is_text and not need_blocks:
         return "text", 0, []
-    arch = architecture_of(model)
+    arch = placement.architecture
     blocks = block_paths(model, arch)
     if is_text:
         return "text", 0, blocks
