@@ -28,6 +28,8 @@ class AdapterConfig:
     mergeable: ClassVar[bool] = False
     # site kinds the method can use: "module" (one layer), "sublayer" (attn/mlp), "model" (the forward call)
     site_kinds: ClassVar[tuple[str, ...]] = ("module",)
+    # option values that an adapter saved before the option existed implies (its behaviour then)
+    legacy_defaults: ClassVar[dict[str, Any]] = {}
 
     targets: list[str] | None = None
     layers: list[int] | None = None

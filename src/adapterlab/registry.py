@@ -56,13 +56,15 @@ def config_from_dict(data: dict[str, Any]) -> AdapterConfig:
     """Rebuild a config saved by `AdapterConfig.to_dict` (the `method` key picks the class).
 
     Keys other than the method's options and the checkpoint's own metadata are refused rather than
-    dropped: an option this version does not know would otherwise be silently lost.
+    dropped: an option this version does not know would otherwise be silently lost. An option missing
+    from an older save takes the value that save implies (`legacy_defaults`), not today's default.
     """
     data = {k: v for k, v in data.items() if k not in SAVED_METADATA}
     method = data.pop("method", None)
     if method is None:
         raise AdapterError("adapter config has no 'method' field; it was not written by adapterlab.")
-    return config_class(method).from_options(**data)
+    cls = config_class(method)
+    return cls.from_options(**{**cls.legacy_defaults, **data})
 
 
 # Keys that checkpoint.save_adapter writes beside the options.
