@@ -77,15 +77,17 @@ def check_one_token_sequence(model: nn.Module, blocks: list[str]) -> None:
     width = linear_features(first)[0] if first is not None else None
     if outer is not None:
         why = f"its blocks ({stack}) sit inside stages ({outer})"
-    elif hidden is None or width != hidden:
+    elif hidden is None:
+        why = "its config gives no hidden_size to size the tokens by"
+    elif width != hidden:
         why = f"its first block ({blocks[0]}) reads {width}-wide hidden states, but its hidden size is {hidden}"
     else:
         return
     raise AdapterError(
         f"Virtual tokens (prompt, ptuning) cannot be added to this {model_type_of(model)} model "
-        f"({type(model).__name__}): {why}. It is hierarchical (as Swin is): its stages work on a fixed grid of "
-        "patches, so there is no single token sequence to extend. Use lora, ia3, bitfit or a bottleneck adapter "
-        "(series, parallel) on it."
+        f"({type(model).__name__}): {why}. They need one sequence of hidden-size tokens through one stack of "
+        "blocks, and hierarchical models such as Swin work in stages on a fixed grid of patches. Use lora, ia3, "
+        "bitfit or a bottleneck adapter (series, parallel) on it."
     )
 
 
