@@ -14,7 +14,7 @@ from torch import nn
 from adapterlab.config import AdapterConfig
 from adapterlab.layers import linear_features, reference_tensor
 from adapterlab.methods.base import Adapter, in_dtype_of
-from adapterlab.sites import Site
+from adapterlab.sites import Placement, Site
 
 
 class Probe(Adapter):
@@ -33,7 +33,7 @@ class ProbeConfig(AdapterConfig):
     method = "probe"
     site_kinds = ("module", "sublayer")
 
-    def build(self, site: Site, model: nn.Module) -> Probe:
+    def build(self, site: Site, model: nn.Module, placement: Placement) -> Probe:
         return Probe()
 
 
@@ -54,7 +54,7 @@ class SideConfig(AdapterConfig):
     default_targets = ("attn", "mlp")
     site_kinds = ("module", "sublayer")
 
-    def build(self, site: Site, model: nn.Module) -> Side:
+    def build(self, site: Site, model: nn.Module, placement: Placement) -> Side:
         d_in, _ = linear_features(model.get_submodule(site.entry))
         _, d_out = linear_features(model.get_submodule(site.path))
         return Side(d_in, d_out, reference_tensor(model.get_submodule(site.path)))

@@ -227,8 +227,11 @@ def test_bad_input_errors_name_the_problem():
         al.attach(model, "lorra")
     with pytest.raises(al.AdapterError, match=r"unknown option\(s\) \['rank'\].*'r'"):
         al.attach(model, "lora", rank=8)
-    for bad in (0, -1, "8", 2.5, True):
+    for bad in (0, -1):
         with pytest.raises(al.AdapterError, match="`r` must be a positive integer"):
+            al.attach(model, "lora", r=bad)
+    for bad in (2.5, True):  # "8" becomes 8 (test_config_options.py)
+        with pytest.raises(al.AdapterError, match="`r` is .*, but it must be an integer"):
             al.attach(model, "lora", r=bad)
     with pytest.raises(al.AdapterError, match="`dropout` must be in"):
         al.attach(model, "lora", dropout=1.5)
@@ -286,3 +289,61 @@ def test_a_merged_adapter_is_frozen_until_unmerged():
     al.merge(model)
     al.unmerge(model)
     assert not any(p.requires_grad for p in lora)
+
+
+def test_adapter_names_per_call_is_refused_not_swallowed():
+    """PEFT's model(..., adapter_names=[...]) (mixed-adapter batches) is an error that names set_active."""
+    model, x = two_loras_on_one_layer()
+    with pytest.raises(al.AdapterError, match="mixed-adapter batch.*not support.*set_active"):
+        model(**x, adapter_names=["a", "b"])
+    output_of(model, x)  # calls without it are untouched
+    al.detach(model, "a")
+    al.detach(model, "b")
+    assert hook_count(model) == hook_count(tiny_model("llama"))  # the guard leaves with the last adapter
+
+
+# every method that applies to a causal LM, and conformer (encoders only) on BERT
+DTYPE_CASES = [("conformer", "bert") if m == "conformer" else (m, "llama") for m in al.method_names()]
+SMALL = {"lora": dict(r=4), "conformer": dict(size=8, kernel_size=3), "prompt": dict(num_virtual_tokens=3),
+         "prefix": dict(num_virtual_tokens=3), "ptuning": dict(num_virtual_tokens=3, encoder_hidden_size=16)}
+
+
+@pytest.mark.parametrize("method, family", DTYPE_CASES)
+def test_adapters_stay_float32_over_a_bfloat16_base(method, family):
+    """By default adapters over a bf16 base are float32 (PEFT's autocast_adapter_dtype); forward, backward
+    and merge run, and the outputs stay bf16."""
+    model = tiny_model(family).to(torch.bfloat16)
+    x = tiny_inputs(family)
+    options = {**SMALL.get(method, {}), **({"size": 8} if "size" in al.config_class(method).option_names() else {})}
+    al.attach(model, method, **options)
+    dtypes = {p.dtype for _, _, a in placed(model) for p in a.parameters()}
+    assert dtypes == {torch.float32}
+    randomize_adapters(model)
+    model.train()
+    labels = x["input_ids"] if family == "llama" else torch.tensor([0, 2])
+    out = model(**x, labels=labels)
+    assert out.logits.dtype == torch.bfloat16
+    out.loss.backward()
+    assert all(p.grad is not None and p.grad.dtype == torch.float32
+               for _, _, a in placed(model) for p in a.parameters() if p.requires_grad)
+    model.eval()
+    if al.get_config(model).mergeable and method != "bitfit":  # bitfit cannot merge into LLaMA's bias-free layers
+        unmerged = output_of(model, x)
+        al.merge(model)
+        assert all(p.dtype == torch.bfloat16 for n, p in model.named_parameters() if ".adapterlab." not in n)
+        torch.testing.assert_close(output_of(model, x), unmerged, atol=0.1, rtol=0.05)  # bf16 rounding
+
+
+def test_adapter_dtype_base_and_a_bfloat16_round_trip(tmp_path):
+    """adapter_dtype="base" gives adapters the base dtype; a saved float32 adapter reloads the same."""
+    x = tiny_inputs("llama")
+    model = al.attach(tiny_model("llama").to(torch.bfloat16), "lora", adapter_dtype="base")
+    assert {p.dtype for _, _, a in placed(model) for p in a.parameters()} == {torch.bfloat16}
+    model = al.attach(tiny_model("llama").to(torch.bfloat16), "bitfit", norms=False, targets=["q", "k", "v"])
+    randomize_adapters(model)
+    al.save_adapter(model, tmp_path)
+    loaded = al.load_adapter(tiny_model("llama").to(torch.bfloat16), tmp_path)
+    assert {p.dtype for _, _, a in placed(loaded) for p in a.parameters()} == {torch.float32}
+    torch.testing.assert_close(output_of(loaded, x), output_of(model, x), atol=0, rtol=0)
+    with pytest.raises(al.AdapterError, match="adapter_dtype must be 'float32'.*'base'.*'fp32'"):
+        al.attach(tiny_model("llama"), "lora", adapter_dtype="fp32")

@@ -132,9 +132,10 @@ def test_save_load_round_trip(method: str, tmp_path) -> None:
     torch.testing.assert_close(outputs(loaded, inputs), outputs(model, inputs), atol=0, rtol=0)
 
 
-# tiny LLaMA, 2 blocks: ia3 = k (16 out) + v (16 out) + down (64 in); bitfit = outputs of q k v o up gate down
+# tiny LLaMA, 2 blocks: ia3 = k (16 out) + v (16 out) + down (64 in); bitfit = outputs of q k v o up gate down,
+# and of the two RMSNorms per block and the final one
 @pytest.mark.parametrize("method, expected", [("ia3", 2 * (16 + 16 + 64)),
-                                              ("bitfit", 2 * (32 + 16 + 16 + 32 + 64 + 64 + 32))])
+                                              ("bitfit", 2 * (32 + 16 + 16 + 32 + 64 + 64 + 32 + 2 * 32) + 32)])
 def test_attach_on_meta_device(method: str, expected: int) -> None:
     import transformers
 
@@ -156,12 +157,55 @@ def test_ia3_bad_options(options: dict, error: type) -> None:
         adapterlab.attach(tiny_model("llama"), "ia3", **options)
 
 
+class RenamedMLP(torch.nn.Module):
+    """LLaMA's MLP with its down projection renamed `ffn_out`, a name neither the llama row nor discovery knows."""
+
+    def __init__(self, mlp: torch.nn.Module) -> None:
+        super().__init__()
+        self.gate_proj, self.up_proj, self.ffn_out, self.act_fn = mlp.gate_proj, mlp.up_proj, mlp.down_proj, mlp.act_fn
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.ffn_out(self.act_fn(self.gate_proj(x)) * self.up_proj(x))
+
+
+def renamed_llama() -> torch.nn.Module:
+    """The tiny LLaMA with renamed down projections and a model type that has no architecture row."""
+    model = tiny_model("llama")
+    for block in model.model.layers:
+        block.mlp = RenamedMLP(block.mlp)
+    model.config.model_type = "renamed_llama"
+    return model
+
+
+def test_ia3_honours_the_architecture_override() -> None:
+    """An architecture= override naming the down projection gives the same IA3 as on the standard model."""
+    standard, renamed = tiny_model("llama"), renamed_llama()
+    adapterlab.attach(standard, "ia3")
+    adapterlab.attach(renamed, "ia3", architecture={"down": "mlp.ffn_out"})
+    randomize_adapters(standard, std=0.3)
+    randomize_adapters(renamed, std=0.3)
+    layout = {p.replace("ffn_out", "down_proj"): (a.feedforward, tuple(a.ia3_l.shape))
+              for p, a in adapters_by_path(renamed).items()}
+    assert layout == {p: (a.feedforward, tuple(a.ia3_l.shape)) for p, a in adapters_by_path(standard).items()}
+    assert layout["model.layers.0.mlp.down_proj"] == (True, (1, 64))  # input scaling, not output scaling
+    inputs = tiny_inputs("llama")
+    torch.testing.assert_close(outputs(renamed, inputs), outputs(standard, inputs))
+
+
+def test_ia3_refuses_when_it_cannot_tell_the_feedforward_layers() -> None:
+    """Named targets on a model whose down projection is unknown: an error, not silent output scaling."""
+    with pytest.raises(AdapterError, match=r"ia3 .*no down projection.*feedforward=\[\.\.\.\]"):
+        adapterlab.attach(renamed_llama(), "ia3", targets=["k_proj", "v_proj", "ffn_out"])
+    model = adapterlab.attach(renamed_llama(), "ia3", targets=["k_proj", "v_proj", "ffn_out"], feedforward=["ffn_out"])
+    assert adapters_by_path(model)["model.layers.1.mlp.ffn_out"].feedforward
+
+
 # ---------------------------------------------------------------- BitFit
 
 
 def test_bitfit_adds_a_bias_to_each_projection_output() -> None:
     model = tiny_model("llama")
-    adapterlab.attach(model, "bitfit")
+    adapterlab.attach(model, "bitfit", norms=False)
     randomize_adapters(model, std=0.5)
     adapters = adapters_by_path(model)
     assert len(adapters) == 2 * 7  # q k v o up gate down in each of 2 blocks
@@ -172,11 +216,59 @@ def test_bitfit_adds_a_bias_to_each_projection_output() -> None:
 
 
 def test_bitfit_defaults_fit_the_family() -> None:
-    bert = adapterlab.attach(tiny_model("bert"), "bitfit")  # BERT has no gate projection: skipped
+    bert = adapterlab.attach(tiny_model("bert"), "bitfit", norms=False)  # BERT has no gate projection: skipped
     assert len(adapters_by_path(bert)) == 2 * 6
     gpt2 = adapterlab.attach(tiny_model("gpt2"), "bitfit")  # fused c_attn takes q, k and v
-    assert sorted({p.split(".", 3)[-1] for p in adapters_by_path(gpt2)}) == ["attn.c_attn", "attn.c_proj",
-                                                                               "mlp.c_fc", "mlp.c_proj"]
+    assert sorted({p.split(".", 3)[-1] for p in adapters_by_path(gpt2)}) == [
+        "attn.c_attn", "attn.c_proj", "ln_1", "ln_2", "ln_f", "mlp.c_fc", "mlp.c_proj"]
+
+
+# tiny BERT (hidden 32, intermediate 64, 2 blocks), by hand. Linear biases per block: query, key, value and
+# attention.output.dense 4 x 32, intermediate.dense 64, output.dense 32. LayerNorm biases: the embeddings'
+# 32, and attention.output.LayerNorm + output.LayerNorm 2 x 32 per block. Not the pooler or the classifier.
+TINY_BERT_LINEAR_BIASES = 2 * (4 * 32 + 64 + 32)
+TINY_BERT_NORM_BIASES = 32 + 2 * 2 * 32  # 448 + 160 = 608
+
+
+@pytest.mark.parametrize("norms, expected", [(True, TINY_BERT_LINEAR_BIASES + TINY_BERT_NORM_BIASES),
+                                             (False, TINY_BERT_LINEAR_BIASES)])
+def test_bitfit_trains_every_bias_norms_included(norms: bool, expected: int) -> None:
+    """BitFit's "all biases" (Ben Zaken et al.): LayerNorm biases count; norms=False leaves them out."""
+    model = tiny_model("bert")
+    adapterlab.attach(model, "bitfit", norms=norms)
+    assert adapterlab.count_parameters(model)[0] == expected
+    norm_sites = [p for p in adapters_by_path(model) if p.endswith("LayerNorm")]
+    assert len(norm_sites) == (5 if norms else 0) and all(p.startswith("bert.") for p in norm_sites)
+
+
+@pytest.mark.parametrize("norms, expected", [(True, 102_144), (False, 82_944)])
+def test_bitfit_count_on_ast_base(norms: bool, expected: int) -> None:
+    """AST-base (ASTConfig() defaults, 12 blocks of width 768, MLP 3072) on the meta device: 12 x (4 x 768
+    + 3072 + 768) = 82,944 Linear biases, plus 12 x 2 x 768 + 768 = 19,200 LayerNorm biases (the final
+    norm included, the classifier head's not) = 102,144, the PETL-for-AST paper's ~0.1M."""
+    import transformers
+
+    with torch.device("meta"):
+        model = transformers.ASTForAudioClassification(transformers.ASTConfig())
+    adapterlab.attach(model, "bitfit", norms=norms)
+    assert adapterlab.count_parameters(model)[0] == expected
+
+
+def test_bitfit_norms_merge_into_layernorm_biases_and_follow_layers() -> None:
+    model = tiny_model("bert")
+    inputs = tiny_inputs("bert")
+    before = base_state(model)
+    adapterlab.attach(model, "bitfit")
+    randomize_adapters(model, std=0.3)
+    unmerged = outputs(model, inputs)
+    adapterlab.merge(model)
+    torch.testing.assert_close(outputs(model, inputs), unmerged, atol=1e-5, rtol=0)
+    delta = adapters_by_path(model)["bert.embeddings.LayerNorm"].bias_delta
+    torch.testing.assert_close(model.bert.embeddings.LayerNorm.bias, before["bert.embeddings.LayerNorm.bias"] + delta)
+    adapterlab.detach(model)
+    adapterlab.attach(model, "bitfit", layers=[1])  # norms of block 1 only; embeddings' norm is in no block
+    assert sorted(p for p in adapters_by_path(model) if "LayerNorm" in p) == [
+        "bert.encoder.layer.1.attention.output.LayerNorm", "bert.encoder.layer.1.output.LayerNorm"]
 
 
 BERT_ALL_BIASES = ["q", "k", "v", "o", "up", "down", "LayerNorm"]
@@ -243,7 +335,7 @@ def test_bitfit_merge_into_bias_free_layers_is_refused_and_nothing_changes() -> 
         torch.testing.assert_close(value, before[key], atol=1e-6, rtol=0)
     torch.testing.assert_close(outputs(model, inputs), unmerged, atol=1e-6, rtol=0)
     adapterlab.detach(model)
-    adapterlab.attach(model, "bitfit", targets=["q", "k", "v"])  # only biased layers: mergeable
+    adapterlab.attach(model, "bitfit", targets=["q", "k", "v"], norms=False)  # only biased layers: mergeable
     adapterlab.merge(model)
 
 
@@ -254,3 +346,19 @@ def test_bitfit_bad_targets() -> None:
         adapterlab.attach(tiny_model("llama"), "bitfit", r=4)
     with pytest.raises(TargetNotFoundError):
         adapterlab.attach(tiny_model("llama"), "bitfit", targets=["no_such_layer"])
+
+
+def test_bitfit_saved_before_norms_existed_loads_as_it_was_trained(tmp_path) -> None:
+    """An adapter_config.json without `norms` (older saves) loads with the projections' biases only."""
+    import json
+
+    model = adapterlab.attach(tiny_model("gpt2"), "bitfit", norms=False)
+    randomize_adapters(model, std=0.3)
+    adapterlab.save_adapter(model, tmp_path)
+    config = json.loads((tmp_path / "adapter_config.json").read_text())
+    del config["norms"]
+    (tmp_path / "adapter_config.json").write_text(json.dumps(config))
+    loaded = adapterlab.load_adapter(tiny_model("gpt2"), tmp_path)
+    assert adapterlab.get_config(loaded).norms is False
+    inputs = tiny_inputs("gpt2")
+    torch.testing.assert_close(outputs(loaded, inputs), outputs(model, inputs), atol=0, rtol=0)

@@ -81,6 +81,39 @@ def test_vision_audio_prompt_after_leading_tokens(family, leading, deep):
         assert not torch.allclose(model(**inputs).logits, logits)
 
 
+@pytest.mark.parametrize("method", ["prompt", "ptuning"])
+def test_virtual_tokens_honour_the_architecture_override(method):
+    """architecture= reaches virtual-token methods too: here no leading token is kept in front."""
+    model = tiny_model("vit")
+    al.attach(model, method, num_virtual_tokens=N, architecture={"leading_tokens": 0})
+    seen = block_inputs(model, [model.base_model.layers[0]])
+    with torch.no_grad():
+        model(**tiny_inputs("vit"))
+        prompts = model.adapterlab["default"].prompts()
+    torch.testing.assert_close(seen[0][:, :N], prompts.expand(2, -1, -1))
+
+
+SWIN_SMALL = dict(image_size=32, patch_size=4, embed_dim=16, num_heads=[2, 2], window_size=4, num_labels=3)
+
+
+@pytest.mark.parametrize("method", ["prompt", "ptuning"])
+@pytest.mark.parametrize("config, why", [
+    ({}, "inside stages"),  # swin-tiny's defaults (depths 2, 2, 6, 2), on the meta device
+    (dict(SWIN_SMALL, depths=[1, 3]), "inside stages"),  # the longest block list is a stage's
+    (dict(SWIN_SMALL, depths=[2, 2]), "reads 16-wide hidden states, but its hidden size is 32"),  # the stage list
+])
+def test_virtual_tokens_refuse_hierarchical_swin(method, config, why):
+    """Prompt tuning on Swin -> an AdapterError naming the model and why, not a tensor-size error at forward."""
+    import transformers as T
+
+    with torch.device("meta" if not config else "cpu"):
+        model = T.SwinForImageClassification(T.SwinConfig(**config))
+    with pytest.raises(AdapterError, match=rf"cannot be added to this swin model \(SwinForImageClassification\): "
+                                           rf".*{why}.*hierarchical models such as Swin"):
+        al.attach(model, method, num_virtual_tokens=N)
+    assert not hasattr(model, "adapterlab_configs")
+
+
 @pytest.mark.parametrize("family", ["vit", "ast"])
 def test_ptuning_on_vision_audio(family):
     model = tiny_model(family)

@@ -163,7 +163,7 @@ def load_adapter(
             raise AdapterError(f"{path} holds a PEFT adapter; load it with adapterlab.load_peft(model, path).")
         raise AdapterError(f"{path}/{CONFIG_NAME} has no 'method'; it was not written by adapterlab.")
     _check_base(saved.get("base_model", {}), model, str(path))
-    config = config_from_dict(saved)
+    config = config_from_dict(saved, source=str(Path(path) / CONFIG_NAME))
     state = load_file(str(_locate(path, WEIGHTS_NAME)))
     attach(model, config, name=name, **attach_options)
     try:

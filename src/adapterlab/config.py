@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import re
+import types
+import typing
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -12,7 +15,7 @@ if TYPE_CHECKING:
     from torch import nn
 
     from .methods.base import Adapter
-    from .sites import Site
+    from .sites import Placement, Site
 
 
 @dataclass
@@ -28,6 +31,8 @@ class AdapterConfig:
     mergeable: ClassVar[bool] = False
     # site kinds the method can use: "module" (one layer), "sublayer" (attn/mlp), "model" (the forward call)
     site_kinds: ClassVar[tuple[str, ...]] = ("module",)
+    # option values that an adapter saved before the option existed implies (its behaviour then)
+    legacy_defaults: ClassVar[dict[str, Any]] = {}
 
     targets: list[str] | None = None
     layers: list[int] | None = None
@@ -46,8 +51,17 @@ class AdapterConfig:
     def validate(self) -> None:
         """Check option values; methods override and raise AdapterError naming the option."""
 
-    def build(self, site: "Site", model: "nn.Module") -> "Adapter":
-        """The adapter module for one site; must not read weight values (attach works on meta models)."""
+    def sites(self, model: "nn.Module", placement: "Placement") -> list["Site"]:
+        """Where this adapter goes: its targets' sites. A method that also adapts layers no target names
+        (BitFit's normalisation layers) extends this."""
+        return placement.resolve(self.resolved_targets, self.layers, defaults=self.targets is None)
+
+    def build(self, site: "Site", model: "nn.Module", placement: "Placement") -> "Adapter":
+        """The adapter module for one site; must not read weight values (attach works on meta models).
+
+        `placement` holds the model's architecture (the user's override honoured) and all the sites: use
+        it rather than looking the architecture up again.
+        """
         raise NotImplementedError
 
     @property
@@ -64,18 +78,94 @@ class AdapterConfig:
         return [f.name for f in dataclasses.fields(cls)]
 
     @classmethod
-    def from_options(cls, **options: Any) -> "AdapterConfig":
-        """Build from keyword options, rejecting unknown ones with the list of valid names."""
+    def from_options(cls, options: dict[str, Any], source: str | None = None) -> "AdapterConfig":
+        """Build from options (attach keywords, or a saved adapter_config.json named by `source`).
+
+        Unknown names are refused with the valid ones. Each value is coerced to its field's annotated type
+        where that is unambiguous ("8" -> 8 for an int, 8 -> 8.0 for a float, "q,v" -> a list), else refused
+        with an AdapterError naming the option, its value, the type and the file.
+        """
+        where = f" in {source}" if source else ""
         known = set(cls.option_names())
         unknown = sorted(set(options) - known)
         if unknown:
-            raise AdapterError(
-                f"{cls.method}: unknown option(s) {unknown}. Valid options: {sorted(known)}."
-            )
+            raise AdapterError(f"{cls.method}: unknown option(s) {unknown}{where}. Valid options: {sorted(known)}.")
+        hints = typing.get_type_hints(cls)
+        values = {}
+        for key, value in options.items():
+            values[key] = coerce(value, hints[key])
+            if values[key] is MISMATCH:
+                raise AdapterError(
+                    f"{cls.method}: `{key}`{where} is {value!r}, but it must be {describe(hints[key])}; "
+                    f"fix the value{' there' if source else ''}."
+                )
         try:
-            return cls(**options)
-        except TypeError as exc:  # pragma: no cover - dataclass signature errors
-            raise AdapterError(f"{cls.method}: {exc}") from exc
+            return cls(**values)
+        except AdapterError as exc:
+            if source:  # a saved config's bad value: say which file holds it
+                raise type(exc)(f"{exc} ({source})") from exc
+            raise
+
+
+MISMATCH = object()  # what `coerce` returns for a value that does not fit its type
+
+
+def coerce(value: Any, kind: Any) -> Any:
+    """`value` as the annotated type `kind` where the conversion is unambiguous, else MISMATCH.
+
+    int: ints, integral floats and digit strings; float: numbers and numeric strings; bool: booleans and
+    "true"/"false"; str: strings only; list[X]: lists (or comma-separated strings) of X; a union: the value
+    as is when it is one of the members, else the first member it converts to.
+    """
+    origin, args = typing.get_origin(kind), typing.get_args(kind)
+    if kind is Any:
+        return value
+    if origin in (types.UnionType, typing.Union):
+        if any(_is_instance(value, member) for member in args):
+            return value
+        converted = (coerce(value, member) for member in args if member is not type(None))
+        return next((c for c in converted if c is not MISMATCH), MISMATCH)
+    if origin is list:
+        if isinstance(value, str):
+            value = [part.strip() for part in value.split(",") if part.strip()]
+        if not isinstance(value, (list, tuple)):
+            return MISMATCH
+        items = [coerce(item, args[0] if args else Any) for item in value]
+        return MISMATCH if any(item is MISMATCH for item in items) else items
+    if isinstance(value, bool) and kind is not bool:  # True is an int to Python, not to a user
+        return MISMATCH
+    if kind is bool and isinstance(value, str) and value.strip().lower() in ("true", "false"):
+        return value.strip().lower() == "true"
+    if kind is int and isinstance(value, float) and value.is_integer():
+        return int(value)
+    if kind is int and isinstance(value, str) and re.fullmatch(r"[+-]?\d+", value.strip()):
+        return int(value)
+    if kind is float and isinstance(value, (int, str)):
+        try:
+            return float(value)
+        except ValueError:
+            return MISMATCH
+    return value if _is_instance(value, kind) else MISMATCH
+
+
+def _is_instance(value: Any, kind: Any) -> bool:
+    if kind is type(None):
+        return value is None
+    if typing.get_origin(kind) is not None or not isinstance(kind, type):
+        return False
+    return isinstance(value, kind) and not (isinstance(value, bool) and kind is not bool)
+
+
+def describe(kind: Any) -> str:
+    """An annotated type in words, for error messages ("an integer (int)", "a list of str or null")."""
+    origin, args = typing.get_origin(kind), typing.get_args(kind)
+    if origin in (types.UnionType, typing.Union):
+        return " or ".join(describe(member) for member in args)
+    if origin is list:
+        return f"a list of {getattr(args[0], '__name__', args[0])}" if args else "a list"
+    words = {int: "an integer (int)", float: "a number (float)", bool: "true or false (bool)", str: "a string (str)",
+             type(None): "null"}
+    return words.get(kind, getattr(kind, "__name__", str(kind)))
 
 
 def positive_int(method: str, name: str, value: Any) -> None:

@@ -17,9 +17,9 @@ from torch import nn
 from .architectures import Architecture
 from .config import AdapterConfig
 from .errors import AdapterError, NotMergeableError
-from .methods.base import Adapter
+from .methods.base import Adapter, check_adapter_dtype, keep_dtype
 from .registry import METHODS, make_config
-from .sites import ADAPTER_SLOT, Site, resolve_sites
+from .sites import ADAPTER_SLOT, Placement, Site
 
 HOST_ATTR = ADAPTER_SLOT
 
@@ -46,10 +46,10 @@ def placed(model: nn.Module, name: str | None = None) -> Iterator[tuple[str, nn.
                     yield path, host, adapter
 
 
-def _sites_for(model: nn.Module, config: AdapterConfig, architecture: Architecture | dict | None) -> list[Site]:
+def _sites_for(model: nn.Module, config: AdapterConfig, placement: Placement) -> list[Site]:
     if config.site_kinds == ("model",):
         return [Site("model", "", "", config.method)]
-    sites = resolve_sites(model, config.resolved_targets, config.layers, architecture, defaults=config.targets is None)
+    sites = config.sites(model, placement)
     bad = [s for s in sites if s.kind not in config.site_kinds]
     if bad:
         raise AdapterError(
@@ -104,6 +104,16 @@ def _install_hooks(model: nn.Module, site: Site, adapter: Adapter) -> list:
     return [entry.register_forward_pre_hook(hooks.entry_pre), host.register_forward_hook(hooks.exit_post)]
 
 
+def _refuse_adapter_names(model: nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
+    """Forward pre-hook: transformers models would silently swallow PEFT's per-row `adapter_names=`."""
+    if "adapter_names" in kwargs:
+        raise AdapterError(
+            "adapter_names=... asks for a mixed-adapter batch (a different adapter per row), which adapterlab "
+            "does not support. Choose the adapter(s) for the whole call with adapterlab.set_active(model, name) "
+            "and leave adapter_names out."
+        )
+
+
 def _host(model: nn.Module, site: Site) -> nn.Module:
     return model if site.kind == "model" else model.get_submodule(site.path)
 
@@ -114,21 +124,31 @@ def attach(
     name: str = "default",
     *,
     architecture: Architecture | dict[str, Any] | None = None,
+    adapter_dtype: str = "float32",
     **options: Any,
 ) -> nn.Module:
     """Place adapter `method` (a registered name with options, or a config object) on `model` in place.
 
     Every base parameter is frozen; the new adapter becomes the only active one. Returns `model`.
+    adapter_dtype: "float32" keeps adapters over a float16/bfloat16 base in float32 (as PEFT's
+    autocast_adapter_dtype; inputs are cast to the adapter and results back to the base dtype), "base"
+    gives them the base layers' dtype.
     """
+    check_adapter_dtype(adapter_dtype)
     config = make_config(method, **options)
     if not isinstance(name, str) or not name.isidentifier():
         raise AdapterError(f"Adapter name {name!r} must be a Python identifier, e.g. 'default' or 'math_lora'.")
     configs: dict[str, AdapterConfig] = getattr(model, "adapterlab_configs", {})
     if name in configs:
         raise AdapterError(f"An adapter named {name!r} is already attached; pick another name or detach it first.")
-    sites = _sites_for(model, config, architecture)
-    modules = [(site, config.build(site, model)) for site in sites]  # build all before touching the model
+    placement = Placement(model, architecture)
+    placement.sites = _sites_for(model, config, placement)
+    # build all before touching the model; every build sees the one resolved architecture and all the sites
+    modules = [(site, config.build(site, model, placement)) for site in placement.sites]
+    if not configs:
+        model.adapterlab_guard = model.register_forward_pre_hook(_refuse_adapter_names, with_kwargs=True, prepend=True)
     for site, adapter in modules:
+        keep_dtype(adapter, adapter_dtype)
         adapter.train(model.training)  # an adapter added to a model in eval mode must not run dropout
         host = _host(model, site)
         if HOST_ATTR not in host._modules:
@@ -157,6 +177,9 @@ def detach(model: nn.Module, name: str = "default") -> nn.Module:
     configs = dict(model.adapterlab_configs)
     configs.pop(name)
     model.adapterlab_configs = configs
+    if not configs:
+        model.adapterlab_guard.remove()
+        del model.adapterlab_guard
     model.adapterlab_active = [n for n in model.adapterlab_active if n != name]
     return model
 

@@ -49,20 +49,28 @@ def make_config(method: str | AdapterConfig, **options: Any) -> AdapterConfig:
     if not isinstance(method, str):
         raise AdapterError(f"method must be a registered name or an AdapterConfig, got {type(method).__name__}.")
     cls = config_class(method)
-    return cls.from_options(**{**METHODS[method][1], **options})
+    return cls.from_options({**METHODS[method][1], **options})
 
 
-def config_from_dict(data: dict[str, Any]) -> AdapterConfig:
-    """Rebuild a config saved by `AdapterConfig.to_dict` (the `method` key picks the class).
+def config_from_dict(data: dict[str, Any], source: str | None = None) -> AdapterConfig:
+    """Rebuild a config saved by `AdapterConfig.to_dict` (the `method` key picks the class); `source` names
+    the file it came from, for error messages.
 
     Keys other than the method's options and the checkpoint's own metadata are refused rather than
-    dropped: an option this version does not know would otherwise be silently lost.
+    dropped: an option this version does not know would otherwise be silently lost. An option missing
+    from an older save takes the value that save implies (`legacy_defaults`), not today's default.
     """
+    where = f"{source}: " if source else "adapter config: "
     data = {k: v for k, v in data.items() if k not in SAVED_METADATA}
     method = data.pop("method", None)
     if method is None:
-        raise AdapterError("adapter config has no 'method' field; it was not written by adapterlab.")
-    return config_class(method).from_options(**data)
+        raise AdapterError(f"{where}no 'method' field; it was not written by adapterlab.")
+    if not isinstance(method, str):
+        raise AdapterError(
+            f"{where}`method` is {method!r}, but it must be a method name (str), one of {', '.join(method_names())}."
+        )
+    cls = config_class(method)
+    return cls.from_options({**cls.legacy_defaults, **data}, source)
 
 
 # Keys that checkpoint.save_adapter writes beside the options.

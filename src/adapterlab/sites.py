@@ -7,6 +7,7 @@ the model family's row in `architectures`, or `discovery` for families without o
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any
 
@@ -166,31 +167,55 @@ def resolve_sites(
     defaults=True marks a method's default targets, which fit themselves to the family: partial q/k/v
     take a fused projection whole, and logical projections the family lacks (gate on BERT) are skipped.
     """
-    arch = architecture_of(model, architecture) if _needs_architecture(targets, layers) or architecture else None
-    layer_of: dict[str, int] = {}
-    if arch is not None:
-        layer_of = {path: i for i, path in enumerate(block_paths(model, arch))}
-        targets = _expand_fused(targets, arch, defaults)
-        if defaults:
-            targets = [t for t in targets if t not in LOGICAL_PROJECTIONS or arch.projection(t)] or targets
-    sites: dict[str, Site] = {}
-    for target in targets:
-        if arch is not None and (target in LOGICAL_PROJECTIONS or target in SUBLAYERS or target == "qkv"):
-            found = _logical_sites(model, arch, target, layers)
-        else:
-            found = _suffix_sites(model, target, layer_of, layers)
-        if not found:
-            raise TargetNotFoundError(
-                f"Target {target!r} matches no module of this {model_type_of(model)} model. Use a logical name "
-                f"(q k v o up gate down attn mlp) or a module-name suffix; its linear layers are named "
-                f"{linear_suffixes(model)}."
-            )
-        for site in found:
-            other = sites.setdefault(site.path, site)
-            if (other.kind, other.entry) != (site.kind, site.entry):
-                raise AdapterError(
-                    f"Targets {other.target!r} and {site.target!r} both place an adapter at {site.path!r} "
-                    f"({other.kind} and {site.kind} sites); an adapter has one module per layer, so keep one "
-                    "of them or attach the other as a second adapter."
+    return Placement(model, architecture).resolve(targets, layers, defaults)
+
+
+class Placement:
+    """What `attach` resolves once for one adapter and hands to every `build`: the model's architecture
+    (the user's override honoured) and all the adapter's sites, so that no method re-resolves on its own.
+
+    The architecture is looked up on first use, so that module-name targets on a model without one work.
+    """
+
+    def __init__(self, model: nn.Module, override: Architecture | dict[str, Any] | None = None) -> None:
+        self._model = model
+        self.override = override
+        self.sites: list[Site] = []
+
+    @functools.cached_property
+    def architecture(self) -> Architecture:
+        """The override, the family's row or what discovery finds; an AdapterError when there is none."""
+        return architecture_of(self._model, self.override)
+
+    def resolve(self, targets: list[str], layers: list[int] | None = None, defaults: bool = False) -> list[Site]:
+        """Every site named by `targets` (see `resolve_sites`), with this placement's architecture."""
+        model = self._model
+        needed = _needs_architecture(targets, layers) or bool(self.override)
+        arch = self.architecture if needed else None
+        layer_of: dict[str, int] = {}
+        if arch is not None:
+            layer_of = {path: i for i, path in enumerate(block_paths(model, arch))}
+            targets = _expand_fused(targets, arch, defaults)
+            if defaults:
+                targets = [t for t in targets if t not in LOGICAL_PROJECTIONS or arch.projection(t)] or targets
+        sites: dict[str, Site] = {}
+        for target in targets:
+            if arch is not None and (target in LOGICAL_PROJECTIONS or target in SUBLAYERS or target == "qkv"):
+                found = _logical_sites(model, arch, target, layers)
+            else:
+                found = _suffix_sites(model, target, layer_of, layers)
+            if not found:
+                raise TargetNotFoundError(
+                    f"Target {target!r} matches no module of this {model_type_of(model)} model. Use a logical name "
+                    f"(q k v o up gate down attn mlp) or a module-name suffix; its linear layers are named "
+                    f"{linear_suffixes(model)}."
                 )
-    return list(sites.values())
+            for site in found:
+                other = sites.setdefault(site.path, site)
+                if (other.kind, other.entry) != (site.kind, site.entry):
+                    raise AdapterError(
+                        f"Targets {other.target!r} and {site.target!r} both place an adapter at {site.path!r} "
+                        f"({other.kind} and {site.kind} sites); an adapter has one module per layer, so keep one "
+                        "of them or attach the other as a second adapter."
+                    )
+        return list(sites.values())

@@ -60,6 +60,26 @@ class Adapter(nn.Module):
         raise NotMergeableError(f"{type(self).__name__} cannot be unmerged.")
 
 
+ADAPTER_DTYPES = ("float32", "base")
+HALF_PRECISION = (torch.float16, torch.bfloat16)
+
+
+def check_adapter_dtype(value: Any) -> None:
+    """Raise AdapterError unless `value` is an adapter dtype policy attach knows."""
+    if value not in ADAPTER_DTYPES:
+        raise AdapterError(
+            f"adapter_dtype must be 'float32' (adapters over a half-precision base stay float32) or 'base' "
+            f"(the base layers' dtype), got {value!r}."
+        )
+
+
+def keep_dtype(adapter: nn.Module, policy: str) -> None:
+    """Apply attach's adapter_dtype: "float32" upcasts a half-precision adapter (built in its base layer's
+    dtype) to float32, as PEFT's autocast_adapter_dtype; "base" leaves it as built."""
+    if policy == "float32" and any(p.dtype in HALF_PRECISION for p in adapter.parameters()):
+        adapter.to(torch.float32)
+
+
 def in_dtype_of(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """x cast to the dtype of module's parameters (adapters may be kept in float32 over a half base)."""
     for p in module.parameters():

@@ -5,8 +5,11 @@ has a bias, y + delta is exactly the layer with its bias trained from the pretra
 of the delta equals the gradient the real bias would get, and an optimizer step moves both the same way.
 Where it has none (LLaMA's projections, RMSNorm) the delta is a new bias, so the method works on every
 family. Only the deltas are saved, not the base biases. Targets may be linear layers or normalisation
-layers (e.g. BERT's `LayerNorm`, for the paper's "all biases"); any layer whose output's last dimension
-is its feature count works.
+layers; any layer whose output's last dimension is its feature count works.
+
+As the BitFit paper (and the PETL-for-AST paper's count) has it, every bias of the model trains: the
+projections' (the targets) and, with `norms` (the default), those of every normalisation layer of the
+base model (LayerNorm, RMSNorm, ...; a task head's own layers train with the head, not here).
 
 Merging adds the delta into the host's bias. A layer without a bias is refused (NotMergeableError), not
 given a new bias parameter: that would change the model's structure and state_dict keys, and a merged
@@ -15,6 +18,7 @@ model saved with `save_pretrained` would silently lose the bias when reloaded in
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import torch
@@ -23,23 +27,65 @@ from torch import nn
 from ..config import AdapterConfig
 from ..errors import AdapterError, NotMergeableError
 from ..layers import is_linear, linear_features
-from ..sites import Site
+from ..sites import ADAPTER_SLOT, Placement, Site, block_paths
 from .base import Adapter
 
 
 @dataclass
 class BitFitConfig(AdapterConfig):
     """Default targets: every projection of every block (gate is skipped on families without one).
-    Add normalisation layers by name, e.g. targets=["q", "k", "v", "o", "up", "down", "LayerNorm"]."""
+    norms: also the bias of every normalisation layer of the base model (of the `layers` blocks, if given);
+    norms=False trains the targets' biases only."""
 
     method = "bitfit"
     default_targets = ("q", "k", "v", "o", "up", "gate", "down")
     mergeable = True
+    legacy_defaults = {"norms": False}  # adapters saved before `norms` existed trained no norm biases
 
-    def build(self, site: Site, model: nn.Module) -> "BitFitAdapter":
+    norms: bool = True
+
+    def validate(self) -> None:
+        if not isinstance(self.norms, bool):
+            raise AdapterError(f"bitfit: `norms` must be true or false, got {self.norms!r}.")
+
+    def sites(self, model: nn.Module, placement: Placement) -> list[Site]:
+        sites = {site.path: site for site in super().sites(model, placement)}
+        if self.norms:
+            for site in norm_sites(model, placement, self.layers):
+                sites.setdefault(site.path, site)
+        return list(sites.values())
+
+    def build(self, site: Site, model: nn.Module, placement: Placement) -> "BitFitAdapter":
         host = model.get_submodule(site.path)
         features, ref = output_features(host, site)
         return BitFitAdapter(features, ref.device, ref.dtype)
+
+
+def is_norm(module: nn.Module) -> bool:
+    """Whether a layer normalises features, by its class name as torch and transformers spell them
+    (LayerNorm, GroupNorm, BatchNorm1d, LlamaRMSNorm, T5LayerNorm, ...)."""
+    return re.search(r"Norm(\d+d)?$", type(module).__name__) is not None
+
+
+def norm_sites(model: nn.Module, placement: Placement, layers: list[int] | None) -> list[Site]:
+    """A site for every normalisation layer of the base model that has a per-feature weight or bias."""
+    backbone = getattr(model, "base_model", model)  # transformers' backbone, without the task head
+    prefix = next(name for name, module in model.named_modules() if module is backbone)
+    blocks = block_paths(model, placement.architecture) if layers is not None else []
+    sites = []
+    for name, module in backbone.named_modules():
+        path = f"{prefix}.{name}" if prefix and name else prefix or name
+        if not is_norm(module) or ADAPTER_SLOT in path.split(".") or not has_feature_vector(module):
+            continue
+        layer = next((i for i, block in enumerate(blocks) if path.startswith(block + ".")), None)
+        if layers is None or layer in layers:
+            sites.append(Site("module", path, path, path.rsplit(".", 1)[-1], layer))
+    return sites
+
+
+def has_feature_vector(module: nn.Module) -> bool:
+    return any(isinstance(getattr(module, n, None), torch.Tensor) and getattr(module, n).dim() == 1
+               for n in ("bias", "weight"))
 
 
 def output_features(host: nn.Module, site: Site) -> tuple[int, torch.Tensor]:

@@ -27,7 +27,7 @@ from transformers.activations import ACT2FN
 from ..config import AdapterConfig, one_of, positive_int
 from ..errors import AdapterError
 from ..layers import is_linear, linear_features, reference_tensor
-from ..sites import Site
+from ..sites import Placement, Site
 from .base import Adapter, in_dtype_of
 
 INITS = ("bert", "zero")
@@ -99,7 +99,7 @@ class SeriesConfig(BottleneckOptions):
     method = "series"
     default_targets = ("down",)
 
-    def build(self, site: Site, model: nn.Module) -> "BottleneckAdapter":
+    def build(self, site: Site, model: nn.Module, placement: Placement) -> "BottleneckAdapter":
         _, out_features = site_features(site, model, self.method)
         return self.make(out_features, out_features, "series", model.get_submodule(site.path))
 
@@ -111,7 +111,7 @@ class ParallelConfig(BottleneckOptions):
     method = "parallel"
     default_targets = ("mlp",)
 
-    def build(self, site: Site, model: nn.Module) -> "BottleneckAdapter":
+    def build(self, site: Site, model: nn.Module, placement: Placement) -> "BottleneckAdapter":
         in_features, out_features = site_features(site, model, self.method)
         return self.make(in_features, out_features, "parallel", model.get_submodule(site.path))
 

@@ -33,7 +33,7 @@ from torch import nn
 from ..config import AdapterConfig, one_of, positive_int
 from ..errors import AdapterError
 from ..layers import reference_tensor
-from ..sites import Site
+from ..sites import Placement, Site
 from .base import Adapter, in_dtype_of
 from .bottleneck import site_features
 
@@ -73,7 +73,7 @@ class ConformerConfig(AdapterConfig):
         if not 0.0 <= float(self.dropout) < 1.0:
             raise AdapterError(f"conformer: `dropout` must be in [0, 1), got {self.dropout!r}.")
 
-    def build(self, site: Site, model: nn.Module) -> "ConformerAdapter":
+    def build(self, site: Site, model: nn.Module, placement: Placement) -> "ConformerAdapter":
         if is_causal_lm(model):
             raise AdapterError(
                 f"conformer mixes neighbouring positions in both directions, so on this {type(model).__name__} "

@@ -15,7 +15,7 @@ from torch import nn
 from ..config import AdapterConfig
 from ..errors import AdapterError, NotMergeableError
 from ..layers import linear_features, reference_tensor, weight_as_out_in
-from ..sites import Site, resolve_sites
+from ..sites import ADAPTER_SLOT, Placement, Site, model_type_of
 from .base import Adapter, linear_host
 from .lora import peft_heads, peft_targets, peft_task_type, refuse_peft_options, regex_of_paths
 
@@ -43,27 +43,45 @@ class IA3Config(AdapterConfig):
                 raise AdapterError(f"ia3: `feedforward` must be a list of target names, got {self.feedforward!r}.")
             self.feedforward = list(self.feedforward)
 
-    def feedforward_paths(self, model: nn.Module) -> set[str]:
-        """Full names of the layers that `feedforward` names in `model`."""
-        if self.feedforward is None:
-            try:
-                return {s.path for s in resolve_sites(model, list(DEFAULT_FEEDFORWARD), self.layers, defaults=True)}
-            except AdapterError:  # a family without a known down projection: nothing is feed-forward
-                return set()
-        return {s.path for s in resolve_sites(model, self.feedforward, self.layers)}
+    def feedforward_paths(self, model: nn.Module, placement: Placement) -> set[str]:
+        """Full names of the layers whose input is scaled: those `feedforward` names, else the down projections.
 
-    def build(self, site: Site, model: nn.Module) -> "IA3Adapter":
+        The default needs the model's architecture (the user's override honoured). Where it cannot say which
+        layer is the down projection and targets were named, which of them are feed-forward is unknown:
+        that is an error, not a silent switch to output scaling.
+        """
+        if self.feedforward is not None:
+            return {s.path for s in placement.resolve(self.feedforward, self.layers)}
+        try:
+            arch = placement.architecture
+        except AdapterError as exc:
+            raise self._feedforward_unknown(f"no architecture is known for this {model_type_of(model)} model") from exc
+        if arch.projection("down") is None:
+            if self.targets is None:  # the defaults skipped down on this family: no target is feed-forward
+                return set()
+            raise self._feedforward_unknown(f"the {arch.name} architecture has no down projection")
+        return {s.path for s in placement.resolve(list(DEFAULT_FEEDFORWARD), self.layers, defaults=True)}
+
+    def _feedforward_unknown(self, reason: str) -> AdapterError:
+        return AdapterError(
+            f"ia3 scales the input of feed-forward layers (by default the down projection), but {reason}, so "
+            "which targets are feed-forward is unknown. "
+            "Name them with feedforward=[...] (feedforward=[] for none), or pass architecture={'down': ...}."
+        )
+
+    def build(self, site: Site, model: nn.Module, placement: Placement) -> "IA3Adapter":
         host = linear_host(site, model, "ia3 scales", "k_proj, v_proj, down_proj")
         in_features, out_features = linear_features(host)
-        feedforward = site.path in self.feedforward_paths(model)
+        feedforward = site.path in self.feedforward_paths(model, placement)
         ref = reference_tensor(host)
         return IA3Adapter(in_features if feedforward else out_features, feedforward, ref.device, ref.dtype)
 
     def to_peft(self, model: nn.Module, sites: list[Site]) -> dict:
-        """The equivalent PEFT IA3Config as a dict; targets are the exact placed layers."""
+        """The equivalent PEFT IA3Config as a dict; `sites` are those of the placed adapters (`adapter._site`),
+        whose vectors say which layers are feed-forward."""
         from transformers.pytorch_utils import Conv1D
 
-        feedforward = [s.path for s in sites if s.path in self.feedforward_paths(model)]
+        feedforward = [s.path for s in sites if placed_at(model, s).feedforward]
         return {
             "peft_type": "IA3",
             "task_type": peft_task_type(model),
@@ -82,6 +100,11 @@ class IA3Config(AdapterConfig):
         targets = peft_targets(data["target_modules"])
         feedforward = peft_targets(data.get("feedforward_modules") or [])
         return cls(targets=targets, feedforward=feedforward)
+
+
+def placed_at(model: nn.Module, site: Site) -> "IA3Adapter":
+    """The IA3 adapter placed at `site` (the very Site object attach gave it)."""
+    return next(a for a in model.get_submodule(site.path)._modules[ADAPTER_SLOT].values() if a._site is site)
 
 
 class IA3Adapter(Adapter):

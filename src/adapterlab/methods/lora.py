@@ -12,7 +12,7 @@ from torch import nn
 from ..config import AdapterConfig, positive_int
 from ..errors import AdapterError
 from ..layers import linear_features, reference_tensor, weight_as_out_in
-from ..sites import Site
+from ..sites import Placement, Site
 from .base import Adapter, in_dtype_of, linear_host
 
 
@@ -35,7 +35,7 @@ class LoraConfig(AdapterConfig):
         if not 0.0 <= float(self.dropout) < 1.0:
             raise AdapterError(f"lora: `dropout` must be in [0, 1), got {self.dropout!r}.")
 
-    def build(self, site: Site, model: nn.Module) -> "LoraAdapter":
+    def build(self, site: Site, model: nn.Module, placement: Placement) -> "LoraAdapter":
         host = linear_host(site, model, "lora adapts", "q_proj, v_proj")
         in_features, out_features = linear_features(host)
         ref = reference_tensor(host)

@@ -23,7 +23,7 @@ from transformers import DynamicCache
 from ..config import AdapterConfig, positive_int
 from ..errors import AdapterError
 from ..layers import reference_tensor
-from ..sites import Site
+from ..sites import Placement, Site
 from .base import Adapter
 from .virtual_tokens import (
     as_keywords,
@@ -56,13 +56,13 @@ class PrefixConfig(AdapterConfig):
         if self.targets is not None or self.layers is not None:
             raise AdapterError("prefix: prefixes go into every layer's KV cache; leave `targets` and `layers` unset.")
 
-    def build(self, site: Site, model: nn.Module) -> "PrefixAdapter":
+    def build(self, site: Site, model: nn.Module, placement: Placement) -> "PrefixAdapter":
         if "past_key_values" not in inspect.signature(model.forward).parameters:
             raise AdapterError(
                 f"prefix tuning feeds learned keys/values through past_key_values, which {type(model).__name__} "
                 "does not take (no KV cache). Use method='prompt' or 'ptuning' for this model."
             )
-        modality, _, _ = modality_and_blocks(model, need_blocks=False)
+        modality, _, _ = modality_and_blocks(model, placement, need_blocks=False)
         if modality != "text":
             raise AdapterError(f"prefix tuning needs a text model with a KV cache; use method='prompt' for {modality}.")
         config = text_config(model)

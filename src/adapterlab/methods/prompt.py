@@ -18,7 +18,7 @@ from torch import nn
 from ..config import AdapterConfig, one_of
 from ..errors import AdapterError
 from ..layers import reference_tensor
-from ..sites import Site
+from ..sites import Placement, Site
 from .virtual_tokens import VirtualTokenAdapter, check_num_virtual_tokens, modality_and_blocks, text_config
 
 INITS = ("random", "vocab", "text")
@@ -54,8 +54,8 @@ class PromptConfig(AdapterConfig):
         if self.init == "text" and self.init_token_ids is None:
             self.init_token_ids = tokenize_init_text(self.init_text, self.tokenizer)
 
-    def build(self, site: Site, model: nn.Module) -> "PromptAdapter":
-        modality, leading, blocks = modality_and_blocks(model, need_blocks=self.deep)
+    def build(self, site: Site, model: nn.Module, placement: Placement) -> "PromptAdapter":
+        modality, leading, blocks = modality_and_blocks(model, placement, need_blocks=self.deep)
         embeddings = model.get_input_embeddings()
         if modality == "text":
             ref = reference_tensor(embeddings)

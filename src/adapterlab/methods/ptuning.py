@@ -17,7 +17,7 @@ from torch import nn
 from ..config import AdapterConfig, one_of, positive_int
 from ..errors import AdapterError
 from ..layers import reference_tensor
-from ..sites import Site
+from ..sites import Placement, Site
 from .virtual_tokens import VirtualTokenAdapter, check_num_virtual_tokens, modality_and_blocks, text_config
 
 
@@ -46,8 +46,8 @@ class PTuningConfig(AdapterConfig):
         if self.targets is not None or self.layers is not None:
             raise AdapterError("ptuning: the prompt goes at the model's input; leave `targets` and `layers` unset.")
 
-    def build(self, site: Site, model: nn.Module) -> "PTuningAdapter":
-        modality, leading, blocks = modality_and_blocks(model, need_blocks=False)
+    def build(self, site: Site, model: nn.Module, placement: Placement) -> "PTuningAdapter":
+        modality, leading, blocks = modality_and_blocks(model, placement, need_blocks=False)
         if modality == "text":
             embeddings = model.get_input_embeddings()
             ref, hidden = reference_tensor(embeddings), embeddings.embedding_dim

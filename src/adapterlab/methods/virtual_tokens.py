@@ -27,7 +27,8 @@ from transformers import Cache
 
 from ..config import positive_int
 from ..errors import AdapterError
-from ..sites import architecture_of, block_paths
+from ..layers import is_linear, linear_features
+from ..sites import Placement, block_paths, model_type_of
 from .base import Adapter
 
 
@@ -44,21 +45,56 @@ def text_config(model: nn.Module) -> Any:
     return config.get_text_config() if hasattr(config, "get_text_config") else config
 
 
-def modality_and_blocks(model: nn.Module, need_blocks: bool) -> tuple[str, int, list[str]]:
+def modality_and_blocks(model: nn.Module, placement: Placement, need_blocks: bool) -> tuple[str, int, list[str]]:
     """(modality, leading special tokens, block paths) of `model`.
 
     A model whose input embeddings are a token table is "text" (blocks looked up only when needed);
-    otherwise the architecture row says which modality it is and how many special tokens lead.
+    otherwise the placement's architecture says which modality it is and how many special tokens lead.
     """
     embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
     is_text = isinstance(embeddings, nn.Embedding)
     if is_text and not need_blocks:
         return "text", 0, []
-    arch = architecture_of(model)
+    arch = placement.architecture
     blocks = block_paths(model, arch)
     if is_text:
         return "text", 0, blocks
+    check_one_token_sequence(model, blocks)
     return (arch.modality if arch.modality != "text" else "vision"), arch.leading_tokens, blocks
+
+
+def check_one_token_sequence(model: nn.Module, blocks: list[str]) -> None:
+    """Refuse a vision/audio model whose blocks do not all read one sequence of hidden-size tokens.
+
+    Virtual tokens are inserted at the first block's input. Hierarchical models (Swin, ConvNeXt) run stages
+    of blocks on a fixed grid of patches and change the width between stages, so the sequence cannot grow.
+    """
+    stack = blocks[0].rsplit(".", 1)[0]
+    outer = next((prefix for prefix in _prefixes(stack) if isinstance(model.get_submodule(prefix), nn.ModuleList)),
+                 None)
+    hidden = getattr(text_config(model), "hidden_size", None)
+    first = next((m for m in model.get_submodule(blocks[0]).modules() if is_linear(m)), None)
+    width = linear_features(first)[0] if first is not None else None
+    if outer is not None:
+        why = f"its blocks ({stack}) sit inside stages ({outer})"
+    elif hidden is None:
+        why = "its config gives no hidden_size to size the tokens by"
+    elif width != hidden:
+        why = f"its first block ({blocks[0]}) reads {width}-wide hidden states, but its hidden size is {hidden}"
+    else:
+        return
+    raise AdapterError(
+        f"Virtual tokens (prompt, ptuning) cannot be added to this {model_type_of(model)} model "
+        f"({type(model).__name__}): {why}. They need one sequence of hidden-size tokens through one stack of "
+        "blocks, and hierarchical models such as Swin work in stages on a fixed grid of patches. Use lora, ia3, "
+        "bitfit or a bottleneck adapter (series, parallel) on it."
+    )
+
+
+def _prefixes(path: str) -> list[str]:
+    """The dotted paths that enclose `path` ("a.b.c" -> ["a", "a.b"])."""
+    parts = path.split(".")
+    return [".".join(parts[:i]) for i in range(1, len(parts))]
 
 
 def past_length(past: Any) -> int:
