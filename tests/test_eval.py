@@ -16,7 +16,8 @@ from adapterlab.commands.eval import find_adapter, training_template
 from adapterlab.data.templates import build_prompt
 from adapterlab.evaluate import evaluate, generate, load_dataset, wilson_interval
 from adapterlab.evaluate import runner
-from adapterlab.evaluate.generate import cut_at_stop, length_order
+from adapterlab.evaluate.generate import length_order
+from adapterlab.evaluate.stopping import cut_at_stop
 
 EOS = "<|endoftext|>"
 

@@ -14,10 +14,11 @@ from tqdm.auto import tqdm
 
 from ..errors import RunFolderError, UsageError
 from ..checkpoint import write_atomic, write_json
-from ..data.templates import STOP_STRINGS, build_prompt
+from ..data.templates import build_prompt
 from .datasets import EvalDataset, check_answers, check_record, infer_answer_type, labels_for, load_dataset
 from .extract import MODES, extract_answer, is_correct
 from .generate import generate_batches
+from .stopping import STOP_STRINGS
 from .report import markdown_table, score
 
 CONFIG_FILE = "eval_config.json"
