@@ -82,7 +82,8 @@ def tape_lm(tokenizer, start: int, tape: list[int], positions: int = 256) -> T.G
     """A GPT-2 whose greedy next token depends only on the position: after `start` prompt tokens it writes `tape`,
     then EOS. Token embeddings, attention and MLP outputs are zeroed; position embeddings are one-hot."""
     config = T.GPT2Config(n_embd=positions, n_layer=1, n_head=4, n_positions=positions, vocab_size=len(tokenizer),
-                          tie_word_embeddings=False, eos_token_id=tokenizer.eos_token_id)
+                          tie_word_embeddings=False, eos_token_id=tokenizer.eos_token_id,
+                          bos_token_id=tokenizer.eos_token_id)
     model = T.GPT2LMHeadModel(config).eval()
     with torch.no_grad():
         model.transformer.wte.weight.zero_()
@@ -148,3 +149,13 @@ def test_evaluate_runs_batched_like_one_at_a_time_with_every_tokenizer(make, tmp
     prompts = [build_prompt(r) for r in RECORDS[:3]]
     single = [generate(model, tokenizer, [p], batch_size=1, max_new_tokens=6)[0] for p in prompts]
     assert [r["generation"] for r in rows] == single
+
+
+@pytest.mark.parametrize("make", [word_level, byte_level], ids=lambda f: f.__name__)
+def test_beam_search_stops_at_the_next_section(make):
+    """With 3 beams each beam is checked on its own; the best one is cut at '### Instruction'."""
+    tokenizer = make()
+    prompt = build_prompt(RECORDS[0])
+    model = tape_lm(tokenizer, len(tokenizer(prompt)["input_ids"]), tokenizer.encode(ANSWER, add_special_tokens=False))
+    out = generate(model, tokenizer, [prompt], max_new_tokens=60, num_beams=3)
+    assert out == [tokenizer.decode(tokenizer.encode("42", add_special_tokens=False))]

@@ -94,7 +94,7 @@ def generate_batches(
         indices = order[start : start + batch_size]
         batch = {k: v.to(device) for k, v in left_padded([token_ids[i] for i in indices], config.pad_token_id).items()}
         prompt_length = batch["input_ids"].shape[1]
-        stop = StoppingCriteriaList([StopOnText(tokenizer, forms, prompt_length)])
+        stop = StoppingCriteriaList([StopOnText(tokenizer, forms, prompt_length)] if forms else [])
         with torch.inference_mode():
             sequences = model.generate(**batch, generation_config=config, stopping_criteria=stop)
         texts = tokenizer.batch_decode(sequences[:, prompt_length:], skip_special_tokens=True)

@@ -54,7 +54,8 @@ def read_done(path: Path, log: Callable[[str], None] = print) -> dict[int, dict[
             if is_last:
                 with open(path, "r+b") as f:
                     f.truncate(good_bytes)
-                log(f"note: {path}: dropped line {number}, cut short by an interrupted run; that item is generated again.")
+                log(f"note: {path}: dropped line {number}, cut short by an interrupted run; "
+                    "that item is generated again.")
                 break
             raise CorruptFileError(
                 f"{path}: line {number} is not a predictions row (JSON with 'id' and 'generation'); delete that line "
@@ -75,7 +76,8 @@ def _describe(key: str, was: Any, now: Any) -> str:
     return f"{meaning}{key} was {was!r}, now {now!r}"
 
 
-def check_resume(output_dir: Path, identity: dict[str, Any], names: list[str], *, resume: bool, overwrite: bool) -> None:
+def check_resume(output_dir: Path, identity: dict[str, Any], names: list[str], *, resume: bool,
+                 overwrite: bool) -> None:
     """Refuse to write into `output_dir` where earlier predictions would be lost (without resume or overwrite) or
     mixed with this run's (resume, when the model, adapter or a generation setting changed); overwrite removes them."""
     config_file = output_dir / CONFIG_FILE

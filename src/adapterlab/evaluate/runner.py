@@ -136,7 +136,8 @@ def evaluate(
         check_resume(out, identity, list(prompts), resume=resume, overwrite=overwrite)
         write_json(out / CONFIG_FILE, {**settings, **identity})
     model.eval()
-    summary: dict[str, Any] = {"datasets": {}, "settings": settings, "metadata": metadata,
+    summary: dict[str, Any] = {"datasets": {}, "settings": settings,
+                               "metadata": {k: v for k, v in metadata.items() if k not in made_by},
                                "fingerprint": {k: identity[k] for k in made_by}}
     for dataset in data:
         summary["datasets"][dataset.name] = _evaluate_one(model, tokenizer, dataset, prompts[dataset.name], out, log,
@@ -165,7 +166,8 @@ def _evaluate_one(model: Any, tokenizer: Any, dataset: EvalDataset, prompts: lis
     rows = {i: _row(i, dataset.records[i], prompts[i], row["generation"], dataset, mode)
             for i, row in done.items() if i < len(prompts)}
     started = time.perf_counter()
-    bar = tqdm(total=len(prompts), initial=len(prompts) - len(todo), desc=dataset.name, unit="item", disable=not progress)
+    bar = tqdm(total=len(prompts), initial=len(prompts) - len(todo), desc=dataset.name, unit="item",
+               disable=not progress)
     handle = None  # opened with the first batch: a failure before it leaves no file behind
     try:
         for pairs in generate_batches(model, tokenizer, [prompts[i] for i in todo], **options):
