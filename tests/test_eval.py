@@ -16,7 +16,8 @@ from adapterlab.commands.eval import find_adapter, training_template
 from adapterlab.data.templates import build_prompt
 from adapterlab.evaluate import evaluate, generate, load_dataset, wilson_interval
 from adapterlab.evaluate import runner
-from adapterlab.evaluate.generate import cut_at_stop, length_order
+from adapterlab.evaluate.generate import length_order
+from adapterlab.evaluate.stopping import cut_at_stop
 
 EOS = "<|endoftext|>"
 
@@ -181,7 +182,7 @@ def test_existing_predictions_need_resume_or_overwrite(model42, tokenizer, tmp_p
     run(model42, tokenizer, tmp_path, limit=2)
     with pytest.raises(FileExistsError, match="--resume"):
         run(model42, tokenizer, tmp_path)
-    with pytest.raises(ValueError, match="max_new_tokens: was 8, now 9"):
+    with pytest.raises(FileExistsError, match="max_new_tokens was 8, now 9"):
         run(model42, tokenizer, tmp_path, resume=True, max_new_tokens=9)
     summary = run(model42, tokenizer, tmp_path, overwrite=True)
     assert summary["datasets"]["records"]["generated_now"] == 6

@@ -16,7 +16,9 @@ from ..errors import MissingPathError, UsageError
 from ..checkpoint import CONFIG_NAME, load_adapter
 from ..data.templates import TEMPLATES
 from ..evaluate import KNOWN, MODES, evaluate, markdown_table
-from ..models import load_model
+from ..evaluate.fingerprint import model_files
+from ..evaluate.runner import check_counts
+from ..models import load_model, resolve_model
 
 TRAIN_CONFIG_FILES = ("train_config.yaml", "train_config.json", "summary.json")
 
@@ -89,12 +91,14 @@ def run(args: argparse.Namespace) -> int:
     """Load the model (and adapter), evaluate, print the table."""
     if (args.resume or args.overwrite) and not args.output:
         raise UsageError("--resume and --overwrite need --output (the folder of the run).")
+    check_counts(vars(args), spell=lambda name: "--" + name.replace("_", "-"))  # before the model loads
     datasets = [d.strip() for d in args.datasets.split(",") if d.strip()]
     if not datasets:
         raise UsageError("--datasets is empty; give names like gsm8k,aqua or paths of JSON files.")
     adapter_dir = find_adapter(args.adapter_path) if args.adapter_path else None
     template = args.template or (training_template(adapter_dir) if adapter_dir else None) or "alpaca"
     model, tokenizer = load_model(args.model, dtype=args.dtype, device=args.device)
+    weights = resolve_model(args.model, log=lambda _: None).location  # a short name's cache folder
     if adapter_dir is not None:
         load_adapter(model, adapter_dir)  # IncompatibleAdapterError names both base models
     summary = evaluate(
@@ -102,7 +106,8 @@ def run(args: argparse.Namespace) -> int:
         batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, num_beams=args.num_beams,
         template=template, mode=args.mode, output_dir=args.output, resume=args.resume, overwrite=args.overwrite,
         limit=args.limit, progress=not args.no_progress,
-        metadata={"model": args.model, "adapter": str(adapter_dir) if adapter_dir else None},
+        metadata={"model": args.model, "model_files": model_files(weights),
+                  "adapter": str(adapter_dir) if adapter_dir else None},
     )
     print(markdown_table(summary), end="")
     if args.output:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -142,16 +143,24 @@ def _is_number(value: Any) -> bool:
         return False
 
 
-def infer_answer_type(records: list[dict[str, Any]]) -> tuple[str, tuple[str, ...]]:
-    """Guess the answer type of an unknown data set from its gold answers: numbers, letters or labels."""
+def infer_answer_type(records: list[dict[str, Any]], where: str = "records") -> tuple[str, tuple[str, ...]]:
+    """Guess the answer type of an unknown data set from its gold answers: numbers, letters or labels.
+
+    Mostly numbers (or letters) with a few other answers is refused, naming the first odd record: read as a
+    label set, a math set would score 0%.
+    """
     answers = [str(r["answer"]).strip() for r in records]
-    if answers and all(_is_number(a) for a in answers):
-        kind = NUMBER
-    elif answers and all(a in LETTERS for a in answers):
-        kind = LETTER
-    else:
-        kind = LABEL
-    return kind, labels_for(kind, records)
+    for kind, fits in ((NUMBER, _is_number), (LETTER, lambda a: a in LETTERS)):
+        odd = [i for i, a in enumerate(answers) if not fits(a)]
+        if answers and not odd:
+            return kind, labels_for(kind, records)
+        if len(odd) < len(answers) / 2:
+            raise DataError(
+                f"{where}: record {odd[0]} has answer {answers[odd[0]]!r}, but {len(answers) - len(odd)} of "
+                f"{len(answers)} answers are {kind}s ({len(odd)} are not), so this reads as a {kind} data set; "
+                f"fix the odd record(s), or pass --answer-type label if the answers are labels."
+            )
+    return LABEL, labels_for(LABEL, records)
 
 
 def labels_for(answer_type: str, records: list[dict[str, Any]]) -> tuple[str, ...]:
@@ -181,8 +190,10 @@ def load_dataset(
     *,
     answer_type: str | None = None,
     limit: int | None = None,
+    log: Callable[[str], None] = print,
 ) -> EvalDataset:
-    """A known data set by name (searched in `data_dirs`) or any LLM-Adapters-format file by path."""
+    """A known data set by name (searched in `data_dirs`) or any LLM-Adapters-format file by path; the answer type
+    of a file that is no known set is inferred from its answers and logged (one line)."""
     if answer_type is not None and answer_type not in ANSWER_TYPES:
         raise DataError(f"Unknown answer type {answer_type!r}; choose one of {', '.join(ANSWER_TYPES)}.")
     known = canonical_name(Path(name_or_path).stem if name_or_path.endswith(".json") else name_or_path)
@@ -205,7 +216,9 @@ def load_dataset(
     if answer_type is None and known is not None:
         answer_type, labels = KNOWN[known].answer_type, KNOWN[known].labels
     else:
-        answer_type = answer_type or infer_answer_type(records)[0]
+        if answer_type is None:
+            answer_type = infer_answer_type(records, str(path))[0]
+            log(f"{path}: answer type {answer_type} (inferred; --answer-type overrides)")
         same = known is not None and KNOWN[known].answer_type == answer_type
         labels = KNOWN[known].labels if same else labels_for(answer_type, records)
     check_answers(records, answer_type, labels, str(path), name)

@@ -10,16 +10,11 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
-from transformers import GenerationConfig
+from torch.nn.utils.rnn import pad_sequence
+from transformers import GenerationConfig, StoppingCriteriaList
 
 from ..errors import UsageError
-from ..data.templates import STOP_STRINGS
-
-
-def cut_at_stop(text: str, stop_strings: Sequence[str]) -> str:
-    """`text` up to the first stop string (the start of a new '### Instruction'), stripped."""
-    cut = min((i for i in (text.find(s) for s in stop_strings) if i >= 0), default=len(text))
-    return text[:cut].strip()
+from .stopping import STOP_STRINGS, StopOnText, cut_at_stop, stop_forms
 
 
 def length_order(lengths: Sequence[int]) -> list[int]:
@@ -38,19 +33,35 @@ def _eos_ids(model: Any, tokenizer: Any) -> list[int]:
     return ids
 
 
+def pad_id(model: Any, tokenizer: Any) -> int:
+    """The id that fills left padding and finished rows: the pad token, else EOS, else 0. Its value never matters
+    (padding is masked, text after a row's end is cut), so a tokenizer without pad or EOS token works too."""
+    if tokenizer.pad_token_id is not None:
+        return int(tokenizer.pad_token_id)
+    eos = _eos_ids(model, tokenizer)
+    return eos[0] if eos else 0
+
+
 def generation_config(
     model: Any, tokenizer: Any, *, max_new_tokens: int, num_beams: int = 1, use_cache: bool = True,
-    stop_strings: Sequence[str] = STOP_STRINGS,
 ) -> GenerationConfig:
-    """Deterministic decoding settings: greedy (num_beams=1) or beam search, stopping at any EOS or stop string."""
+    """Deterministic decoding settings: greedy (num_beams=1) or beam search, stopping at any EOS."""
     if max_new_tokens < 1 or num_beams < 1:
         raise UsageError(f"max_new_tokens ({max_new_tokens}) and num_beams ({num_beams}) must be at least 1.")
     eos = _eos_ids(model, tokenizer)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (eos[0] if eos else 0)
     return GenerationConfig(
         max_new_tokens=max_new_tokens, do_sample=False, num_beams=num_beams, use_cache=use_cache,
-        eos_token_id=eos or None, pad_token_id=pad, stop_strings=list(stop_strings) or None,
+        eos_token_id=eos or None, pad_token_id=pad_id(model, tokenizer),
     )
+
+
+def left_padded(token_ids: Sequence[Sequence[int]], pad: int) -> dict[str, torch.Tensor]:
+    """input_ids and attention_mask for token id lists of different lengths, padded on the left."""
+    rows = [torch.tensor(ids, dtype=torch.long) for ids in token_ids]
+    return {
+        "input_ids": pad_sequence(rows, batch_first=True, padding_value=pad, padding_side="left"),
+        "attention_mask": pad_sequence([torch.ones_like(r) for r in rows], batch_first=True, padding_side="left"),
+    }
 
 
 def generate_batches(
@@ -73,22 +84,21 @@ def generate_batches(
     if not prompts:
         return
     model.eval()
-    if tokenizer.pad_token_id is None:  # left padding needs a pad token; its value is masked out anyway
-        tokenizer.pad_token = tokenizer.eos_token
     config = generation_config(model, tokenizer, max_new_tokens=max_new_tokens, num_beams=num_beams,
-                               use_cache=use_cache, stop_strings=stop_strings)
+                               use_cache=use_cache)
+    forms = stop_forms(tokenizer, stop_strings)
     device = next(model.parameters()).device
-    lengths = [len(ids) for ids in tokenizer(list(prompts), add_special_tokens=True)["input_ids"]]
-    order = length_order(lengths)
+    token_ids = tokenizer(list(prompts), add_special_tokens=True)["input_ids"]
+    order = length_order([len(ids) for ids in token_ids])
     for start in range(0, len(order), batch_size):
         indices = order[start : start + batch_size]
-        batch = tokenizer([prompts[i] for i in indices], return_tensors="pt", padding=True, padding_side="left")
-        batch = {k: v.to(device) for k, v in batch.items() if k in ("input_ids", "attention_mask")}
+        batch = {k: v.to(device) for k, v in left_padded([token_ids[i] for i in indices], config.pad_token_id).items()}
+        prompt_length = batch["input_ids"].shape[1]
+        stop = StoppingCriteriaList([StopOnText(tokenizer, forms, prompt_length)] if forms else [])
         with torch.inference_mode():
-            sequences = model.generate(**batch, generation_config=config, tokenizer=tokenizer)
-        new_tokens = sequences[:, batch["input_ids"].shape[1] :]
-        texts = tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
-        yield [(i, cut_at_stop(text, stop_strings)) for i, text in zip(indices, texts)]
+            sequences = model.generate(**batch, generation_config=config, stopping_criteria=stop)
+        texts = tokenizer.batch_decode(sequences[:, prompt_length:], skip_special_tokens=True)
+        yield [(i, cut_at_stop(text, forms)) for i, text in zip(indices, texts)]
 
 
 def generate(model: Any, tokenizer: Any, prompts: Sequence[str], **options: Any) -> list[str]:

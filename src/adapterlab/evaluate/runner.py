@@ -6,31 +6,44 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from tqdm.auto import tqdm
 
-from ..errors import RunFolderError, UsageError
+from ..errors import UsageError
 from ..checkpoint import write_atomic, write_json
-from ..data.templates import STOP_STRINGS, build_prompt
+from ..data.templates import build_prompt
 from .datasets import EvalDataset, check_answers, check_record, infer_answer_type, labels_for, load_dataset
 from .extract import MODES, extract_answer, is_correct
+from .fingerprint import fingerprint
 from .generate import generate_batches
 from .report import markdown_table, score
+from .resume import CONFIG_FILE, check_resume, predictions_path, read_done
+from .stopping import STOP_STRINGS
 
-CONFIG_FILE = "eval_config.json"
 # Settings that change generations: a resumed run must use the same ones, or its predictions would mix two runs.
 # (The extraction mode may change: answers are read again from the stored generations on resume.)
 GENERATION_KEYS = ("template", "max_new_tokens", "num_beams", "stop_strings")
+# The least value of each count evaluate() takes; limit may also be None (every item).
+LEAST = {"batch_size": 1, "max_new_tokens": 1, "num_beams": 1, "limit": 0}
 
 
-def predictions_path(output_dir: str | os.PathLike, name: str) -> Path:
-    return Path(output_dir) / f"{name}.predictions.jsonl"
+def check_counts(values: dict[str, Any], spell: Callable[[str], str] = str) -> None:
+    """Refuse a batch size, max_new_tokens, num_beams or limit that is not a whole number at least its least value
+    (`spell` turns a parameter name into the flag to name, e.g. '--batch-size')."""
+    for name, least in LEAST.items():
+        value = values.get(name)
+        if name == "limit" and value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            fix = "; leave it out to evaluate every item" if name == "limit" else ""
+            raise UsageError(f"{spell(name)} must be a whole number of at least {least}, got {value!r}{fix}.")
 
 
-def _as_datasets(datasets: Any, data_dirs, answer_type: str | None, limit: int | None) -> list[EvalDataset]:
+def _as_datasets(datasets: Any, data_dirs, answer_type: str | None, limit: int | None,
+                 log: Callable[[str], None]) -> list[EvalDataset]:
     """Normalize what `evaluate` accepts into EvalDatasets: names/paths, EvalDatasets or a list of records."""
     if isinstance(datasets, (str, EvalDataset)):
         datasets = [datasets]
@@ -39,7 +52,7 @@ def _as_datasets(datasets: Any, data_dirs, answer_type: str | None, limit: int |
         for index, record in enumerate(datasets):
             check_record(record, index, "records")
         records = datasets[:limit] if limit is not None else datasets
-        kind = answer_type or infer_answer_type(records)[0]
+        kind = answer_type or infer_answer_type(records, "records")[0]
         labels = labels_for(kind, records)
         check_answers(records, kind, labels, "records", "these records")
         return [EvalDataset("records", records, kind, labels)]
@@ -49,60 +62,13 @@ def _as_datasets(datasets: Any, data_dirs, answer_type: str | None, limit: int |
             out.append(EvalDataset(d.name, d.records[:limit] if limit is not None else d.records,
                                    answer_type or d.answer_type, d.labels, d.source, d.known))
         elif isinstance(d, str):
-            out.append(load_dataset(d, data_dirs, answer_type=answer_type, limit=limit))
+            out.append(load_dataset(d, data_dirs, answer_type=answer_type, limit=limit, log=log))
         else:
             raise TypeError(f"Cannot evaluate a {type(d).__name__}; pass data set names or paths, EvalDatasets or a list of records.")
     names = [d.name for d in out]
     if len(set(names)) != len(names):
         raise UsageError(f"Two data sets share a name ({names}); their predictions would overwrite each other. Rename a file.")
     return out
-
-
-def _read_done(path: Path) -> dict[int, dict[str, Any]]:
-    """Rows already written to `path`; a last line cut short by an interrupt is dropped from the file."""
-    done: dict[int, dict[str, Any]] = {}
-    if not path.is_file():
-        return done
-    lines = path.read_bytes().split(b"\n")
-    good_bytes = 0
-    for number, line in enumerate(lines):
-        if not line.strip():
-            good_bytes += len(line) + 1
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            if any(rest.strip() for rest in lines[number + 1 :]):
-                raise UsageError(f"{path}: line {number + 1} is not JSON; delete the file or that line and resume again.")
-            with open(path, "r+b") as f:  # interrupted while writing this line: drop it
-                f.truncate(good_bytes)
-            break
-        done[int(row["id"])] = row
-        good_bytes += len(line) + 1
-    return done
-
-
-def _check_resume(output_dir: Path, settings: dict[str, Any], resume: bool, overwrite: bool, names: list[str]) -> None:
-    config_file = output_dir / CONFIG_FILE
-    existing = [predictions_path(output_dir, n) for n in names if predictions_path(output_dir, n).is_file()]
-    if resume and config_file.is_file():
-        saved = json.loads(config_file.read_text())
-        changed = {k: (saved.get(k), settings.get(k)) for k in (*GENERATION_KEYS, "model", "adapter")
-                   if saved.get(k) != settings.get(k)}
-        if changed:
-            raise UsageError(
-                f"Cannot resume in {output_dir}: settings differ from the interrupted run "
-                f"({', '.join(f'{k}: was {a!r}, now {b!r}' for k, (a, b) in changed.items())}). "
-                "Use the same settings, another --output folder, or --overwrite."
-            )
-    elif existing and not resume and not overwrite:
-        raise RunFolderError(
-            f"{existing[0]} already holds predictions. Pass --resume to continue that run, "
-            "--overwrite to start again, or choose another --output folder."
-        )
-    if overwrite:
-        for path in existing:
-            path.unlink()
 
 
 def _row(index: int, record: dict[str, Any], prompt: str, text: str, data: EvalDataset, mode: str) -> dict[str, Any]:
@@ -138,6 +104,7 @@ def evaluate(
     limit: int | None = None,
     metadata: dict[str, Any] | None = None,
     progress: bool = True,
+    log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Evaluate `model` on one or more data sets and return a summary (accuracy and 95% Wilson interval each).
 
@@ -145,69 +112,87 @@ def evaluate(
     files, EvalDatasets, or one list of records. With `output_dir`, predictions are written there as they are
     made (`<name>.predictions.jsonl`), with `summary.json` and `summary.md` at the end; `resume` skips items
     already written and reads their answers again (so a finished run can be rescored in another mode).
-    `metadata` (e.g. model and adapter names) is recorded and checked on resume.
+    The model's files, active adapters, dtype and device (`fingerprint`), the generation settings and `metadata`
+    (e.g. model and adapter names; its keys override the fingerprint's) are recorded and must match on resume.
+    Everything is checked before anything is written; `log` receives one-line notes.
     """
+    check_counts({"batch_size": batch_size, "max_new_tokens": max_new_tokens, "num_beams": num_beams, "limit": limit})
     if mode not in MODES:
         raise UsageError(f"Unknown extraction mode {mode!r}; choose one of {', '.join(MODES)}.")
     if resume and output_dir is None:
         raise UsageError("resume needs an output_dir holding the predictions of the interrupted run.")
     if resume and overwrite:
         raise UsageError("resume continues the predictions in output_dir and overwrite discards them; pass only one.")
-    data = _as_datasets(datasets, data_dirs, answer_type, limit)
+    data = _as_datasets(datasets, data_dirs, answer_type, limit, log)
+    prompts = {d.name: [build_prompt(r, template, tokenizer) for r in d.records] for d in data}
     settings = {"template": template, "max_new_tokens": max_new_tokens, "num_beams": num_beams,
                 "stop_strings": list(stop_strings), "mode": mode, "batch_size": batch_size, "limit": limit}
     metadata = dict(metadata or {})
+    made_by = fingerprint(model)
+    identity = {**{k: settings[k] for k in GENERATION_KEYS}, **made_by, **metadata}
     out = Path(output_dir) if output_dir is not None else None
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
-        _check_resume(out, {**settings, **metadata}, resume, overwrite, [d.name for d in data])
-        write_json(out / CONFIG_FILE, {**settings, **metadata})
+        check_resume(out, identity, list(prompts), resume=resume, overwrite=overwrite)
+        write_json(out / CONFIG_FILE, {**settings, **identity})
     model.eval()
-    summary: dict[str, Any] = {"datasets": {}, "settings": settings, "metadata": metadata}
+    summary: dict[str, Any] = {"datasets": {}, "settings": settings,
+                               "metadata": {k: v for k, v in metadata.items() if k not in made_by},
+                               "fingerprint": {k: identity[k] for k in made_by}}
     for dataset in data:
-        path = predictions_path(out, dataset.name) if out is not None else None
-        done = _read_done(path) if path is not None and resume else {}
-        prompts = [build_prompt(r, template, tokenizer) for r in dataset.records]
-        for i, row in done.items():
-            if i < len(prompts) and row.get("prompt") != prompts[i]:
-                raise UsageError(f"{path}: item {i} was made from another prompt than {dataset.source} gives now "
-                                 "(the data or template changed); resume into another folder or pass --overwrite.")
-        todo = [i for i in range(len(prompts)) if i not in done]
-        rows = {i: _row(i, dataset.records[i], prompts[i], row["generation"], dataset, mode)
-                for i, row in done.items() if i < len(prompts)}
-        started = time.perf_counter()
-        bar = tqdm(total=len(prompts), initial=len(prompts) - len(todo), desc=dataset.name, unit="item", disable=not progress)
-        handle = open(path, "a", encoding="utf-8") if path is not None else None
-        try:
-            batches = generate_batches(model, tokenizer, [prompts[i] for i in todo], batch_size=batch_size,
-                                       max_new_tokens=max_new_tokens, num_beams=num_beams, stop_strings=stop_strings)
-            for pairs in batches:
-                for local, text in pairs:
-                    index = todo[local]
-                    row = _row(index, dataset.records[index], prompts[index], text, dataset, mode)
-                    rows[index] = row
-                    if handle is not None:
-                        handle.write(json.dumps(row, ensure_ascii=False) + "\n")
-                if handle is not None:
-                    handle.flush()
-                bar.update(len(pairs))
-        finally:
-            bar.close()
-            if handle is not None:
-                handle.close()
-        seconds = time.perf_counter() - started
-        ordered = [rows[i] for i in sorted(rows)]
-        if path is not None:  # in data set order, answers read by the current rules; items past --limit kept
-            kept = ordered + [done[i] for i in sorted(done) if i >= len(prompts)]
-            write_atomic(path, lambda tmp: Path(tmp).write_text(
-                "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in kept), encoding="utf-8"))
-        summary["datasets"][dataset.name] = {
-            **score(ordered), "answer_type": dataset.answer_type, "source": dataset.source,
-            "generated_now": len(todo), "seconds": round(seconds, 2),
-            "items_per_second": round(len(todo) / seconds, 3) if todo and seconds > 0 else None,
-        }
+        summary["datasets"][dataset.name] = _evaluate_one(model, tokenizer, dataset, prompts[dataset.name], out, log,
+                                                          resume=resume, mode=mode, progress=progress,
+                                                          options={"batch_size": batch_size, "num_beams": num_beams,
+                                                                   "max_new_tokens": max_new_tokens,
+                                                                   "stop_strings": stop_strings})
         if out is not None:  # the summary so far, so an interrupt later still leaves the finished sets scored
             write_json(out / "summary.json", summary)
     if out is not None:
         (out / "summary.md").write_text(markdown_table(summary))
     return summary
+
+
+def _evaluate_one(model: Any, tokenizer: Any, dataset: EvalDataset, prompts: list[str], out: Path | None,
+                  log: Callable[[str], None], *, resume: bool, mode: str, progress: bool,
+                  options: dict[str, Any]) -> dict[str, Any]:
+    """Generate what `dataset` still lacks, write each row as it comes, and score the data set."""
+    path = predictions_path(out, dataset.name) if out is not None else None
+    done = read_done(path, log) if path is not None and resume else {}
+    for i, row in done.items():
+        if i < len(prompts) and row.get("prompt") != prompts[i]:
+            raise UsageError(f"{path}: item {i} was made from another prompt than {dataset.source} gives now "
+                             "(the data or template changed); resume into another folder or pass --overwrite.")
+    todo = [i for i in range(len(prompts)) if i not in done]
+    rows = {i: _row(i, dataset.records[i], prompts[i], row["generation"], dataset, mode)
+            for i, row in done.items() if i < len(prompts)}
+    started = time.perf_counter()
+    bar = tqdm(total=len(prompts), initial=len(prompts) - len(todo), desc=dataset.name, unit="item",
+               disable=not progress)
+    handle = None  # opened with the first batch: a failure before it leaves no file behind
+    try:
+        for pairs in generate_batches(model, tokenizer, [prompts[i] for i in todo], **options):
+            if handle is None and path is not None:
+                handle = open(path, "a" if resume else "w", encoding="utf-8")
+            for local, text in pairs:
+                index = todo[local]
+                rows[index] = _row(index, dataset.records[index], prompts[index], text, dataset, mode)
+                if handle is not None:
+                    handle.write(json.dumps(rows[index], ensure_ascii=False) + "\n")
+            if handle is not None:
+                handle.flush()
+            bar.update(len(pairs))
+    finally:
+        bar.close()
+        if handle is not None:
+            handle.close()
+    seconds = time.perf_counter() - started
+    ordered = [rows[i] for i in sorted(rows)]
+    if path is not None and ordered:  # in data set order, answers read by the current rules; items past --limit kept
+        kept = ordered + [done[i] for i in sorted(done) if i >= len(prompts)]
+        write_atomic(path, lambda tmp: Path(tmp).write_text(
+            "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in kept), encoding="utf-8"))
+    return {
+        **score(ordered), "answer_type": dataset.answer_type, "source": dataset.source,
+        "generated_now": len(todo), "seconds": round(seconds, 2),
+        "items_per_second": round(len(todo) / seconds, 3) if todo and seconds > 0 else None,
+    }
