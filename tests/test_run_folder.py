@@ -119,6 +119,18 @@ def test_output_holding_a_model_no_run_wrote_is_refused(llama, math_file, tmp_pa
     assert not (out / run_dir.MANIFEST).exists()
 
 
+@pytest.mark.reliability
+def test_edited_manifest_cannot_reach_outside_the_run_folder(tmp_path):
+    """run manifest naming ../victim or an absolute path -> --overwrite deletes nothing outside the run folder"""
+    out, victim = tmp_path / "run", tmp_path / "victim"
+    out.mkdir()
+    victim.mkdir()
+    (out / "summary.json").write_text("{}")
+    (out / run_dir.MANIFEST).write_text(json.dumps({"written": ["../victim", str(victim), "summary.json", 3]}))
+    run_dir.clear_run(out)
+    assert victim.is_dir() and not (out / "summary.json").exists()
+
+
 HOLD_LOCK = textwrap.dedent("""
     import sys, time
     from pathlib import Path

@@ -17,7 +17,7 @@ import re
 import secrets
 import shutil
 import zipfile
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -160,12 +160,6 @@ def group_file(folder: Path, name: str) -> Path:
     """Where to read file `name` of a group in `folder`: the pending copy of a save cut short, if any."""
     pending = Path(folder) / PENDING / name
     return pending if pending.is_file() else Path(folder) / name
-
-
-def group_files(folder: Path) -> Iterable[str]:
-    """Names of the files a cut-short save left pending in `folder` (empty when none)."""
-    pending = Path(folder) / PENDING
-    return sorted(p.name for p in pending.iterdir()) if pending.is_dir() else []
 
 
 def read_safetensors(path: Path, fix: str) -> dict:

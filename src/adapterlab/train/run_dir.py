@@ -30,7 +30,7 @@ PLOT = "loss.png"
 MANIFEST = ".adapterlab-run.json"
 # Files that model and adapter loaders read: in --output, such files that no run wrote belong to a model.
 MODEL_FILES = ("config.json", "generation_config.json", "*.safetensors", "*.safetensors.index.json", "*.bin",
-               "*.bin.index.json", "*.gguf", "*.pt", "*.pth", "tokenizer*", "special_tokens_map.json",
+               "*.bin.index.json", "*.gguf", "tokenizer*", "special_tokens_map.json",
                "added_tokens.json", "vocab.*", "merges.txt", "*.model", "chat_template.*", "preprocessor_config.json",
                "processor_config.json", "adapter_config.json")
 # Names only a run writes; without a manifest, these are taken for an earlier run's outputs.
@@ -51,7 +51,10 @@ def run_outputs(out: Path) -> set[str]:
     manifest = out / MANIFEST
     if manifest.is_file():
         written = read_json_object(manifest, f"delete it and the run's files in {out}, or choose another --output")
-        return set(written.get("written", []))
+        names = written.get("written")
+        # plain names only: an edited manifest must not make --overwrite delete anything outside the folder
+        return {n for n in names if isinstance(n, str) and n not in ("", ".", "..") and Path(n).name == n} \
+            if isinstance(names, list) else set()
     legacy = (out / CONFIG_FILE).is_file() or (out / CHECKPOINTS).is_dir()
     return {p.name for p in out.iterdir() if _matches(p.name, LEGACY_OUTPUTS if legacy else RUN_NAMES)}
 
