@@ -12,8 +12,9 @@ from safetensors.torch import load_file
 from tiny_models import output_of, randomize_adapters, tiny_config, tiny_inputs, tiny_model
 
 import adapterlab as al
-import adapterlab.checkpoint as checkpoint
+import adapterlab.files as files
 from adapterlab.engine import placed
+from adapterlab.errors import CorruptFileError
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -61,7 +62,7 @@ def test_saving_again_replaces_the_files_atomically(tmp_path, monkeypatch):
         raise OSError("disk full")
 
     randomize_adapters(model, seed=9)
-    monkeypatch.setattr(checkpoint, "save_file", broken_save)
+    monkeypatch.setattr(files, "save_file", broken_save)
     with pytest.raises(OSError, match="disk full"):
         al.save_adapter(model, tmp_path)
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before  # old adapter intact, no temp files
@@ -127,7 +128,7 @@ def test_bad_folders_are_clear_errors(tmp_path, monkeypatch):
     with pytest.raises(al.AdapterError, match="Unknown adapter method 'dora'"):
         al.load_adapter(model, tmp_path)
     (tmp_path / "adapter_config.json").write_text("{not json")
-    with pytest.raises(al.AdapterError, match="is not valid JSON"):
+    with pytest.raises(CorruptFileError, match="adapter_config.json is not valid JSON"):
         al.load_adapter(model, tmp_path)
     assert al.adapter_names(model) == []
 

@@ -13,6 +13,7 @@ import transformers as T
 from tokenizers import Tokenizer, models, pre_tokenizers
 
 from adapterlab.cli import main
+from adapterlab.errors import CorruptFileError, ModelError
 from adapterlab.models import (
     KNOWN_MODELS,
     KnownModel,
@@ -212,3 +213,104 @@ def test_minilm_loads_as_sequence_classifier():
     assert isinstance(model, T.BertForSequenceClassification) and model.config.hidden_size == 384
     batch = tokenizer(["a fine film", "dull"], padding=True, return_tensors="pt")
     assert model(**batch).logits.shape == (2, 3)
+
+
+def damaged_copy(tiny_folder: Path, tmp_path: Path) -> Path:
+    copy = tmp_path / "damaged"
+    copy.mkdir()
+    for file in tiny_folder.iterdir():
+        (copy / file.name).write_bytes(file.read_bytes())
+    return copy
+
+
+@pytest.mark.reliability
+@pytest.mark.parametrize("text", ["", "{\"model_type\": \"llama\",", "[]"])
+def test_corrupt_model_config_is_a_one_line_error(tiny_folder, tmp_path, text):
+    """empty, torn or non-object config.json in a model folder -> CorruptFileError naming the file"""
+    folder = damaged_copy(tiny_folder, tmp_path)
+    (folder / "config.json").write_text(text)
+    with pytest.raises(CorruptFileError, match=f"{folder / 'config.json'} (is not valid JSON|holds a JSON list)"):
+        load_model(str(folder), log=quiet)
+
+
+@pytest.mark.reliability
+def test_model_folder_without_config_names_what_is_missing(tiny_folder, tmp_path):
+    """model folder without config.json -> one-line error naming the folder and config.json"""
+    folder = damaged_copy(tiny_folder, tmp_path)
+    (folder / "config.json").unlink()
+    with pytest.raises(ModelError, match=f"Model folder {folder} has no config.json"):
+        load_model(str(folder), log=quiet)
+
+
+@pytest.mark.reliability
+def test_model_folder_without_tokenizer_names_what_is_missing(tiny_folder, tmp_path):
+    """model folder without tokenizer files -> one-line error naming the folder and the tokenizer files"""
+    folder = damaged_copy(tiny_folder, tmp_path)
+    for file in folder.iterdir():
+        if file.name.startswith(("tokenizer", "special_tokens")):
+            file.unlink()
+    with pytest.raises(ModelError, match=f"Model folder {folder} has no tokenizer files"):
+        load_model(str(folder), log=quiet)
+
+
+@pytest.mark.reliability
+def test_truncated_model_safetensors_is_a_one_line_error(tiny_folder, tmp_path):
+    """truncated model.safetensors -> CorruptFileError naming the file"""
+    folder = damaged_copy(tiny_folder, tmp_path)
+    weights = folder / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    with pytest.raises(CorruptFileError, match=f"{weights} is not a complete safetensors file"):
+        load_model(str(folder), log=quiet)
+
+
+class Payload:
+    """Unpickling this would run code; weights-only loading must refuse it."""
+
+    def __reduce__(self):
+        return (exec, ("import pathlib; pathlib.Path('PWNED').write_text('x')",))
+
+
+@pytest.mark.reliability
+def test_pickled_bin_is_refused_with_a_one_line_error(tiny_folder, tmp_path, monkeypatch):
+    """pytorch_model.bin holding a pickled object -> refused by weights-only loading, CorruptFileError naming the file"""
+    from safetensors.torch import load_file
+
+    folder = damaged_copy(tiny_folder, tmp_path)
+    state = load_file(folder / "model.safetensors")
+    (folder / "model.safetensors").unlink()
+    torch.save({**state, "payload": Payload()}, folder / "pytorch_model.bin")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(CorruptFileError, match=f"{folder / 'pytorch_model.bin'}: weights-only loading refused"):
+        load_model(str(folder), log=quiet)
+    assert not (tmp_path / "PWNED").exists()
+
+
+@pytest.mark.reliability
+@pytest.mark.parametrize("keep", [0, 40, 0.5])
+def test_truncated_gguf_is_a_one_line_error(tmp_path, keep):
+    """truncated (or empty) .gguf file -> CorruptFileError naming the file"""
+    import numpy as np
+    from gguf import GGUFWriter
+
+    path = tmp_path / "m.gguf"
+    writer = GGUFWriter(str(path), "llama")
+    writer.add_block_count(1)
+    writer.add_tensor("token_embd.weight", np.zeros((16, 8), dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * keep) if isinstance(keep, float) else keep])
+    with pytest.raises(CorruptFileError, match=f"{path} is truncated or not a GGUF file"):
+        load_model(str(path), log=quiet)
+
+
+def test_model_folder_of_each_spec_is_found_without_pulling(home, tiny_folder):
+    """The folder --output must stay out of: a folder, a .gguf's folder, a short name's cache, a hub id's cache."""
+    from adapterlab.models import model_dir, model_folder
+
+    assert model_folder(str(tiny_folder)) == tiny_folder.resolve()
+    assert model_folder(str(tiny_folder / "x.gguf")) == tiny_folder.resolve()
+    assert model_folder("smollm2-135m") == model_dir("smollm2-135m").resolve() and not is_cached("smollm2-135m")
+    assert model_folder("org/name") == (Path(huggingface_hub.constants.HF_HUB_CACHE) / "models--org--name").resolve()

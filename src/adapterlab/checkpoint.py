@@ -1,26 +1,26 @@
 """Saving and loading adapters: `adapter_config.json` + `adapter.safetensors`, PEFT format in and out.
 
 Only adapter parameters are written, keyed by the host layer's path without the adapter name, so an
-adapter can be loaded under any name. Files are written to a temporary name and renamed into place,
-so an interrupted save never leaves a half-written adapter. Loading never unpickles anything.
+adapter can be loaded under any name. The config and the weights are replaced as one group (see
+`files.replace_files`): an interrupted save leaves the old adapter or the new one, never new weights beside
+an old config. Loading reads only the adapter's folder (or hub repository) and never unpickles anything.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
 from torch import nn
 
 from . import __name__ as _pkg  # noqa: F401
 from .engine import HOST_ATTR, attach, get_config, placed, set_active
-from .errors import AdapterError, IncompatibleAdapterError
+from .errors import AdapterError, CorruptFileError, IncompatibleAdapterError
+from .files import group_file, read_json_object, read_safetensors, replace_files, write_atomic, write_json
+from .files import write_safetensors
 from .registry import config_from_dict
 from .sites import model_type_of
 
@@ -28,6 +28,7 @@ CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter.safetensors"
 PEFT_WEIGHTS_NAME = "adapter_model.safetensors"
 FORMAT_VERSION = 1
+RESAVE = "save the adapter again (or restore the folder from a copy)"
 
 
 def base_model_info(model: nn.Module) -> dict[str, Any]:
@@ -51,45 +52,22 @@ def adapter_state_dict(model: nn.Module, name: str = "default") -> dict[str, tor
     return state
 
 
-def _umask() -> int:
-    """The process umask (read by setting and restoring it: the only portable way)."""
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def write_atomic(path: Path, write) -> None:
-    """Call write(tmp_path) and rename the result to `path`, so readers never see a partial file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; saved adapters are ordinary files
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
-def write_json(path: Path, data: dict[str, Any]) -> None:
-    def write(tmp: str) -> None:
-        Path(tmp).write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
-
-    write_atomic(path, write)
-
-
-def save_adapter(model: nn.Module, directory: str | os.PathLike, name: str = "default") -> Path:
-    """Write adapter `name` to `directory` (adapter_config.json + adapter.safetensors)."""
-    directory = Path(directory)
+def write_adapter_files(model: nn.Module, folder: Path, name: str = "default") -> None:
+    """Write adapter `name`'s weights and config into `folder` as they are (a staging folder: not atomic)."""
     config = get_config(model, name)
     state = adapter_state_dict(model, name)
     if any(t.is_meta for t in state.values()):
         raise AdapterError("The adapter lives on the meta device and has no values to save; load real weights first.")
-    state = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
-    write_atomic(directory / WEIGHTS_NAME, lambda tmp: save_file(state, tmp, metadata={"format": "pt"}))
+    write_safetensors(folder / WEIGHTS_NAME, {k: v.detach().to("cpu").contiguous() for k, v in state.items()})
     data = {**config.to_dict(), "base_model": base_model_info(model), "adapterlab_format": FORMAT_VERSION}
-    write_json(directory / CONFIG_NAME, data)
+    write_json(folder / CONFIG_NAME, data)
+
+
+def save_adapter(model: nn.Module, directory: str | os.PathLike, name: str = "default") -> Path:
+    """Write adapter `name` to `directory` (adapter_config.json + adapter.safetensors), both files as one."""
+    directory = Path(directory)
+    get_config(model, name)  # an unknown name fails before anything is created
+    replace_files(directory, lambda stage: write_adapter_files(model, stage, name))
     return directory
 
 
@@ -97,9 +75,10 @@ def _locate(path: str | os.PathLike, filename: str) -> Path:
     """A file of a saved adapter in a local folder or, failing that, a hub repository."""
     local = Path(path)
     if local.is_dir():
-        if not (local / filename).is_file():
+        file = group_file(local, filename)
+        if not file.is_file():
             raise AdapterError(f"{local} has no {filename}; is it an adapter folder written by save_adapter?")
-        return local / filename
+        return file
     if local.exists():
         raise AdapterError(f"{local} is a file; pass the folder that holds {CONFIG_NAME}.")
     try:
@@ -111,11 +90,20 @@ def _locate(path: str | os.PathLike, filename: str) -> Path:
 
 
 def read_adapter_config(path: str | os.PathLike) -> dict[str, Any]:
-    file = _locate(path, CONFIG_NAME)
-    try:
-        return json.loads(file.read_text())
-    except json.JSONDecodeError as exc:
-        raise AdapterError(f"{file} is not valid JSON ({exc}).") from exc
+    """The saved config of the adapter in `path` (a folder or hub id)."""
+    return read_json_object(_locate(path, CONFIG_NAME), RESAVE)
+
+
+def _refuse_outside_reads(saved: dict[str, Any], path: str | os.PathLike) -> None:
+    """Loading reads only the adapter's folder. A prompt adapter saved with init='text' keeps the token ids of
+    its text; without them, rebuilding its config would load the tokenizer the file names (a download or a
+    read anywhere on disk), so such a file is refused."""
+    if saved.get("init") == "text" and saved.get("init_token_ids") is None:
+        raise CorruptFileError(
+            f"{Path(path) / CONFIG_NAME} has init='text' but no init_token_ids, so loading it would fetch the "
+            f"tokenizer {saved.get('tokenizer')!r} it names; loading reads only the adapter folder. Save the "
+            "adapter again with save_adapter (which records the ids), or set init to 'random' in the file."
+        )
 
 
 def _check_base(saved: dict[str, Any], model: nn.Module, where: str) -> None:
@@ -163,8 +151,9 @@ def load_adapter(
             raise AdapterError(f"{path} holds a PEFT adapter; load it with adapterlab.load_peft(model, path).")
         raise AdapterError(f"{path}/{CONFIG_NAME} has no 'method'; it was not written by adapterlab.")
     _check_base(saved.get("base_model", {}), model, str(path))
+    _refuse_outside_reads(saved, path)
     config = config_from_dict(saved, source=str(Path(path) / CONFIG_NAME))
-    state = load_file(str(_locate(path, WEIGHTS_NAME)))
+    state = read_safetensors(_locate(path, WEIGHTS_NAME), RESAVE)
     attach(model, config, name=name, **attach_options)
     try:
         load_state(model, name, state, str(path))
@@ -190,8 +179,12 @@ def export_peft(model: nn.Module, directory: str | os.PathLike, name: str = "def
         for key, tensor in model.get_submodule(head).state_dict().items():
             state[f"base_model.model.{head}.{key}"] = tensor.detach().cpu().contiguous()
     directory = Path(directory)
-    write_atomic(directory / PEFT_WEIGHTS_NAME, lambda tmp: save_file(state, tmp, metadata={"format": "pt"}))
-    write_json(directory / CONFIG_NAME, peft_config)
+
+    def build(stage: Path) -> None:
+        write_safetensors(stage / PEFT_WEIGHTS_NAME, state)
+        write_json(stage / CONFIG_NAME, peft_config)
+
+    replace_files(directory, build)
     return directory
 
 
@@ -212,7 +205,7 @@ def load_peft(model: nn.Module, path: str | os.PathLike, name: str = "default", 
             break
     else:
         raise AdapterError(f"{path}: PEFT adapter type {peft_type!r} cannot be imported; adapterlab imports LoRA and IA3.")
-    raw = load_file(str(_locate(path, PEFT_WEIGHTS_NAME)))
+    raw = read_safetensors(_locate(path, PEFT_WEIGHTS_NAME), RESAVE)
     state = {}
     for key, tensor in raw.items():
         key = key.removeprefix("base_model.model.")
@@ -271,4 +264,5 @@ def _split_heads(model: nn.Module, state: dict[str, torch.Tensor], modules: list
     return heads
 
 
-__all__ = ["save_adapter", "load_adapter", "export_peft", "load_peft", "adapter_state_dict", "HOST_ATTR"]
+__all__ = ["save_adapter", "load_adapter", "export_peft", "load_peft", "adapter_state_dict", "write_adapter_files",
+           "write_atomic", "write_json", "HOST_ATTR"]

@@ -7,6 +7,8 @@ adapters attach to plain `nn.Linear` layers and the HF Trainer sees an unquantis
 from __future__ import annotations
 
 import contextlib
+import fnmatch
+import pickle
 import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -18,8 +20,9 @@ import transformers as T
 from huggingface_hub.errors import HFValidationError
 from torch import nn
 
-from ..errors import UsageError
-from .cache import is_cached, model_path, pull
+from ..errors import CorruptFileError, ModelError, UsageError
+from ..files import check_safetensors, read_json_object
+from .cache import is_cached, model_dir, model_path, pull
 from .known import KNOWN_MODELS, UnknownModelError
 
 TASKS: dict[str, tuple[str, str]] = {  # task -> (model auto class, processor auto class)
@@ -32,6 +35,11 @@ CLASSIFICATION_TASKS = ("seq-cls", "audio-cls", "image-cls")
 # Files that, next to a .gguf, would be read instead of the GGUF's own metadata.
 _HF_FILES = ("config.json", "tokenizer.json", "tokenizer_config.json", "generation_config.json",
              "preprocessor_config.json")
+
+
+# Files of which a folder's tokenizer needs at least one (a tokenizer.json, or a vocabulary for a slow tokenizer).
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "*vocab*", "*.model", "merges.txt", "*.tiktoken")
+REDOWNLOAD = "download or save the model again"
 
 
 @dataclass(frozen=True)
@@ -72,6 +80,67 @@ def resolve_model(spec: str, *, log: Callable[[str], None] = print) -> ModelSour
     return ModelSource("hub", spec, spec)
 
 
+def model_folder(spec: str) -> Path | None:
+    """The folder `spec`'s files are read from, found without pulling or downloading: the folder itself, the folder
+    of a .gguf file, a short name's cache folder, or a hub id's folder in the Hugging Face cache."""
+    path = Path(spec).expanduser()
+    if spec.endswith(".gguf"):
+        return path.resolve().parent
+    if path.is_dir():
+        return path.resolve()
+    if spec in KNOWN_MODELS:
+        return model_dir(spec).resolve()
+    if spec.startswith(("/", "./", "../", "~")) or ":" in spec:
+        return None
+    from huggingface_hub.constants import HF_HUB_CACHE
+
+    return (Path(HF_HUB_CACHE) / f"models--{spec.replace('/', '--')}").resolve()
+
+
+def check_folder(source: ModelSource, needs_tokenizer: bool) -> None:
+    """A model folder has a readable config.json and, when a tokenizer is loaded from it, tokenizer files."""
+    if source.kind != "folder":
+        return
+    folder = Path(source.location)
+    if not (folder / "config.json").is_file():
+        raise ModelError(f"Model folder {folder} has no config.json; point --model at the folder that holds the "
+                         "model's config.json and weights (or at a .gguf file).")
+    read_json_object(folder / "config.json", REDOWNLOAD)
+    names = [p.name for p in folder.iterdir()]
+    if needs_tokenizer and not any(fnmatch.fnmatchcase(n, p) for n in names for p in _TOKENIZER_FILES):
+        raise ModelError(f"Model folder {folder} has no tokenizer files (tokenizer.json, tokenizer_config.json or a "
+                         "vocabulary); save the base model's tokenizer into it (tokenizer.save_pretrained).")
+
+
+def damaged_file(source: ModelSource, exc: BaseException) -> CorruptFileError | None:
+    """After transformers failed to load a local model: the error naming the damaged file, if one is."""
+    location = Path(source.location)
+    folder = location if source.kind == "folder" else location.parent
+    if isinstance(exc, pickle.UnpicklingError):
+        pickles = ", ".join(str(p) for p in sorted(folder.glob("*.bin"))) or str(folder)
+        return CorruptFileError(f"{pickles}: weights-only loading refused this pickle (it holds more than tensors) "
+                                "and adapterlab never unpickles; use the model's safetensors files, or convert it in "
+                                "a process you trust.")
+    if source.kind == "gguf":
+        return _damaged_gguf(location)
+    for file in sorted(folder.glob("*.safetensors")):
+        try:
+            check_safetensors(file, REDOWNLOAD)
+        except CorruptFileError as damage:
+            return damage
+    return None
+
+
+def _damaged_gguf(path: Path) -> CorruptFileError | None:
+    from gguf import GGUFReader
+
+    try:
+        GGUFReader(path)
+    except (ValueError, IndexError, KeyError) as exc:
+        return CorruptFileError(f"{path} is truncated or not a GGUF file ({exc}); {REDOWNLOAD}.")
+    return None
+
+
 def _dtype(dtype: str | torch.dtype | None) -> str | torch.dtype | None:
     if dtype is None or isinstance(dtype, torch.dtype) or dtype == "auto":
         return dtype
@@ -103,8 +172,11 @@ def _from_pretrained(auto_class: str, source: ModelSource, spec: str, **kwargs: 
             extra["quantization_config"] = T.GgufConfig(dequantize=True)
         try:
             return getattr(T, auto_class).from_pretrained(location, **extra, **kwargs)
-        except (OSError, HFValidationError) as exc:
-            if source.is_local:
+        except Exception as exc:
+            damage = damaged_file(source, exc) if source.is_local else None
+            if damage is not None:
+                raise damage from exc
+            if source.is_local or not isinstance(exc, (OSError, HFValidationError)):
                 raise
             raise UnknownModelError(
                 f"Unknown model {spec!r}: not a local folder or .gguf file, not a known short name "
@@ -118,6 +190,7 @@ def load_tokenizer(spec: str, *, padding_side: str | None = None, log: Callable[
 
 
 def _tokenizer(source: ModelSource, spec: str, padding_side: str | None, **kwargs: Any) -> Any:
+    check_folder(source, needs_tokenizer=True)
     tokenizer = _from_pretrained("AutoTokenizer", source, spec, **kwargs)
     tokenizer.name_or_path = source.name
     if tokenizer.pad_token is None and tokenizer.eos_token is not None:
@@ -165,6 +238,7 @@ def load_model(spec: str, task: str = "causal-lm", *, num_labels: int | None = N
     if processor_class == "AutoTokenizer":
         processor = _tokenizer(source, spec, padding_side)  # first: a bad hub id fails before the big download
     else:
+        check_folder(source, needs_tokenizer=False)
         processor = _from_pretrained(processor_class, source, spec)
     model = _from_pretrained(model_class, source, spec, **options)
     model.config._name_or_path = source.name

@@ -4,19 +4,41 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from transformers import TrainerCallback
+
 from ..errors import UsageError
+from ..files import write_atomic
+
+
+def read_records(path: Path) -> list[dict[str, Any]]:
+    """The records of a JSONL log; torn lines (a kill or a full disk mid-write) are dropped with a warning."""
+    records, torn = [], 0
+    for line in path.read_text(errors="replace").splitlines():
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            record = None
+        if isinstance(record, dict):
+            records.append(record)
+        else:
+            torn += 1
+    if torn:
+        warnings.warn(f"{path}: dropped {torn} torn line(s) that an interrupted write left.", stacklevel=2)
+    return records
 
 
 class MetricsLog(TrainerCallback):
     """Append every log record (training loss, learning rate, dev metrics) to a JSONL file.
 
-    On resume, lines written after the checkpoint's step by the interrupted run are dropped first,
-    so the file reads as one uninterrupted run.
+    On resume, lines written after the checkpoint's step by the interrupted run are dropped first (and torn
+    ones), so the file reads as one uninterrupted run.
     """
 
     def __init__(self, path: Path) -> None:
@@ -24,9 +46,9 @@ class MetricsLog(TrainerCallback):
 
     def on_train_begin(self, args, state, control, **kwargs):
         if state.is_world_process_zero and self.path.is_file():
-            keep = [line for line in self.path.read_text().splitlines()
-                    if line.strip() and json.loads(line).get("step", 0) <= state.global_step]
-            self.path.write_text("".join(line + "\n" for line in keep))
+            keep = [r for r in read_records(self.path) if r.get("step", 0) <= state.global_step]
+            text = "".join(json.dumps(r) + "\n" for r in keep)
+            write_atomic(self.path, lambda tmp: Path(tmp).write_text(text))
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if state.is_world_process_zero and logs:

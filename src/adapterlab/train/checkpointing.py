@@ -2,27 +2,32 @@
 
 `AdapterTrainer` swaps the HF Trainer's full-model save/load for `trainable.safetensors`; everything else
 (optimizer, scheduler, RNG states, trainer state, rotation) stays the Trainer's own. A checkpoint counts as
-complete once trainer_state.json, which the Trainer writes last, is there.
+complete once trainer_state.json, which the Trainer writes last, holds a whole JSON object; a save that
+fails (a full disk) removes its incomplete checkpoint, so the previous one stays the one to resume.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
-import tempfile
+import warnings
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import Trainer
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-from ..checkpoint import write_atomic
 from ..errors import IncompatibleAdapterError
+from ..files import (check_safetensors, check_torch_archive, group_file, read_safetensors, write_atomic,
+                     write_safetensors)
 
 TRAINABLE_NAME = "trainable.safetensors"
 HEAD_NAME = "head.safetensors"
 STATE_NAME = "trainer_state.json"
+# Files of a checkpoint the Trainer reads on resume with torch.load (zip archives written by torch.save).
+TORCH_FILES = ("optimizer.pt", "scheduler.pt", "scaler.pt", "rng_state*.pth")
 
 
 def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -33,12 +38,18 @@ def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
 def save_trainable(model: nn.Module, path: str | os.PathLike) -> None:
     """Write the trained parameters to `path` atomically."""
     state = trainable_state(model)
-    write_atomic(Path(path), lambda tmp: save_file(state, tmp, metadata={"format": "pt"}))
+    write_atomic(Path(path), lambda tmp: write_safetensors(Path(tmp), state))
 
 
-def load_trainable(model: nn.Module, path: str | os.PathLike) -> None:
+def drop_checkpoint_fix(checkpoint: Path) -> str:
+    return (f"delete the folder {checkpoint} so that --resume starts from the checkpoint before it, or start "
+            "over with --overwrite")
+
+
+def load_trainable(model: nn.Module, path: str | os.PathLike, fix: str | None = None) -> None:
     """Copy saved trained parameters into `model`, refusing a file made for other trainable parameters."""
-    state = load_file(str(path))
+    path = Path(path)
+    state = read_safetensors(path, fix or drop_checkpoint_fix(path.parent))
     params = {n: p for n, p in model.named_parameters() if p.requires_grad}
     missing, extra = sorted(set(params) - set(state)), sorted(set(state) - set(params))
     shapes = [n for n in set(params) & set(state) if params[n].shape != state[n].shape]
@@ -53,27 +64,59 @@ def load_trainable(model: nn.Module, path: str | os.PathLike) -> None:
             param.copy_(state[name].to(param.device, param.dtype))
 
 
+def is_complete(checkpoint: Path) -> bool:
+    """Whether the Trainer finished `checkpoint`: its trainer_state.json (written last) is a whole JSON object."""
+    try:
+        return isinstance(json.loads((checkpoint / STATE_NAME).read_text()), dict)
+    except (OSError, ValueError):
+        return False
+
+
 def last_checkpoint(checkpoints: Path) -> Path | None:
-    """The newest complete `checkpoint-N` folder (one an interrupt cut short is skipped)."""
+    """The newest complete `checkpoint-N` folder; one an interrupt cut short is skipped, with a warning
+    when its trainer_state.json is there but torn (a kill or a full disk while the Trainer wrote it)."""
     if not checkpoints.is_dir():
         return None
-    done = [p for p in checkpoints.glob("checkpoint-*") if (p / STATE_NAME).is_file() and p.name[11:].isdigit()]
-    return max(done, key=lambda p: int(p.name[11:]), default=None)
+    numbered = sorted((p for p in checkpoints.glob(f"{PREFIX_CHECKPOINT_DIR}-*") if p.name[11:].isdigit()),
+                      key=lambda p: int(p.name[11:]), reverse=True)
+    for checkpoint in numbered:
+        if is_complete(checkpoint):
+            return checkpoint
+        if (checkpoint / STATE_NAME).is_file():
+            warnings.warn(f"{checkpoint / STATE_NAME} is torn (not a whole JSON object); skipping that checkpoint "
+                          "and resuming from the one before it.", stacklevel=2)
+    return None
+
+
+def check_checkpoint(checkpoint: Path, full_model: bool) -> None:
+    """Before resuming: the files the Trainer will load are whole (a one-line error naming a damaged one)."""
+    fix = drop_checkpoint_fix(checkpoint)
+    if not full_model:
+        trainable = checkpoint / TRAINABLE_NAME
+        if not trainable.is_file():
+            raise IncompatibleAdapterError(f"{checkpoint} has no {TRAINABLE_NAME}; it is not a checkpoint of an "
+                                           "adapter run.")
+        check_safetensors(trainable, fix)
+    for file in sorted(checkpoint.glob("*.safetensors")):
+        check_safetensors(file, fix)
+    for pattern in TORCH_FILES:
+        for file in sorted(checkpoint.glob(pattern)):
+            check_torch_archive(file, fix)
 
 
 def save_head(model: nn.Module, directory: Path, modules: list[str]) -> None:
     """Write the task-head modules trained beside an adapter (full paths as keys) to head.safetensors."""
     state = {f"{m}.{k}": v.detach().cpu().contiguous() for m in modules
              for k, v in model.get_submodule(m).state_dict().items()}
-    write_atomic(directory / HEAD_NAME, lambda tmp: save_file(state, tmp, metadata={"format": "pt"}))
+    write_atomic(directory / HEAD_NAME, lambda tmp: write_safetensors(Path(tmp), state))
 
 
 def load_head(model: nn.Module, directory: str | os.PathLike) -> bool:
     """Load head.safetensors of a run folder into `model` if there is one; returns whether it did."""
-    path = Path(directory) / HEAD_NAME
+    path = group_file(Path(directory), HEAD_NAME)
     if not path.is_file():
         return False
-    state = load_file(str(path))
+    state = read_safetensors(path, "train the run again, or restore the run folder from a copy")
     own = model.state_dict()
     bad = [k for k, v in state.items() if k not in own or own[k].shape != v.shape]
     if bad:
@@ -83,22 +126,6 @@ def load_head(model: nn.Module, directory: str | os.PathLike) -> bool:
         )
     model.load_state_dict(state, strict=False)
     return True
-
-
-def replace_dir(build, target: Path) -> None:
-    """Fill a fresh temporary folder with build(tmp) and swap it in for `target` (never half-written)."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
-    try:
-        build(tmp)
-        tmp.chmod(0o755)  # mkdtemp makes it private; a run folder is meant to be shared
-        old = target.with_name(f".{target.name}.old")
-        if target.exists():
-            os.replace(target, old)
-        os.replace(tmp, target)
-        shutil.rmtree(old, ignore_errors=True)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 class AdapterTrainer(Trainer):
@@ -114,6 +141,16 @@ class AdapterTrainer(Trainer):
         if self.args.should_save:
             save_trainable(self.model, Path(output_dir or self.args.output_dir) / TRAINABLE_NAME)
 
+    def _save_checkpoint(self, model: nn.Module, trial) -> None:
+        """The Trainer's checkpoint save; one that fails half-way (a full disk) is removed, not left half-written."""
+        folder = Path(self._get_output_dir(trial=trial)) / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+        try:
+            super()._save_checkpoint(model, trial)
+        except BaseException:
+            if self.args.should_save and not is_complete(folder):
+                shutil.rmtree(folder, ignore_errors=True)
+            raise
+
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
         path = Path(resume_from_checkpoint) / TRAINABLE_NAME
         if self.full_model:
@@ -122,3 +159,7 @@ class AdapterTrainer(Trainer):
             raise IncompatibleAdapterError(f"{resume_from_checkpoint} has no {TRAINABLE_NAME}; it is not a "
                                            "checkpoint of an adapter run.")
         load_trainable(model if model is not None else self.model, path)
+
+
+__all__ = ["AdapterTrainer", "check_checkpoint", "last_checkpoint", "load_head", "load_trainable", "save_head",
+           "save_trainable"]

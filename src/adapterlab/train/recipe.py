@@ -7,6 +7,7 @@ what a checkpoint holds (see `checkpointing`), and what the run folder ends up w
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
 import os
@@ -20,17 +21,20 @@ import torch
 from transformers import TrainerCallback, TrainingArguments, set_seed
 
 from .. import __version__
-from ..checkpoint import save_adapter, write_json
+from ..checkpoint import write_adapter_files
 from ..engine import attach, count_parameters
 from ..errors import AdapterError
+from ..files import group_file, read_json_object, replace_files, write_json
 from ..tasks import TASKS
 from ..tasks.base import TaskOptions, TaskSetup
 from .callbacks import BestKeeper, MetricsLog
-from .checkpointing import (TRAINABLE_NAME, AdapterTrainer, last_checkpoint, load_trainable, replace_dir, save_head,
-                            save_trainable)
+from .checkpointing import (TRAINABLE_NAME, AdapterTrainer, check_checkpoint, last_checkpoint, load_trainable,
+                            save_head, save_trainable)
 from .config import TrainConfig
 from .plot import plot_metrics
-from .run_dir import BEST, CHECKPOINTS, METRICS, SUMMARY, check_run_dir, clear_run, write_run_config
+from .run_dir import (BEST, CHECKPOINTS, METRICS, PLOT, SUMMARY, check_output, check_run_dir, clear_run,
+                      record_outputs, write_run_config)
+from .run_lock import claim_run_folder
 
 
 def world_size() -> int:
@@ -135,13 +139,24 @@ def checkpointing_arguments(enabled: bool) -> dict[str, Any]:
 def train(config: TrainConfig, callbacks: Sequence[TrainerCallback] = ()) -> dict[str, Any]:
     """Train as `config` says and fill its run folder; returns the summary (also written to summary.json).
 
-    Nothing is written before the config, data, model and adapter have all been checked.
+    Nothing is written before the config, data, model and adapter have all been checked. The main process
+    holds the run folder's lock for the whole run, so a second run into the same folder is refused.
     """
     config.validate()
     out = Path(config.output)
     main = is_main_process()
+    if main:
+        check_output(out, config.model)
+    with claim_run_folder(out) if main else contextlib.nullcontext():
+        return _train(config, out, main, callbacks)
+
+
+def _train(config: TrainConfig, out: Path, main: bool, callbacks: Sequence[TrainerCallback]) -> dict[str, Any]:
+    """`train` once the run folder is ours (the main process holds its lock)."""
     # Only the main process judges the folder (the others would race with its writes); all resume alike.
     checkpoint = check_run_dir(out, config) if main else (last_checkpoint(out / CHECKPOINTS) if config.resume else None)
+    if checkpoint is not None:
+        check_checkpoint(checkpoint, full_model=config.adapter == "full")
     set_seed(config.seed)
     setup = prepare_task(config)
     model = setup.model
@@ -151,6 +166,7 @@ def train(config: TrainConfig, callbacks: Sequence[TrainerCallback] = ()) -> dic
     if main:
         if config.overwrite:
             clear_run(out)
+        record_outputs(out, [CHECKPOINTS, BEST, METRICS])
         write_run_config(out, config)
 
     def keep_best(model_now: torch.nn.Module, step: int, value: float) -> None:
@@ -158,7 +174,7 @@ def train(config: TrainConfig, callbacks: Sequence[TrainerCallback] = ()) -> dic
             save_trainable(model_now, tmp / TRAINABLE_NAME)
             write_json(tmp / "best.json", {"step": step, setup.metric_name: value})
 
-        replace_dir(build, out / BEST)
+        replace_files(out / BEST, build)
 
     trainer = AdapterTrainer(
         model=model, args=args, train_dataset=setup.train_dataset, eval_dataset=setup.eval_dataset,
@@ -174,7 +190,8 @@ def train(config: TrainConfig, callbacks: Sequence[TrainerCallback] = ()) -> dic
     result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     wall = time.perf_counter() - start
     state = trainer.state
-    best = json.loads((out / BEST / "best.json").read_text()) if (out / BEST / "best.json").is_file() else None
+    best_file = group_file(out / BEST, "best.json")
+    best = read_json_object(best_file, f"delete the folder {out / BEST} and train again") if best_file.is_file() else None
     tokens = (state.num_input_tokens_seen or 0) - tokens_before
     summary = {
         "model": config.model, "task": config.task, "adapter": config.adapter,
@@ -194,23 +211,32 @@ def train(config: TrainConfig, callbacks: Sequence[TrainerCallback] = ()) -> dic
     }
     if main:
         if best:  # the run folder holds the best dev checkpoint, as LLM-Adapters' load_best_model_at_end does
-            load_trainable(model, out / BEST / TRAINABLE_NAME)
+            load_trainable(model, group_file(out / BEST, TRAINABLE_NAME),
+                           fix=f"delete the folder {out / BEST} and train again")
         save_final(model, config, setup, out)
+        record_outputs(out, [SUMMARY, PLOT])
         write_json(out / SUMMARY, summary)
         if (out / METRICS).is_file():
-            plot_metrics(out / METRICS, out / "loss.png", title=f"{config.model} {config.adapter} ({config.task})")
+            plot_metrics(out / METRICS, out / PLOT, title=f"{config.model} {config.adapter} ({config.task})")
     return summary
 
 
 def save_final(model: torch.nn.Module, config: TrainConfig, setup: TaskSetup, out: Path) -> None:
-    """The run folder's weights: adapter (+ trained head) or, for full fine-tuning, the whole model; the processor."""
-    if config.adapter == "full":
-        model.save_pretrained(out)
-    else:
-        save_adapter(model, out)
-        if setup.trainable_modules:
-            save_head(model, out, setup.trainable_modules)
-    if "labels" in setup.info:
-        write_json(out / "labels.json", {"labels": setup.info["labels"]})
-    if setup.processor is not None:
-        setup.processor.save_pretrained(out)
+    """The run folder's weights: adapter (+ trained head) or, for full fine-tuning, the whole model; the processor.
+
+    All are written into a staging folder, recorded in the run's manifest, and swapped in as one group.
+    """
+    def build(stage: Path) -> None:
+        if config.adapter == "full":
+            model.save_pretrained(stage)
+        else:
+            write_adapter_files(model, stage)
+            if setup.trainable_modules:
+                save_head(model, stage, setup.trainable_modules)
+        if "labels" in setup.info:
+            write_json(stage / "labels.json", {"labels": setup.info["labels"]})
+        if setup.processor is not None:
+            setup.processor.save_pretrained(stage)
+        record_outputs(out, [p.name for p in stage.iterdir()])
+
+    replace_files(out, build)
