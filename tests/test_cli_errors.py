@@ -69,3 +69,58 @@ def test_a_bad_flag_is_one_line(capsys):
     with pytest.raises(SystemExit):
         main(["train", "--no-such-flag", "1"])
     assert "--no-such-flag" in one_line_error(capsys, "train")
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    from train_helpers import causal_folder
+
+    return causal_folder(tmp_path_factory.mktemp("llama"))
+
+
+BAD_COMMANDS = {
+    "train: data file missing": (["train", "--model", "{model}", "--adapter", "lora", "--data", "{tmp}/nope.json",
+                                  "--output", "{tmp}/run"], "nope.json"),
+    "train: model folder missing": (["train", "--model", "{tmp}/no-model", "--adapter", "lora", "--data",
+                                     "{tmp}/data.json", "--output", "{tmp}/run"], "no-model"),
+    "train: unknown method": (["train", "--model", "{model}", "--adapter", "lorra", "--data", "{tmp}/data.json",
+                               "--output", "{tmp}/run"], "lorra"),
+    "train: --config file missing": (["train", "--config", "{tmp}/c.yaml"], "c.yaml"),
+    "eval: adapter folder missing": (["eval", "--model", "{model}", "--adapter-path", "{tmp}/none", "--datasets",
+                                      "gsm8k"], "--adapter-path"),
+    "eval: unknown data set": (["eval", "--model", "{model}", "--datasets", "nope"], "nope"),
+    "measure: unknown method": (["measure", "--model", "{model}", "--methods", "full,nope", "--output",
+                                 "{tmp}/m"], "nope"),
+    "measure: malformed option": (["measure", "--model", "{model}", "--option", "r=3", "--output", "{tmp}/m"],
+                                  "METHOD.KEY=VALUE"),
+    "demo: zero steps": (["demo", "--model", "{model}", "--steps", "0", "--output", "{tmp}/d"], "steps"),
+    "models: unknown name": (["models", "pull", "nope"], "nope"),
+}
+
+
+@pytest.mark.reliability
+@pytest.mark.parametrize("case", sorted(BAD_COMMANDS))
+def test_user_errors_of_every_command_are_one_line(case, folder, tmp_path, capsys):
+    """a user error in any command (train, eval, measure, demo, models) -> one line naming the thing, exit 2, no traceback, nothing written"""
+    argv, named = BAD_COMMANDS[case]
+    argv = [a.format(model=folder, tmp=tmp_path) for a in argv]
+    (tmp_path / "data.json").write_text('[{"instruction": "1+1?", "input": "", "output": "2", "answer": "2"}]')
+    before = sorted(tmp_path.rglob("*"))
+    assert main([*argv, "--no-progress"] if argv[0] in ("eval", "measure", "demo") else argv) == 2
+    assert named in one_line_error(capsys, argv[0])
+    assert sorted(tmp_path.rglob("*")) == before, "nothing half-written"
+
+
+def test_warnings_are_one_line(monkeypatch, capsys):
+    """A warning raised inside a command is one line naming the command, not Python's two-line format."""
+    import warnings
+
+    import adapterlab.commands.models as models_command
+
+    def warn(args):
+        warnings.warn("metrics.jsonl: dropped 1 torn line", UserWarning)
+        return 0
+
+    monkeypatch.setattr(models_command, "list_models", warn)
+    assert main(["models", "list"]) == 0
+    assert capsys.readouterr().err == "adapterlab models: warning: metrics.jsonl: dropped 1 torn line\n"

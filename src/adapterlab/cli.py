@@ -7,9 +7,12 @@ Errors: one handler for every command. A `UserError` (or an OS error such as a f
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import importlib
 import sys
+import warnings
+from collections.abc import Iterator
 from typing import NoReturn
 
 from .errors import UserError
@@ -60,6 +63,18 @@ def describe_os_error(exc: OSError) -> str:
     return f"{exc.strerror or exc}{where}; {fix}."
 
 
+@contextlib.contextmanager
+def one_line_warnings(command: str, debug: bool) -> Iterator[None]:
+    """Show each Python warning as one line, `adapterlab CMD: warning: ...` (with its source under --debug)."""
+    def show(message, category, filename, lineno, file=None, line=None) -> None:
+        where = f" ({filename}:{lineno})" if debug else ""
+        print(f"{command}: warning: {' '.join(str(message).split())}{where}", file=file or sys.stderr)
+
+    with warnings.catch_warnings():
+        warnings.showwarning = show
+        yield
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(argv if argv is not None else sys.argv[1:])
     debug = "--debug" in argv
@@ -70,7 +85,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.commands[args.command].error(f"unrecognized arguments: {' '.join(unknown)}")
     command = f"adapterlab {args.command}"
     try:
-        return int(args.func(args) or 0)
+        with one_line_warnings(command, debug):
+            return int(args.func(args) or 0)
     except UserError as exc:
         if debug:
             raise

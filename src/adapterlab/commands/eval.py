@@ -15,7 +15,7 @@ import yaml
 from ..errors import MissingPathError, UsageError
 from ..checkpoint import CONFIG_NAME, load_adapter
 from ..data.templates import TEMPLATES
-from ..evaluate import KNOWN, MODES, evaluate, markdown_table
+from ..evaluate import KNOWN, MODES, evaluate, load_dataset, markdown_table
 from ..evaluate.fingerprint import model_files
 from ..evaluate.runner import check_counts
 from ..models import load_model, resolve_model
@@ -92,9 +92,11 @@ def run(args: argparse.Namespace) -> int:
     if (args.resume or args.overwrite) and not args.output:
         raise UsageError("--resume and --overwrite need --output (the folder of the run).")
     check_counts(vars(args), spell=lambda name: "--" + name.replace("_", "-"))  # before the model loads
-    datasets = [d.strip() for d in args.datasets.split(",") if d.strip()]
-    if not datasets:
+    names = [d.strip() for d in args.datasets.split(",") if d.strip()]
+    if not names:
         raise UsageError("--datasets is empty; give names like gsm8k,aqua or paths of JSON files.")
+    # read and check every data set before the model loads: a typo costs no model load
+    datasets = [load_dataset(name, args.data_dir, answer_type=args.answer_type, limit=args.limit) for name in names]
     adapter_dir = find_adapter(args.adapter_path) if args.adapter_path else None
     template = args.template or (training_template(adapter_dir) if adapter_dir else None) or "alpaca"
     model, tokenizer = load_model(args.model, dtype=args.dtype, device=args.device)
@@ -102,7 +104,7 @@ def run(args: argparse.Namespace) -> int:
     if adapter_dir is not None:
         load_adapter(model, adapter_dir)  # IncompatibleAdapterError names both base models
     summary = evaluate(
-        model, tokenizer, datasets, data_dirs=args.data_dir, answer_type=args.answer_type,
+        model, tokenizer, datasets, answer_type=args.answer_type,
         batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, num_beams=args.num_beams,
         template=template, mode=args.mode, output_dir=args.output, resume=args.resume, overwrite=args.overwrite,
         limit=args.limit, progress=not args.no_progress,
