@@ -260,8 +260,10 @@ def test_cli_refuses_an_adapter_of_another_base_model(model_dir, tmp_path, capsy
     other = random_lm(byte_tokenizer())
     attach(other, "lora", r=2)
     save_adapter(other, tmp_path / "other")
-    code = main(["eval", "--model", str(model_dir), "--datasets", "gsm8k", "--adapter-path", str(tmp_path / "other"),
-                 "--data-dir", str(tmp_path), "--no-progress"])
+    data = tmp_path / "numbers.json"
+    data.write_text(json.dumps([{"instruction": "1 + 1?", "input": "", "output": "2", "answer": "2"}]))
+    code = main(["eval", "--model", str(model_dir), "--datasets", str(data), "--adapter-path", str(tmp_path / "other"),
+                 "--no-progress"])
     err = capsys.readouterr().err
     assert code == 2 and "made for" in err and "hidden_size" in err
 
