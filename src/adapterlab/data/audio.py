@@ -8,6 +8,7 @@ truncates log-mel frames to its `max_length`).
 from __future__ import annotations
 
 import csv
+import io
 import re
 from fractions import Fraction
 from pathlib import Path
@@ -17,7 +18,8 @@ import numpy as np
 import soundfile
 import torch
 from scipy.signal import resample_poly
-from ..errors import DataError, MissingPathError
+from ..errors import DataError
+from .files import check_folder, read_text
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg")
 DEFAULT_LABEL_PATTERN = r"^([^_]+)_"  # label = file-name prefix before the first "_", e.g. FSDD "7_theo_12.wav"
@@ -35,9 +37,7 @@ def read_audio(path: str | Path, sampling_rate: int) -> np.ndarray:
 
 def list_audio(root: str | Path) -> list[Path]:
     """Audio files under `root` (recursively), sorted by path."""
-    root = Path(root)
-    if not root.is_dir():
-        raise MissingPathError(f"Audio folder {root} does not exist; pass a folder of .wav files.")
+    root = check_folder(root, "Audio folder", "pass a folder of .wav files")
     files = sorted(p for p in root.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES)
     if not files:
         raise DataError(f"No {'/'.join(AUDIO_SUFFIXES)} files under {root}.")
@@ -62,11 +62,15 @@ def labels_from_csv(files: list[Path], root: str | Path, csv_path: str | Path) -
 
     Rows for files that are not in `files` are ignored, so one CSV can label several folders.
     """
-    with open(csv_path, newline="") as handle:
-        reader = csv.DictReader(handle)
-        if not reader.fieldnames or not {"file", "label"} <= set(reader.fieldnames):
-            raise DataError(f"{csv_path} needs a header with 'file' and 'label' columns; found {reader.fieldnames}.")
-        table = {Path(row["file"]).as_posix(): row["label"].strip() for row in reader}
+    reader = csv.DictReader(io.StringIO(read_text(csv_path, "Labels CSV"), newline=""))
+    if not reader.fieldnames or not {"file", "label"} <= set(reader.fieldnames):
+        raise DataError(f"{csv_path} needs a header with 'file' and 'label' columns; found {reader.fieldnames}.")
+    table = {}
+    for number, row in enumerate(reader, 2):
+        label = (row["label"] or "").strip()
+        if not row["file"] or not label:
+            raise DataError(f"{csv_path}, line {number}: empty 'file' or 'label' ({row}); fill it in or drop the row.")
+        table[Path(row["file"]).as_posix()] = label
     labels = []
     for path in files:
         key = path.relative_to(root).as_posix()

@@ -8,16 +8,15 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image
-from ..errors import DataError, MissingPathError
+from ..errors import DataError
+from .files import check_folder
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
 
 def list_images(root: str | Path) -> tuple[list[Path], list[str]]:
     """(image files, class name of each) for a folder holding one sub-folder per class, sorted by path."""
-    root = Path(root)
-    if not root.is_dir():
-        raise MissingPathError(f"Image folder {root} does not exist; pass a folder with one sub-folder per class.")
+    root = check_folder(root, "Image folder", "pass a folder with one sub-folder per class")
     files, labels = [], []
     for class_dir in sorted(p for p in root.iterdir() if p.is_dir()):
         for path in sorted(class_dir.rglob("*")):
