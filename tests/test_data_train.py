@@ -204,3 +204,43 @@ def test_non_string_instruction_fields_are_refused(tmp_path, field, value):
     with pytest.raises(DataError, match=rf"train.json, record 1: field '{field}' must be a string, got "
                                         rf"{re.escape(json.dumps(value))}"):
         read_instructions([path])
+
+
+# ---------------------------------------------------------------- seq-cls: labels and few-shot
+
+def seq_cls_options(path, **options):
+    from adapterlab.tasks.base import TaskOptions
+
+    return TaskOptions(model="not-loaded", data=[str(path)], options=options)
+
+
+@pytest.mark.reliability
+def test_single_class_text_data_is_refused(tmp_path):
+    """classification data with one label only -> error naming the file and label column (no regression head)"""
+    from adapterlab.tasks import classification
+
+    path = tmp_path / "train.tsv"
+    path.write_text("label\tsentence\n1\tgood\n1\tfine\n1\tgreat\n")
+    with pytest.raises(DataError, match=r"label column 'label' of .*train.tsv holds only the label '1'; a classifier "
+                                        r"needs at least two classes"):
+        classification.prepare(seq_cls_options(path))
+
+
+def test_seq_cls_few_shot_keeps_k_rows_per_label(tmp_path):
+    """--few-shot K with seq-cls trains on K rows of each label, drawn by --seed."""
+    from adapterlab.tasks import classification
+    from adapterlab.tasks.base import TaskOptions
+    from train_helpers import encoder_folder, write_sst
+
+    bert = encoder_folder(tmp_path / "bert")
+    data = write_sst(tmp_path / "train.tsv", 40)
+
+    def train_rows(seed):
+        setup = classification.prepare(TaskOptions(model=str(bert), data=[str(data)], val_size=6, seed=seed,
+                                                   options={"few_shot": 3}))
+        return [(tuple(x["input_ids"]), x["labels"]) for x in setup.train_dataset], setup
+
+    rows, setup = train_rows(0)
+    assert sorted(label for _, label in rows) == [0, 0, 0, 1, 1, 1] and len(setup.eval_dataset) == 6
+    assert setup.info["train_records"] == 6 and setup.info["few_shot"] == 3
+    assert train_rows(0)[0] == rows and train_rows(1)[0] != rows
