@@ -6,7 +6,9 @@ import dataclasses
 import json
 import re
 
+import numpy as np
 import pytest
+import soundfile
 import yaml
 
 from adapterlab.cli import build_parser, main
@@ -171,7 +173,7 @@ def test_flags_that_would_be_ignored_are_refused_by_name(tmp_path, capsys, task,
 def check_one_line_and_no_run_folder(tmp_path, capsys, task, flags, named) -> None:
     (tmp_path / "ok.json").write_text(json.dumps([{"instruction": "a", "output": "b"}]))
     (tmp_path / "audio").mkdir()
-    (tmp_path / "audio" / "1_a_0.wav").write_bytes(b"")  # listed, never read: the labels fail first
+    soundfile.write(str(tmp_path / "audio" / "1_a_0.wav"), np.zeros(800, np.float32), 8000)
     model = {"audio-cls": "config:ast-small", "image-cls": "config:vit-small"}.get(task, "not-loaded")
     argv = [arg.replace("{tmp}", str(tmp_path)) for arg in flags]
     assert main(["train", "--task", task, "--model", model, "--output", str(tmp_path / "run"), *argv]) == 2
@@ -203,3 +205,27 @@ def test_missing_data_is_one_line_and_leaves_no_run_folder(tmp_path, capsys, tas
 def test_data_path_of_the_wrong_kind_is_named_as_such(tmp_path, capsys, task, flags, named):
     """a folder given as --data file, or a file as audio/image folder -> "is a folder" / "is a file", no run folder"""
     check_one_line_and_no_run_folder(tmp_path, capsys, task, flags, named)
+
+
+@pytest.mark.reliability
+@pytest.mark.parametrize("task", ["audio-cls", "image-cls"])
+def test_media_file_that_cannot_be_decoded_is_named_before_the_run_folder(tmp_path, capsys, task):
+    """a .wav / .png that is not audio / an image -> one-line error naming it, no half-written run folder"""
+    from PIL import Image
+
+    root = tmp_path / "data"
+    for label in ("0", "1"):
+        (root / label).mkdir(parents=True)
+        for index in range(3):
+            if task == "audio-cls":
+                soundfile.write(str(root / label / f"{label}_a_{index}.wav"), np.zeros(800, np.float32), 8000)
+            else:
+                Image.new("RGB", (8, 8)).save(root / label / f"{index}.png")
+    bad = root / "1" / ("1_a_9.wav" if task == "audio-cls" else "9.png")
+    bad.write_bytes(b"not a media file")
+    model = "config:ast-small" if task == "audio-cls" else "config:vit-small"
+    assert main(["train", "--task", task, "--model", model, "--data", str(root), "--output", str(tmp_path / "run"),
+                 "--max-steps", "1", "--batch-size", "2", "--micro-batch-size", "2"]) == 2
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("adapterlab train: error:")]
+    assert len(lines) == 1 and f"{bad} is not a readable" in lines[0], lines
+    assert not (tmp_path / "run").exists()
