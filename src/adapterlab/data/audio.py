@@ -17,7 +17,6 @@ from typing import Any
 import numpy as np
 import soundfile
 import torch
-from scipy.signal import resample_poly
 from ..errors import DataError
 from .files import check_folder, read_text
 
@@ -33,6 +32,8 @@ def read_audio(path: str | Path, sampling_rate: int) -> np.ndarray:
         raise DataError(f"{path} cannot be read as audio ({exc}); replace or remove it.") from exc
     waveform = waveform.mean(axis=1)
     if rate != sampling_rate:
+        from scipy.signal import resample_poly  # ~0.4 s to import; the CLI lists the tasks without it
+
         ratio = Fraction(sampling_rate, rate)
         waveform = resample_poly(waveform, ratio.numerator, ratio.denominator).astype(np.float32)
     return waveform
