@@ -140,9 +140,9 @@ def test_yaml_value_of_the_wrong_type_is_named_before_anything_is_written(tmp_pa
 # ---------------------------------------------------------------- flags that would be ignored are refused (#8.3)
 
 @pytest.mark.parametrize("task, flags, expected", [pytest.param(*case, id=" ".join(case[1])) for case in [
-    ("causal-lm", ["--few-shot", "4"], "--few-shot does not apply to --task causal-lm (only seq-cls, audio-cls, "
-                                       "image-cls read it): instruction records have free-text outputs"),
-    ("seq-cls", ["--template", "chat"], "--template does not apply to --task seq-cls (only causal-lm read it)"),
+    ("causal-lm", ["--few-shot", "4"], "--few-shot does not apply to --task causal-lm (read by seq-cls, audio-cls, "
+                                       "image-cls only): instruction records have free-text outputs"),
+    ("seq-cls", ["--template", "chat"], "--template does not apply to --task seq-cls (read by causal-lm only)"),
     ("image-cls", ["--cutoff-len", "64"], "--cutoff-len does not apply to --task image-cls"),
     ("audio-cls", ["--dtype", "bfloat16"], "--dtype does not apply to --task audio-cls"),
     ("causal-lm", ["--adapter", "series", "--r", "8"], "--r is an option of lora, not of --adapter series"),
