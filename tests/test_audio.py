@@ -205,3 +205,35 @@ def test_train_cli_run_restores_the_trained_classifier(fsdd_like: Path, tiny_ast
     assert not torch.allclose(logits, untrained)
     accuracy = (logits.argmax(-1) == batch["labels"]).float().mean().item()
     assert accuracy == pytest.approx(summary["best_metric"]["value"])
+
+
+def test_max_train_samples_is_honoured(fsdd_like: Path, tiny_ast_config: str) -> None:
+    """--max-train-samples 10 trains on 10 of the 42 recordings (a seeded subset), not on all of them."""
+    def train_files(seed: int, **extra) -> list[Path]:
+        options = TaskOptions(model=tiny_ast_config, data=[str(fsdd_like)], seed=seed,
+                              options={"max_train_samples": 10, **extra})
+        return audio.prepare(options).train_dataset.files
+
+    files = train_files(0)
+    assert len(files) == 10 and files == train_files(0) and files != train_files(1)
+    held = audio.prepare(TaskOptions(model=tiny_ast_config, data=[str(fsdd_like)], val_size=3, seed=0,
+                                     options={"max_train_samples": 10}))
+    assert len(held.train_dataset) + len(held.eval_dataset) == 10  # the dev set is held out of the 10
+
+
+@pytest.mark.reliability
+@pytest.mark.parametrize("labelling", ["pattern", "csv"])
+def test_single_label_audio_is_refused(tmp_path: Path, tiny_ast_config: str, labelling: str) -> None:
+    """audio folder whose files all get one label -> error naming where the labels come from (no regression head)"""
+    root = tmp_path / "one"
+    root.mkdir()
+    for index in range(4):
+        write_tone(root / f"7_ann_{index}.wav", 440.0)
+    options = {}
+    if labelling == "csv":
+        (tmp_path / "labels.csv").write_text("file,label\n" + "".join(f"7_ann_{i}.wav,seven\n" for i in range(4)))
+        options = {"labels_csv": str(tmp_path / "labels.csv")}
+    source = r"'label' column of .*labels.csv holds only the label 'seven'" if options else \
+        r"--label-pattern '\^\(\[\^_\]\+\)_' reads from the file names in .*one holds only the label '7'"
+    with pytest.raises(ValueError, match=source + "; a classifier needs at least two classes"):
+        audio.prepare(TaskOptions(model=tiny_ast_config, data=[str(root)], options=options))

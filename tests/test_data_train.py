@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
 from adapterlab.data.classification import label_names, read_labelled
 from adapterlab.data.decontaminate import decontaminate, normalize_question, overlap_counts
-from adapterlab.data.instruction import DataError, read_instructions, tokenize_example
+from adapterlab.data.instruction import read_instructions, tokenize_example
+from adapterlab.errors import DataError, MissingPathError
 from adapterlab.data.splits import holdout, subsample
 from adapterlab.data.templates import build_prompt
 from train_helpers import make_tokenizer
@@ -113,3 +115,132 @@ def test_splits_are_seeded_and_disjoint():
     assert subsample(items, 5, seed=3) == subsample(items, 5, seed=3) and len(subsample(items, 5, seed=3)) == 5
     with pytest.raises(DataError, match="leaves no training data"):
         holdout(items, 50, seed=1)
+
+
+# ---------------------------------------------------------------- bad files, the same message from every reader
+
+def read_audio_labels(path):
+    from adapterlab.data.audio import labels_from_csv
+
+    return labels_from_csv([], path.parent, path)
+
+
+# reader name -> (file name, read function, a valid file's text)
+ROWS = [{"label": "1", "sentence": "fine"}, {"label": "0", "sentence": "dull"}]
+READERS = {
+    "instruction JSON": ("train.json", lambda p: read_instructions([p]), json.dumps([RECORD])),
+    "instruction JSONL": ("train.jsonl", lambda p: read_instructions([p]), json.dumps(RECORD) + "\n"),
+    "classification CSV": ("train.csv", lambda p: read_labelled([p]), "label,sentence\n1,fine\n0,dull\n"),
+    "classification TSV": ("train.tsv", lambda p: read_labelled([p]), "label\tsentence\n1\tfine\n0\tdull\n"),
+    "classification JSON": ("train.json", lambda p: read_labelled([p]), json.dumps(ROWS)),
+    "classification JSONL": ("train.jsonl", lambda p: read_labelled([p]), "".join(json.dumps(r) + "\n" for r in ROWS)),
+    "audio labels CSV": ("labels.csv", read_audio_labels, "file,label\na.wav,1\n"),
+}
+JSON_READERS = [name for name, (file, _, _) in READERS.items() if file.endswith((".json", ".jsonl"))]
+
+
+@pytest.mark.reliability
+@pytest.mark.parametrize("reader", READERS)
+def test_non_utf8_file_is_named_with_the_byte_offset(tmp_path, reader):
+    """Latin-1 data file (not UTF-8) -> one-line error naming the file, the byte offset and line"""
+    name, read, text = READERS[reader]
+    path = tmp_path / name
+    data = text.encode("utf-8")
+    cut = text.index("\n") if "\n" in text[:-1] else 9  # on the second line, or in the first record
+    path.write_bytes(data[:cut] + "caf\xe9 ".encode("latin-1") + data[cut:])
+    with pytest.raises(DataError, match=rf"{name} is not UTF-8 text: byte 0xe9 at offset {cut + 3} \(line \d+\)"):
+        read(path)
+
+
+@pytest.mark.reliability
+@pytest.mark.parametrize("reader", READERS)
+def test_folder_given_as_data_file_says_it_is_a_folder(tmp_path, reader):
+    """a folder given where a data file belongs -> "is a folder, not a file" (not "does not exist")"""
+    name, read, _ = READERS[reader]
+    (tmp_path / name).mkdir()
+    with pytest.raises(MissingPathError, match=f"{name} is a folder, not a file"):
+        read(tmp_path / name)
+    with pytest.raises(MissingPathError, match="missing.json does not exist"):
+        read(tmp_path / "missing.json")
+
+
+@pytest.mark.reliability
+@pytest.mark.parametrize("indent", [None, 1], ids=["one line", "pretty-printed"])
+@pytest.mark.parametrize("reader", JSON_READERS)
+def test_json_object_wrapping_the_records_is_named(tmp_path, reader, indent):
+    """{"data": [...]} JSON object file -> "holds a JSON object ... expected a list of records or one per line\""""
+    name, read, text = READERS[reader]
+    records = [json.loads(line) for line in text.splitlines()] if name.endswith(".jsonl") else json.loads(text)
+    path = tmp_path / name
+    path.write_text(json.dumps({"data": records}, indent=indent))
+    with pytest.raises(DataError, match=r"holds a JSON object \(keys \['data'\]\), not records; expected a JSON "
+                                        r"list of records or one JSON object per line .*under 'data'"):
+        read(path)
+
+
+def test_utf8_byte_order_mark_is_dropped(tmp_path):
+    """Files saved by Excel start with a BOM; the first column is still called `label`."""
+    path = tmp_path / "train.csv"
+    path.write_bytes(b"\xef\xbb\xbf" + b"label,sentence\n1,fine\n0,dull\n")
+    assert read_labelled([path])[0][0] == {"text": "fine", "label": "1"}
+    assert read_json_records_lines(tmp_path) == [RECORD]
+
+
+def read_json_records_lines(tmp_path):
+    from adapterlab.data.files import read_json_records
+
+    path = tmp_path / "one.jsonl"
+    path.write_bytes(b"\xef\xbb\xbf" + json.dumps(RECORD).encode())
+    return read_json_records(path)
+
+
+@pytest.mark.reliability
+@pytest.mark.parametrize("field", ["instruction", "input", "output"])
+@pytest.mark.parametrize("value", [None, 3, ["a"], {"text": "a"}], ids=["null", "number", "list", "object"])
+def test_non_string_instruction_fields_are_refused(tmp_path, field, value):
+    """instruction record with "output": null (or a number, list, object) -> error naming file, record, field"""
+    path = tmp_path / "train.json"
+    path.write_text(json.dumps([RECORD, {**RECORD, field: value}]))
+    with pytest.raises(DataError, match=rf"train.json, record 1: field '{field}' must be a string, got "
+                                        rf"{re.escape(json.dumps(value))}"):
+        read_instructions([path])
+
+
+# ---------------------------------------------------------------- seq-cls: labels and few-shot
+
+def seq_cls_options(path, **options):
+    from adapterlab.tasks.base import TaskOptions
+
+    return TaskOptions(model="not-loaded", data=[str(path)], options=options)
+
+
+@pytest.mark.reliability
+def test_single_class_text_data_is_refused(tmp_path):
+    """classification data with one label only -> error naming the file and label column (no regression head)"""
+    from adapterlab.tasks import classification
+
+    path = tmp_path / "train.tsv"
+    path.write_text("label\tsentence\n1\tgood\n1\tfine\n1\tgreat\n")
+    with pytest.raises(DataError, match=r"label column 'label' of .*train.tsv holds only the label '1'; a classifier "
+                                        r"needs at least two classes"):
+        classification.prepare(seq_cls_options(path))
+
+
+def test_seq_cls_few_shot_keeps_k_rows_per_label(tmp_path):
+    """--few-shot K with seq-cls trains on K rows of each label, drawn by --seed."""
+    from adapterlab.tasks import classification
+    from adapterlab.tasks.base import TaskOptions
+    from train_helpers import encoder_folder, write_sst
+
+    bert = encoder_folder(tmp_path / "bert")
+    data = write_sst(tmp_path / "train.tsv", 40)
+
+    def train_rows(seed):
+        setup = classification.prepare(TaskOptions(model=str(bert), data=[str(data)], val_size=6, seed=seed,
+                                                   options={"few_shot": 3}))
+        return [(tuple(x["input_ids"]), x["labels"]) for x in setup.train_dataset], setup
+
+    rows, setup = train_rows(0)
+    assert sorted(label for _, label in rows) == [0, 0, 0, 1, 1, 1] and len(setup.eval_dataset) == 6
+    assert setup.info["train_records"] == 6 and setup.info["few_shot"] == 3
+    assert train_rows(0)[0] == rows and train_rows(1)[0] != rows

@@ -102,3 +102,20 @@ def test_stratified_split_counts_fractions_and_singletons() -> None:
     assert stratified_split(labels, 0.2, seed=2) != (train, dev)
     with pytest.raises(ValueError, match="val_size"):
         stratified_split(labels, 31, seed=1)
+
+
+def test_max_train_samples_is_honoured(tmp_path: Path, tiny_vit_config: str) -> None:
+    """--max-train-samples 7 trains on 7 of the 30 images (a seeded subset), not on all of them."""
+    root = image_folder(tmp_path / "train", ["a", "b", "c"], 10)
+    setup = image.prepare(TaskOptions(model=tiny_vit_config, data=[str(root)], seed=2,
+                                      options={"max_train_samples": 7}))
+    assert len(setup.train_dataset) == 7 and setup.info["train_records"] == 7
+
+
+@pytest.mark.reliability
+def test_single_class_image_folder_is_refused(tmp_path: Path, tiny_vit_config: str) -> None:
+    """image folder with one class sub-folder -> error naming the folder (no regression head, no accuracy 1.0)"""
+    root = image_folder(tmp_path / "train", ["cat"], 4)
+    with pytest.raises(ValueError, match=r"class sub-folders of .*train holds only the label 'cat'; a classifier "
+                                         r"needs at least two classes"):
+        image.prepare(TaskOptions(model=tiny_vit_config, data=[str(root)]))

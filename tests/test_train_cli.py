@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+import json
+import re
 
+import numpy as np
 import pytest
+import soundfile
 import yaml
 
 from adapterlab.cli import build_parser, main
@@ -97,3 +101,131 @@ def test_list_options_split_on_commas_and_strings_do_not():
     assert config.adapter_options == {"layers": [0, 1], "targets": "q_proj"}
     config = parse("--model", "m", "--data", "d", "--adapter", "prompt", "--init-text", "Classify it, please")
     assert config.adapter_options == {"init_text": "Classify it, please"}
+
+
+# ---------------------------------------------------------------- value types in --config files (#9.12)
+
+@pytest.mark.reliability
+def test_yaml_strings_that_spell_numbers_become_numbers(tmp_path):
+    """`lr: 3e-4` in a --config YAML (a string to YAML 1.1) -> the float 0.0003, not a crash inside AdamW"""
+    path = tmp_path / "run.yaml"
+    path.write_text("model: m\ndata: d.json\nlr: 3e-4\nepochs: '2'\nmax_steps: '1e3'\nval_size: '0.1'\n"
+                    "train_on_inputs: 'yes'\nlabel_column: 1\n")
+    config = parse("--config", str(path))
+    assert (config.lr, config.epochs, config.max_steps, config.val_size) == (0.0003, 2.0, 1000, 0.1)
+    assert type(config.lr) is float and type(config.max_steps) is int
+    assert config.train_on_inputs is True and config.label_column == "1" and config.data == ["d.json"]
+
+
+@pytest.mark.reliability
+@pytest.mark.parametrize("line, expected", [pytest.param(line, expected, id=line) for line, expected in [
+    ("epochs: three", r"'epochs' \(--epochs\) = 'three': expected a number \(float\), got str"),
+    ("adapter: [lora]", r"'adapter' \(--adapter\) = \['lora'\]: expected a string, got list"),
+    ("max_steps: 2.5", r"'max_steps' \(--max-steps\) = 2.5: expected a whole number \(int\), got float"),
+    ("lr: .nan", r"'lr' \(--lr\) = nan: expected a number \(float\)"),
+    ("train_on_inputs: maybe", r"'train_on_inputs' \(--train-on-inputs\) = 'maybe': expected true or false"),
+    ("data: {train: a.json}", r"'data' \(--data\) = \{'train': 'a.json'\}: expected a list of strings"),
+    ("adapter_options: [r, 8]", r"adapter_options = \['r', 8\]: expected a mapping"),
+]])
+def test_yaml_value_of_the_wrong_type_is_named_before_anything_is_written(tmp_path, capsys, line, expected):
+    """--config value of the wrong type (epochs: three, adapter: [lora]) -> error naming file, key, value, type"""
+    path = tmp_path / "run.yaml"
+    path.write_text(f"model: m\ndata: d.json\noutput: {tmp_path / 'run'}\n{line}\n")
+    assert main(["train", "--config", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert re.search(rf"adapterlab train: error: --config .*run.yaml: (setting )?{expected}", err), err
+    assert not (tmp_path / "run").exists()
+
+
+# ---------------------------------------------------------------- flags that would be ignored are refused (#8.3)
+
+@pytest.mark.parametrize("task, flags, expected", [pytest.param(*case, id=" ".join(case[1])) for case in [
+    ("causal-lm", ["--few-shot", "4"], "--few-shot does not apply to --task causal-lm (read by seq-cls, audio-cls, "
+                                       "image-cls only): instruction records have free-text outputs"),
+    ("seq-cls", ["--template", "chat"], "--template does not apply to --task seq-cls (read by causal-lm only)"),
+    ("image-cls", ["--cutoff-len", "64"], "--cutoff-len does not apply to --task image-cls"),
+    ("audio-cls", ["--dtype", "bfloat16"], "--dtype does not apply to --task audio-cls"),
+    ("causal-lm", ["--adapter", "series", "--r", "8"], "--r is an option of lora, not of --adapter series"),
+    ("causal-lm", ["--adapter", "full", "--size", "8"], "--adapter full trains every weight and takes no adapter "
+                                                        "options; drop --size"),
+    ("causal-lm", ["--eval-steps", "5"], "--eval-steps needs a dev set"),
+    ("causal-lm", ["--early-stopping", "2"], "--early-stopping needs a dev set"),
+    ("causal-lm", ["--val-size", "4", "--eval-data", "dev.json"], "--eval-data gives the dev set and --val-size"),
+    ("causal-lm", ["--use_parallel_adapter"], "--use_parallel_adapter only apply with --adapter_name bottleneck"),
+    ("causal-lm", ["--adapter_name", "bottleneck", "--use_parallel_adapter", "--use_adapterp"],
+     "--use_parallel_adapter and --use_adapterp pick different bottleneck adapters"),
+    ("causal-lm", ["--adapter", "lora", "--adapter_name", "bottleneck"], "both pick the method"),
+    ("audio-cls", ["--labels-csv", "l.csv", "--label-pattern", "x"], "--labels-csv and --label-pattern"),
+]])
+def test_flags_that_would_be_ignored_are_refused_by_name(tmp_path, capsys, task, flags, expected):
+    """A flag the run would not act on is refused naming it, before anything is written."""
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "1_a_0.wav").write_bytes(b"")
+    assert main(["train", "--task", task, "--model", "config:ast-small", "--data", str(data), "--output",
+                 str(tmp_path / "run"), *flags]) == 2
+    assert expected in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
+# ---------------------------------------------------------------- missing inputs: one line, nothing written (#8.4)
+
+def check_one_line_and_no_run_folder(tmp_path, capsys, task, flags, named) -> None:
+    (tmp_path / "ok.json").write_text(json.dumps([{"instruction": "a", "output": "b"}]))
+    (tmp_path / "audio").mkdir()
+    soundfile.write(str(tmp_path / "audio" / "1_a_0.wav"), np.zeros(800, np.float32), 8000)
+    model = {"audio-cls": "config:ast-small", "image-cls": "config:vit-small"}.get(task, "not-loaded")
+    argv = [arg.replace("{tmp}", str(tmp_path)) for arg in flags]
+    assert main(["train", "--task", task, "--model", model, "--output", str(tmp_path / "run"), *argv]) == 2
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(lines) == 1 and named.replace("{tmp}", str(tmp_path)) in lines[0], lines
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("task, flags, named", [
+    ("causal-lm", ["--data", "{tmp}/missing.json"], "Data file {tmp}/missing.json does not exist"),
+    ("seq-cls", ["--data", "{tmp}/missing.tsv"], "Data file {tmp}/missing.tsv does not exist"),
+    ("causal-lm", ["--data", "{tmp}/ok.json", "--eval-data", "{tmp}/dev.json"], "{tmp}/dev.json does not exist"),
+    ("causal-lm", ["--data", "{tmp}/ok.json", "--decontaminate", "{tmp}/t.json"], "{tmp}/t.json does not exist"),
+    ("audio-cls", ["--data", "{tmp}/wavs"], "Audio folder {tmp}/wavs does not exist"),
+    ("audio-cls", ["--data", "{tmp}/audio", "--labels-csv", "{tmp}/l.csv"], "Labels CSV {tmp}/l.csv does not exist"),
+    ("image-cls", ["--data", "{tmp}/images"], "Image folder {tmp}/images does not exist"),
+])
+def test_missing_data_is_one_line_and_leaves_no_run_folder(tmp_path, capsys, task, flags, named):
+    """A missing data file or folder: exit 2, one line naming it, and no run folder."""
+    check_one_line_and_no_run_folder(tmp_path, capsys, task, flags, named)
+
+
+@pytest.mark.reliability
+@pytest.mark.parametrize("task, flags, named", [
+    ("causal-lm", ["--data", "{tmp}"], "Data file {tmp} is a folder, not a file"),
+    ("audio-cls", ["--data", "{tmp}/ok.json"], "Audio folder {tmp}/ok.json is a file, not a folder"),
+    ("image-cls", ["--data", "{tmp}/ok.json"], "Image folder {tmp}/ok.json is a file, not a folder"),
+])
+def test_data_path_of_the_wrong_kind_is_named_as_such(tmp_path, capsys, task, flags, named):
+    """a folder given as --data file, or a file as audio/image folder -> "is a folder" / "is a file", no run folder"""
+    check_one_line_and_no_run_folder(tmp_path, capsys, task, flags, named)
+
+
+@pytest.mark.reliability
+@pytest.mark.parametrize("task", ["audio-cls", "image-cls"])
+def test_media_file_that_cannot_be_decoded_is_named_before_the_run_folder(tmp_path, capsys, task):
+    """a .wav / .png that is not audio / an image -> one-line error naming it, no half-written run folder"""
+    from PIL import Image
+
+    root = tmp_path / "data"
+    for label in ("0", "1"):
+        (root / label).mkdir(parents=True)
+        for index in range(3):
+            if task == "audio-cls":
+                soundfile.write(str(root / label / f"{label}_a_{index}.wav"), np.zeros(800, np.float32), 8000)
+            else:
+                Image.new("RGB", (8, 8)).save(root / label / f"{index}.png")
+    bad = root / "1" / ("1_a_9.wav" if task == "audio-cls" else "9.png")
+    bad.write_bytes(b"not a media file")
+    model = "config:ast-small" if task == "audio-cls" else "config:vit-small"
+    assert main(["train", "--task", task, "--model", model, "--data", str(root), "--output", str(tmp_path / "run"),
+                 "--max-steps", "1", "--batch-size", "2", "--micro-batch-size", "2"]) == 2
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("adapterlab train: error:")]
+    assert len(lines) == 1 and f"{bad} is not a readable" in lines[0], lines
+    assert not (tmp_path / "run").exists()

@@ -9,13 +9,15 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-from pathlib import Path
+from collections.abc import Collection
 from typing import Any
 
 import yaml
 
-from ..errors import AdapterError
+from ..data.files import read_text
+from ..errors import AdapterError, UsageError
 from ..registry import METHODS, config_class
+from ..tasks import tasks_reading
 from ..train import TrainConfig, train
 
 OPTION_PREFIX = "adapter_option:"
@@ -54,11 +56,12 @@ def parse_value(text: str) -> Any:
 
 
 def parse_list_value(text: str) -> Any:
-    """A list option: a YAML/JSON list, or comma-separated items each read as YAML ('0,1' -> [0, 1])."""
+    """A list option: a YAML/JSON list, or comma-separated items each read as YAML ('0,1' -> [0, 1], '0' -> [0]);
+    a single word stays a string (the method's config splits it)."""
     value = parse_value(text)
     if isinstance(value, str) and "," in value:
         return [parse_value(item.strip()) for item in value.split(",") if item.strip()]
-    return value
+    return value if isinstance(value, (str, list)) else [value]
 
 
 def names(name: str, aliases: tuple[str, ...] = ()) -> list[str]:
@@ -74,7 +77,10 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
         if f.name == "adapter_options":
             continue
         kind = str(f.type)
-        kwargs: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS, "help": f.metadata.get("help")}
+        help_text = f.metadata.get("help")
+        if f.metadata.get("per_task"):  # the tasks come from the task modules, so the help cannot go stale
+            help_text = f"{', '.join(tasks_reading(f.name))}: {help_text}"
+        kwargs: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS, "help": help_text}
         if kind == "bool":
             kwargs.update(nargs="?", const=True, type=parse_bool, metavar="BOOL")
         elif kind.startswith("list"):
@@ -119,9 +125,10 @@ def add_adapter_flags(parser: argparse.ArgumentParser) -> None:
     legacy.add_argument("--adapter_name", dest="adapter_name", default=argparse.SUPPRESS,
                         help="lora | bottleneck | prefix-tuning (or any method name)")
     legacy.add_argument("--use_parallel_adapter", dest="use_parallel_adapter", nargs="?", const=True,
-                        type=parse_bool, default=False, help="with --adapter_name bottleneck: the parallel adapter")
+                        type=parse_bool, default=argparse.SUPPRESS,
+                        help="with --adapter_name bottleneck: the parallel adapter")
     legacy.add_argument("--use_adapterp", dest="use_adapterp", nargs="?", const=True, type=parse_bool,
-                        default=False, help="with --adapter_name bottleneck: the Pfeiffer adapter")
+                        default=argparse.SUPPRESS, help="with --adapter_name bottleneck: the Pfeiffer adapter")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -139,11 +146,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def read_yaml(path: str) -> dict[str, Any]:
     """The settings in a YAML config file, keys normalised to underscores."""
-    file = Path(path)
-    if not file.is_file():
-        raise AdapterError(f"--config {path}: no such file.")
+    text = read_text(path, "--config file")
     try:
-        data = yaml.safe_load(file.read_text()) or {}
+        data = yaml.safe_load(text) or {}
     except yaml.YAMLError as exc:
         raise AdapterError(f"--config {path} is not valid YAML: {exc}") from exc
     if not isinstance(data, dict):
@@ -161,6 +166,9 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         for key, value in read_yaml(args.config).items():
             key = OPTION_ALIASES.get(key, key)
             if key == "adapter_options":
+                if not isinstance(value or {}, dict):
+                    raise UsageError(f"--config {args.config}: adapter_options = {value!r}: expected a mapping "
+                                     "of option: value (e.g. r: 16).")
                 options.update(value or {})
             elif key in fields:
                 settings[key] = value
@@ -171,16 +179,25 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     given = vars(args)
     settings.update({k: v for k, v in given.items() if k in fields})
     options.update({k[len(OPTION_PREFIX):]: v for k, v in given.items() if k.startswith(OPTION_PREFIX)})
-    if "adapter_name" in given:
-        settings["adapter"] = legacy_method(given["adapter_name"], given["use_parallel_adapter"], given["use_adapterp"])
-    for key in ("data", "eval_data", "decontaminate"):
-        if isinstance(settings.get(key), str):
-            settings[key] = [settings[key]]
-    return TrainConfig.from_dict({**settings, "adapter_options": options})
+    variants = {k for k in ("use_parallel_adapter", "use_adapterp") if given.get(k)}
+    if "adapter_name" in given and "adapter" in given:
+        raise UsageError(f"--adapter {given['adapter']} and --adapter_name {given['adapter_name']} both pick the "
+                         "method; pass one.")
+    if "adapter_name" in given or variants:
+        settings["adapter"] = legacy_method(given.get("adapter_name"), given.get("use_parallel_adapter", False),
+                                            given.get("use_adapterp", False), variants)
+    source = f"--config {args.config}" if getattr(args, "config", None) else None
+    return TrainConfig.from_dict({**settings, "adapter_options": options}, source=source)
 
 
-def legacy_method(name: str, parallel: bool, pfeiffer: bool) -> str:
-    """The method for LLM-Adapters' --adapter_name (bottleneck = series, parallel or pfeiffer)."""
+def legacy_method(name: str | None, parallel: bool, pfeiffer: bool, given: Collection[str] = ()) -> str:
+    """The method for LLM-Adapters' --adapter_name (bottleneck = series, parallel or pfeiffer); the variant
+    flags (`given`) are refused unless they pick one bottleneck variant."""
+    if given and name != "bottleneck":
+        raise UsageError(f"--{' and --'.join(sorted(given))} only apply with --adapter_name bottleneck; "
+                         "drop them or pass --adapter parallel / pfeiffer directly.")
+    if parallel and pfeiffer:
+        raise UsageError("--use_parallel_adapter and --use_adapterp pick different bottleneck adapters; pass one.")
     if name == "bottleneck":
         return "parallel" if parallel else "pfeiffer" if pfeiffer else "series"
     return ADAPTER_NAMES.get(name, name)

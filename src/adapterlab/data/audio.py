@@ -8,6 +8,7 @@ truncates log-mel frames to its `max_length`).
 from __future__ import annotations
 
 import csv
+import io
 import re
 from fractions import Fraction
 from pathlib import Path
@@ -16,8 +17,8 @@ from typing import Any
 import numpy as np
 import soundfile
 import torch
-from scipy.signal import resample_poly
-from ..errors import DataError, MissingPathError
+from ..errors import DataError
+from .files import check_folder, read_text
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg")
 DEFAULT_LABEL_PATTERN = r"^([^_]+)_"  # label = file-name prefix before the first "_", e.g. FSDD "7_theo_12.wav"
@@ -25,22 +26,31 @@ DEFAULT_LABEL_PATTERN = r"^([^_]+)_"  # label = file-name prefix before the firs
 
 def read_audio(path: str | Path, sampling_rate: int) -> np.ndarray:
     """A mono float32 waveform in [-1, 1] at `sampling_rate` Hz (channels averaged, polyphase resampling)."""
-    waveform, rate = soundfile.read(str(path), dtype="float32", always_2d=True)
+    try:
+        waveform, rate = soundfile.read(str(path), dtype="float32", always_2d=True)
+    except soundfile.SoundFileError as exc:
+        raise DataError(f"{path} cannot be read as audio ({exc}); replace or remove it.") from exc
     waveform = waveform.mean(axis=1)
     if rate != sampling_rate:
+        from scipy.signal import resample_poly  # ~0.4 s to import; the CLI lists the tasks without it
+
         ratio = Fraction(sampling_rate, rate)
         waveform = resample_poly(waveform, ratio.numerator, ratio.denominator).astype(np.float32)
     return waveform
 
 
 def list_audio(root: str | Path) -> list[Path]:
-    """Audio files under `root` (recursively), sorted by path."""
-    root = Path(root)
-    if not root.is_dir():
-        raise MissingPathError(f"Audio folder {root} does not exist; pass a folder of .wav files.")
+    """Audio files under `root` (recursively), sorted by path; each file's header is read (~0.1 ms), so a file
+    that is not audio is named now rather than mid-training, after the run folder was written."""
+    root = check_folder(root, "Audio folder", "pass a folder of .wav files")
     files = sorted(p for p in root.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES)
     if not files:
         raise DataError(f"No {'/'.join(AUDIO_SUFFIXES)} files under {root}.")
+    for path in files:
+        try:
+            soundfile.info(str(path))
+        except soundfile.SoundFileError as exc:
+            raise DataError(f"{path} is not a readable audio file ({exc}); replace or remove it.") from exc
     return files
 
 
@@ -62,11 +72,15 @@ def labels_from_csv(files: list[Path], root: str | Path, csv_path: str | Path) -
 
     Rows for files that are not in `files` are ignored, so one CSV can label several folders.
     """
-    with open(csv_path, newline="") as handle:
-        reader = csv.DictReader(handle)
-        if not reader.fieldnames or not {"file", "label"} <= set(reader.fieldnames):
-            raise DataError(f"{csv_path} needs a header with 'file' and 'label' columns; found {reader.fieldnames}.")
-        table = {Path(row["file"]).as_posix(): row["label"].strip() for row in reader}
+    reader = csv.DictReader(io.StringIO(read_text(csv_path, "Labels CSV"), newline=""))
+    if not reader.fieldnames or not {"file", "label"} <= set(reader.fieldnames):
+        raise DataError(f"{csv_path} needs a header with 'file' and 'label' columns; found {reader.fieldnames}.")
+    table = {}
+    for number, row in enumerate(reader, 2):
+        label = (row["label"] or "").strip()
+        if not row["file"] or not label:
+            raise DataError(f"{csv_path}, line {number}: empty 'file' or 'label' ({row}); fill it in or drop the row.")
+        table[Path(row["file"]).as_posix()] = label
     labels = []
     for path in files:
         key = path.relative_to(root).as_posix()

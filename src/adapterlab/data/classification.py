@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import csv
+import io
 from pathlib import Path
 from typing import Any
 
-from .instruction import DataError, read_json_records
+from ..errors import DataError
+from .files import check_file, read_json_records, read_text
 
 TEXT_GUESSES = ("sentence", "text", "content", "review", "question")
 
@@ -14,27 +16,26 @@ TEXT_GUESSES = ("sentence", "text", "content", "review", "question")
 def read_table(path: str | Path) -> list[dict[str, Any]]:
     """Rows of a .csv/.tsv file (with a header) or a .json/.jsonl file, as dicts."""
     path = Path(path)
-    if not path.is_file():
-        raise DataError(f"Data file {path} does not exist.")
     suffix = path.suffix.lower()
     if suffix in (".json", ".jsonl"):
         return read_json_records(path)
     if suffix not in (".csv", ".tsv", ".txt"):
+        check_file(path)  # a missing file or a folder is named as such before its suffix is judged
         raise DataError(f"{path}: unknown data format {suffix!r}; use .csv, .tsv, .json or .jsonl.")
     delimiter = "," if suffix == ".csv" else "\t"
-    with path.open(encoding="utf-8", newline="") as handle:
-        # SST-2 style TSVs carry quote characters inside sentences; only CSV uses quoting.
-        reader = csv.DictReader(handle, delimiter=delimiter, quoting=csv.QUOTE_MINIMAL if suffix == ".csv" else csv.QUOTE_NONE)
-        if not reader.fieldnames:
-            raise DataError(f"{path} is empty; expected a header row naming the columns (e.g. label, sentence).")
-        rows = []
-        for number, row in enumerate(reader, 2):
-            if None in row or any(v is None for v in row.values()):
-                raise DataError(
-                    f"{path}, line {number}: {len(reader.fieldnames)} columns expected ({reader.fieldnames}), "
-                    "found a different number; check the delimiter and quoting."
-                )
-            rows.append(row)
+    handle = io.StringIO(read_text(path), newline="")
+    # SST-2 style TSVs carry quote characters inside sentences; only CSV uses quoting.
+    reader = csv.DictReader(handle, delimiter=delimiter, quoting=csv.QUOTE_MINIMAL if suffix == ".csv" else csv.QUOTE_NONE)
+    if not reader.fieldnames:
+        raise DataError(f"{path} is empty; expected a header row naming the columns (e.g. label, sentence).")
+    rows = []
+    for number, row in enumerate(reader, 2):
+        if None in row or any(v is None for v in row.values()):
+            raise DataError(
+                f"{path}, line {number}: {len(reader.fieldnames)} columns expected ({reader.fieldnames}), "
+                "found a different number; check the delimiter and quoting."
+            )
+        rows.append(row)
     return rows
 
 

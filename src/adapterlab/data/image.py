@@ -7,17 +7,17 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
-from ..errors import DataError, MissingPathError
+from PIL import Image, UnidentifiedImageError
+from ..errors import DataError
+from .files import check_folder
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
 
 def list_images(root: str | Path) -> tuple[list[Path], list[str]]:
-    """(image files, class name of each) for a folder holding one sub-folder per class, sorted by path."""
-    root = Path(root)
-    if not root.is_dir():
-        raise MissingPathError(f"Image folder {root} does not exist; pass a folder with one sub-folder per class.")
+    """(image files, class name of each) for a folder holding one sub-folder per class, sorted by path; each
+    file's header is read, so a file that is not an image is named before the run folder is written."""
+    root = check_folder(root, "Image folder", "pass a folder with one sub-folder per class")
     files, labels = [], []
     for class_dir in sorted(p for p in root.iterdir() if p.is_dir()):
         for path in sorted(class_dir.rglob("*")):
@@ -26,6 +26,11 @@ def list_images(root: str | Path) -> tuple[list[Path], list[str]]:
                 labels.append(class_dir.name)
     if not files:
         raise DataError(f"No images under {root}/<class>/; expected files ending in {', '.join(IMAGE_SUFFIXES)}.")
+    for path in files:  # the header only (lazy), so a file that is not an image is named before training starts
+        try:
+            Image.open(path).close()
+        except (UnidentifiedImageError, OSError) as exc:
+            raise DataError(f"{path} is not a readable image ({exc}); replace or remove it.") from exc
     return files, labels
 
 

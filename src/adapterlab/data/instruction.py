@@ -8,43 +8,15 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import DataError
+from .files import read_json_records
 from .templates import build_prompt
 
 REQUIRED_FIELDS = ("instruction", "output")
-
-
-def read_json_records(path: str | Path) -> list[dict[str, Any]]:
-    """Records of a JSON list or a JSONL file, each a dict; errors name the file and the line or record."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"Data file {path} does not exist.")
-    text = path.read_text(encoding="utf-8")
-    if not text.strip():
-        raise DataError(f"{path} is empty; it should hold a JSON list of records or one JSON object per line.")
-    if text.lstrip().startswith("["):
-        try:
-            records = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise DataError(f"{path} is not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}.") from exc
-    else:
-        records = []
-        for number, line in enumerate(text.splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError as exc:
-                raise DataError(f"{path}, line {number}: not valid JSON ({exc.msg}, column {exc.colno}).") from exc
-    if not isinstance(records, list):
-        raise DataError(f"{path} holds a JSON {type(records).__name__}; expected a list of records.")
-    for index, record in enumerate(records):
-        if not isinstance(record, dict):
-            raise DataError(f"{path}, record {index}: expected a JSON object, got {type(record).__name__}.")
-    return records
+TEXT_FIELDS = ("instruction", "input", "output")  # trained on as text: a null or a number would become "None", "3"
 
 
 def read_instructions(paths: list[str] | str) -> list[dict[str, Any]]:
-    """Instruction records from one or more files, each checked for a string `instruction` and `output`."""
+    """Instruction records from one or more files, each checked for a string `instruction`, `output` (and `input`)."""
     paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
     records: list[dict[str, Any]] = []
     for path in paths:
@@ -55,10 +27,11 @@ def read_instructions(paths: list[str] | str) -> list[dict[str, Any]]:
                         f"{path}, record {index}: missing field {name!r} (it has {sorted(record)}); "
                         "instruction records need 'instruction' and 'output' ('input' is optional)."
                     )
-            for name in ("instruction", "input", "output"):
-                if record.get(name) is not None and not isinstance(record[name], str):
+            for name in TEXT_FIELDS:
+                if name in record and not isinstance(record[name], str):
                     raise DataError(
-                        f"{path}, record {index}: field {name!r} must be a string, got {type(record[name]).__name__}."
+                        f"{path}, record {index}: field {name!r} must be a string, got "
+                        f"{json.dumps(record[name])[:40]}; write the text in quotes (\"\" for none)."
                     )
             records.append(record)
     if not records:

@@ -41,6 +41,15 @@ def stratified_split(labels: Sequence[int], val_size: int | float, seed: int) ->
     return sorted(train), sorted(dev)
 
 
+def require_two_classes(labels: Sequence[str], source: str, fix: str) -> None:
+    """Refuse data with fewer than two classes: transformers would build a one-output regression head for it."""
+    found = sorted(set(labels))
+    if len(found) < 2:
+        raise DataError(f"{source} holds {'only the label ' + repr(found[0]) if found else 'no labels'}; a classifier "
+                        "needs at least two classes (with one, transformers builds a regression head and dev "
+                        f"accuracy is always 1.0); {fix}.")
+
+
 def few_shot(labels: Sequence[int], k: int, seed: int) -> list[int]:
     """Indices of `k` examples of every class, drawn with `seed`; raises if a class has fewer than `k`."""
     if k < 1:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 from typing import Any
 
-from .instruction import DataError
+from ..errors import DataError
 
 
 def subsample(items: list[Any], limit: int | None, seed: int) -> list[Any]:

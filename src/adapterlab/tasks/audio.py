@@ -27,6 +27,8 @@ from .classification import accuracy, head_modules
 from .labelled import load_classifier, select
 
 SPLITS = ("random", "fsdd")
+# The per-task TrainConfig fields this task reads (see adapterlab.tasks); the others are refused when set.
+TRAIN_FIELDS = frozenset({"labels_csv", "label_pattern", "split", "few_shot", "max_train_samples", "max_length"})
 AST = "audio-spectrogram-transformer"
 
 
@@ -44,9 +46,12 @@ def prepare(options: TaskOptions) -> TaskSetup:
     """AST classifier, spectrogram train/dev sets and accuracy for `adapterlab train --task audio-cls`.
 
     options.options: labels_csv, label_pattern, split ("random": --val-size by seed, stratified; "fsdd":
-    file index 0-4 is the dev set), few_shot (K per class, by seed), max_length (spectrogram frames).
+    file index 0-4 is the dev set), few_shot (K per class, by seed), max_train_samples, max_length (spectrogram
+    frames).
     """
     opts = options.options
+    if opts.get("labels_csv") and opts.get("label_pattern"):
+        raise UsageError("--labels-csv and --label-pattern both say where labels come from; pass one.")
     labels_csv, pattern = opts.get("labels_csv"), opts.get("label_pattern") or DEFAULT_LABEL_PATTERN
     split = opts.get("split") or "random"
     if split not in SPLITS:
@@ -55,8 +60,11 @@ def prepare(options: TaskOptions) -> TaskSetup:
         raise UsageError("--split fsdd fixes the dev set (takes 0-4 of the training folder); drop --eval-data "
                          "and --val-size, or use --split random.")
     files, names = read_folders(options.data, labels_csv, pattern)
+    source = (f"The 'label' column of {labels_csv}", "check the CSV") if labels_csv else \
+        (f"The labels --label-pattern {pattern!r} reads from the file names in {', '.join(options.data)}",
+         "pass a --label-pattern whose first group is the class, or a --labels-csv")
     chosen = select(
-        files, names, options,
+        files, names, options, source,
         dev_mask=fsdd_test_files(files) if split == "fsdd" else None,
         dev=read_folders(options.eval_data, labels_csv, pattern) if options.eval_data else None,
     )

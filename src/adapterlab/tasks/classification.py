@@ -12,11 +12,15 @@ import numpy as np
 from transformers import DataCollatorWithPadding
 
 from ..data.classification import label_names, read_labelled
-from ..data.instruction import DataError
+from ..data.sampling import few_shot, require_two_classes
 from ..data.splits import holdout, subsample
+from ..errors import DataError
 from .base import TaskOptions, TaskSetup
 
 HEAD_NAMES = ("classifier", "score", "classification_head")
+# The per-task TrainConfig fields this task reads (see adapterlab.tasks); the others are refused when set.
+TRAIN_FIELDS = frozenset({"text_column", "text_pair_column", "label_column", "cutoff_len", "max_train_samples",
+                          "few_shot", "dtype"})
 
 
 def head_modules(model: Any) -> list[str]:
@@ -37,7 +41,9 @@ def accuracy(eval_pred: Any) -> dict[str, float]:
 def prepare(options: TaskOptions) -> TaskSetup:
     """Model with a fresh head, tokenized train/dev sets, padding collator and accuracy.
 
-    options.options: text_column, label_column ("label"), text_pair_column, cutoff_len, max_train_samples.
+    options.options: text_column, label_column ("label"), text_pair_column, cutoff_len, max_train_samples (a
+    seeded subset of the rows read, before --val-size holds dev rows out of them), few_shot (then K training
+    rows per label), dtype.
     """
     from ..models import load_model
 
@@ -46,10 +52,15 @@ def prepare(options: TaskOptions) -> TaskSetup:
                    text_pair_column=opts.get("text_pair_column"))
     rows, text_column = read_labelled(options.data, **columns)
     rows = subsample(rows, opts.get("max_train_samples"), options.seed)
+    require_two_classes([r["label"] for r in rows], f"The label column {columns['label_column']!r} of "
+                        f"{', '.join(map(str, options.data))}", "check --label-column, or add the other classes")
     # Unless named, the text column is guessed per file (SST-2's train and dev files name it differently).
     dev_rows = read_labelled(options.eval_data, **columns)[0] if options.eval_data else []
     train_rows, held = holdout(rows, options.val_size, options.seed)
     dev_rows = dev_rows or held
+    if opts.get("few_shot"):
+        train_rows = [train_rows[i] for i in few_shot([r["label"] for r in train_rows], int(opts["few_shot"]),
+                                                      options.seed)]
     labels = label_names(train_rows)
     unknown = sorted({r["label"] for r in dev_rows} - set(labels))
     if unknown:
@@ -75,6 +86,6 @@ def prepare(options: TaskOptions) -> TaskSetup:
         metric_name="eval_accuracy", greater_is_better=True,
         num_tokens=sum(len(x["input_ids"]) for x in train_set),
         info={"labels": labels, "text_column": text_column, "train_records": len(train_rows),
-              "dev_records": len(dev_rows)},
+              "dev_records": len(dev_rows), "few_shot": opts.get("few_shot")},
         trainable_modules=head_modules(model),
     )

@@ -13,6 +13,9 @@ from .base import TaskOptions, TaskSetup
 from .classification import accuracy, head_modules
 from .labelled import load_classifier, select
 
+# The per-task TrainConfig fields this task reads (see adapterlab.tasks); the others are refused when set.
+TRAIN_FIELDS = frozenset({"few_shot", "max_train_samples"})
+
 
 def _read(folders: list[str]) -> tuple[list, list[str]]:
     files, names = [], []
@@ -26,10 +29,11 @@ def _read(folders: list[str]) -> tuple[list, list[str]]:
 def prepare(options: TaskOptions) -> TaskSetup:
     """ViT classifier, image train/dev sets and accuracy for `adapterlab train --task image-cls`.
 
-    options.options: few_shot (K training images per class, chosen by seed).
+    options.options: few_shot (K training images per class, chosen by seed), max_train_samples.
     """
     files, names = _read(options.data)
-    chosen = select(files, names, options, dev=_read(options.eval_data) if options.eval_data else None)
+    source = (f"The class sub-folders of {', '.join(options.data)}", "give each class its own sub-folder")
+    chosen = select(files, names, options, source, dev=_read(options.eval_data) if options.eval_data else None)
     labels = chosen["labels"]
     model, processor, pretrained = load_classifier(options, "image-cls", labels)
     train = ImageClassificationDataset(*chosen["train"], processor)

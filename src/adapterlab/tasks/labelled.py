@@ -15,7 +15,8 @@ from typing import Any
 from torch import nn
 
 from ..errors import DataError
-from ..data.sampling import few_shot, stratified_split
+from ..data.sampling import few_shot, require_two_classes, stratified_split
+from ..data.splits import subsample
 from .base import TaskOptions
 from .scratch import build_classifier, is_config_spec
 
@@ -31,10 +32,17 @@ def label_ids(names: list[str]) -> tuple[list[str], dict[str, int]]:
     return ordered, {name: i for i, name in enumerate(ordered)}
 
 
-def select(files: list[Path], names: list[str], options: TaskOptions, dev_mask: list[bool] | None = None,
-           dev: tuple[list[Path], list[str]] | None = None) -> dict[str, Any]:
+def select(files: list[Path], names: list[str], options: TaskOptions, source: tuple[str, str],
+           dev_mask: list[bool] | None = None, dev: tuple[list[Path], list[str]] | None = None) -> dict[str, Any]:
     """Train/dev examples with label ids: `dev` is a separate (files, names) set; else `dev_mask` marks the
-    dev examples; else `options.val_size` of every class is held out by seed. Then `few_shot` is applied."""
+    dev examples; else `options.val_size` of every class is held out by seed. `max_train_samples` first keeps a
+    seeded subset of the examples (as for text tasks, before any dev examples are held out of them); `few_shot`
+    then keeps K training examples per class. `source` (where the labels come from, how to fix them) names
+    the labels in the error for single-class data."""
+    keep = subsample(list(range(len(files))), options.options.get("max_train_samples"), options.seed)
+    files, names = [files[i] for i in keep], [names[i] for i in keep]
+    dev_mask = [dev_mask[i] for i in keep] if dev_mask is not None else None
+    require_two_classes(names, *source)
     labels, to_id = label_ids(names)
     ids = [to_id[n] for n in names]
     if dev is not None:

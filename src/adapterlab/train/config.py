@@ -1,16 +1,24 @@
 """`TrainConfig`: every setting of a training run, one field per `adapterlab train` flag.
 
 Field metadata holds the flag help and the LLM-Adapters finetune.py aliases, so the CLI is generated from
-this dataclass and a YAML file can set any field by name.
+this dataclass and a YAML file can set any field by name. Values are coerced to the annotated types (so
+`lr: 3e-4`, which YAML reads as a string, works) or refused naming the setting. Fields marked `per_task`
+are read by some tasks only: each task module lists those it reads (`TRAIN_FIELDS`), and a value other than
+the default for a task that does not read it is refused rather than ignored.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
+import typing
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import AdapterError
+from ..errors import AdapterError, UsageError
+from .coerce import Mismatch, coerce, describe
+from ..registry import config_class, method_names
+from ..tasks import task_module, tasks_reading
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 TEMPLATES = ("alpaca", "chat")
@@ -18,9 +26,14 @@ TEMPLATES = ("alpaca", "chat")
 RUN_CONTROL = ("resume", "overwrite", "output")
 
 
-def flag(help: str, *aliases: str, **kwargs: Any) -> Any:
-    """A dataclass field with CLI help and alias flag names in its metadata."""
-    return field(metadata={"help": help, "aliases": aliases}, **kwargs)
+def flag(help: str, *aliases: str, per_task: bool = False, **kwargs: Any) -> Any:
+    """A dataclass field with CLI help and alias flag names in its metadata; `per_task`: only some tasks read it."""
+    return field(metadata={"help": help, "aliases": aliases, "per_task": per_task}, **kwargs)
+
+
+def flag_name(name: str) -> str:
+    """The command-line flag of a setting or adapter option: `micro_batch_size` -> `--micro-batch-size`."""
+    return "--" + name.replace("_", "-")
 
 
 @dataclass
@@ -31,32 +44,37 @@ class TrainConfig:
                       default="")
     data: list[str] = flag("training data file(s)", "--data_path", default_factory=list)
     output: str = flag("run folder", "--output_dir", default="")
-    task: str = flag("causal-lm (instruction tuning) or seq-cls (text classification), or another registered task",
+    task: str = flag("causal-lm (instruction tuning), seq-cls (text classification), audio-cls or image-cls",
                      default="causal-lm")
     adapter: str = flag("adapter method (any registered one) or 'full' for full fine-tuning", default="lora")
     adapter_options: dict[str, Any] = field(default_factory=dict, metadata={"help": "method options", "aliases": ()})
     eval_data: list[str] = flag("dev data file(s); else --val-size records are held out", default_factory=list)
     val_size: int | float = flag("dev records held out of the training data (a count, or a fraction < 1)",
-                           "--val_set_size", default=0)
-    max_train_samples: int | None = flag("use a seeded random subset of this many training records", default=None)
-    template: str = flag("prompt: alpaca (LLM-Adapters) or chat (the tokenizer's chat template)", default="alpaca")
-    cutoff_len: int = flag("maximum tokens per example", "--cutoff_len", default=256)
-    train_on_inputs: bool = flag("also put the loss on the prompt tokens", "--train_on_inputs", default=False)
-    add_eos: bool = flag("append EOS to each example when it fits", default=True)
-    text_column: str | None = flag("classification: column holding the text (guessed if unset)", default=None)
-    text_pair_column: str | None = flag("classification: second text column (sentence pairs)", default=None)
-    label_column: str = flag("classification: column holding the label", default="label")
-    few_shot: int | None = flag("audio-cls, image-cls: keep K training examples per class, chosen by --seed",
-                                default=None)
-    max_length: int | None = flag("audio-cls: spectrogram frames, padded or cut (a checkpoint's position "
-                                  "embeddings are interpolated to it)", default=None)
-    labels_csv: str | None = flag("audio-cls: CSV with file,label columns (file relative to the data folder)",
+                                 "--val_set_size", default=0)
+    max_train_samples: int | None = flag("use a seeded random subset of this many records of --data (the dev "
+                                         "records of --val-size / --split are then held out of it)",
+                                         per_task=True, default=None)
+    template: str = flag("prompt: alpaca (LLM-Adapters) or chat (the tokenizer's chat template)", per_task=True,
+                         default="alpaca")
+    cutoff_len: int = flag("maximum tokens per example", "--cutoff_len", per_task=True, default=256)
+    train_on_inputs: bool = flag("also put the loss on the prompt tokens", "--train_on_inputs", per_task=True,
+                                 default=False)
+    add_eos: bool = flag("append EOS to each example when it fits", per_task=True, default=True)
+    text_column: str | None = flag("column holding the text (guessed if unset)", per_task=True, default=None)
+    text_pair_column: str | None = flag("second text column (sentence pairs)", per_task=True, default=None)
+    label_column: str = flag("column holding the label", per_task=True, default="label")
+    few_shot: int | None = flag("keep K training examples per class, chosen by --seed (after the dev split); "
+                                "causal-lm refuses it: free-text outputs have no classes (use "
+                                "--max-train-samples)", per_task=True, default=None)
+    max_length: int | None = flag("spectrogram frames, padded or cut (a checkpoint's position embeddings are "
+                                  "interpolated to it)", per_task=True, default=None)
+    labels_csv: str | None = flag("CSV with file,label columns (file relative to the data folder)", per_task=True,
                                   default=None)
-    label_pattern: str | None = flag("audio-cls: regex on file names whose first group is the label "
-                                     "(default: the prefix before the first _)", default=None)
-    split: str = flag("audio-cls dev set: random (--val-size of every class) or fsdd (file takes 0-4)",
+    label_pattern: str | None = flag("regex on file names whose first group is the label (default: the prefix "
+                                     "before the first _)", per_task=True, default=None)
+    split: str = flag("dev set: random (--val-size of every class) or fsdd (file takes 0-4)", per_task=True,
                       default="random")
-    decontaminate: list[str] = flag("eval files whose questions are dropped from the training data",
+    decontaminate: list[str] = flag("eval files whose questions are dropped from the training data", per_task=True,
                                     default_factory=list)
     epochs: float = flag("training epochs", "--num_epochs", default=3.0)
     max_steps: int = flag("stop after this many optimizer steps (overrides --epochs when > 0)", default=-1)
@@ -78,11 +96,16 @@ class TrainConfig:
     precision: str = flag("auto (bf16 on GPUs that have it, else fp16 on GPU, fp32 on CPU), fp32, bf16, fp16",
                           default="auto")
     dtype: str | None = flag("dtype the base model is loaded in (e.g. bfloat16); adapters train in float32",
-                             default=None)
+                             per_task=True, default=None)
     seed: int = flag("seed for data order, splits and adapter init", default=42)
     num_workers: int = flag("data loader worker processes", default=0)
     resume: bool = flag("continue from the last complete checkpoint in the run folder", default=False)
     overwrite: bool = flag("replace a run of another config already in the output folder", default=False)
+
+    def __post_init__(self) -> None:
+        """Coerce every field to its annotated type (YAML reads `3e-4` as a string) or refuse it by name."""
+        for f in dataclasses.fields(self):
+            setattr(self, f.name, coerce_setting(f.name, getattr(self, f.name)))
 
     def validate(self) -> None:
         """Raise a clear error for settings that cannot work, before anything is loaded or written."""
@@ -92,13 +115,16 @@ class TrainConfig:
             raise AdapterError("No training data given: pass --data FILE.")
         if not self.output:
             raise AdapterError("No run folder given: pass --output DIR.")
+        self.check_task_fields()
+        self.check_adapter_options()
         if self.template not in TEMPLATES:
             raise AdapterError(f"--template must be one of {TEMPLATES}, got {self.template!r}.")
         if self.precision not in PRECISIONS:
             raise AdapterError(f"--precision must be one of {PRECISIONS}, got {self.precision!r}.")
-        for name in ("batch_size", "micro_batch_size", "cutoff_len", "logging_steps"):
-            if int(getattr(self, name)) <= 0:
-                raise AdapterError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}.")
+        for name in ("batch_size", "micro_batch_size", "cutoff_len", "logging_steps", "few_shot",
+                     "max_train_samples", "max_length"):
+            if getattr(self, name) is not None and getattr(self, name) <= 0:
+                raise AdapterError(f"{flag_name(name)} must be positive, got {getattr(self, name)}.")
         if self.batch_size % self.micro_batch_size:
             raise AdapterError(f"--batch-size {self.batch_size} is not a multiple of --micro-batch-size "
                                f"{self.micro_batch_size}.")
@@ -106,6 +132,41 @@ class TrainConfig:
             raise AdapterError("Set --epochs or --max-steps to a positive number.")
         if self.resume and self.overwrite:
             raise AdapterError("--resume continues the run in the folder and --overwrite replaces it; pick one.")
+        self.check_dev_set()
+
+    def check_dev_set(self) -> None:
+        """Refuse two sources of dev data, and dev-set settings without a dev set."""
+        if self.eval_data and self.val_size:
+            raise UsageError("--eval-data gives the dev set and --val-size holds one out of --data; pass one.")
+        has_dev = bool(self.eval_data or self.val_size or self.split == "fsdd")
+        for name in ("eval_steps", "early_stopping"):
+            if getattr(self, name) is not None and not has_dev:
+                raise UsageError(f"{flag_name(name)} needs a dev set; pass --eval-data FILE or --val-size N.")
+
+    def check_task_fields(self) -> None:
+        """Refuse a per-task setting, changed from its default, that the chosen task does not read."""
+        module = task_module(self.task)  # an unknown task is refused with the known ones
+        for f in dataclasses.fields(self):
+            if f.metadata.get("per_task") and f.name not in module.TRAIN_FIELDS and \
+                    getattr(self, f.name) != default_of(f):
+                reason = getattr(module, "NOT_APPLICABLE", {}).get(f.name)
+                readers = ", ".join(tasks_reading(f.name)) or "no task"
+                raise UsageError(f"{flag_name(f.name)} does not apply to --task {self.task} (read by {readers} only)"
+                                 f"{': ' + reason if reason else ''}; drop it.")
+
+    def check_adapter_options(self) -> None:
+        """Refuse adapter options that the chosen method does not have, naming the methods that do."""
+        if self.adapter == "full":
+            if self.adapter_options:
+                given = ", ".join(flag_name(k) for k in sorted(self.adapter_options))
+                raise AdapterError(f"--adapter full trains every weight and takes no adapter options; drop {given}.")
+            return
+        accepted = set(config_class(self.adapter).option_names())
+        for name in sorted(set(self.adapter_options) - accepted):
+            having = [m for m in method_names() if name in config_class(m).option_names()]
+            owners = f"an option of {', '.join(having)}" if having else "not an option of any method"
+            raise AdapterError(f"{flag_name(name)} is {owners}, not of --adapter {self.adapter} (its options: "
+                               f"{', '.join(flag_name(o) for o in sorted(accepted))}); drop it or change --adapter.")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -115,10 +176,37 @@ class TrainConfig:
         return {k: v for k, v in self.to_dict().items() if k not in RUN_CONTROL}
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
-        """A config from a dict (e.g. a YAML file), rejecting unknown keys with the valid ones."""
+    def from_dict(cls, data: dict[str, Any], source: str | None = None) -> "TrainConfig":
+        """A config from a dict (e.g. a YAML file), rejecting unknown keys with the valid ones; values are
+        coerced to the field types (`"3e-4"` -> 0.0003) or refused naming `source` (e.g. the file)."""
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
+        where = f"{source}: " if source else ""
         if unknown:
-            raise AdapterError(f"Unknown training setting(s) {unknown}; valid ones: {sorted(known)}.")
-        return cls(**data)
+            raise AdapterError(f"{where}unknown training setting(s) {unknown}; valid ones: {sorted(known)}.")
+        try:
+            return cls(**data)
+        except UsageError as exc:
+            raise UsageError(f"{where}{exc}") from exc
+
+
+def default_of(f: dataclasses.Field) -> Any:
+    """The default value of a dataclass field (calling its factory)."""
+    return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+
+
+@functools.cache
+def field_types() -> dict[str, Any]:
+    """TrainConfig field name -> its annotated type (evaluated from the string annotations)."""
+    return typing.get_type_hints(TrainConfig)
+
+
+def coerce_setting(name: str, value: Any) -> Any:
+    """`value` converted to the annotated type of field `name` where that is unambiguous ("3e-4" -> 0.0003 for
+    a float, "3" -> 3 for an int, one string -> [string] for a list); else UsageError naming the setting."""
+    hint = field_types()[name]
+    try:
+        return coerce(value, hint)
+    except Mismatch:
+        raise UsageError(f"setting {name!r} ({flag_name(name)}) = {value!r}: expected {describe(hint)}, "
+                         f"got {type(value).__name__}.") from None
