@@ -88,9 +88,9 @@ def test_attach_options_are_coerced_where_unambiguous(method: str, options: dict
     ("lora", {"alpha": "eight"}, r"lora: `alpha` is 'eight', but it must be a number \(float\)"),
     ("lora", {"r": 2.5}, r"lora: `r` is 2.5, but it must be an integer \(int\)"),
     ("lora", {"r": True}, r"lora: `r` is True, but it must be an integer \(int\)"),
-    ("lora", {"targets": 5}, r"lora: `targets` is 5, but it must be a list of str or null"),
+    ("lora", {"targets": 5}, r"lora: `targets` is 5, but it must be a list of strings or null"),
     ("series", {"scaling": [1]}, r"series: `scaling` is \[1\], but it must be a number \(float\) or a string"),
-    ("bitfit", {"norms": "yes"}, r"bitfit: `norms` is 'yes', but it must be true or false"),
+    ("bitfit", {"norms": "maybe"}, r"bitfit: `norms` is 'maybe', but it must be true or false"),
 ])
 def test_attach_options_of_the_wrong_type_are_refused(method: str, options: dict, match: str) -> None:
     """attach option of the wrong type (alpha="eight", r=2.5, targets=5) -> error naming the option, value and type"""

@@ -121,7 +121,7 @@ def test_yaml_strings_that_spell_numbers_become_numbers(tmp_path):
 @pytest.mark.parametrize("line, expected", [pytest.param(line, expected, id=line) for line, expected in [
     ("epochs: three", r"'epochs' \(--epochs\) = 'three': expected a number \(float\), got str"),
     ("adapter: [lora]", r"'adapter' \(--adapter\) = \['lora'\]: expected a string, got list"),
-    ("max_steps: 2.5", r"'max_steps' \(--max-steps\) = 2.5: expected a whole number \(int\), got float"),
+    ("max_steps: 2.5", r"'max_steps' \(--max-steps\) = 2.5: expected an integer \(int\), got float"),
     ("lr: .nan", r"'lr' \(--lr\) = nan: expected a number \(float\)"),
     ("train_on_inputs: maybe", r"'train_on_inputs' \(--train-on-inputs\) = 'maybe': expected true or false"),
     ("data: {train: a.json}", r"'data' \(--data\) = \{'train': 'a.json'\}: expected a list of strings"),

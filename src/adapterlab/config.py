@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
-import re
-import types
 import typing
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from .coerce import Mismatch, coerce, describe
 from .errors import AdapterError
 
 if TYPE_CHECKING:
@@ -93,79 +92,19 @@ class AdapterConfig:
         hints = typing.get_type_hints(cls)
         values = {}
         for key, value in options.items():
-            values[key] = coerce(value, hints[key])
-            if values[key] is MISMATCH:
+            try:
+                values[key] = coerce(value, hints[key], split_commas=True)
+            except Mismatch:
                 raise AdapterError(
                     f"{cls.method}: `{key}`{where} is {value!r}, but it must be {describe(hints[key])}; "
                     f"fix the value{' there' if source else ''}."
-                )
+                ) from None
         try:
             return cls(**values)
         except AdapterError as exc:
             if source:  # a saved config's bad value: say which file holds it
                 raise type(exc)(f"{exc} ({source})") from exc
             raise
-
-
-MISMATCH = object()  # what `coerce` returns for a value that does not fit its type
-
-
-def coerce(value: Any, kind: Any) -> Any:
-    """`value` as the annotated type `kind` where the conversion is unambiguous, else MISMATCH.
-
-    int: ints, integral floats and digit strings; float: numbers and numeric strings; bool: booleans and
-    "true"/"false"; str: strings only; list[X]: lists (or comma-separated strings) of X; a union: the value
-    as is when it is one of the members, else the first member it converts to.
-    """
-    origin, args = typing.get_origin(kind), typing.get_args(kind)
-    if kind is Any:
-        return value
-    if origin in (types.UnionType, typing.Union):
-        if any(_is_instance(value, member) for member in args):
-            return value
-        converted = (coerce(value, member) for member in args if member is not type(None))
-        return next((c for c in converted if c is not MISMATCH), MISMATCH)
-    if origin is list:
-        if isinstance(value, str):
-            value = [part.strip() for part in value.split(",") if part.strip()]
-        if not isinstance(value, (list, tuple)):
-            return MISMATCH
-        items = [coerce(item, args[0] if args else Any) for item in value]
-        return MISMATCH if any(item is MISMATCH for item in items) else items
-    if isinstance(value, bool) and kind is not bool:  # True is an int to Python, not to a user
-        return MISMATCH
-    if kind is bool and isinstance(value, str) and value.strip().lower() in ("true", "false"):
-        return value.strip().lower() == "true"
-    if kind is int and isinstance(value, float) and value.is_integer():
-        return int(value)
-    if kind is int and isinstance(value, str) and re.fullmatch(r"[+-]?\d+", value.strip()):
-        return int(value)
-    if kind is float and isinstance(value, (int, str)):
-        try:
-            return float(value)
-        except ValueError:
-            return MISMATCH
-    return value if _is_instance(value, kind) else MISMATCH
-
-
-def _is_instance(value: Any, kind: Any) -> bool:
-    if kind is type(None):
-        return value is None
-    if typing.get_origin(kind) is not None or not isinstance(kind, type):
-        return False
-    return isinstance(value, kind) and not (isinstance(value, bool) and kind is not bool)
-
-
-def describe(kind: Any) -> str:
-    """An annotated type in words, for error messages ("an integer (int)", "a list of str or null")."""
-    origin, args = typing.get_origin(kind), typing.get_args(kind)
-    if origin in (types.UnionType, typing.Union):
-        return " or ".join(describe(member) for member in args)
-    if origin is list:
-        return f"a list of {getattr(args[0], '__name__', args[0])}" if args else "a list"
-    words = {int: "an integer (int)", float: "a number (float)", bool: "true or false (bool)", str: "a string (str)",
-             type(None): "null"}
-    return words.get(kind, getattr(kind, "__name__", str(kind)))
 
 
 def positive_int(method: str, name: str, value: Any) -> None:

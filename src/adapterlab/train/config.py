@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import AdapterError, UsageError
-from .coerce import Mismatch, coerce, describe
+from ..coerce import Mismatch, coerce, describe
 from ..registry import config_class, method_names
 from ..tasks import task_module, tasks_reading
 
