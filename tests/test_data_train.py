@@ -187,7 +187,7 @@ def test_utf8_byte_order_mark_is_dropped(tmp_path):
 
 
 def read_json_records_lines(tmp_path):
-    from adapterlab.data.files import read_json_records
+    from adapterlab.data.reading import read_json_records
 
     path = tmp_path / "one.jsonl"
     path.write_bytes(b"\xef\xbb\xbf" + json.dumps(RECORD).encode())

@@ -247,3 +247,18 @@ def test_resume_after_a_kill_during_write(model_dir, data, tmp_path, capsys, mon
     assert eval_cli(model_dir, data, out, "--resume") == 0
     rows = [json.loads(line) for line in (out / PREDICTIONS).read_text().splitlines()]
     assert [r["id"] for r in rows] == list(range(6))
+
+
+@pytest.mark.reliability
+def test_eval_reads_jsonl_and_names_bad_bytes(tmp_path):
+    """an eval file as JSONL, or with non-UTF-8 bytes -> read like training data / one error naming file and offset"""
+    from adapterlab.errors import DataError
+    from adapterlab.evaluate.datasets import read_records
+
+    lines = tmp_path / "set.jsonl"
+    lines.write_text('{"instruction": "1+1?", "answer": "2"}\n{"instruction": "2+2?", "answer": "4"}\n')
+    assert [r["answer"] for r in read_records(lines)] == ["2", "4"]
+    bad = tmp_path / "bad.json"
+    bad.write_bytes(b'[{"instruction": "caf\xe9?", "answer": "1"}]')
+    with pytest.raises(DataError, match=r"bad.json is not UTF-8 text: byte 0xe9 at offset 21"):
+        read_records(bad)

@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from ..data.files import read_text
+from ..data.reading import read_text
 from ..errors import AdapterError, UsageError
 from ..registry import METHODS, config_class
 from ..tasks import tasks_reading

@@ -18,7 +18,7 @@ import numpy as np
 import soundfile
 import torch
 from ..errors import DataError
-from .files import check_folder, read_text
+from .reading import check_folder, read_text
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg")
 DEFAULT_LABEL_PATTERN = r"^([^_]+)_"  # label = file-name prefix before the first "_", e.g. FSDD "7_theo_12.wav"

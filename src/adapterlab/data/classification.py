@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import DataError
-from .files import check_file, read_json_records, read_text
+from .reading import check_file, read_json_records, read_text
 
 TEXT_GUESSES = ("sentence", "text", "content", "review", "question")
 

@@ -7,7 +7,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from .files import read_json_records
+from .reading import read_json_records
 
 _NON_WORD = re.compile(r"[^0-9a-z]+")
 

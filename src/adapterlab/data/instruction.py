@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import DataError
-from .files import read_json_records
+from .reading import read_json_records
 from .templates import build_prompt
 
 REQUIRED_FIELDS = ("instruction", "output")

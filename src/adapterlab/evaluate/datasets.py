@@ -7,12 +7,12 @@ given by path; its answer type is then inferred from its answers.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from ..data.reading import read_json_records
 from ..errors import DataError, MissingPathError
 
 NUMBER, LETTER, LABEL = "number", "letter", "label"
@@ -106,16 +106,12 @@ def find_file(name: str, data_dirs: list[str | os.PathLike] | None = None) -> Pa
 
 
 def read_records(path: str | os.PathLike) -> list[dict[str, Any]]:
-    """The records of an LLM-Adapters-format file (a JSON list of {instruction, input, output, answer})."""
+    """The records of an LLM-Adapters-format file: a JSON list of {instruction, input, output, answer}, or JSONL,
+    read by the same reader as training data (so a folder, bad bytes or a wrapped list get the same messages)."""
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise MissingPathError(f"No data file {path}; check the path or pass a known data set name ({', '.join(KNOWN)}).")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise DataError(f"{path} is not valid JSON ({exc}); expected a list of {SCHEMA} records.") from exc
-    if not isinstance(data, list):
-        raise DataError(f"{path} holds a JSON {type(data).__name__}; expected a list of {SCHEMA} records.")
+    data = read_json_records(path, lines=True)
     for index, record in enumerate(data):
         check_record(record, index, str(path))
     return data
