@@ -193,8 +193,8 @@ def _tokenizer(source: ModelSource, spec: str, padding_side: str | None, **kwarg
     check_folder(source, needs_tokenizer=True)
     tokenizer = _from_pretrained("AutoTokenizer", source, spec, **kwargs)
     tokenizer.name_or_path = source.name
-    if tokenizer.pad_token is None and tokenizer.eos_token is not None:
-        tokenizer.pad_token = tokenizer.eos_token
+    if tokenizer.pad_token is None and (tokenizer.eos_token or tokenizer.unk_token) is not None:
+        tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token  # the one pad fallback: batches need one
     if padding_side is not None:
         tokenizer.padding_side = padding_side
     return tokenizer

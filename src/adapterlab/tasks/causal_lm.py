@@ -55,8 +55,6 @@ def prepare(options: TaskOptions) -> TaskSetup:
     info["train_records"], info["dev_records"] = len(train_records), len(dev_records)
 
     model, tokenizer = _load(options)
-    if tokenizer.pad_token_id is None:  # batches need a pad id; padded positions are masked anyway
-        tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
     tokenize = dict(template=opts.get("template", "alpaca"), cutoff_len=int(opts.get("cutoff_len", 256)),
                     train_on_inputs=bool(opts.get("train_on_inputs", False)), add_eos=bool(opts.get("add_eos", True)))
     train_set = [tokenize_example(r, tokenizer, **tokenize) for r in train_records]

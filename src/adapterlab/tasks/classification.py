@@ -68,9 +68,6 @@ def prepare(options: TaskOptions) -> TaskSetup:
     label2id = {name: i for i, name in enumerate(labels)}
 
     model, tokenizer = load_model(options.model, task="seq-cls", label_names=labels, dtype=opts.get("dtype") or "float32")
-    if tokenizer.pad_token_id is None:  # decoders: pad with EOS; the model finds the last real token by pad id
-        tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
-        model.config.pad_token_id = tokenizer.pad_token_id
     cutoff = int(opts.get("cutoff_len", 256))
 
     def encode(row: dict[str, Any]) -> dict[str, Any]:

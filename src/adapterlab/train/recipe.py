@@ -8,6 +8,7 @@ what a checkpoint holds (see `checkpointing`), and what the run folder ends up w
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import importlib
 import json
 import os
@@ -56,9 +57,7 @@ def resolve_precision(precision: str) -> str:
 
 def task_options(config: TrainConfig) -> TaskOptions:
     """The options a task receives, from the run config."""
-    keys = ("template", "cutoff_len", "train_on_inputs", "add_eos", "decontaminate", "max_train_samples",
-            "text_column", "text_pair_column", "label_column", "dtype",
-            "few_shot", "max_length", "labels_csv", "label_pattern", "split")
+    keys = [f.name for f in dataclasses.fields(TrainConfig) if f.metadata.get("per_task")]
     return TaskOptions(model=config.model, data=list(config.data), eval_data=list(config.eval_data) or None,
                        val_size=config.val_size, seed=config.seed, options={k: getattr(config, k) for k in keys})
 
