@@ -211,7 +211,7 @@ def test_merge_raises_a_clear_error(method):
     ("series", {"scaling": "big"}, "scaling"),
     ("parallel", {"scaling": True}, "scaling"),
     ("houlsby", {"dropout": 1.5}, "dropout"),
-    ("series", {"bias": "yes"}, "bias"),
+    ("series", {"bias": "maybe"}, "bias"),
 ])
 def test_bad_options_name_the_option(method, options, option):
     with pytest.raises(al.AdapterError, match=f"`{option}`"):

@@ -136,7 +136,7 @@ def test_merge_raises_a_clear_error():
     ({"placement": "diagonal"}, "placement"),
     ({"norm": "group"}, "norm"),
     ({"init": "bert"}, "init"),
-    ({"input_norm": "yes"}, "input_norm"),
+    ({"input_norm": "maybe"}, "input_norm"),
     ({"dropout": -0.1}, "dropout"),
 ])
 def test_bad_options_name_the_option(options, option):

@@ -12,7 +12,7 @@ from typing import Any
 
 from ..errors import UsageError
 from ..measure import markdown_table, measure
-from .train import parse_list_value
+from .train import parse_items
 
 
 def parse_options(items: Iterable[str]) -> dict[str, dict[str, Any]]:
@@ -23,7 +23,7 @@ def parse_options(items: Iterable[str]) -> dict[str, dict[str, Any]]:
         method, dot, key = target.partition(".")
         if not sep or not dot or not method or not key:
             raise UsageError(f"--option {item!r} must look like METHOD.KEY=VALUE, e.g. lora.r=32.")
-        options.setdefault(method.strip(), {})[key.strip().replace("-", "_")] = parse_list_value(value.strip())
+        options.setdefault(method.strip(), {})[key.strip().replace("-", "_")] = parse_items(value.strip())
     return options
 
 

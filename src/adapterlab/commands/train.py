@@ -55,12 +55,18 @@ def parse_value(text: str) -> Any:
     return text if value is None else value
 
 
-def parse_list_value(text: str) -> Any:
-    """A list option: a YAML/JSON list, or comma-separated items each read as YAML ('0,1' -> [0, 1], '0' -> [0]);
-    a single word stays a string (the method's config splits it)."""
+def parse_items(text: str) -> Any:
+    """A YAML value, or comma-separated items each read as YAML ('0,1' -> [0, 1]; '32' -> 32)."""
     value = parse_value(text)
     if isinstance(value, str) and "," in value:
         return [parse_value(item.strip()) for item in value.split(",") if item.strip()]
+    return value
+
+
+def parse_list_value(text: str) -> Any:
+    """A list option: a YAML/JSON list, or comma-separated items each read as YAML ('0,1' -> [0, 1], '0' -> [0]);
+    a single word stays a string (the method's config splits it)."""
+    value = parse_items(text)
     return value if isinstance(value, (str, list)) else [value]
 
 
