@@ -40,25 +40,43 @@ class Recorder:
             case["result"] = "skipped" if report.skipped else report.outcome
 
 
+def grouped(cases: list[dict[str, str]]) -> list[dict[str, object]]:
+    """One row per test function: its parametrized variants are counted, not repeated."""
+    rows: dict[str, dict[str, object]] = {}
+    for case in cases:
+        base, _, variant = case["test"].partition("[")
+        row = rows.setdefault(base, {**case, "test": base, "variants": [], "results": []})
+        row["results"].append(case["result"])
+        if variant:
+            row["variants"].append(variant.rstrip("]"))
+    return list(rows.values())
+
+
 def markdown(cases: list[dict[str, str]]) -> str:
-    """The table, grouped by test file, and the totals."""
+    """The table, one row per test function grouped by test file, and the totals."""
     totals = {r: sum(c["result"] == r for c in cases) for r in ("passed", "failed", "skipped")}
+    rows = grouped(cases)
     lines = [
         "# Reliability: bad input and faults", "",
         "Every case below is a test marked `reliability`; this file is written by `python benchmarks/reliability.py`, "
-        "which runs exactly those tests. \"passed\" means the outcome column holds now.", "",
+        "which runs exactly those tests. \"passed\" means the outcome column holds now; a row with variants counts "
+        "the parametrized inputs it tries.", "",
         f"Run {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC on {platform.machine()}, "
-        f"Python {platform.python_version()}: **{len(cases)} cases, {totals['passed']} passed, "
-        f"{totals['failed']} failed, {totals['skipped']} skipped.**", "",
+        f"Python {platform.python_version()}: **{len(rows)} cases ({len(cases)} with their variants): "
+        f"{totals['passed']} passed, {totals['failed']} failed, {totals['skipped']} skipped.**", "",
     ]
     current = None
-    for number, case in enumerate(cases, 1):
-        file, _, name = case["test"].partition("::")
+    for number, row in enumerate(rows, 1):
+        file, _, name = str(row["test"]).partition("::")
         if file != current:
             current = file
             lines += ["", f"## {Path(file).stem.removeprefix('test_').replace('_', ' ')} (`{file}`)", "",
                       "| # | bad input or fault | what happens | result | test |", "|---:|---|---|---|---|"]
-        cells = [str(number), case["case"], case["outcome"], case["result"], f"`{name}`"]
+        results = row["results"]
+        result = results[0] if len(results) == 1 else \
+            f"{sum(r == 'passed' for r in results)}/{len(results)} passed"
+        variants = f" ({len(row['variants'])} variants)" if row["variants"] else ""
+        cells = [str(number), str(row["case"]), str(row["outcome"]), result, f"`{name}`{variants}"]
         lines.append("| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |")
     return "\n".join(lines) + "\n"
 
