@@ -67,7 +67,7 @@ class DemoConfig:
 
 # Seconds measured for the default demo on an idle 2-core CPU (BENCHMARKS.md, "make demo"), to tell the user
 # up front how long it will take: model load, evaluation per test problem (base and adapter), training per step.
-REFERENCE_SECONDS = {"load": 26.0, "eval_per_problem": 0.22, "train_per_step": 2.5}
+REFERENCE_SECONDS = {"load": 37.0, "eval_per_problem": 0.24, "train_per_step": 2.7}
 MARKER = ".adapterlab-demo"  # written first into the output folder: the folder holds a demo and may be replaced
 
 
