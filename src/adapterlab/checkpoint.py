@@ -42,20 +42,31 @@ def base_model_info(model: nn.Module) -> dict[str, Any]:
     return info
 
 
-def adapter_state_dict(model: nn.Module, name: str = "default") -> dict[str, torch.Tensor]:
-    """The parameters and buffers of adapter `name`, keyed '<host path>.<parameter>'."""
+def adapter_state_dict(model: nn.Module, name: str = "default", collapsed: bool = False) -> dict[str, torch.Tensor]:
+    """The parameters and buffers of adapter `name`, keyed '<host path>.<parameter>'. `collapsed`: as the plain
+    adapter it saves as (layers with `collapsed_state`, such as MoSA's split layers, give their merged state)."""
     get_config(model, name)
     state = {}
     for path, _, adapter in placed(model, name):
-        for key, tensor in adapter.state_dict().items():
+        for key, tensor in (collapsed_state(adapter) if collapsed else adapter.state_dict()).items():
             state[f"{path}.{key}" if path else key] = tensor
+    return state
+
+
+def collapsed_state(module: nn.Module) -> dict[str, torch.Tensor]:
+    """`module.state_dict()` with every submodule that can collapse replaced by its collapsed state."""
+    collapsing = {prefix: m for prefix, m in module.named_modules() if prefix and hasattr(m, "collapsed_state")}
+    state = {k: v for k, v in module.state_dict().items()
+             if not any(k.startswith(prefix + ".") for prefix in collapsing)}
+    for prefix, m in collapsing.items():
+        state.update({f"{prefix}.{k}": v for k, v in m.collapsed_state().items()})
     return state
 
 
 def write_adapter_files(model: nn.Module, folder: Path, name: str = "default") -> None:
     """Write adapter `name`'s weights and config into `folder` as they are (a staging folder: not atomic)."""
-    config = get_config(model, name)
-    state = adapter_state_dict(model, name)
+    config = get_config(model, name).saved_as()  # a method that collapses (MoSA) saves its plain adapter
+    state = adapter_state_dict(model, name, collapsed=True)
     if any(t.is_meta for t in state.values()):
         raise AdapterError("The adapter lives on the meta device and has no values to save; load real weights first.")
     write_safetensors(folder / WEIGHTS_NAME, {k: v.detach().to("cpu").contiguous() for k, v in state.items()})

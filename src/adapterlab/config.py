@@ -63,6 +63,20 @@ class AdapterConfig:
         """
         raise NotImplementedError
 
+    def objective(self) -> Any:
+        """A training-loss term to use instead of the model's own loss (see `objectives.py`), or None."""
+        return None
+
+    def saved_as(self) -> "AdapterConfig":
+        """The config `save_adapter` writes: this one, or the plain method a trained adapter collapses into
+        (MoSA saves its merged adapter as its base method). Modules that collapse provide `collapsed_state`."""
+        return self
+
+    @classmethod
+    def accepted_options(cls, options: dict[str, Any]) -> set[str]:
+        """Option names this method takes, given the options asked for (a wrapper adds its base's)."""
+        return set(cls.option_names())
+
     @property
     def resolved_targets(self) -> list[str]:
         return list(self.targets) if self.targets is not None else list(self.default_targets)

@@ -22,6 +22,7 @@ METHODS: dict[str, tuple[str, dict[str, Any]]] = {
     "conformer": ("adapterlab.methods.conformer:ConformerConfig", {}),
     "ia3": ("adapterlab.methods.ia3:IA3Config", {}),
     "bitfit": ("adapterlab.methods.bitfit:BitFitConfig", {}),
+    "mosa": ("adapterlab.methods.mosa:MosaConfig", {}),
 }
 
 

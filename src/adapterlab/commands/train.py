@@ -124,9 +124,13 @@ def add_adapter_flags(parser: argparse.ArgumentParser) -> None:
         aliases = tuple(f"--{form}" for alias, target in OPTION_ALIASES.items() if target == name
                         for form in (alias.replace("_", "-"), alias))
         flags = [s for s in names(name, aliases) if s not in taken]
+        note = ""
+        if len(flags) < len(names(name, aliases)):  # a training flag has this name (--split): prefix the method
+            flags += [f"--{method}-{name.replace('_', '-')}" for method in methods]
+            note = f"; --{name.replace('_', '-')} is the training flag of that name"
         group.add_argument(*flags, dest=OPTION_PREFIX + name, default=argparse.SUPPRESS, nargs="?", const=True,
                            type=parse_list_value if name in lists else parse_value, metavar="VALUE",
-                           help=f"({', '.join(methods)})")
+                           help=f"({', '.join(methods)}{note})")
     legacy = parser.add_argument_group("LLM-Adapters finetune.py compatibility")
     legacy.add_argument("--adapter_name", dest="adapter_name", default=argparse.SUPPRESS,
                         help="lora | bottleneck | prefix-tuning (or any method name)")

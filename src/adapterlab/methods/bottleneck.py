@@ -145,6 +145,8 @@ class ScaledParallelConfig(ParallelConfig):
 class BottleneckAdapter(Adapter):
     """down (in -> size), activation, up (size -> out), scaled and added to the site's output."""
 
+    split_points = {"down": "down", "up": "up"}  # the projections MoSA may split (methods/mosa.py)
+
     def __init__(self, in_features: int, out_features: int, options: BottleneckOptions, placement: str,
                  device: torch.device, dtype: torch.dtype) -> None:
         super().__init__()

@@ -142,6 +142,8 @@ def peft_task_type(model: nn.Module) -> str | None:
 class LoraAdapter(Adapter):
     """The low-rank update B A of one linear layer."""
 
+    split_points = {"down": "lora_A", "up": "lora_B"}  # the projections MoSA may split (methods/mosa.py)
+
     def __init__(self, in_features: int, out_features: int, r: int, scaling: float, dropout: float,
                  device: torch.device, dtype: torch.dtype) -> None:
         super().__init__()

@@ -22,6 +22,8 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from ..errors import IncompatibleAdapterError
 from ..files import (check_safetensors, check_torch_archive, group_file, read_safetensors, write_atomic,
                      write_safetensors)
+from ..objectives import training_objective
+from ..stochastic import draw_context
 
 TRAINABLE_NAME = "trainable.safetensors"
 HEAD_NAME = "head.safetensors"
@@ -134,6 +136,25 @@ class AdapterTrainer(Trainer):
     def __init__(self, *args, full_model: bool = False, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.full_model = full_model
+
+    def training_step(self, model: nn.Module, inputs: dict, num_items_in_batch=None):
+        """One step with the step's random draws held through forward and backward (stochastic methods such as
+        MoSA; a no-op for the others): the same on every rank and micro-batch, and after --resume."""
+        objective = training_objective(self.model)
+        groups = objective.groups if objective is not None else 1
+        with draw_context(self.model, step=self.state.global_step, groups=groups, seed=self.args.seed):
+            return super().training_step(model, inputs, num_items_in_batch)
+
+    def compute_loss(self, model: nn.Module, inputs: dict, return_outputs: bool = False, num_items_in_batch=None):
+        """The model's loss, or the active method's training objective (e.g. MoSA's consistency loss) in training."""
+        objective = training_objective(self.model) if model.training else None
+        if objective is None:
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        scaled = self.model_accepts_loss_kwargs and num_items_in_batch is not None  # as the Trainer's own loss
+        loss, outputs = objective.loss(model, inputs, int(num_items_in_batch) if scaled else None)
+        if scaled and self.args.average_tokens_across_devices:
+            loss = loss * self.accelerator.num_processes
+        return (loss, outputs) if return_outputs else loss
 
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
         if self.full_model:

@@ -161,7 +161,7 @@ class TrainConfig:
                 given = ", ".join(flag_name(k) for k in sorted(self.adapter_options))
                 raise AdapterError(f"--adapter full trains every weight and takes no adapter options; drop {given}.")
             return
-        accepted = set(config_class(self.adapter).option_names())
+        accepted = config_class(self.adapter).accepted_options(self.adapter_options)
         for name in sorted(set(self.adapter_options) - accepted):
             having = [m for m in method_names() if name in config_class(m).option_names()]
             owners = f"an option of {', '.join(having)}" if having else "not an option of any method"

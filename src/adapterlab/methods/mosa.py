@@ -1,0 +1,139 @@
+"""MoSA (Zhang et al., arXiv 2312.02923; code Theia-4869/MoSA): a standard adapter whose projections are split
+into N sparse modules, trained one drawn module at a time with a consistency loss, and merged back into one.
+
+    attach(model, "mosa", base="parallel", modules=4, split="up", consistency=1.0, size=64, targets=["mlp"])
+
+Any option that is not MoSA's own goes to the base method (size, r, alpha, targets, ...). `split` names the
+projections that are split: "up" (their SHARE="down", the default: the down-projection stays dense and
+shared), "down" (their SHARE="up") or "both" (SHARE="none"). Training draws one module per split projection,
+layer and forward (`stochastic.py`); `consistency` and `additional` weight the second forward's symmetric KL and
+cross entropy (`objectives.py`; their scripts: 1.0 and 0.0). Eval mode runs the merged adapter; `save_adapter`
+writes it as a plain adapter of the base method. The paper's "hierarchical sparse strategy" is not in the
+official code and not here: only the SHARE choices are.
+
+Where this differs from the official code, on purpose: split projections are initialised as AdaptFormer and
+LoRA do (down Kaiming-uniform, up zeros) whatever the base's `init`; a module not drawn in a step is not
+updated at all (their PyTorch 1.11 `zero_grad()` left zero gradients, so momentum and weight decay moved idle
+copies); the draws are a function of the training step (reproducible under torchrun, gradient accumulation,
+activation checkpointing and resume) rather than Python's global `random`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from ..config import AdapterConfig, one_of
+from ..errors import AdapterError
+from ..objectives import ConsistencyObjective
+from .split import SplitLinear
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from ..sites import Placement, Site
+    from .base import Adapter
+
+BASES = ("lora", "series", "pfeiffer", "houlsby", "parallel", "scaled_parallel")
+SPLITS = {"up": ("up",), "down": ("down",), "both": ("down", "up")}
+INIT = {"down": "kaiming", "up": "zeros"}
+
+
+@dataclass
+class MosaConfig(AdapterConfig):
+    """base: the adapter that is split; modules: N sparse modules per split projection; split: up | down |
+    both; consistency / additional: weights of the second forward's symmetric KL / cross entropy;
+    base_options: the base method's options (any option not listed here lands there too)."""
+
+    method = "mosa"
+
+    base: str = "parallel"
+    modules: int = 4
+    split: str = "up"
+    consistency: float = 1.0
+    additional: float = 0.0
+    base_options: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_options(cls, options: dict[str, Any], source: str | None = None) -> "MosaConfig":
+        """MoSA's own options here, every other one to the base method (checked by the base's config)."""
+        own = {f.name for f in dataclasses.fields(cls)}
+        mine = {k: v for k, v in options.items() if k in own}
+        rest = {k: v for k, v in options.items() if k not in own}
+        mine["base_options"] = {**dict(options.get("base_options") or {}), **rest}
+        return super().from_options(mine, source)
+
+    @classmethod
+    def accepted_options(cls, options: dict[str, Any]) -> set[str]:
+        from ..registry import config_class
+
+        base = options.get("base", cls.base)
+        return set(cls.option_names()) | (set(config_class(base).option_names()) if base in BASES else set())
+
+    def validate(self) -> None:
+        from ..registry import make_config
+
+        if self.base not in BASES:
+            raise AdapterError(f"mosa: `base` {self.base!r} cannot be split into sparse modules; choose one of "
+                               f"{', '.join(BASES)} (prompt, prefix, ia3, bitfit and conformer have no "
+                               "down/up projections to split).")
+        if not isinstance(self.modules, int) or isinstance(self.modules, bool) or self.modules < 2:
+            raise AdapterError(f"mosa: `modules` must be an integer of at least 2 (the paper uses 4), got "
+                               f"{self.modules!r}.")
+        if self.modules > 255:
+            raise AdapterError(f"mosa: `modules` is at most 255, got {self.modules}.")
+        one_of(self.method, "split", self.split, tuple(SPLITS))
+        for name in ("consistency", "additional"):
+            if float(getattr(self, name)) < 0:
+                raise AdapterError(f"mosa: `{name}` must be 0 or more, got {getattr(self, name)!r}.")
+        options = dict(self.base_options)
+        if self.base != "lora" and options.setdefault("init", "zero") != "zero":
+            raise AdapterError(f"mosa: the split projections start as AdaptFormer's (down Kaiming, up zero); "
+                               f"drop init={options['init']!r} or pass init='zero'.")
+        for name in ("targets", "layers"):
+            if getattr(self, name) is not None:
+                options[name] = getattr(self, name)
+        self._base = make_config(self.base, **options)
+
+    @property
+    def base_config(self) -> AdapterConfig:
+        return self._base
+
+    @property
+    def mergeable(self) -> bool:  # type: ignore[override]
+        return self._base.mergeable
+
+    @property
+    def site_kinds(self) -> tuple[str, ...]:  # type: ignore[override]
+        return self._base.site_kinds
+
+    @property
+    def default_targets(self) -> tuple[str, ...]:  # type: ignore[override]
+        return self._base.default_targets
+
+    def sites(self, model: "nn.Module", placement: "Placement") -> list["Site"]:
+        return self._base.sites(model, placement)
+
+    def build(self, site: "Site", model: "nn.Module", placement: "Placement") -> "Adapter":
+        """The base's module at this site, with the chosen projections replaced by SplitLinear layers."""
+        adapter = self._base.build(site, model, placement)
+        points = getattr(adapter, "split_points", None)
+        if not points:
+            raise AdapterError(f"mosa: the {self.base} module has no down/up projections to split.")
+        for point in SPLITS[self.split]:
+            child = points[point]
+            layer = SplitLinear(getattr(adapter, child), self.modules, f"{site.path}:{child}", INIT[point])
+            setattr(adapter, child, layer)
+        return adapter
+
+    def objective(self) -> ConsistencyObjective | None:
+        if not self.consistency and not self.additional:
+            return None
+        return ConsistencyObjective(additional=float(self.additional), consistency=float(self.consistency))
+
+    def saved_as(self) -> AdapterConfig:
+        return self._base
+
+
+__all__ = ["MosaConfig"]
