@@ -7,6 +7,7 @@ a fresh process per method: memory freed by one method then cannot be reused by,
 
 from __future__ import annotations
 
+import itertools
 import statistics
 import time
 from collections.abc import Callable
@@ -19,6 +20,8 @@ from torch import nn
 
 from ..engine import attach, count_parameters, get_config, merge
 from ..errors import NotMergeableError, UsageError
+from ..objectives import training_objective
+from ..stochastic import draw_context
 
 FULL = "full"
 _CLEAR_REFS = Path("/proc/self/clear_refs")
@@ -135,9 +138,13 @@ def _train_costs(model: nn.Module, batch: dict[str, torch.Tensor], settings: Set
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=settings.lr)
     model.train()
+    objective = training_objective(model)  # e.g. MoSA's consistency loss: two copies of the batch per step
+    steps = itertools.count()
 
     def step() -> None:
-        model(**batch).loss.backward()
+        with draw_context(model, step=next(steps), groups=objective.groups if objective else 1):
+            loss = objective.loss(model, batch)[0] if objective else model(**batch).loss
+            loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
