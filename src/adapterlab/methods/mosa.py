@@ -11,11 +11,12 @@ cross entropy (`objectives.py`; their scripts: 1.0 and 0.0). Eval mode runs the 
 writes it as a plain adapter of the base method. The paper's "hierarchical sparse strategy" is not in the
 official code and not here: only the SHARE choices are.
 
-Where this differs from the official code, on purpose: split projections are initialised as AdaptFormer and
-LoRA do (down Kaiming-uniform, up zeros) whatever the base's `init`; a module not drawn in a step is not
-updated at all (their PyTorch 1.11 `zero_grad()` left zero gradients, so momentum and weight decay moved idle
-copies); the draws are a function of the training step (reproducible under torchrun, gradient accumulation,
-activation checkpointing and resume) rather than Python's global `random`.
+Where this differs from the official code, on purpose: split projections are initialised as AdaptFormer and LoRA
+do (down Kaiming-uniform, up zeros) whatever the base's `init`; a module not drawn in a step is not updated at
+all (their PyTorch 1.11 `zero_grad()` left zero gradients, so momentum and weight decay moved idle copies) and
+weight decay reaches only a module's own entries (see `split.py`); the draws are a function of the training step
+(reproducible under torchrun, gradient accumulation, activation checkpointing and resume) rather than Python's
+global `random`.
 """
 
 from __future__ import annotations
