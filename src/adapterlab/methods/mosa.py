@@ -73,7 +73,7 @@ class MosaConfig(AdapterConfig):
         return set(cls.option_names()) | (set(config_class(base).option_names()) if base in BASES else set())
 
     def validate(self) -> None:
-        from ..registry import make_config
+        from ..registry import config_class, make_config
 
         if self.base not in BASES:
             raise AdapterError(f"mosa: `base` {self.base!r} cannot be split into sparse modules; choose one of "
@@ -92,6 +92,12 @@ class MosaConfig(AdapterConfig):
         if self.base != "lora" and options.setdefault("init", "zero") != "zero":
             raise AdapterError(f"mosa: the split projections start as AdaptFormer's (down Kaiming, up zero); "
                                f"drop init={options['init']!r} or pass init='zero'.")
+        base_names = set(config_class(self.base).option_names())
+        unknown = sorted(set(options) - base_names)
+        if unknown:  # the base's own message would list only its options, not MoSA's (a misspelt `modules`)
+            raise AdapterError(f"mosa: unknown option(s) {unknown}. Valid options: MoSA's "
+                               f"{sorted(set(self.option_names()) - {'base_options'})} and {self.base}'s "
+                               f"{sorted(base_names)}.")
         for name in ("targets", "layers"):
             if getattr(self, name) is not None:
                 options[name] = getattr(self, name)
