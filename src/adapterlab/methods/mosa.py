@@ -95,9 +95,9 @@ class MosaConfig(AdapterConfig):
         base_names = set(config_class(self.base).option_names())
         unknown = sorted(set(options) - base_names)
         if unknown:  # the base's own message would list only its options, not MoSA's (a misspelt `modules`)
-            raise AdapterError(f"mosa: unknown option(s) {unknown}. Valid options: MoSA's "
-                               f"{sorted(set(self.option_names()) - {'base_options'})} and {self.base}'s "
-                               f"{sorted(base_names)}.")
+            valid = (set(self.option_names()) - {"base_options"}) | base_names
+            raise AdapterError(f"mosa: unknown option(s) {unknown}. Valid options: {sorted(valid)} (MoSA's own "
+                               f"and those of its base, {self.base}).")
         for name in ("targets", "layers"):
             if getattr(self, name) is not None:
                 options[name] = getattr(self, name)
