@@ -10,12 +10,11 @@ PyTorch-1.11 zero_grad() kept zero gradients (a documented difference, see the w
 
 from __future__ import annotations
 
-import json
 
 import pytest
 import torch
 import torch.nn.functional as F
-from tiny_models import output_of, randomize_adapters, tiny_inputs, tiny_model
+from tiny_models import randomize_adapters, tiny_inputs, tiny_model
 from torch import nn
 
 import adapterlab as al
