@@ -10,7 +10,6 @@ PyTorch-1.11 zero_grad() kept zero gradients (a documented difference, see the w
 
 from __future__ import annotations
 
-
 import pytest
 import torch
 import torch.nn.functional as F
