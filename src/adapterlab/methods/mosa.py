@@ -11,11 +11,12 @@ cross entropy (`objectives.py`; their scripts: 1.0 and 0.0). Eval mode runs the 
 writes it as a plain adapter of the base method. The paper's "hierarchical sparse strategy" is not in the
 official code and not here: only the SHARE choices are.
 
-Where this differs from the official code, on purpose: split projections are initialised as AdaptFormer and
-LoRA do (down Kaiming-uniform, up zeros) whatever the base's `init`; a module not drawn in a step is not
-updated at all (their PyTorch 1.11 `zero_grad()` left zero gradients, so momentum and weight decay moved idle
-copies); the draws are a function of the training step (reproducible under torchrun, gradient accumulation,
-activation checkpointing and resume) rather than Python's global `random`.
+Where this differs from the official code, on purpose: split projections are initialised as AdaptFormer and LoRA
+do (down Kaiming-uniform, up zeros) whatever the base's `init`; a module not drawn in a step is not updated at
+all (their PyTorch 1.11 `zero_grad()` left zero gradients, so momentum and weight decay moved idle copies) and
+weight decay reaches only a module's own entries (see `split.py`); the draws are a function of the training step
+(reproducible under torchrun, gradient accumulation, activation checkpointing and resume) rather than Python's
+global `random`.
 """
 
 from __future__ import annotations
@@ -72,7 +73,7 @@ class MosaConfig(AdapterConfig):
         return set(cls.option_names()) | (set(config_class(base).option_names()) if base in BASES else set())
 
     def validate(self) -> None:
-        from ..registry import make_config
+        from ..registry import config_class, make_config
 
         if self.base not in BASES:
             raise AdapterError(f"mosa: `base` {self.base!r} cannot be split into sparse modules; choose one of "
@@ -91,6 +92,12 @@ class MosaConfig(AdapterConfig):
         if self.base != "lora" and options.setdefault("init", "zero") != "zero":
             raise AdapterError(f"mosa: the split projections start as AdaptFormer's (down Kaiming, up zero); "
                                f"drop init={options['init']!r} or pass init='zero'.")
+        base_names = set(config_class(self.base).option_names())
+        unknown = sorted(set(options) - base_names)
+        if unknown:  # the base's own message would list only its options, not MoSA's (a misspelt `modules`)
+            valid = (set(self.option_names()) - {"base_options"}) | base_names
+            raise AdapterError(f"mosa: unknown option(s) {unknown}. Valid options: {sorted(valid)} (MoSA's own "
+                               f"and those of its base, {self.base}).")
         for name in ("targets", "layers"):
             if getattr(self, name) is not None:
                 options[name] = getattr(self, name)

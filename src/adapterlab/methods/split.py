@@ -8,11 +8,14 @@ the N modules, the expected value of the random forward, and is what eval mode, 
 
     merged weight = ((N - 1) * initial + trained entries of all modules) / N,   merged bias = mean of the biases
 
-Storage is one value per entry (each module's own entries as one flat parameter), so parameters, gradients
-and optimizer state take no more than the plain layer's. A module not drawn in a step has no gradient and is
-not touched by the optimizer (no momentum, no weight decay), as N dense copies trained with
-`zero_grad(set_to_none=True)` would be. The initial weight is regenerated from a seed, not stored: zeros for
-an up-projection, Kaiming-uniform (a = sqrt 5) for a down-projection, as AdaptFormer and LoRA initialise them.
+Storage is one value per entry (each module's own entries as one flat parameter), so parameters, gradients and
+optimizer state take no more than the plain layer's. A module not drawn in a step has no gradient and is not
+touched by the optimizer (no momentum, no weight decay), as N dense copies trained with
+`zero_grad(set_to_none=True)` would be. Weight decay reaches only the drawn module's own entries: the rest is the
+shared initial weight, owned by no module (dense copies would decay the drawn copy's frozen entries too, which
+differs only where the initial weight is not zero: a split down-projection). The initial weight is regenerated
+from a seed, not stored: zeros for an up-projection, Kaiming-uniform (a = sqrt 5) for a down-projection, as
+AdaptFormer and LoRA initialise them.
 """
 
 from __future__ import annotations
