@@ -130,6 +130,18 @@ def load_head(model: nn.Module, directory: str | os.PathLike) -> bool:
     return True
 
 
+def counted_items(inputs: dict, shifted: bool) -> int:
+    """The label items of one micro-batch as the Trainer counts them for num_items_in_batch (labels other than
+    -100; for a causal LM the next-token labels), over which a model's own loss takes its mean."""
+    labels = inputs.get("shift_labels")
+    if labels is None:
+        labels = inputs.get("labels")
+        if labels is None:
+            return 0
+        labels = labels[..., 1:] if shifted else labels
+    return int(labels.ne(-100).sum())
+
+
 class AdapterTrainer(Trainer):
     """HF Trainer whose checkpoints hold the trainable parameters only (unless the whole model trains)."""
 
@@ -146,12 +158,23 @@ class AdapterTrainer(Trainer):
             return super().training_step(model, inputs, num_items_in_batch)
 
     def compute_loss(self, model: nn.Module, inputs: dict, return_outputs: bool = False, num_items_in_batch=None):
-        """The model's loss, or the active method's training objective (e.g. MoSA's consistency loss) in training."""
+        """The model's loss, or the active method's training objective (e.g. MoSA's consistency loss) in training;
+        either divided by the label items of the whole accumulated batch when the Trainer counts them.
+
+        The Trainer hands the count to any model whose forward takes **kwargs and then skips its own division by
+        the accumulation steps, but many heads drop it (BERT's, transformers' generic sequence-classification
+        head; transformers#47688): their loss came out once per micro-batch, `accumulation` x too large. So the
+        model gives its mean over this micro-batch's items, weighted here by their share of the count.
+        """
         objective = training_objective(self.model) if model.training else None
-        if objective is None:
-            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         scaled = self.model_accepts_loss_kwargs and num_items_in_batch is not None  # as the Trainer's own loss
-        loss, outputs = objective.loss(model, inputs, int(num_items_in_batch) if scaled else None)
+        if objective is not None:
+            loss, outputs = objective.loss(model, inputs, int(num_items_in_batch) if scaled else None)
+        elif scaled and (items := counted_items(inputs, getattr(self, "_loss_shifts_labels", False))):
+            loss, outputs = super().compute_loss(model, inputs, return_outputs=True)
+            loss = loss * (items / num_items_in_batch)
+        else:
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         if scaled and self.args.average_tokens_across_devices:
             loss = loss * self.accelerator.num_processes
         return (loss, outputs) if return_outputs else loss

@@ -17,7 +17,7 @@ from typing import Any
 
 from ..errors import AdapterError, UsageError
 from ..coerce import Mismatch, coerce, describe
-from ..registry import config_class, method_names
+from ..registry import config_class, make_config, method_names
 from ..tasks import task_module, tasks_reading
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -34,6 +34,13 @@ def flag(help: str, *aliases: str, per_task: bool = False, **kwargs: Any) -> Any
 def flag_name(name: str) -> str:
     """The command-line flag of a setting or adapter option: `micro_batch_size` -> `--micro-batch-size`."""
     return "--" + name.replace("_", "-")
+
+
+def option_flag(name: str, method: str) -> str:
+    """The flag of adapter option `name` of `method`: --name, or --method-name where a training setting has that
+    name (MoSA's `split` is --mosa-split, since --split is audio's dev split; see commands/train.py)."""
+    settings = {f.name for f in dataclasses.fields(TrainConfig)}
+    return f"--{method}-{name.replace('_', '-')}" if name in settings else flag_name(name)
 
 
 @dataclass
@@ -117,6 +124,8 @@ class TrainConfig:
             raise AdapterError("No run folder given: pass --output DIR.")
         self.check_task_fields()
         self.check_adapter_options()
+        if self.adapter != "full":  # the option values too (MoSA's --base prompt), before the model is loaded
+            make_config(self.adapter, **self.adapter_options)
         if self.template not in TEMPLATES:
             raise AdapterError(f"--template must be one of {TEMPLATES}, got {self.template!r}.")
         if self.precision not in PRECISIONS:
@@ -165,8 +174,10 @@ class TrainConfig:
         for name in sorted(set(self.adapter_options) - accepted):
             having = [m for m in method_names() if name in config_class(m).option_names()]
             owners = f"an option of {', '.join(having)}" if having else "not an option of any method"
-            raise AdapterError(f"{flag_name(name)} is {owners}, not of --adapter {self.adapter} (its options: "
-                               f"{', '.join(flag_name(o) for o in sorted(accepted))}); drop it or change --adapter.")
+            given = " / ".join(dict.fromkeys(option_flag(name, m) for m in having or [self.adapter]))
+            raise AdapterError(f"{given} is {owners}, not of --adapter {self.adapter} (its options: "
+                               f"{', '.join(option_flag(o, self.adapter) for o in sorted(accepted))}); drop it or "
+                               "change --adapter.")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -26,6 +26,7 @@ from ..checkpoint import write_adapter_files
 from ..engine import attach, count_parameters
 from ..errors import AdapterError
 from ..files import group_file, read_json_object, replace_files, write_json
+from ..stochastic import stochastic_modules
 from ..tasks import TASKS
 from ..tasks.base import TaskOptions, TaskSetup
 from .callbacks import BestKeeper, MetricsLog
@@ -122,6 +123,9 @@ def training_arguments(config: TrainConfig, setup: TaskSetup, checkpoints: Path)
         # Without an accelerator, say so: bf16 autocast and several processes (gloo) then run on the CPU.
         use_cpu=on_cpu,
         ddp_backend="gloo" if world > 1 and on_cpu else None,
+        # A stochastic method's modules not drawn in a step get no gradient, which DDP accepts only when it looks
+        # for unused parameters; the Trainer turns that search off under activation checkpointing.
+        ddp_find_unused_parameters=True if stochastic_modules(setup.model) else None,
         include_num_input_tokens_seen="non_padding" if setup.num_tokens is not None else "no",
         report_to="none",
     )
