@@ -19,6 +19,7 @@ from .config import AdapterConfig
 from .errors import AdapterError, NotMergeableError
 from .methods.base import Adapter, check_adapter_dtype, keep_dtype
 from .registry import METHODS, make_config
+from .stochastic import track_model_calls
 from .sites import ADAPTER_SLOT, Placement, Site
 
 HOST_ATTR = ADAPTER_SLOT
@@ -157,6 +158,7 @@ def attach(
         adapter._hook_handles = _install_hooks(model, site, adapter)
         adapter._site = site
     model.adapterlab_configs = {**configs, name: config}
+    track_model_calls(model)  # stochastic methods (MoSA) count model calls as steps outside a draw_context
     for parameter in model.parameters():
         parameter.requires_grad_(False)
     set_active(model, name)
@@ -180,6 +182,7 @@ def detach(model: nn.Module, name: str = "default") -> nn.Module:
     if not configs:
         model.adapterlab_guard.remove()
         del model.adapterlab_guard
+    track_model_calls(model)
     model.adapterlab_active = [n for n in model.adapterlab_active if n != name]
     return model
 

@@ -7,9 +7,10 @@ the Trainer's). `draw_context(model, step=...)` sets the draws for one training 
 holds it around each step. A batch may carry `groups` copies of the inputs (a consistency loss compares two
 forwards with independent draws in one pass); each copy gets its own draw.
 
-Outside a context (your own training loop), a stochastic module counts its own calls as the step, which is
-reproducible for a fixed sequence of calls but not under activation-checkpointing recomputation: wrap the
-forward and backward of each step in `draw_context` there.
+Outside a context (your own training loop), each call of the model in training mode is a new step: a forward
+pre-hook that `attach` installs counts the calls, and the draws stay set until the next call, so the
+recomputation in the backward sees the forward's draws. Two forwards per optimizer step are then two steps;
+use `draw_context` to say what a step is.
 """
 
 from __future__ import annotations
@@ -44,14 +45,28 @@ class Stochastic(nn.Module):
         super().__init__()
         self.draw_key = key
         self.draws: Draws | None = None
-        self._calls = 0  # the step when no context is set (see the module docstring)
+        self.model_calls = 0  # counted by the model's forward pre-hook: the step outside a context
 
     def current_draws(self, seed: int) -> Draws:
-        """The context's draws, or a fresh step of this module's own count outside a context."""
-        if self.draws is not None:
-            return self.draws
-        self._calls += 1
-        return Draws(seed, self._calls)
+        """The context's draws, else those of the model call this forward belongs to."""
+        return self.draws if self.draws is not None else Draws(seed, self.model_calls)
+
+
+def count_model_calls(model: nn.Module, args: tuple) -> None:
+    """Forward pre-hook: outside a draw_context, a training call of the model is a new step for its draws."""
+    if model.training:
+        for m in stochastic_modules(model):
+            m.model_calls += 1
+
+
+def track_model_calls(model: nn.Module) -> None:
+    """Install `count_model_calls` while the model has stochastic modules, remove it when none are left."""
+    wanted, handle = bool(stochastic_modules(model)), getattr(model, "adapterlab_calls", None)
+    if wanted and handle is None:
+        model.adapterlab_calls = model.register_forward_pre_hook(count_model_calls)
+    elif not wanted and handle is not None:
+        handle.remove()
+        del model.adapterlab_calls
 
 
 def stochastic_modules(model: nn.Module) -> list[Stochastic]:
@@ -77,4 +92,4 @@ def draw_context(model: nn.Module, step: int, groups: int = 1, seed: int = 0) ->
             m.draws = old
 
 
-__all__ = ["Draws", "Stochastic", "draw_context", "stochastic_modules"]
+__all__ = ["Draws", "Stochastic", "count_model_calls", "draw_context", "stochastic_modules", "track_model_calls"]
