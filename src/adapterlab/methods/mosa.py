@@ -44,7 +44,8 @@ INIT = {"down": "kaiming", "up": "zeros"}
 @dataclass
 class MosaConfig(AdapterConfig):
     """base: the adapter that is split; modules: N sparse modules per split projection; split: up | down |
-    both; consistency / additional: weights of the second forward's symmetric KL / cross entropy;
+    both; consistency / additional: weights of the second forward's symmetric KL / cross entropy; seed: of the
+    masks and the split projections' initial values (with the layer's name; independent of the training seed);
     base_options: the base method's options (any option not listed here lands there too)."""
 
     method = "mosa"
@@ -54,6 +55,7 @@ class MosaConfig(AdapterConfig):
     split: str = "up"
     consistency: float = 1.0
     additional: float = 0.0
+    seed: int = 0
     base_options: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -130,7 +132,7 @@ class MosaConfig(AdapterConfig):
             raise AdapterError(f"mosa: the {self.base} module has no down/up projections to split.")
         for point in SPLITS[self.split]:
             child = points[point]
-            layer = SplitLinear(getattr(adapter, child), self.modules, f"{site.path}:{child}", INIT[point])
+            layer = SplitLinear(getattr(adapter, child), self.modules, f"{site.path}:{child}", INIT[point], self.seed)
             setattr(adapter, child, layer)
         return adapter
 

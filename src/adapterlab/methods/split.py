@@ -1,7 +1,8 @@
 """A linear layer split into N sparse modules that train one at a time and merge into one (MoSA's building block).
 
 The N modules share one initial weight and own disjoint random sets of its entries that together cover it
-(drawn once, from the global torch RNG at attach). Module i is the initial weight with its own entries
+(drawn once at attach from the `seed` option and the layer's name, so a resumed or distributed run rebuilds
+the same masks). Module i is the initial weight with its own entries
 replaced by trained values; in training each forward uses one module, drawn per step (see `stochastic.py`),
 so only that module's entries get a gradient. Each module keeps a full bias. The merged layer is the mean of
 the N modules, the expected value of the random forward, and is what eval mode, `merge` and `save_adapter` use:
@@ -21,6 +22,7 @@ AdaptFormer and LoRA initialise them.
 from __future__ import annotations
 
 import math
+import zlib
 
 import torch
 import torch.nn.functional as F
@@ -35,7 +37,7 @@ INITS = ("zeros", "kaiming")
 class SplitLinear(Stochastic):
     """Drop-in for an nn.Linear inside an adapter: `forward(x)`, and `weight` / `bias` give the merged layer."""
 
-    def __init__(self, linear: nn.Linear, modules: int, key: str, init: str) -> None:
+    def __init__(self, linear: nn.Linear, modules: int, key: str, init: str, seed: int = 0) -> None:
         super().__init__(key)
         if init not in INITS:
             raise AdapterError(f"split init must be one of {INITS}, got {init!r}.")
@@ -44,7 +46,8 @@ class SplitLinear(Stochastic):
         if numel < modules:
             raise AdapterError(f"{key}: a {self.shape} weight has {numel} entries, too few for {modules} modules "
                                "that each own at least one; use fewer modules.")
-        self.seed = int(torch.randint(2**31 - 1, (1,)).item())  # masks and initial values derive from it
+        # masks and initial values: a function of (seed, key) alone, so a resumed or distributed run rebuilds them
+        self.seed = zlib.crc32(f"{seed}|{key}".encode())
         generator = torch.Generator().manual_seed(self.seed)
         owner = torch.empty(numel, dtype=torch.uint8)
         owner[torch.randperm(numel, generator=generator)] = (torch.arange(numel) % modules).to(torch.uint8)
