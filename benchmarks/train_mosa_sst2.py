@@ -40,6 +40,8 @@ print("RESULT " + json.dumps(summary))
 
 def run(name: str, seed: int, args: argparse.Namespace, folder: Path) -> dict:
     adapter, options = SETTINGS[name]
+    if adapter == "mosa":
+        options = {**options, "consistency": args.consistency}
     config = dict(model="minilm-l6", task="seq-cls", data=[str(SST2 / "train.tsv")],
                   eval_data=[str(SST2 / "dev.tsv")], output=str(folder / f"{name}-{seed}"), adapter=adapter,
                   adapter_options=options, max_train_samples=args.train_samples, max_steps=args.steps,
@@ -66,6 +68,7 @@ def main() -> int:
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--eval-steps", type=int, default=25)
     parser.add_argument("--settings", default=",".join(SETTINGS))
+    parser.add_argument("--consistency", type=float, default=1.0, help="MoSA's consistency weight (their 1.0)")
     parser.add_argument("--output", required=True)
     args = parser.parse_args()
     rows = []
