@@ -187,3 +187,15 @@ def test_gpt2_conv1d_merge_equals_peft_merge(method: str) -> None:
     unmerged = outputs(model, inputs)
     adapterlab.merge(model)
     assert (outputs(model, inputs) - unmerged).abs().max().item() < 1e-12
+
+
+def test_mosa_lora_exports_its_merged_lora_to_peft(tmp_path) -> None:
+    """A trained MoSA-LoRA exports as the plain LoRA it merges into; PEFT loads it with the merged outputs."""
+    model = tiny_model("llama")
+    adapterlab.attach(model, "mosa", base="lora", r=4, targets=["q", "v"], split="both")
+    randomize_adapters(model)
+    model.eval()
+    adapterlab.export_peft(model, tmp_path)
+    loaded = peft.PeftModel.from_pretrained(tiny_model("llama"), str(tmp_path))
+    inputs = tiny_inputs("llama")
+    assert_close(outputs(model, inputs), outputs(loaded, inputs), outputs(tiny_model("llama"), inputs))

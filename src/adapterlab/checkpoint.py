@@ -179,13 +179,14 @@ def load_adapter(
 
 def export_peft(model: nn.Module, directory: str | os.PathLike, name: str = "default") -> Path:
     """Write adapter `name` in PEFT's format, loadable by `peft.PeftModel.from_pretrained`."""
-    config = get_config(model, name)
+    config = get_config(model, name).saved_as()  # MoSA-LoRA exports its merged LoRA
     to_peft = getattr(config, "to_peft", None)
     if to_peft is None:
         raise AdapterError(f"{config.method} has no PEFT counterpart to export to; use save_adapter instead.")
     peft_config = to_peft(model, [site for _, _, a in placed(model, name) for site in [a._site]])
     peft_config.setdefault("base_model_name_or_path", base_model_info(model).get("name_or_path"))
-    state = {f"base_model.model.{k}": v.detach().cpu().contiguous() for k, v in adapter_state_dict(model, name).items()}
+    state = {f"base_model.model.{k}": v.detach().cpu().contiguous()
+             for k, v in adapter_state_dict(model, name, collapsed=True).items()}
     for head in peft_config.get("modules_to_save") or []:  # e.g. the classifier PEFT keeps beside a SEQ_CLS adapter
         for key, tensor in model.get_submodule(head).state_dict().items():
             state[f"base_model.model.{head}.{key}"] = tensor.detach().cpu().contiguous()
