@@ -15,7 +15,7 @@ from ..errors import UsageError
 from ..files import write_atomic
 
 
-def read_records(path: Path) -> list[dict[str, Any]]:
+def read_log(path: Path) -> list[dict[str, Any]]:
     """The records of a JSONL log; torn lines (a kill or a full disk mid-write) are dropped with a warning."""
     records, torn = [], 0
     for line in path.read_text(errors="replace").splitlines():
@@ -46,7 +46,7 @@ class MetricsLog(TrainerCallback):
 
     def on_train_begin(self, args, state, control, **kwargs):
         if state.is_world_process_zero and self.path.is_file():
-            keep = [r for r in read_records(self.path) if r.get("step", 0) <= state.global_step]
+            keep = [r for r in read_log(self.path) if r.get("step", 0) <= state.global_step]
             text = "".join(json.dumps(r) + "\n" for r in keep)
             write_atomic(self.path, lambda tmp: Path(tmp).write_text(text))
 

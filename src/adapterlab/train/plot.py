@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
+
+from .callbacks import read_log
 
 
 def plot_metrics(metrics: str | Path, png: str | Path, title: str = "") -> Path:
@@ -13,7 +14,7 @@ def plot_metrics(metrics: str | Path, png: str | Path, title: str = "") -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = [json.loads(line) for line in Path(metrics).read_text().splitlines() if line.strip()]
+    rows = read_log(Path(metrics))  # the one tolerant reader of metrics.jsonl (a torn line is dropped, with a warning)
     train = [(r["step"], r["loss"]) for r in rows if "loss" in r]
     dev = {k: [(r["step"], r[k]) for r in rows if k in r] for k in {k for r in rows for k in r}
            if k.startswith("eval_") and k not in ("eval_runtime", "eval_samples_per_second", "eval_steps_per_second")}
