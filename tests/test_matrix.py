@@ -27,7 +27,7 @@ OPTIONS: dict[str, dict] = {
     "conformer": dict(size=8, kernel_size=3),
     "prompt": dict(num_virtual_tokens=3), "prefix": dict(num_virtual_tokens=3),
     "ptuning": dict(num_virtual_tokens=3, encoder_hidden_size=16),
-    "mosa": dict(size=8),
+    "mosa": dict(size=8), "adaptformer": dict(size=8),
 }
 
 # Options under which a method leaves the model's output unchanged until it is trained; None: it cannot
@@ -36,7 +36,7 @@ IDENTITY_AT_INIT: dict[str, dict | str] = {
     "lora": {}, "ia3": {}, "bitfit": {},
     "series": {"init": "zero"}, "houlsby": {"init": "zero"}, "pfeiffer": {"init": "zero"},
     "parallel": {"init": "zero"}, "scaled_parallel": {},
-    "conformer": {"init": "zero"}, "mosa": {},
+    "conformer": {"init": "zero"}, "mosa": {}, "adaptformer": {},
     "prompt": "adds virtual tokens that every real token attends to",
     "prefix": "adds learned keys and values that every token attends to",
     "ptuning": "adds virtual tokens that every real token attends to",
@@ -46,6 +46,9 @@ IDENTITY_AT_INIT: dict[str, dict | str] = {
 UNSUPPORTED: dict[tuple[str, str], str] = {
     **{("conformer", f): "see the future" for f in CAUSAL},
     **{("prefix", f): "past_key_values" for f in ENCODERS + VISION_AUDIO},
+    # AdaptFormer reads the residual stream before the MLP's pre-norm; OPT's row names none (opt-350m is
+    # post-norm, the other sizes pre-norm), so the user is asked for it. MoSA's default base is AdaptFormer.
+    ("adaptformer", "opt"): "mlp_norm", ("mosa", "opt"): "mlp_norm",
 }
 
 # Mergeable methods that refuse to merge on some families, with the words the NotMergeableError must contain.

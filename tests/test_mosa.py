@@ -25,6 +25,8 @@ pytestmark = pytest.mark.usefixtures("single_thread")
 SEED = 1234  # the training seed (the Trainer's args.seed), which draw_context passes on to Draws
 CASES = [pytest.param(dict(base="parallel", targets=["mlp"], size=8, split=s), id=f"parallel-{s}")
          for s in ("up", "down", "both")]
+CASES += [pytest.param(dict(base="adaptformer", size=8, dropout=0.0, split=s), id=f"adaptformer-{s}")
+          for s in ("up", "both")]
 CASES += [pytest.param(dict(base="lora", targets=["q", "v"], r=4, split=s), id=f"lora-{s}") for s in ("up", "both")]
 
 

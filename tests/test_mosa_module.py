@@ -20,7 +20,8 @@ from adapterlab.stochastic import Draws, draw_context, stochastic_modules
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
-BASES = {"lora": dict(base="lora", targets=["q", "v"], r=4), "parallel": dict(base="parallel", size=8)}
+BASES = {"lora": dict(base="lora", targets=["q", "v"], r=4), "parallel": dict(base="parallel", size=8),
+         "adaptformer": dict(base="adaptformer", size=8)}
 
 
 def plain_options(options: dict) -> tuple[str, dict]:

@@ -19,6 +19,7 @@ METHODS: dict[str, tuple[str, dict[str, Any]]] = {
     "pfeiffer": ("adapterlab.methods.bottleneck:PfeifferConfig", {}),
     "parallel": ("adapterlab.methods.bottleneck:ParallelConfig", {}),
     "scaled_parallel": ("adapterlab.methods.bottleneck:ScaledParallelConfig", {}),
+    "adaptformer": ("adapterlab.methods.bottleneck:AdaptFormerConfig", {}),
     "conformer": ("adapterlab.methods.conformer:ConformerConfig", {}),
     "ia3": ("adapterlab.methods.ia3:IA3Config", {}),
     "bitfit": ("adapterlab.methods.bitfit:BitFitConfig", {}),

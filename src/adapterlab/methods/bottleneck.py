@@ -8,16 +8,22 @@ One module, `up(act(down(dropout(x))))`, placed two ways:
   of the whole sublayer (the input of its entry layer; He et al. 2022, AdaptFormer). `scaled_parallel`
   is He et al.'s setting: at the MLP, s = 4, up-projection zero at init.
 
-Semantics follow LLM-Adapters' bottleneck tuner: dropout on the adapter input, "bert" init N(0, 0.02)
+Semantics follow LLM-Adapters' bottleneck tuner by default: dropout on the adapter input, "bert" init N(0, 0.02)
 on both projections, `scaling` a float or "learned" (a scalar parameter initialised to 1.0, as
 LLM-Adapters and AdaptFormer's learnable scalar). LLM-Adapters' projections have no bias: pass
 bias=False to reproduce its parameter counts. Its "AdapterP" is `pfeiffer` (series on down_proj); its
 "AdapterH" adapts the inputs of gate/up and the output of down, whereas `houlsby` here follows Houlsby
 et al. (after the attention and the MLP outputs). Not mergeable: the activation makes the adapter nonlinear.
+
+`adaptformer` is AdaptFormer's adapter as MoSA's code builds it (Chen et al. 2022; Theia-4869/MoSA
+vit_mosa.py): beside the MLP, reading the block's residual stream (`source="residual"`: the input of the
+MLP's pre-norm, or the sublayer input itself in post-norm families), its own input LayerNorm (eps 1e-6, as
+theirs), down 64, GELU, dropout 0.1 after the activation, up zero-initialised, scaled by 0.1.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -27,23 +33,54 @@ from transformers.activations import ACT2FN
 from ..config import AdapterConfig, one_of, positive_int
 from ..errors import AdapterError
 from ..layers import is_linear, linear_features, reference_tensor
-from ..sites import Placement, Site
+from ..sites import Placement, Site, block_paths
 from .base import Adapter, in_dtype_of
 
 INITS = ("bert", "zero")
+DROPOUT_AT = ("input", "hidden")
+SOURCES = ("sublayer", "residual")
+NORM_EPS = 1e-6  # MoSA's AdaptFormer/Pfeiffer adapter_norm
+
+
+def input_features(layer: nn.Module) -> int | None:
+    """The width a layer reads: a linear layer's in-features, a norm's normalised width; None otherwise."""
+    if is_linear(layer):
+        return linear_features(layer)[0]
+    weight = getattr(layer, "weight", None)
+    is_norm = hasattr(layer, "normalized_shape") or "norm" in type(layer).__name__.lower()
+    return int(weight.shape[-1]) if is_norm and isinstance(weight, torch.Tensor) and weight.dim() == 1 else None
 
 
 def site_features(site: Site, model: nn.Module, method: str) -> tuple[int, int]:
     """(in, out) features at a site: a linear layer's, or a sublayer's entry-layer input and exit-layer output."""
-    ends = {"input": model.get_submodule(site.entry), "output": model.get_submodule(site.path)}
-    for role, layer in ends.items():
-        if not is_linear(layer):
-            where = site.entry if role == "input" else site.path
+    entry, exit_ = model.get_submodule(site.entry), model.get_submodule(site.path)
+    in_features = input_features(entry)
+    for role, where, layer, ok in (("input", site.entry, entry, in_features is not None),
+                                   ("output", site.path, exit_, is_linear(exit_))):
+        if not ok:
             raise AdapterError(
                 f"{method} needs a linear layer at the {role} of target {site.target!r}, but {where!r} is a "
                 f"{type(layer).__name__}. Target linear layers (e.g. down_proj) or the sublayers attn / mlp."
             )
-    return linear_features(ends["input"])[0], linear_features(ends["output"])[1]
+    return int(in_features), linear_features(exit_)[1]
+
+
+def residual_site(site: Site, model: nn.Module, placement: Placement, method: str) -> Site:
+    """The site with its input moved to the sublayer's residual stream: the input of the pre-norm in front of
+    it (pre-norm families), or the sublayer's own input where the family is post-norm (BERT)."""
+    if site.kind != "sublayer":
+        raise AdapterError(f"{method}: source='residual' reads a sublayer's residual stream; target the sublayer "
+                           f"attn or mlp, not {site.target!r} (or use source='sublayer').")
+    arch = placement.architecture
+    if arch.post_norm:
+        return site
+    norm = arch.sublayer_norm(site.target)
+    if norm is None:
+        raise AdapterError(f"{method}: the {arch.name} architecture row does not name the norm in front of the "
+                           f"{site.target} sublayer; pass architecture={{'{site.target}_norm': '<its path in the "
+                           "block>'} (or {'post_norm': True} for a post-norm model), or use source='sublayer'.")
+    block = block_paths(model, arch)[site.layer]
+    return dataclasses.replace(site, entry=f"{block}.{norm}")
 
 
 def parse_scaling(method: str, value: float | int | str) -> float | str:
@@ -63,7 +100,8 @@ class BottleneckOptions(AdapterConfig):
     """size: bottleneck width; activation: a transformers ACT2FN name; bias: biases in down/up;
     init: "bert" (N(0, 0.02) weights, as LLM-Adapters) or "zero" (up-projection zero, down Kaiming-uniform,
     as LoRA / LLM-Adapters' "mam_adapter": the model is unchanged at init); scaling: float or "learned";
-    dropout: on the adapter's input."""
+    dropout: its rate; dropout_at: "input" (LLM-Adapters) or "hidden" (after the activation, AdaptFormer);
+    layer_norm: a LayerNorm on what the adapter reads (AdaptFormer and Pfeiffer in MoSA's code)."""
 
     site_kinds = ("module", "sublayer")
 
@@ -73,6 +111,8 @@ class BottleneckOptions(AdapterConfig):
     init: str = "bert"
     scaling: float | str = 1.0
     dropout: float = 0.0
+    dropout_at: str = "input"
+    layer_norm: bool = False
 
     def validate(self) -> None:
         positive_int(self.method, "size", self.size)
@@ -80,8 +120,10 @@ class BottleneckOptions(AdapterConfig):
             raise AdapterError(
                 f"{self.method}: unknown `activation` {self.activation!r}. Use one of {sorted(ACT2FN)}."
             )
-        if not isinstance(self.bias, bool):
-            raise AdapterError(f"{self.method}: `bias` must be true or false, got {self.bias!r}.")
+        for flag in ("bias", "layer_norm"):
+            if not isinstance(getattr(self, flag), bool):
+                raise AdapterError(f"{self.method}: `{flag}` must be true or false, got {getattr(self, flag)!r}.")
+        one_of(self.method, "dropout_at", self.dropout_at, DROPOUT_AT)
         one_of(self.method, "init", self.init, INITS)
         self.scaling = parse_scaling(self.method, self.scaling)
         if not 0.0 <= float(self.dropout) < 1.0:
@@ -106,10 +148,23 @@ class SeriesConfig(BottleneckOptions):
 
 @dataclass
 class ParallelConfig(BottleneckOptions):
-    """Parallel adapter beside each target: y + s * f(x), x the linear layer's or the sublayer's input."""
+    """Parallel adapter beside each target: y + s * f(x), x the linear layer's or the sublayer's input;
+    source="residual" makes x a sublayer's residual stream (before its pre-norm), as AdaptFormer."""
 
     method = "parallel"
     default_targets = ("mlp",)
+
+    source: str = "sublayer"
+
+    def validate(self) -> None:
+        super().validate()
+        one_of(self.method, "source", self.source, SOURCES)
+
+    def sites(self, model: nn.Module, placement: Placement) -> list[Site]:
+        sites = super().sites(model, placement)
+        if self.source == "sublayer":
+            return sites
+        return [residual_site(site, model, placement, self.method) for site in sites]
 
     def build(self, site: Site, model: nn.Module, placement: Placement) -> "BottleneckAdapter":
         in_features, out_features = site_features(site, model, self.method)
@@ -142,6 +197,22 @@ class ScaledParallelConfig(ParallelConfig):
     init: str = "zero"
 
 
+@dataclass
+class AdaptFormerConfig(ParallelConfig):
+    """AdaptFormer as MoSA builds it: LN(residual) -> down 64 -> GELU -> dropout 0.1 -> up (zero init), x 0.1."""
+
+    method = "adaptformer"
+
+    size: int = 64
+    activation: str = "gelu"
+    init: str = "zero"
+    scaling: float | str = 0.1
+    dropout: float = 0.1
+    dropout_at: str = "hidden"
+    layer_norm: bool = True
+    source: str = "residual"
+
+
 class BottleneckAdapter(Adapter):
     """down (in -> size), activation, up (size -> out), scaled and added to the site's output."""
 
@@ -151,7 +222,9 @@ class BottleneckAdapter(Adapter):
                  device: torch.device, dtype: torch.dtype) -> None:
         super().__init__()
         self.placement = placement
+        self.norm = nn.LayerNorm(in_features, eps=NORM_EPS, device=device, dtype=dtype) if options.layer_norm else None
         self.dropout = nn.Dropout(options.dropout) if options.dropout > 0 else nn.Identity()
+        self.dropout_at = options.dropout_at
         self.down = nn.Linear(in_features, options.size, bias=options.bias, device=device, dtype=dtype)
         self.act = ACT2FN[options.activation]
         self.up = nn.Linear(options.size, out_features, bias=options.bias, device=device, dtype=dtype)
@@ -174,9 +247,16 @@ class BottleneckAdapter(Adapter):
                 nn.init.zeros_(layer.bias)
 
     def delta(self, h: torch.Tensor) -> torch.Tensor:
-        """s * up(act(down(dropout(h)))), computed in the adapter's dtype."""
+        """s * up(act(down(h))), with the optional input norm and the dropout where chosen, in the adapter's dtype."""
         h = in_dtype_of(self, h)
-        return self.up(self.act(self.down(self.dropout(h)))) * self.scaling
+        if self.norm is not None:
+            h = self.norm(h)
+        if self.dropout_at == "input":
+            h = self.dropout(h)
+        h = self.act(self.down(h))
+        if self.dropout_at == "hidden":
+            h = self.dropout(h)
+        return self.up(h) * self.scaling
 
     def adapt_output(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         source = y if self.placement == "series" else x

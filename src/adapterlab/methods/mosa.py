@@ -3,6 +3,9 @@ into N sparse modules, trained one drawn module at a time with a consistency los
 
     attach(model, "mosa", base="parallel", modules=4, split="up", consistency=1.0, size=64, targets=["mlp"])
 
+The default base is `adaptformer`, the adapter of their code and scripts (STYLE="AdaptFormer": LN on the
+residual stream, down 64, GELU, dropout 0.1, up, x 0.1), so `attach(model, "mosa")` builds their default.
+
 Any option that is not MoSA's own goes to the base method (size, r, alpha, targets, ...). `split` names the
 projections that are split: "up" (their SHARE="down", the default: the down-projection stays dense and
 shared), "down" (their SHARE="up") or "both" (SHARE="none"). Training draws one module per split projection,
@@ -36,7 +39,7 @@ if TYPE_CHECKING:
     from ..sites import Placement, Site
     from .base import Adapter
 
-BASES = ("lora", "series", "pfeiffer", "houlsby", "parallel", "scaled_parallel")
+BASES = ("lora", "series", "pfeiffer", "houlsby", "parallel", "scaled_parallel", "adaptformer")
 SPLITS = {"up": ("up",), "down": ("down",), "both": ("down", "up")}
 INIT = {"down": "kaiming", "up": "zeros"}
 
@@ -50,7 +53,7 @@ class MosaConfig(AdapterConfig):
 
     method = "mosa"
 
-    base: str = "parallel"
+    base: str = "adaptformer"
     modules: int = 4
     split: str = "up"
     consistency: float = 1.0
