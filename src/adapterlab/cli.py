@@ -22,6 +22,7 @@ SUBCOMMANDS = [
     "adapterlab.commands.demo",
     "adapterlab.commands.eval",
     "adapterlab.commands.measure",
+    "adapterlab.commands.compare",
     "adapterlab.commands.models",
     "adapterlab.commands.train",
 ]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -37,22 +38,42 @@ def read_log(path: Path) -> list[dict[str, Any]]:
 class MetricsLog(TrainerCallback):
     """Append every log record (training loss, learning rate, dev metrics) to a JSONL file.
 
-    On resume, lines written after the checkpoint's step by the interrupted run are dropped first (and torn
-    ones), so the file reads as one uninterrupted run.
+    Each record carries `train_time_s`: wall time spent training in this process up to the last step, without
+    the time spent evaluating and saving checkpoints (what time-to-target comparisons need). On resume, lines
+    written after the checkpoint's step by the interrupted run are dropped first (and torn ones), so the file
+    reads as one uninterrupted run; the clock then counts the resumed process only.
     """
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        self.train_time, self.mark, self.at_last_step = 0.0, 0.0, 0.0
 
     def on_train_begin(self, args, state, control, **kwargs):
+        self.train_time, self.mark, self.at_last_step = 0.0, time.perf_counter(), 0.0
         if state.is_world_process_zero and self.path.is_file():
             keep = [r for r in read_log(self.path) if r.get("step", 0) <= state.global_step]
             text = "".join(json.dumps(r) + "\n" for r in keep)
             write_atomic(self.path, lambda tmp: Path(tmp).write_text(text))
 
+    def on_step_end(self, args, state, control, **kwargs):
+        now = time.perf_counter()
+        self.train_time += now - self.mark
+        self.mark, self.at_last_step = now, self.train_time
+
+    def _pause(self) -> None:
+        """Evaluation and saving run after a step's end: restart the clock after them."""
+        self.mark = time.perf_counter()
+
+    def on_evaluate(self, args, state, control, **kwargs):
+        self._pause()
+
+    def on_save(self, args, state, control, **kwargs):
+        self._pause()
+
     def on_log(self, args, state, control, logs=None, **kwargs):
         if state.is_world_process_zero and logs:
-            record = {"step": state.global_step, "epoch": state.epoch, **logs}
+            record = {"step": state.global_step, "epoch": state.epoch, "train_time_s": round(self.at_last_step, 3),
+                      **logs}
             with self.path.open("a") as handle:
                 handle.write(json.dumps(record) + "\n")
 

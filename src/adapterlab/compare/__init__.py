@@ -1,0 +1,139 @@
+"""`adapterlab compare`: adapters against full fine-tuning on real tasks, as Mundra et al. (2023, "A Comprehensive
+Analysis of Adapter Efficiency") measured them: time and steps to the best dev score and to targets set by full
+fine-tuning, memory, storage per task and serving latency, over seeds, with a report and plain-word verdicts.
+
+    compare("minilm-l6", ["sst2", "boolq"], ["full", "lora", "pfeiffer"], seeds=3, output="compare/minilm")
+
+Their recipe trains every method at lr 3e-5, batch 32, evaluating each epoch with patience 3 over up to 50
+epochs; here the budget is in steps (`max_steps`, `eval_steps`, `patience`) so that a study fits a CPU, and
+adapters default to lr 1e-3 (at 3e-5 they barely move within a few hundred steps): pass `lr` to change either.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from ..errors import UsageError
+from ..registry import make_config, method_names
+from .analysis import FULL, full_targets, label, per_run, summarise, verdicts
+from .report import write_outputs
+from .runs import RunSpec, run_all
+from .tasks import HELD_OUT, CompareTask, resolve_task, split_file, subsample_file
+
+DEFAULT_LR = {FULL: 3e-5}  # theirs for full fine-tuning
+ADAPTER_LR = 1e-3
+
+
+def check_methods(methods: list[str], options: dict[str, dict[str, Any]], lr: dict[str, float]) -> None:
+    """Refuse unknown or repeated methods, and options or learning rates for methods not compared."""
+    if not methods:
+        raise UsageError("--methods is empty; give e.g. full,lora.")
+    if "multitask-full" in methods:
+        raise UsageError("--methods multitask-full (one encoder, one head per task) is not built yet; compare "
+                         "single-task full fine-tuning (full) for now.")
+    unknown = [m for m in methods if m not in (FULL, *method_names())]
+    if unknown:
+        raise UsageError(f"--methods: unknown {unknown}; choose from full, {', '.join(method_names())}.")
+    if len(set(methods)) != len(methods):
+        raise UsageError(f"--methods {methods} names one twice.")
+    for what, given in (("--option", options), ("--lr", lr)):
+        stray = sorted(set(given) - set(methods))
+        if stray:
+            raise UsageError(f"{what} was given for {stray}, which are not among --methods {methods}.")
+    if options.get(FULL):
+        raise UsageError("--option: full fine-tuning takes no options.")
+    for method in methods:
+        if method != FULL:
+            make_config(method, **options.get(method, {}))
+
+
+def prepared_tasks(specs: list[str], data_dir: str | None, out: Path, max_eval_samples: int | None) -> list[CompareTask]:
+    """Resolve the tasks and fix their dev sets once: a held-out split where a task has no dev file, and a
+    seeded subset of at most max_eval_samples records, both written under out/data."""
+    tasks = []
+    for spec in specs:
+        task = resolve_task(spec, data_dir)
+        train, dev = task.train, task.dev
+        if dev is None:
+            train, dev = split_file(train, HELD_OUT, 0, out / "data" / task.name)
+        dev = subsample_file(dev, max_eval_samples, 0, out / "data" / task.name / f"dev-{max_eval_samples}{dev.suffix}")
+        tasks.append(CompareTask(task.name, task.task, train, dev, task.options))
+    if len({t.name for t in tasks}) < len(tasks):
+        raise UsageError(f"--tasks {specs} names one task twice.")
+    return tasks
+
+
+def method_latency(records: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per method and batch size: the median over tasks of unmerged and merged milliseconds per batch."""
+    out: dict[str, dict[str, Any]] = {}
+    for method in dict.fromkeys(r["method"] for r in records):
+        measured = [r["latency"] for r in records if r["method"] == method and r.get("latency")]
+        for size in dict.fromkeys(k for m in measured for k in m):
+            values = {kind: [m[size][kind] for m in measured if m.get(size, {}).get(kind) is not None]
+                      for kind in ("unmerged_ms", "merged_ms")}
+            out.setdefault(method, {})[size] = {k: statistics.median(v) if v else None for k, v in values.items()}
+    return out
+
+
+def analyse(records: list[dict[str, Any]], fractions: list[float], settings: dict[str, Any]) -> dict[str, Any]:
+    """Everything the report shows, from the run records alone (so a report can be rebuilt from results.json)."""
+    targets = full_targets(records, fractions)
+    names = [label(f) for f in fractions]
+    rows = per_run(records, targets)
+    summary = summarise(rows, names)
+    latency = method_latency(records)
+    return {"settings": settings, "target_names": names, "targets": targets, "records": records, "rows": rows,
+            "summary": summary, "latency": latency, "verdicts": verdicts(summary, latency, names)}
+
+
+def compare(model: str, tasks: list[str], methods: list[str], output: str, seeds: int = 3,
+            data_dir: str | None = None, options: dict[str, dict[str, Any]] | None = None,
+            lr: dict[str, float] | None = None, max_train_samples: int | None = None,
+            max_eval_samples: int | None = None, max_steps: int = 300, eval_steps: int = 25, patience: int = 3,
+            batch_size: int = 32, cutoff_len: int = 128, targets: tuple[float, ...] = (0.99, 0.95),
+            latency: bool = True, isolate: bool = True,
+            done: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    """Train every method on every task for `seeds` seeds (full fine-tuning first, it sets the targets), then
+    write results.json, results.csv, report.md and curves.png to `output` (rewritten after every run)."""
+    options, lr = dict(options or {}), dict(lr or {})
+    check_methods(methods, options, lr)
+    for name, value in (("--seeds", seeds), ("--max-steps", max_steps), ("--eval-steps", eval_steps),
+                        ("--patience", patience), ("--batch-size", batch_size), ("--cutoff-len", cutoff_len)):
+        if not isinstance(value, int) or value < 1:
+            raise UsageError(f"{name} must be a positive integer, got {value!r}.")
+    if not all(0 < f <= 1 for f in targets):
+        raise UsageError(f"--targets are fractions of full fine-tuning's score in (0, 1], got {list(targets)}.")
+    if not tasks:
+        raise UsageError("--tasks is empty; give e.g. sst2,boolq.")
+    out = Path(output)
+    prepared = prepared_tasks(tasks, data_dir, out, max_eval_samples)
+    order = sorted(methods, key=lambda m: m != FULL)
+    settings = {"model": model, "tasks": [t.name for t in prepared], "methods": order, "seeds": list(range(seeds)),
+                "max_train_samples": max_train_samples, "max_eval_samples": max_eval_samples,
+                "max_steps": max_steps, "eval_steps": eval_steps, "patience": patience, "batch_size": batch_size,
+                "cutoff_len": cutoff_len, "lr": {m: lr.get(m, DEFAULT_LR.get(m, ADAPTER_LR)) for m in order},
+                "options": options, "targets": list(targets)}
+    specs = [RunSpec(method=m, task=t.name, task_type=t.task, seed=s, train=str(t.train), dev=str(t.dev),
+                     output=str(out / "runs" / t.name / f"{m}-seed{s}"), model=model, options=options.get(m, {}),
+                     latency=latency and s == 0,
+                     settings=dict(max_steps=max_steps, eval_steps=eval_steps, early_stopping=patience,
+                                   batch_size=batch_size, micro_batch_size=batch_size, lr=settings["lr"][m],
+                                   warmup_steps=max(1, max_steps // 10), logging_steps=eval_steps,
+                                   cutoff_len=cutoff_len, max_train_samples=max_train_samples, save_total_limit=1))
+             for s in range(seeds) for t in prepared for m in order]
+    records: list[dict[str, Any]] = []
+
+    def finished(record: dict[str, Any]) -> None:
+        records.append(record)
+        write_outputs(analyse(records, list(targets), settings), out)
+        if done is not None:
+            done(record)
+
+    run_all(specs, isolate=isolate, done=finished)
+    return analyse(records, list(targets), settings)
+
+
+__all__ = ["compare", "analyse"]

@@ -1,0 +1,126 @@
+"""From run records to the comparison's answers: each run's time and steps to its best dev score and to targets
+set by full fine-tuning, summaries per method and task over seeds, and a verdict per method in plain words.
+
+A target is a fraction of full fine-tuning's best dev score on the task (the mean over its seeds); a run reaches
+it at its first evaluation at or above it. Times are training seconds (evaluation and checkpoint saving left out).
+"""
+
+from __future__ import annotations
+
+import statistics
+from typing import Any
+
+FULL = "full"
+
+
+def best_point(curve: list[dict[str, float]]) -> dict[str, float] | None:
+    """The first evaluation with the highest dev score."""
+    return max(curve, key=lambda p: p["score"], default=None) if curve else None
+
+
+def first_reaching(curve: list[dict[str, float]], target: float) -> dict[str, float] | None:
+    return next((p for p in curve if p["score"] >= target), None)
+
+
+def full_targets(records: list[dict[str, Any]], fractions: list[float]) -> dict[str, dict[str, float]]:
+    """task -> {fraction label: target score}, from full fine-tuning's mean best dev score per task."""
+    targets: dict[str, dict[str, float]] = {}
+    for task in sorted({r["task"] for r in records}):
+        bests = [best_point(r["curve"])["score"] for r in records
+                 if r["task"] == task and r["method"] == FULL and r["curve"]]
+        if bests:
+            reference = statistics.mean(bests)
+            targets[task] = {label(f): f * reference for f in fractions}
+    return targets
+
+
+def label(fraction: float) -> str:
+    return f"{round(100 * fraction, 1):g}%"
+
+
+def per_run(records: list[dict[str, Any]], targets: dict[str, dict[str, float]]) -> list[dict[str, Any]]:
+    """One flat row per run: best dev score, time/steps to it, and time/steps to each target (None: not reached)."""
+    rows = []
+    for r in records:
+        best = best_point(r["curve"])
+        row = {"method": r["method"], "task": r["task"], "seed": r["seed"],
+               "best_dev": best["score"] if best else None,
+               "time_to_best_s": best["train_time_s"] if best else None, "steps_to_best": best["step"] if best else None,
+               "steps": r["steps"], "train_tokens": r.get("train_tokens"),
+               "trainable_parameters": r["trainable_parameters"], "stored_bytes": r["stored_bytes"],
+               "peak_rss_mb": r["peak_rss_mb"], "peak_cuda_mb": r.get("peak_cuda_mb")}
+        for name, target in targets.get(r["task"], {}).items():
+            hit = first_reaching(r["curve"], target)
+            row[f"time_to_{name}_s"] = hit["train_time_s"] if hit else None
+            row[f"steps_to_{name}"] = hit["step"] if hit else None
+        rows.append(row)
+    return rows
+
+
+def _stats(values: list[float | None]) -> dict[str, Any]:
+    got = [v for v in values if v is not None]
+    return {"mean": statistics.mean(got) if got else None, "sd": statistics.stdev(got) if len(got) > 1 else 0.0,
+            "n": len(got), "of": len(values)}
+
+
+def summarise(rows: list[dict[str, Any]], names: list[str]) -> list[dict[str, Any]]:
+    """Per method and task: mean, sd and count (reached / runs) of best dev and of each time-to-target."""
+    out = []
+    keys = ["best_dev", "time_to_best_s", "steps_to_best", *[f"time_to_{n}_s" for n in names],
+            *[f"steps_to_{n}" for n in names], "peak_rss_mb"]
+    for method in dict.fromkeys(r["method"] for r in rows):
+        for task in dict.fromkeys(r["task"] for r in rows):
+            mine = [r for r in rows if r["method"] == method and r["task"] == task]
+            if mine:
+                out.append({"method": method, "task": task, "trainable_parameters": mine[0]["trainable_parameters"],
+                            "stored_bytes": mine[0]["stored_bytes"],
+                            **{k: _stats([r.get(k) for r in mine]) for k in keys}})
+    return out
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return a / b if a is not None and b not in (None, 0) else None
+
+
+def verdicts(summary: list[dict[str, Any]], latency: dict[str, dict[str, Any]], names: list[str]) -> dict[str, str]:
+    """A sentence or two per method, built only from the numbers: score against full, time to the first target
+    against full, serving latency against full, storage per task."""
+    full = {s["task"]: s for s in summary if s["method"] == FULL}
+    text = {}
+    for method in dict.fromkeys(s["method"] for s in summary):
+        if method == FULL:
+            continue
+        mine = [s for s in summary if s["method"] == method]
+        parts = []
+        gaps = [100 * (s["best_dev"]["mean"] - full[s["task"]]["best_dev"]["mean"]) for s in mine
+                if s["task"] in full and s["best_dev"]["mean"] is not None and full[s["task"]]["best_dev"]["mean"]]
+        if gaps:
+            parts.append(f"best dev score {statistics.median(gaps):+.1f} points against full fine-tuning "
+                         f"(median over {len(gaps)} task(s))")
+        for name in names[:1]:
+            key = f"time_to_{name}_s"
+            reached = [s for s in mine if s[key]["n"]]
+            ratios = [_ratio(s[key]["mean"], full[s["task"]][key]["mean"]) for s in reached if s["task"] in full]
+            ratios = [r for r in ratios if r is not None]
+            runs, hits = sum(s[key]["of"] for s in mine), sum(s[key]["n"] for s in mine)
+            if ratios:
+                median = statistics.median(ratios)
+                pace = "faster than" if median < 0.95 else "slower than" if median > 1.05 else "as fast as"
+                parts.append(f"reached {name} of full's score in {hits}/{runs} runs, {median:.2f}x full's training "
+                             f"time when it did ({pace} full)")
+            else:
+                parts.append(f"reached {name} of full's score in {hits}/{runs} runs")
+        lat, base = latency.get(method, {}), latency.get(FULL, {})
+        for size in ("b1", "b32"):
+            if size in lat and size in base:
+                unmerged = _ratio(lat[size]["unmerged_ms"], base[size]["unmerged_ms"])
+                merged = _ratio(lat[size]["merged_ms"], base[size]["unmerged_ms"])
+                words = f"{100 * (unmerged - 1):+.0f}% unmerged" if unmerged else ""
+                words += f", {100 * (merged - 1):+.0f}% merged" if merged else ", cannot merge"
+                parts.append(f"latency at batch {size[1:]}: {words}")
+        stored = [_ratio(s["stored_bytes"], full[s["task"]]["stored_bytes"]) for s in mine if s["task"] in full]
+        stored = [r for r in stored if r is not None]
+        if stored:
+            parts.append(f"stores {100 * statistics.median(stored):.2g}% of full's bytes per task")
+        text[method] = "; ".join(parts) + "." if parts else "no comparable numbers (was full fine-tuning run?)."
+    return text

@@ -1,0 +1,105 @@
+"""One training run of a comparison (method x task x seed) and what it records: the dev curve against training
+time, the best dev score, peak memory, trainable parameters, bytes stored per task, and serving latency.
+
+Each run can go in a fresh spawned process (`isolate`), so its peak memory is its own.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import multiprocessing
+import resource
+import shutil
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..train import TrainConfig, train
+from ..train.callbacks import read_log
+from .latency import serving_latency
+
+FULL = "full"
+
+
+@dataclass
+class RunSpec:
+    """Everything one run needs; plain data so that it crosses into a spawned process."""
+
+    method: str
+    task: str  # the comparison task's name
+    task_type: str  # the training task (seq-cls, multiple-choice)
+    seed: int
+    train: str
+    dev: str | None
+    output: str
+    model: str
+    options: dict[str, Any] = field(default_factory=dict)  # adapter options
+    settings: dict[str, Any] = field(default_factory=dict)  # TrainConfig fields
+    latency: bool = False  # also time serving (once per method and task: it does not depend on the seed)
+    latency_batches: tuple[int, ...] = (1, 32)
+
+
+def train_config(spec: RunSpec) -> TrainConfig:
+    """The TrainConfig of a run: dev file or a held-out share, early stopping, every eval logged."""
+    dev = {"eval_data": [spec.dev]} if spec.dev else {"val_size": spec.settings.get("val_size", 0.2)}
+    settings = {k: v for k, v in spec.settings.items() if k != "val_size"}
+    return TrainConfig(model=spec.model, task=spec.task_type, data=[spec.train], output=spec.output,
+                       adapter=spec.method, adapter_options=dict(spec.options), seed=spec.seed, overwrite=True,
+                       **dev, **settings)
+
+
+def stored_bytes(run: Path, method: str) -> int:
+    """Bytes a task needs on disk beside the shared base: the adapter and head files, or the whole model."""
+    names = ("*.safetensors",) if method == FULL else ("adapter*.safetensors", "head*.safetensors")
+    return sum(f.stat().st_size for pattern in names for f in run.glob(pattern) if f.is_file())
+
+
+def dev_curve(run: Path, metric: str) -> list[dict[str, float]]:
+    """(step, training seconds, dev score) at every evaluation of a run, in order."""
+    return [{"step": r["step"], "train_time_s": r["train_time_s"], "score": r[metric]}
+            for r in read_log(run / "metrics.jsonl") if metric in r]
+
+
+def run_one(spec: RunSpec) -> dict[str, Any]:
+    """Train one run and return its record (JSON-ready)."""
+    config = train_config(spec)
+    summary = train(config)
+    shutil.rmtree(Path(spec.output) / "checkpoints", ignore_errors=True)  # optimizer states: a study has many runs
+    peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    if sys.platform == "darwin":
+        peak_rss_mb /= 1024  # macOS reports bytes
+    metric = summary["best_metric"]["name"] if summary.get("best_metric") else "eval_accuracy"
+    record = {
+        "method": spec.method, "task": spec.task, "seed": spec.seed, "metric": metric,
+        "curve": dev_curve(Path(spec.output), metric),
+        "steps": summary["steps"], "train_tokens": summary.get("train_tokens"),
+        "trainable_parameters": summary["trainable_parameters"], "total_parameters": summary["total_parameters"],
+        "stored_bytes": stored_bytes(Path(spec.output), spec.method), "peak_rss_mb": round(peak_rss_mb, 1),
+        "peak_cuda_mb": round(torch.cuda.max_memory_allocated() / 2**20, 1) if torch.cuda.is_available() else None,
+        "device": summary["device"], "run": spec.output,
+    }
+    if spec.latency:
+        record["latency"] = serving_latency(config, spec.latency_batches)
+    return record
+
+
+def run_all(specs: list[RunSpec], isolate: bool = True, done: Any = None) -> list[dict[str, Any]]:
+    """Run every spec in order (each in its own spawned process when `isolate`), calling done(record) after each."""
+    records = []
+    for spec in specs:
+        if isolate:
+            context = multiprocessing.get_context("spawn")
+            with concurrent.futures.ProcessPoolExecutor(1, mp_context=context) as pool:
+                record = pool.submit(run_one, spec).result()
+        else:
+            record = run_one(spec)
+        records.append(record)
+        if done is not None:
+            done(record)
+    return records
+
+
+__all__ = ["RunSpec", "run_all", "run_one", "asdict"]

@@ -1,0 +1,108 @@
+"""The tasks a comparison runs: known names (sst2, boolq, arc-e, piqa) read ../shared/datasets, or any file.
+
+A known name gives the training task, the training file and the dev file; PIQA ships no training set here, so
+its dev records are held out of piqa.json. A file is given as PATH (text classification) or TYPE:PATH, with
+TYPE a training task (`seq-cls`, `multiple-choice`); its dev records are held out (`val_size`).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..data.reading import check_file
+from ..errors import MissingPathError, UsageError
+from ..evaluate.datasets import default_data_dirs
+from ..tasks import TASKS
+
+# name: (training task, training file, dev file or None to hold dev records out of the training file)
+KNOWN: dict[str, tuple[str, str, str | None]] = {
+    "sst2": ("seq-cls", "sst2/train.tsv", "sst2/dev.tsv"),
+    "boolq": ("seq-cls", "commonsense/train_boolq.json", "commonsense/boolq.json"),
+    "arc-e": ("multiple-choice", "commonsense/train_arc-easy.json", "commonsense/arc-easy.json"),
+    "piqa": ("multiple-choice", "commonsense/piqa.json", None),
+}
+HELD_OUT = 0.2  # share of a task's file held out as dev when it has no dev file
+
+
+@dataclass(frozen=True)
+class CompareTask:
+    """One task of a comparison: its name, the training task that runs it, its data files."""
+
+    name: str
+    task: str
+    train: Path
+    dev: Path | None
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+def dataset_roots(data_dir: str | None) -> list[Path]:
+    """Folders that hold sst2/, commonsense/, ...: --data-dir, else ../shared/datasets as eval finds it."""
+    if data_dir:
+        return [Path(data_dir)]
+    return list(dict.fromkeys(d.parent for d in default_data_dirs()))
+
+
+def resolve_task(spec: str, data_dir: str | None = None) -> CompareTask:
+    """A known task name, PATH or TYPE:PATH -> CompareTask; missing files are named with the fix."""
+    if spec in KNOWN:
+        task, train, dev = KNOWN[spec]
+        roots = dataset_roots(data_dir)
+        for root in roots:
+            if (root / train).is_file():
+                return CompareTask(spec, task, root / train, root / dev if dev else None)
+        raise MissingPathError(f"Task {spec!r} reads {train} under {', '.join(map(str, roots)) or '../shared/datasets'}"
+                               ", which is not there; pass --data-dir with the folder that holds it.")
+    kind, sep, path = spec.partition(":")
+    if not sep or kind not in TASKS:
+        kind, path = "seq-cls", spec
+    file = Path(path)
+    if not file.exists():
+        known = ", ".join(KNOWN)
+        raise UsageError(f"--tasks: {spec!r} is neither a known task ({known}) nor an existing file; "
+                         "give a name, PATH or TYPE:PATH (TYPE seq-cls or multiple-choice).")
+    check_file(file, "--tasks")
+    return CompareTask(file.stem, kind, file, None)
+
+
+def _records(source: Path) -> tuple[list[str], list[Any]]:
+    """(header lines, records) of a TSV/CSV (one record per line after the header), JSON list or JSONL file."""
+    text = source.read_text(encoding="utf-8")
+    if source.suffix.lower() == ".json":
+        records = json.loads(text)
+        return [], records.get("data", records) if isinstance(records, dict) else records
+    lines = [line for line in text.splitlines() if line.strip()]
+    return (lines[:1], lines[1:]) if source.suffix.lower() in (".tsv", ".csv") else ([], lines)
+
+
+def _write(source: Path, header: list[str], records: list[Any], target: Path) -> Path:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if source.suffix.lower() == ".json":
+        target.write_text(json.dumps(records), encoding="utf-8")
+    else:
+        target.write_text("\n".join([*header, *records]) + "\n", encoding="utf-8")
+    return target
+
+
+def subsample_file(source: Path, n: int | None, seed: int, target: Path) -> Path:
+    """A seeded subset of n records of `source` written to `target` (same format, header kept); the source
+    itself when it has n records or fewer (or n is None)."""
+    header, records = _records(source)
+    if n is None or len(records) <= n:
+        return source
+    chosen = sorted(random.Random(seed).sample(range(len(records)), n))
+    return _write(source, header, [records[i] for i in chosen], target)
+
+
+def split_file(source: Path, dev_share: float, seed: int, folder: Path) -> tuple[Path, Path]:
+    """A fixed seeded train/dev split of one file (the same dev set for every method and seed of a comparison)."""
+    header, records = _records(source)
+    order = list(range(len(records)))
+    random.Random(seed).shuffle(order)
+    n_dev = max(1, round(dev_share * len(records)))
+    dev, train = sorted(order[:n_dev]), sorted(order[n_dev:])
+    return (_write(source, header, [records[i] for i in train], folder / f"train{source.suffix}"),
+            _write(source, header, [records[i] for i in dev], folder / f"dev{source.suffix}"))
