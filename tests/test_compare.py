@@ -70,16 +70,17 @@ def test_training_clock_leaves_out_evaluation_and_saving(monkeypatch, tmp_path):
 @pytest.mark.slow
 def test_a_tiny_comparison_writes_its_report(tmp_path):
     model = encoder_folder(tmp_path / "bert")
-    data = write_sst(tmp_path / "data.tsv", 80)
-    result = compare(str(model), [str(data)], ["full", "lora"], str(tmp_path / "out"), seeds=2, max_steps=8,
-                     eval_steps=2, patience=10, batch_size=8, cutoff_len=32, isolate=False,
+    data, other = write_sst(tmp_path / "data.tsv", 80), write_sst(tmp_path / "other.tsv", 40, seed=3)
+    result = compare(str(model), [str(data), str(other)], ["full", "lora"], str(tmp_path / "out"), seeds=2,
+                     max_steps=8, eval_steps=2, patience=10, batch_size=8, cutoff_len=32, isolate=False,
                      options={"lora": {"r": 2}})
     out = tmp_path / "out"
     for name in ("report.md", "results.json", "results.csv", "curves.png"):
         assert (out / name).is_file(), name
     assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     rows = list(csv.DictReader((out / "results.csv").open()))
-    assert sorted((r["method"], r["seed"]) for r in rows) == [("full", "0"), ("full", "1"), ("lora", "0"), ("lora", "1")]
+    assert sorted((r["task"], r["method"], r["seed"]) for r in rows) == [
+        (task, method, seed) for task in ("data", "other") for method in ("full", "lora") for seed in "01"]
     for r in result["records"]:
         assert [p["step"] for p in r["curve"]] == [2, 4, 6, 8]
         times = [p["train_time_s"] for p in r["curve"]]
@@ -93,6 +94,11 @@ def test_a_tiny_comparison_writes_its_report(tmp_path):
     lora = next(s for s in result["summary"] if s["method"] == "lora")
     full = next(s for s in result["summary"] if s["method"] == "full")
     assert lora["stored_bytes"] < full["stored_bytes"] / 10
+    # serving both tasks: two adapters on one base hold fewer parameters than two full models
+    serving = {row["method"]: row for row in result["serving"]}
+    assert serving["lora"]["examples_per_s"] > 0 and serving["full"]["tasks"] == 2
+    assert serving["lora"]["parameter_mb"] < serving["full"]["parameter_mb"]
+    assert "Serving every task at once" in (out / "report.md").read_text()
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -20,7 +20,8 @@ from ..errors import UsageError
 from ..registry import make_config, method_names
 from .analysis import FULL, full_targets, label, per_run, summarise, verdicts
 from .report import write_outputs
-from .runs import RunSpec, run_all
+from .runs import RunSpec, run_all, run_isolated, train_config
+from .serving import serving_throughput
 from .tasks import HELD_OUT, CompareTask, resolve_task, split_file, subsample_file
 
 DEFAULT_LR = {FULL: 3e-5}  # theirs for full fine-tuning
@@ -78,15 +79,19 @@ def method_latency(records: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return out
 
 
-def analyse(records: list[dict[str, Any]], fractions: list[float], settings: dict[str, Any]) -> dict[str, Any]:
-    """Everything the report shows, from the run records alone (so a report can be rebuilt from results.json)."""
+def analyse(records: list[dict[str, Any]], fractions: list[float], settings: dict[str, Any],
+            serving: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """Everything the report shows, from the run records and serving rows alone (so a report can be rebuilt
+    from results.json)."""
     targets = full_targets(records, fractions)
     names = [label(f) for f in fractions]
     rows = per_run(records, targets)
     summary = summarise(rows, names)
     latency = method_latency(records)
+    serving = serving or []
     return {"settings": settings, "target_names": names, "targets": targets, "records": records, "rows": rows,
-            "summary": summary, "latency": latency, "verdicts": verdicts(summary, latency, names)}
+            "summary": summary, "latency": latency, "serving": serving,
+            "verdicts": verdicts(summary, latency, names, serving)}
 
 
 def compare(model: str, tasks: list[str], methods: list[str], output: str, seeds: int = 3,
@@ -133,7 +138,13 @@ def compare(model: str, tasks: list[str], methods: list[str], output: str, seeds
             done(record)
 
     run_all(specs, isolate=isolate, done=finished)
-    return analyse(records, list(targets), settings)
+    result = analyse(records, list(targets), settings)
+    if latency and len(prepared) > 1:
+        first = {m: {s.task: train_config(s) for s in specs if s.method == m and s.seed == 0} for m in order}
+        serving = [run_isolated(serving_throughput, isolate, first[m], m, batch_size) for m in order]
+        result = analyse(records, list(targets), settings, serving)
+        write_outputs(result, out)
+    return result
 
 
 __all__ = ["compare", "analyse"]

@@ -82,9 +82,11 @@ def _ratio(a: float | None, b: float | None) -> float | None:
     return a / b if a is not None and b not in (None, 0) else None
 
 
-def verdicts(summary: list[dict[str, Any]], latency: dict[str, dict[str, Any]], names: list[str]) -> dict[str, str]:
+def verdicts(summary: list[dict[str, Any]], latency: dict[str, dict[str, Any]], names: list[str],
+             serving: list[dict[str, Any]] | None = None) -> dict[str, str]:
     """A sentence or two per method, built only from the numbers: score against full, time to the first target
-    against full, serving latency against full, storage per task."""
+    against full, serving latency against full, throughput serving every task, storage per task."""
+    served = {row["method"]: row for row in serving or [] if "examples_per_s" in row}
     full = {s["task"]: s for s in summary if s["method"] == FULL}
     text = {}
     for method in dict.fromkeys(s["method"] for s in summary):
@@ -118,6 +120,12 @@ def verdicts(summary: list[dict[str, Any]], latency: dict[str, dict[str, Any]], 
                 words = f"{100 * (unmerged - 1):+.0f}% unmerged" if unmerged else ""
                 words += f", {100 * (merged - 1):+.0f}% merged" if merged else ", cannot merge"
                 parts.append(f"latency at batch {size[1:]}: {words}")
+        if method in served and FULL in served:
+            mine_s, full_s = served[method], served[FULL]
+            parts.append(f"serving all {mine_s['tasks']} tasks from one base: "
+                         f"{_ratio(mine_s['examples_per_s'], full_s['examples_per_s']):.2f}x the throughput of "
+                         f"{full_s['tasks']} full models in {_ratio(mine_s['parameter_mb'], full_s['parameter_mb']):.2f}x"
+                         " their parameter memory")
         stored = [_ratio(s["stored_bytes"], full[s["task"]]["stored_bytes"]) for s in mine if s["task"] in full]
         stored = [r for r in stored if r is not None]
         if stored:

@@ -56,6 +56,17 @@ def markdown(result: dict[str, Any]) -> str:
                           f"{v['merged_ms']:.1f}" if v.get("merged_ms") is not None else "n/a"]
             lines.append(f"| {method} | " + " | ".join(cells) + " |")
         lines.append("")
+    if result.get("serving"):
+        lines += ["## Serving every task at once (a mixed stream of per-task dev batches)", "",
+                  "| method | examples/s | batches | adapter switches | parameter MB held |", "|---|---|---|---|---|"]
+        for row in result["serving"]:
+            if "refused" in row:
+                lines.append(f"| {row['method']} | n/a: {row['refused']} | | | |")
+            else:
+                lines.append(f"| {row['method']} | {row['examples_per_s']:.1f} | {row['batches']} | "
+                             f"{row['switches'] if row['method'] != FULL else 'n/a (T models)'} | "
+                             f"{row['parameter_mb']:.1f} |")
+        lines.append("")
     lines += ["## Verdicts (generated from the numbers above)", ""]
     lines += [f"- **{m}**: {v}" for m, v in result["verdicts"].items()]
     return "\n".join(lines) + "\n"

@@ -11,6 +11,7 @@ import multiprocessing
 import resource
 import shutil
 import sys
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -86,16 +87,20 @@ def run_one(spec: RunSpec) -> dict[str, Any]:
     return record
 
 
+def run_isolated(function: Callable[..., Any], isolate: bool, *args: Any) -> Any:
+    """function(*args), in a fresh spawned process when `isolate` (its peak memory is then its own)."""
+    if not isolate:
+        return function(*args)
+    context = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(1, mp_context=context) as pool:
+        return pool.submit(function, *args).result()
+
+
 def run_all(specs: list[RunSpec], isolate: bool = True, done: Any = None) -> list[dict[str, Any]]:
     """Run every spec in order (each in its own spawned process when `isolate`), calling done(record) after each."""
     records = []
     for spec in specs:
-        if isolate:
-            context = multiprocessing.get_context("spawn")
-            with concurrent.futures.ProcessPoolExecutor(1, mp_context=context) as pool:
-                record = pool.submit(run_one, spec).result()
-        else:
-            record = run_one(spec)
+        record = run_isolated(run_one, isolate, spec)
         records.append(record)
         if done is not None:
             done(record)
