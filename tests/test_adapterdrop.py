@@ -164,7 +164,7 @@ def test_save_and_load_keep_adapterdrop(tmp_path, training):
 @pytest.mark.parametrize("options, match", [
     ({"drop_layers": -1}, "`drop_layers` must be an integer of at least 0"),
     ({"drop_layers": "two"}, "`drop_layers`"),
-    ({"drop_layers": True}, "`drop_layers` must be an integer"),
+    ({"drop_layers": True}, "`drop_layers` is True, but it must be an integer"),
     ({"drop_training": "sometimes"}, "`drop_training` must be one of"),
     ({"drop_layers": BLOCKS}, f"`drop_layers` is {BLOCKS}, but this model has {BLOCKS} blocks"),
     ({"drop_layers": 2, "layers": [0, 1]}, "no adapter is left"),
