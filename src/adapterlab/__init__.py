@@ -1,5 +1,6 @@
 """adapterlab: attach, train, evaluate and measure parameter-efficient adapters on transformers models."""
 
+from .adapterdrop import set_drop_layers
 from .architectures import ARCHITECTURES, Architecture
 from .checkpoint import export_peft, load_adapter, load_peft, save_adapter
 from .config import AdapterConfig
@@ -24,5 +25,5 @@ __all__ = [
     "ARCHITECTURES", "AdapterConfig", "AdapterError", "Architecture", "IncompatibleAdapterError",
     "NotMergeableError", "TargetNotFoundError", "active_adapters", "adapter_names", "attach", "config_class",
     "count_parameters", "detach", "disabled", "export_peft", "get_config", "load_adapter", "load_peft",
-    "make_config", "merge", "method_names", "save_adapter", "set_active", "unmerge",
+    "make_config", "merge", "method_names", "save_adapter", "set_active", "set_drop_layers", "unmerge",
 ]

@@ -63,6 +63,11 @@ class AdapterConfig:
         """
         raise NotImplementedError
 
+    def adapter_drop(self) -> Any:
+        """This adapter's AdapterDrop plan (`adapterdrop.AdapterDrop`), or None; methods whose options include
+        `drop_layers` and `drop_training` return one."""
+        return None
+
     def objective(self) -> Any:
         """A training-loss term to use instead of the model's own loss (see `objectives.py`), or None."""
         return None
@@ -102,7 +107,8 @@ class AdapterConfig:
         known = set(cls.option_names())
         unknown = sorted(set(options) - known)
         if unknown:
-            raise AdapterError(f"{cls.method}: unknown option(s) {unknown}{where}. Valid options: {sorted(known)}.")
+            raise AdapterError(f"{cls.method}: unknown option(s) {unknown}{where}. Valid options: {sorted(known)}."
+                               f"{_taken_elsewhere(cls.method, unknown)}")
         hints = typing.get_type_hints(cls)
         values = {}
         for key, value in options.items():
@@ -119,6 +125,18 @@ class AdapterConfig:
             if source:  # a saved config's bad value: say which file holds it
                 raise type(exc)(f"{exc} ({source})") from exc
             raise
+
+
+def _taken_elsewhere(method: str, unknown: list[str]) -> str:
+    """' `x` is an option of m1, m2; <method> does not take it.' for each unknown option another method has."""
+    from .registry import config_class, method_names
+
+    notes = []
+    for option in unknown:
+        owners = [m for m in method_names() if m != method and option in config_class(m).option_names()]
+        if owners:
+            notes.append(f" `{option}` is an option of {', '.join(owners)}; {method} does not take it.")
+    return "".join(notes)
 
 
 def positive_int(method: str, name: str, value: Any) -> None:

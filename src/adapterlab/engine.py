@@ -14,15 +14,15 @@ from typing import Any
 
 from torch import nn
 
+from .adapterdrop import LayerDrop, drop_sites
 from .architectures import Architecture
 from .config import AdapterConfig
 from .errors import AdapterError, NotMergeableError
 from .methods.base import Adapter, check_adapter_dtype, keep_dtype
 from .registry import METHODS, make_config
+from .site_hooks import HOST_ATTR, install_hooks, placed, track_drops
+from .sites import Placement, Site, block_paths
 from .stochastic import track_model_calls
-from .sites import ADAPTER_SLOT, Placement, Site
-
-HOST_ATTR = ADAPTER_SLOT
 
 
 def adapter_names(model: nn.Module) -> list[str]:
@@ -37,16 +37,6 @@ def get_config(model: nn.Module, name: str = "default") -> AdapterConfig:
     return configs[name]
 
 
-def placed(model: nn.Module, name: str | None = None) -> Iterator[tuple[str, nn.Module, Adapter]]:
-    """(host path, host module, adapter) for every placed adapter module (of `name`, if given)."""
-    for path, host in model.named_modules():
-        slot = host._modules.get(HOST_ATTR) if hasattr(host, "_modules") else None
-        if isinstance(slot, nn.ModuleDict):
-            for adapter_name, adapter in slot.items():
-                if name is None or adapter_name == name:
-                    yield path, host, adapter
-
-
 def _sites_for(model: nn.Module, config: AdapterConfig, placement: Placement) -> list[Site]:
     if config.site_kinds == ("model",):
         return [Site("model", "", "", config.method)]
@@ -58,51 +48,6 @@ def _sites_for(model: nn.Module, config: AdapterConfig, placement: Placement) ->
             f"{' or '.join(config.site_kinds)} targets (e.g. logical q k v o up gate down or module names)."
         )
     return sites
-
-
-class _SiteHooks:
-    """The forward hooks that run one adapter at its site.
-
-    An object rather than closures so that `copy.deepcopy(model)` (and pickling) gives the copy hooks
-    that call the copy's adapter, not the original's. For a sublayer site, the input seen at the entry
-    layer is handed to the exit layer through `seen` (gradient-checkpointing recomputation re-runs both).
-    """
-
-    def __init__(self, adapter: Adapter, handover: bool) -> None:
-        self.adapter = adapter
-        self.handover = handover
-        self.seen: dict[str, Any] = {}
-
-    def entry_pre(self, module: nn.Module, args: tuple) -> tuple | None:
-        if not self.adapter.applies:
-            return None
-        x = self.adapter.adapt_input(args[0])
-        if self.handover:
-            self.seen["x"] = x
-        return (x, *args[1:]) if x is not args[0] else None
-
-    def exit_post(self, module: nn.Module, args: tuple, output: Any) -> Any:
-        if not self.adapter.applies:
-            return None
-        x = self.seen.pop("x") if self.handover else args[0]
-        return self.adapter.adapt_output(x, output)
-
-    def model_pre(self, module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> Any:
-        return self.adapter.before_model(module, args, kwargs) if self.adapter.applies else None
-
-    def model_post(self, module: nn.Module, args: tuple, kwargs: dict[str, Any], output: Any) -> Any:
-        return self.adapter.after_model(module, args, kwargs, output) if self.adapter.applies else None
-
-
-def _install_hooks(model: nn.Module, site: Site, adapter: Adapter) -> list:
-    """Register the forward hooks that run `adapter` at `site`; returns their handles."""
-    hooks = _SiteHooks(adapter, handover=site.kind == "sublayer")
-    if site.kind == "model":
-        return [model.register_forward_pre_hook(hooks.model_pre, with_kwargs=True),
-                model.register_forward_hook(hooks.model_post, with_kwargs=True), *adapter.hook_submodules(model)]
-    host = model.get_submodule(site.path)
-    entry = model.get_submodule(site.entry)
-    return [entry.register_forward_pre_hook(hooks.entry_pre), host.register_forward_hook(hooks.exit_post)]
 
 
 def _refuse_adapter_names(model: nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
@@ -144,6 +89,10 @@ def attach(
         raise AdapterError(f"An adapter named {name!r} is already attached; pick another name or detach it first.")
     placement = Placement(model, architecture)
     placement.sites = _sites_for(model, config, placement)
+    drop = config.adapter_drop()
+    blocks = block_paths(model, placement.architecture) if drop else []
+    if drop:
+        placement.sites = drop_sites(drop, placement.sites, blocks)
     # build all before touching the model; every build sees the one resolved architecture and all the sites
     modules = [(site, config.build(site, model, placement)) for site in placement.sites]
     if not configs:
@@ -155,9 +104,14 @@ def attach(
         if HOST_ATTR not in host._modules:
             host.add_module(HOST_ATTR, nn.ModuleDict())
         host._modules[HOST_ATTR][name] = adapter
-        adapter._hook_handles = _install_hooks(model, site, adapter)
+        if drop is not None and drop.training == "robust":
+            adapter.layer_drop = LayerDrop(f"adapterdrop:{name}", site.layer, len(blocks), drop.layers)
+            adapter.layer_drop.train(model.training)
+        adapter._hook_handles = install_hooks(model, site, adapter)
         adapter._site = site
+        adapter._install_seq = model.adapterlab_installs = getattr(model, "adapterlab_installs", 0) + 1
     model.adapterlab_configs = {**configs, name: config}
+    track_drops(model)
     track_model_calls(model)  # stochastic methods (MoSA) count model calls as steps outside a draw_context
     for parameter in model.parameters():
         parameter.requires_grad_(False)
@@ -182,6 +136,7 @@ def detach(model: nn.Module, name: str = "default") -> nn.Module:
     if not configs:
         model.adapterlab_guard.remove()
         del model.adapterlab_guard
+    track_drops(model)
     track_model_calls(model)
     model.adapterlab_active = [n for n in model.adapterlab_active if n != name]
     return model

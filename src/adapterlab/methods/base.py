@@ -29,11 +29,12 @@ class Adapter(nn.Module):
         self.active = True
         self.merged = False
         self.trainable = True  # whether set_active made it trainable (a merged adapter is frozen meanwhile)
+        self.layer_drop: nn.Module | None = None  # AdapterDrop's per-step skip, set by the engine (adapterdrop.py)
 
     @property
     def applies(self) -> bool:
-        """Whether the hooks should run this adapter now (active and not folded into the base)."""
-        return self.active and not self.merged
+        """Whether the hooks should run this adapter now (active, not folded into the base, not dropped)."""
+        return self.active and not self.merged and (self.layer_drop is None or self.layer_drop.runs())
 
     def adapt_input(self, x: torch.Tensor) -> torch.Tensor:
         return x

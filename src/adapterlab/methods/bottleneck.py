@@ -19,6 +19,19 @@ et al. (after the attention and the MLP outputs). Not mergeable: the activation 
 vit_mosa.py): beside the MLP, reading the block's residual stream (`source="residual"`: the input of the
 MLP's pre-norm, or the sublayer input itself in post-norm families), its own input LayerNorm (eps 1e-6, as
 theirs), down 64, GELU, dropout 0.1 after the activation, up zero-initialised, scaled by 0.1.
+
+AdapterDrop (Rücklé et al., EMNLP 2021), an option of every method here (the engine does it, `adapterdrop.py`):
+
+* `drop_layers=k` (default 0: none): the adapters of the lowest k blocks (0..k-1) do not run at inference.
+* `drop_training="fixed"` (default): the paper's *specialised* AdapterDrop, k fixed in training too: no adapter
+  is placed in blocks 0..k-1 (the same adapter as `layers=[k, ..., n-1]`).
+* `drop_training="robust"`: the paper's *robust* AdapterDrop: adapters in every block; each training step draws
+  j uniformly from {0, ..., n-1} (n blocks) and skips the adapters of blocks 0..j-1 (a reproducible draw of the
+  step and the training seed, `stochastic.py`). One trained adapter serves any k at inference: pass
+  `drop_layers` here or choose it later with `adapterlab.set_drop_layers(model, k)`.
+
+AdapterHub's `adapters` exposes the same as `skip_layers` on the active setup, re-drawn per step by a trainer
+callback (robust) or fixed; here both are adapter options, saved with the adapter.
 """
 
 from __future__ import annotations
@@ -30,6 +43,7 @@ import torch
 from torch import nn
 from transformers.activations import ACT2FN
 
+from ..adapterdrop import AdapterDrop, check_drop
 from ..config import AdapterConfig, one_of, positive_int
 from ..errors import AdapterError
 from ..layers import is_linear, linear_features, reference_tensor
@@ -101,7 +115,8 @@ class BottleneckOptions(AdapterConfig):
     init: "bert" (N(0, 0.02) weights, as LLM-Adapters) or "zero" (up-projection zero, down Kaiming-uniform,
     as LoRA / LLM-Adapters' "mam_adapter": the model is unchanged at init); scaling: float or "learned";
     dropout: its rate; dropout_at: "input" (LLM-Adapters) or "hidden" (after the activation, AdaptFormer);
-    layer_norm: a LayerNorm on what the adapter reads (AdaptFormer and Pfeiffer in MoSA's code)."""
+    layer_norm: a LayerNorm on what the adapter reads (AdaptFormer and Pfeiffer in MoSA's code);
+    drop_layers / drop_training: AdapterDrop (see the module docstring)."""
 
     site_kinds = ("module", "sublayer")
 
@@ -113,6 +128,8 @@ class BottleneckOptions(AdapterConfig):
     dropout: float = 0.0
     dropout_at: str = "input"
     layer_norm: bool = False
+    drop_layers: int = 0
+    drop_training: str = "fixed"
 
     def validate(self) -> None:
         positive_int(self.method, "size", self.size)
@@ -128,6 +145,12 @@ class BottleneckOptions(AdapterConfig):
         self.scaling = parse_scaling(self.method, self.scaling)
         if not 0.0 <= float(self.dropout) < 1.0:
             raise AdapterError(f"{self.method}: `dropout` must be in [0, 1), got {self.dropout!r}.")
+        check_drop(self.method, self.drop_layers, self.drop_training)
+
+    def adapter_drop(self) -> AdapterDrop | None:
+        if self.drop_layers == 0 and self.drop_training == "fixed":
+            return None
+        return AdapterDrop(self.method, self.drop_layers, self.drop_training)
 
     def make(self, in_features: int, out_features: int, placement: str, host: nn.Module) -> "BottleneckAdapter":
         ref = reference_tensor(host)

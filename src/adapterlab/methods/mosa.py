@@ -103,6 +103,10 @@ class MosaConfig(AdapterConfig):
             valid = (set(self.option_names()) - {"base_options"}) | base_names
             raise AdapterError(f"mosa: unknown option(s) {unknown}. Valid options: {sorted(valid)} (MoSA's own "
                                f"and those of its base, {self.base}).")
+        if options.get("drop_layers", 0) != 0 or options.get("drop_training", "fixed") != "fixed":
+            raise AdapterError("mosa: AdapterDrop (drop_layers / drop_training) is not supported with MoSA: its "
+                               "consistency forwards need one draw per batch copy; attach the base adapter alone "
+                               f"({self.base}, drop_layers=...) or restrict MoSA with `layers`.")
         for name in ("targets", "layers"):
             if getattr(self, name) is not None:
                 options[name] = getattr(self, name)
