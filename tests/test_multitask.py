@@ -13,7 +13,7 @@ import torch
 from train_helpers import WORDS, encoder_folder, write_sst
 
 from adapterlab.cli import main
-from adapterlab.compare import compare
+from adapterlab.compare import analyse, compare
 from adapterlab.train import TrainConfig
 from adapterlab.train.multitask import ProportionalTaskBatches
 from adapterlab.train.multitask_recipe import TaskPatience, build_multitask, train_multitask
@@ -85,7 +85,25 @@ def test_training_stops_only_when_no_task_improved_for_patience_evaluations():
     assert patience.update({"a": 0.5, "b": 0.95})  # two misses: a only tied its best
 
 
-@pytest.mark.slow
+def test_time_until_every_task_reached_a_mark_is_one_clock_for_multitask_and_a_sum_for_separate_runs():
+    def record(method, task, curve, shared=None):
+        points = [{"step": 10 * (i + 1), "train_time_s": t, "score": s} for i, (t, s) in enumerate(curve)]
+        return {"method": method, "task": task, "seed": 0, "curve": points, "steps": 10 * len(curve),
+                "trainable_parameters": 1, "stored_bytes": 1, "peak_rss_mb": 1.0,
+                **({"shared_run": {"tasks": shared, "run": "r"}} if shared else {})}
+
+    both = ["a", "b"]
+    records = [record("full", "a", [(2, 0.8), (4, 0.9)]), record("full", "b", [(3, 0.5), (6, 0.7)]),
+               record("multitask-full", "a", [(5, 0.9), (10, 0.9)], both),
+               record("multitask-full", "b", [(5, 0.6), (10, 0.7)], both)]
+    result = analyse(records, [0.99], {})
+    every = {e["method"]: e for e in result["all_tasks"]}
+    assert every["full"]["time_to_99%_s"]["mean"] == 4 + 6  # two runs, one after the other
+    assert every["multitask-full"]["time_to_99%_s"]["mean"] == 10  # one run: until its last task got there
+    assert "one run serves all 2 tasks: every task reached 99% after 10 s of its shared clock, 1.00x the sum " \
+           "over full's 2 runs" in result["verdicts"]["multitask-full"]
+
+
 def test_each_head_trains_and_the_run_folder_holds_one_encoder_and_the_heads(tmp_path):
     configs = two_tasks(tmp_path, max_steps=6, eval_steps=3, logging_steps=3)
     model, setups = build_multitask(configs)

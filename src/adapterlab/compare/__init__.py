@@ -4,6 +4,9 @@ fine-tuning, memory, storage per task and serving latency, over seeds, with a re
 
     compare("minilm-l6", ["sst2", "boolq"], ["full", "lora", "pfeiffer"], seeds=3, output="compare/minilm")
 
+`multitask-full` trains one encoder with one head per task on all the tasks at once (their multi-task baseline;
+see compare/multitask.py), and `extend=TASK` adds TASK to a multi-task model trained on the others.
+
 Their recipe trains every method at lr 3e-5, batch 32, evaluating each epoch with patience 3 over up to 50
 epochs; here the budget is in steps (`max_steps`, `eval_steps`, `patience`) so that a study fits a CPU, and
 adapters default to lr 1e-3 (at 3e-5 they barely move within a few hundred steps): pass `lr` to change either.
@@ -142,16 +145,19 @@ def compare(model: str, tasks: list[str], methods: list[str], output: str, seeds
                 "max_steps": max_steps, "eval_steps": eval_steps, "patience": patience, "batch_size": batch_size,
                 "cutoff_len": cutoff_len, "lr": lrs, "options": options, "targets": list(targets),
                 "extend": extend, "replay": replay if extend else None}
+
     def spec(method: str, task: CompareTask, seed: int) -> RunSpec:
         return RunSpec(method=method, task=task.name, task_type=task.task, seed=seed, train=str(task.train),
                        dev=str(task.dev), output=str(out / "runs" / task.name / f"{method}-seed{seed}"), model=model,
                        options=options.get(method, {}), latency=latency and seed == 0,
                        settings=dict(max_steps=max_steps, eval_steps=eval_steps, early_stopping=patience,
-                                     batch_size=batch_size, micro_batch_size=batch_size, lr=lrs.get(method, DEFAULT_LR[FULL]),
+                                     batch_size=batch_size, micro_batch_size=batch_size,
+                                     lr=lrs.get(method, DEFAULT_LR[FULL]),
                                      warmup_steps=max(1, max_steps // 10), logging_steps=eval_steps,
                                      cutoff_len=cutoff_len, max_train_samples=max_train_samples, save_total_limit=1))
 
     def joint(method: str, seed: int, tasks_lr: float) -> MultiTaskSpec:
+        """A multi-task run: each task's settings as full fine-tuning's, at the multi-task learning rate."""
         per_task = [spec(FULL, t, seed) for t in prepared]
         for s in per_task:
             s.settings["lr"] = tasks_lr

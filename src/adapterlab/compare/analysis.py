@@ -146,7 +146,7 @@ def verdicts(summary: list[dict[str, Any]], latency: dict[str, dict[str, Any]], 
             mine_all, full_all = joint.get(method, {}).get(key), joint.get(FULL, {}).get(key)
             if mine_all and mine_all["mean"] is not None and joint[method]["one_run_for_all"]:
                 words = (f"one run serves all {len(mine)} tasks: every task reached {name} after "
-                         f"{mine_all['mean']:.1f} s of its shared clock")
+                         f"{mine_all['mean']:.3g} s of its shared clock")
                 if full_all and full_all["mean"]:
                     words += f", {mine_all['mean'] / full_all['mean']:.2f}x the sum over full's {len(mine)} runs"
                 parts.append(words)

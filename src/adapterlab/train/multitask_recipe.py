@@ -137,8 +137,9 @@ def train_multitask(model: MultiTaskModel, setups: dict[str, TaskSetup], config:
     if config.adapter != "full":
         raise AdapterError(f"Multi-task training here is full fine-tuning (one shared encoder); got --adapter "
                            f"{config.adapter}. Train adapters one task at a time.")
-    if config.resume:
-        raise AdapterError("--resume: multi-task runs keep no checkpoints to resume; start over with --overwrite.")
+    if config.resume or config.save_steps:
+        raise AdapterError(f"{'--resume' if config.resume else '--save-steps'}: multi-task runs keep no checkpoints "
+                           "(the best weights stay in memory until the end); drop it.")
     if set(setups) != set(model.tasks):
         raise AdapterError(f"The task setups {sorted(setups)} do not match the model's tasks {sorted(model.tasks)}.")
     out = Path(output)
