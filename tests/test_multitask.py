@@ -41,7 +41,7 @@ def two_tasks(tmp_path, **settings):
 
 
 def test_tasks_share_one_encoder_in_memory_with_one_head_each(tmp_path):
-    model, setups = build_multitask(two_tasks(tmp_path, max_steps=1))
+    model, _ = build_multitask(two_tasks(tmp_path, max_steps=1))
     sst, topic = model.tasks["sst"], model.tasks["topic"]
     assert sst.bert is topic.bert is model.encoder
     encoder = {id(p) for p in model.encoder.parameters()}
@@ -65,7 +65,7 @@ def test_gradients_reach_the_shared_encoder_and_every_head(tmp_path):
 
 def test_sampler_draws_tasks_in_proportion_to_size_and_reproducibly_per_seed():
     sampler = ProportionalTaskBatches([300, 100, 50], batch_size=10, seed=0)
-    task_of = lambda batch: 0 if batch[0] < 300 else 1 if batch[0] < 400 else 2  # noqa: E731
+    task_of = lambda batch: 0 if batch[0] < 300 else 1 if batch[0] < 400 else 2
     epoch = list(sampler)
     assert len(epoch) == len(sampler) == 45
     assert all(len({task_of([i]) for i in b}) == 1 for b in epoch)  # one task per batch

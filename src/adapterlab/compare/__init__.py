@@ -22,8 +22,8 @@ from typing import Any
 from ..errors import UsageError
 from ..registry import make_config, method_names
 from .analysis import FULL, all_tasks, full_targets, label, per_run, summarise, verdicts
-from .report import write_outputs
 from .multitask import EXTEND, MULTITASK, REPLAY, MultiTaskSpec
+from .report import write_outputs
 from .runs import RunSpec, run_all
 from .tasks import HELD_OUT, CompareTask, resolve_task, split_file, subsample_file
 

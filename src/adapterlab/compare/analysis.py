@@ -87,7 +87,7 @@ def all_tasks(rows: list[dict[str, Any]], names: list[str]) -> list[dict[str, An
     """Per method covering every task: training seconds until all tasks reached their best and each target,
     per seed (a run that trains all tasks: its latest task on its one clock; one run per task: the sum of the
     runs' times; None where a task never got there), then mean and sd over seeds."""
-    tasks = set(r["task"] for r in rows)
+    tasks = {r["task"] for r in rows}
     out = []
     for method in dict.fromkeys(r["method"] for r in rows):
         mine = [r for r in rows if r["method"] == method]
