@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 
 from ..compare import compare
+from ..compare.multitask import REPLAY
 from ..errors import UsageError
 from .measure import parse_options
 
@@ -45,8 +46,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--model", required=True, help="model spec: known short name, folder or hub id")
     parser.add_argument("--tasks", required=True, help="comma-separated: sst2, boolq, arc-e, piqa (read from "
                         "--data-dir), or PATH / TYPE:PATH (TYPE seq-cls or multiple-choice)")
-    parser.add_argument("--methods", default="full,lora", help="comma-separated; full is full fine-tuning "
-                                                               "(default %(default)s)")
+    parser.add_argument("--methods", default="full,lora", help="comma-separated; full is full fine-tuning, "
+                        "multitask-full one encoder with one head per task trained on all --tasks at once "
+                        "(default %(default)s)")
     parser.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 per method and task (default %(default)s)")
     parser.add_argument("--data-dir", default=None, help="folder holding sst2/ and commonsense/ "
                                                          "(default ../shared/datasets)")
@@ -64,6 +66,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--cutoff-len", type=int, default=128, help="tokens per example (default %(default)s)")
     parser.add_argument("--targets", default="0.99,0.95", help="fractions of full fine-tuning's best dev score "
                                                                "(default %(default)s)")
+    parser.add_argument("--extend", default=None, metavar="TASK",
+                        help="also add TASK (one of --tasks) to a multi-task model trained on the others, with a "
+                             "--replay share of their training sets, beside the adapters trained on TASK alone")
+    parser.add_argument("--replay", type=float, default=None, help="with --extend: share of each old task's "
+                        "training set replayed while adding TASK (default 0.2, Mundra et al.'s add_task.py)")
     parser.add_argument("--no-latency", action="store_true", help="skip the serving-latency measurement")
     parser.add_argument("--no-isolate", action="store_true", help="train in this process (faster start; peak "
                                                                   "memory is then the largest so far)")
@@ -77,6 +84,8 @@ def run(args: argparse.Namespace) -> int:
     except ValueError:
         raise UsageError(f"--targets {args.targets!r} must be comma-separated fractions, e.g. 0.99,0.95.") from None
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    if args.replay is not None and args.extend is None:
+        raise UsageError("--replay is the replay share of --extend; give --extend TASK too, or drop --replay.")
     lr = parse_lr(args.lr)
     lr = {m: lr for m in methods} if isinstance(lr, float) else lr
     for name in ("max_train_samples", "max_eval_samples"):
@@ -93,7 +102,8 @@ def run(args: argparse.Namespace) -> int:
                      max_train_samples=args.max_train_samples, max_eval_samples=args.max_eval_samples,
                      max_steps=args.max_steps, eval_steps=args.eval_steps, patience=args.patience,
                      batch_size=args.batch_size, cutoff_len=args.cutoff_len, targets=targets,
-                     latency=not args.no_latency, isolate=not args.no_isolate, done=progress)
+                     latency=not args.no_latency, isolate=not args.no_isolate, extend=args.extend,
+                     replay=REPLAY if args.replay is None else args.replay, done=progress)
     for method, verdict in result["verdicts"].items():
         print(f"{method}: {verdict}")
     print(f"Written to {args.output}: report.md, results.json, results.csv, curves.png")

@@ -4,6 +4,9 @@ fine-tuning, memory, storage per task and serving latency, over seeds, with a re
 
     compare("minilm-l6", ["sst2", "boolq"], ["full", "lora", "pfeiffer"], seeds=3, output="compare/minilm")
 
+`multitask-full` trains one encoder with one head per task on all the tasks at once (their multi-task baseline;
+see compare/multitask.py), and `extend=TASK` adds TASK to a multi-task model trained on the others.
+
 Their recipe trains every method at lr 3e-5, batch 32, evaluating each epoch with patience 3 over up to 50
 epochs; here the budget is in steps (`max_steps`, `eval_steps`, `patience`) so that a study fits a CPU, and
 adapters default to lr 1e-3 (at 3e-5 they barely move within a few hundred steps): pass `lr` to change either.
@@ -18,13 +21,14 @@ from typing import Any
 
 from ..errors import UsageError
 from ..registry import make_config, method_names
-from .analysis import FULL, full_targets, label, per_run, summarise, verdicts
+from .analysis import FULL, all_tasks, full_targets, label, per_run, summarise, verdicts
+from .multitask import EXTEND, MULTITASK, REPLAY, MultiTaskSpec
 from .report import write_outputs
 from .runs import RunSpec, run_all, run_isolated, train_config
 from .serving import serving_throughput
 from .tasks import HELD_OUT, CompareTask, resolve_task, split_file, subsample_file
 
-DEFAULT_LR = {FULL: 3e-5}  # theirs for full fine-tuning
+DEFAULT_LR = {FULL: 3e-5, MULTITASK: 3e-5}  # theirs for full and multi-task fine-tuning
 ADAPTER_LR = 1e-3
 
 
@@ -32,23 +36,38 @@ def check_methods(methods: list[str], options: dict[str, dict[str, Any]], lr: di
     """Refuse unknown or repeated methods, and options or learning rates for methods not compared."""
     if not methods:
         raise UsageError("--methods is empty; give e.g. full,lora.")
-    if "multitask-full" in methods:
-        raise UsageError("--methods multitask-full (one encoder, one head per task) is not built yet; compare "
-                         "single-task full fine-tuning (full) for now.")
-    unknown = [m for m in methods if m not in (FULL, *method_names())]
+    unknown = [m for m in methods if m not in (FULL, MULTITASK, *method_names())]
     if unknown:
-        raise UsageError(f"--methods: unknown {unknown}; choose from full, {', '.join(method_names())}.")
+        raise UsageError(f"--methods: unknown {unknown}; choose from full, {MULTITASK}, {', '.join(method_names())}.")
     if len(set(methods)) != len(methods):
         raise UsageError(f"--methods {methods} names one twice.")
     for what, given in (("--option", options), ("--lr", lr)):
         stray = sorted(set(given) - set(methods))
         if stray:
             raise UsageError(f"{what} was given for {stray}, which are not among --methods {methods}.")
-    if options.get(FULL):
-        raise UsageError("--option: full fine-tuning takes no options.")
+    for method in (FULL, MULTITASK):
+        if options.get(method):
+            raise UsageError(f"--option: {method} (full fine-tuning) takes no options.")
     for method in methods:
-        if method != FULL:
+        if method not in (FULL, MULTITASK):
             make_config(method, **options.get(method, {}))
+
+
+def check_multitask(methods: list[str], tasks: list[str], extend: str | None, replay: float) -> None:
+    """multitask-full needs two tasks or more; --extend names one of them and needs an adapter to set beside."""
+    if MULTITASK in methods and len(tasks) < 2:
+        raise UsageError(f"--methods {MULTITASK} trains one encoder for several tasks; give two or more --tasks "
+                         f"(got {len(tasks)}).")
+    if extend is None:
+        return
+    if len(tasks) < 2 or extend not in tasks:
+        raise UsageError(f"--extend {extend!r} adds one of --tasks to a multi-task model trained on the others; "
+                         f"name one of {tasks} and give at least two tasks.")
+    if not [m for m in methods if m not in (FULL, MULTITASK)]:
+        raise UsageError(f"--extend {extend} sets adding a task to a multi-task model beside training one adapter "
+                         "for it; add an adapter method to --methods, e.g. full,lora.")
+    if not 0 < replay <= 1:
+        raise UsageError(f"--replay is the share of each old task's training set replayed, in (0, 1]; got {replay}.")
 
 
 def prepared_tasks(specs: list[str], data_dir: str | None, out: Path, max_eval_samples: int | None) -> list[CompareTask]:
@@ -89,9 +108,10 @@ def analyse(records: list[dict[str, Any]], fractions: list[float], settings: dic
     summary = summarise(rows, names)
     latency = method_latency(records)
     serving = serving or []
+    every_task = all_tasks(rows, names)
     return {"settings": settings, "target_names": names, "targets": targets, "records": records, "rows": rows,
-            "summary": summary, "latency": latency, "serving": serving,
-            "verdicts": verdicts(summary, latency, names, serving)}
+            "summary": summary, "latency": latency, "all_tasks": every_task, "serving": serving,
+            "verdicts": verdicts(summary, latency, names, every_task, serving)}
 
 
 def compare(model: str, tasks: list[str], methods: list[str], output: str, seeds: int = 3,
@@ -99,10 +119,14 @@ def compare(model: str, tasks: list[str], methods: list[str], output: str, seeds
             lr: dict[str, float] | None = None, max_train_samples: int | None = None,
             max_eval_samples: int | None = None, max_steps: int = 300, eval_steps: int = 25, patience: int = 3,
             batch_size: int = 32, cutoff_len: int = 128, targets: tuple[float, ...] = (0.99, 0.95),
-            latency: bool = True, isolate: bool = True,
+            latency: bool = True, isolate: bool = True, extend: str | None = None, replay: float = REPLAY,
             done: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
     """Train every method on every task for `seeds` seeds (full fine-tuning first, it sets the targets), then
-    write results.json, results.csv, report.md and curves.png to `output` (rewritten after every run)."""
+    write results.json, results.csv, report.md and curves.png to `output` (rewritten after every run).
+
+    `multitask-full` among the methods trains one encoder with one head per task on all tasks per seed;
+    `extend` (a task name) also adds that task to a multi-task model trained on the others, with a `replay`
+    share of their training sets (multitask-extend), to set beside the adapters trained on it alone."""
     options, lr = dict(options or {}), dict(lr or {})
     check_methods(methods, options, lr)
     for name, value in (("--seeds", seeds), ("--max-steps", max_steps), ("--eval-steps", eval_steps),
@@ -113,22 +137,44 @@ def compare(model: str, tasks: list[str], methods: list[str], output: str, seeds
         raise UsageError(f"--targets are fractions of full fine-tuning's score in (0, 1], got {list(targets)}.")
     if not tasks:
         raise UsageError("--tasks is empty; give e.g. sst2,boolq.")
+    check_multitask(methods, [resolve_task(t, data_dir).name for t in tasks], extend, replay)
     out = Path(output)
     prepared = prepared_tasks(tasks, data_dir, out, max_eval_samples)
     order = sorted(methods, key=lambda m: m != FULL)
+    lrs = {m: lr.get(m, DEFAULT_LR.get(m, ADAPTER_LR)) for m in order}
+    if extend:  # the extension trains the multi-task model on: its learning rate
+        lrs[EXTEND] = lrs.get(MULTITASK, DEFAULT_LR[MULTITASK])
     settings = {"model": model, "tasks": [t.name for t in prepared], "methods": order, "seeds": list(range(seeds)),
                 "max_train_samples": max_train_samples, "max_eval_samples": max_eval_samples,
                 "max_steps": max_steps, "eval_steps": eval_steps, "patience": patience, "batch_size": batch_size,
-                "cutoff_len": cutoff_len, "lr": {m: lr.get(m, DEFAULT_LR.get(m, ADAPTER_LR)) for m in order},
-                "options": options, "targets": list(targets)}
-    specs = [RunSpec(method=m, task=t.name, task_type=t.task, seed=s, train=str(t.train), dev=str(t.dev),
-                     output=str(out / "runs" / t.name / f"{m}-seed{s}"), model=model, options=options.get(m, {}),
-                     latency=latency and s == 0,
-                     settings=dict(max_steps=max_steps, eval_steps=eval_steps, early_stopping=patience,
-                                   batch_size=batch_size, micro_batch_size=batch_size, lr=settings["lr"][m],
-                                   warmup_steps=max(1, max_steps // 10), logging_steps=eval_steps,
-                                   cutoff_len=cutoff_len, max_train_samples=max_train_samples, save_total_limit=1))
-             for s in range(seeds) for t in prepared for m in order]
+                "cutoff_len": cutoff_len, "lr": lrs, "options": options, "targets": list(targets),
+                "extend": extend, "replay": replay if extend else None}
+
+    def spec(method: str, task: CompareTask, seed: int) -> RunSpec:
+        return RunSpec(method=method, task=task.name, task_type=task.task, seed=seed, train=str(task.train),
+                       dev=str(task.dev), output=str(out / "runs" / task.name / f"{method}-seed{seed}"), model=model,
+                       options=options.get(method, {}), latency=latency and seed == 0,
+                       settings=dict(max_steps=max_steps, eval_steps=eval_steps, early_stopping=patience,
+                                     batch_size=batch_size, micro_batch_size=batch_size,
+                                     lr=lrs.get(method, DEFAULT_LR[FULL]),
+                                     warmup_steps=max(1, max_steps // 10), logging_steps=eval_steps,
+                                     cutoff_len=cutoff_len, max_train_samples=max_train_samples, save_total_limit=1))
+
+    def joint(method: str, seed: int, tasks_lr: float) -> MultiTaskSpec:
+        """A multi-task run: each task's settings as full fine-tuning's, at the multi-task learning rate."""
+        per_task = [spec(FULL, t, seed) for t in prepared]
+        for s in per_task:
+            s.settings["lr"] = tasks_lr
+        return MultiTaskSpec(method=method, seed=seed, tasks=per_task, extend=extend if method == EXTEND else None,
+                             replay=replay, output=str(out / "runs" / method / f"seed{seed}"))
+
+    specs: list[Any] = []
+    for s in range(seeds):
+        specs += [spec(m, t, s) for t in prepared for m in order if m != MULTITASK]
+        if MULTITASK in order:
+            specs.append(joint(MULTITASK, s, lrs[MULTITASK]))
+        if extend:
+            specs.append(joint(EXTEND, s, lrs[EXTEND]))
     records: list[dict[str, Any]] = []
 
     def finished(record: dict[str, Any]) -> None:
@@ -140,8 +186,10 @@ def compare(model: str, tasks: list[str], methods: list[str], output: str, seeds
     run_all(specs, isolate=isolate, done=finished)
     result = analyse(records, list(targets), settings)
     if latency and len(prepared) > 1:
-        first = {m: {s.task: train_config(s) for s in specs if s.method == m and s.seed == 0} for m in order}
-        serving = [run_isolated(serving_throughput, isolate, first[m], m, batch_size) for m in order]
+        single = [m for m in order if m != MULTITASK]  # a multi-task model serves like one full model with T heads
+        first = {m: {s.task: train_config(s) for s in specs if isinstance(s, RunSpec) and s.method == m and s.seed == 0}
+                 for m in single}
+        serving = [run_isolated(serving_throughput, isolate, first[m], m, batch_size) for m in single]
         result = analyse(records, list(targets), settings, serving)
         write_outputs(result, out)
     return result

@@ -3,6 +3,9 @@ set by full fine-tuning, summaries per method and task over seeds, and a verdict
 
 A target is a fraction of full fine-tuning's best dev score on the task (the mean over its seeds); a run reaches
 it at its first evaluation at or above it. Times are training seconds (evaluation and checkpoint saving left out).
+A multi-task run (multitask-full) gives one record per task on its one clock, so beside the per-task times
+`all_tasks` says how long each method took until every task reached a mark: the multi-task run's latest task,
+against the sum over a single-task method's separate runs.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ import statistics
 from typing import Any
 
 FULL = "full"
+MULTITASK = "multitask-full"
 
 
 def best_point(curve: list[dict[str, float]]) -> dict[str, float] | None:
@@ -47,6 +51,7 @@ def per_run(records: list[dict[str, Any]], targets: dict[str, dict[str, float]])
                "best_dev": best["score"] if best else None,
                "time_to_best_s": best["train_time_s"] if best else None, "steps_to_best": best["step"] if best else None,
                "steps": r["steps"], "train_tokens": r.get("train_tokens"),
+               "tasks_in_run": len(r["shared_run"]["tasks"]) if r.get("shared_run") else 1,
                "trainable_parameters": r["trainable_parameters"], "stored_bytes": r["stored_bytes"],
                "peak_rss_mb": r["peak_rss_mb"], "peak_cuda_mb": r.get("peak_cuda_mb")}
         for name, target in targets.get(r["task"], {}).items():
@@ -78,14 +83,40 @@ def summarise(rows: list[dict[str, Any]], names: list[str]) -> list[dict[str, An
     return out
 
 
+def all_tasks(rows: list[dict[str, Any]], names: list[str]) -> list[dict[str, Any]]:
+    """Per method covering every task: training seconds until all tasks reached their best and each target,
+    per seed (a run that trains all tasks: its latest task on its one clock; one run per task: the sum of the
+    runs' times; None where a task never got there), then mean and sd over seeds."""
+    tasks = {r["task"] for r in rows}
+    out = []
+    for method in dict.fromkeys(r["method"] for r in rows):
+        mine = [r for r in rows if r["method"] == method]
+        if len(tasks) < 2 or {r["task"] for r in mine} != tasks:
+            continue
+        shared = mine[0]["tasks_in_run"] > 1
+        entry: dict[str, Any] = {"method": method, "one_run_for_all": shared}
+        for key in ["time_to_best_s", *[f"time_to_{n}_s" for n in names]]:
+            per_seed = []
+            for seed in dict.fromkeys(r["seed"] for r in mine):
+                values = [r.get(key) for r in mine if r["seed"] == seed]
+                complete = None not in values and len(values) == len(tasks)
+                per_seed.append((max(values) if shared else sum(values)) if complete else None)
+            entry[key] = _stats(per_seed)
+        out.append(entry)
+    return out
+
+
 def _ratio(a: float | None, b: float | None) -> float | None:
     return a / b if a is not None and b not in (None, 0) else None
 
 
 def verdicts(summary: list[dict[str, Any]], latency: dict[str, dict[str, Any]], names: list[str],
+             every_task: list[dict[str, Any]] | None = None,
              serving: list[dict[str, Any]] | None = None) -> dict[str, str]:
     """A sentence or two per method, built only from the numbers: score against full, time to the first target
-    against full, serving latency against full, throughput serving every task, storage per task."""
+    against full (and, for a run that trains all tasks at once, until every task reached it), serving latency
+    against full, throughput serving every task, storage per task."""
+    joint = {e["method"]: e for e in every_task or []}
     served = {row["method"]: row for row in serving or [] if "examples_per_s" in row}
     full = {s["task"]: s for s in summary if s["method"] == FULL}
     text = {}
@@ -112,6 +143,15 @@ def verdicts(summary: list[dict[str, Any]], latency: dict[str, dict[str, Any]], 
                              f"time when it did ({pace} full)")
             else:
                 parts.append(f"reached {name} of full's score in {hits}/{runs} runs")
+        for name in names[:1]:
+            key = f"time_to_{name}_s"
+            mine_all, full_all = joint.get(method, {}).get(key), joint.get(FULL, {}).get(key)
+            if mine_all and mine_all["mean"] is not None and joint[method]["one_run_for_all"]:
+                words = (f"one run serves all {len(mine)} tasks: every task reached {name} after "
+                         f"{mine_all['mean']:.3g} s of its shared clock")
+                if full_all and full_all["mean"]:
+                    words += f", {mine_all['mean'] / full_all['mean']:.2f}x the sum over full's {len(mine)} runs"
+                parts.append(words)
         lat, base = latency.get(method, {}), latency.get(FULL, {})
         for size in ("b1", "b32"):
             if size in lat and size in base:

@@ -12,6 +12,7 @@ from typing import Any
 from ..files import write_atomic
 
 FULL = "full"
+MULTITASK = "multitask-full"
 
 
 def _fmt(stat: dict[str, Any], scale: float = 1.0, digits: int = 1) -> str:
@@ -43,6 +44,7 @@ def markdown(result: dict[str, Any]) -> str:
                          + f" | {s['trainable_parameters']:,} | {s['stored_bytes'] / 2**20:.2f} MB | "
                            f"{_fmt(s['peak_rss_mb'], digits=0)} |")
         lines.append("")
+    lines += multitask_sections(result)
     if result["latency"]:
         sizes = sorted({k for v in result["latency"].values() for k in v}, key=lambda k: int(k[1:]))
         lines += ["## Serving latency (ms per batch, median over tasks and batches of real dev inputs)", "",
@@ -70,6 +72,51 @@ def markdown(result: dict[str, Any]) -> str:
     lines += ["## Verdicts (generated from the numbers above)", ""]
     lines += [f"- **{m}**: {v}" for m, v in result["verdicts"].items()]
     return "\n".join(lines) + "\n"
+
+
+def multitask_sections(result: dict[str, Any]) -> list[str]:
+    """What only multi-task runs need said: their shared clock and storage, time until every task reached each
+    mark per method, and the extension experiment (adding a task) beside the adapters trained on that task."""
+    names, records = result["target_names"], result["records"]
+    shared = [r for r in records if r.get("shared_run") and not r.get("extension")]
+    lines: list[str] = []
+    if shared:
+        count = len(shared[0]["shared_run"]["tasks"])
+        lines += [f"**{shared[0]['method']}**: one run trains one encoder with one head per task and serves all "
+                  f"{count} tasks, so its times are on that run's one shared clock (the same seconds count for every "
+                  f"task); its trainable count is the whole multi-task model, and its bytes stored per task are the "
+                  f"shared encoder divided by {count} plus the task's head. Serving it costs what full fine-tuning's "
+                  "model does (the same encoder and a head per task), so it has no latency row of its own.", ""]
+    if result.get("all_tasks") and shared:
+        lines += ["## All tasks (training seconds until every task reached the mark)", "",
+                  "A run that trains all tasks: its latest task on its one clock. One run per task: the sum over the "
+                  "runs.", "", "| method | runs | s until all at best | " + " | ".join(f"s until all at {n}" for n in names)
+                  + " |", "|---|---|---|" + "---|" * len(names)]
+        for e in result["all_tasks"]:
+            lines.append(f"| {e['method']} | {'one for all tasks' if e['one_run_for_all'] else 'one per task'} | "
+                         f"{_fmt(e['time_to_best_s'])} | " + " | ".join(_fmt(e[f'time_to_{n}_s']) for n in names) + " |")
+        lines.append("")
+    added = [r for r in records if r.get("extension")]
+    if added:
+        ext = added[0]["extension"]
+        task, method = ext["added_task"], added[0]["method"]
+        lines += [f"## Adding a task: {task}", "",
+                  f"**{method}**: a multi-task model trained on {', '.join(ext['base_tasks'])} gains a fresh {task} head "
+                  f"and trains on {task}'s training set plus {100 * ext['replay']:g}% of each old task's (replay, "
+                  f"as Mundra et al.'s add_task.py); only this step is timed. The adapters train on {task} alone "
+                  "beside a frozen base.", "",
+                  "| method | best dev | s to best | " + " | ".join(f"s to {n}" for n in names) + " | stored per task |",
+                  "|---|---|---|" + "---|" * len(names) + "---|"]
+        for s in (s for s in result["summary"] if s["task"] == task and s["method"] not in (FULL, MULTITASK)):
+            lines.append(f"| {s['method']} | {_fmt(s['best_dev'], 100)} | {_fmt(s['time_to_best_s'])} | "
+                         + " | ".join(_fmt(s[f'time_to_{n}_s']) for n in names) + f" | {s['stored_bytes'] / 2**20:.2f} MB |")
+        lines += ["", "Old tasks' dev score (%) before and after adding it, per seed:", ""]
+        for r in added:
+            cells = [f"{t} {100 * v['before']:.1f} -> {100 * v['after']:.1f}"
+                     for t, v in r["extension"]["old_tasks_dev"].items() if v["before"] is not None and v["after"] is not None]
+            lines.append(f"- seed {r['seed']}: " + "; ".join(cells))
+        lines.append("")
+    return lines
 
 
 def csv_text(rows: list[dict[str, Any]]) -> str:

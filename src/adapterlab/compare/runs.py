@@ -64,22 +64,27 @@ def dev_curve(run: Path, metric: str) -> list[dict[str, float]]:
             for r in read_log(run / "metrics.jsonl") if metric in r]
 
 
+def peak_memory() -> dict[str, float | None]:
+    """This process's peak resident memory and peak CUDA memory so far, in MB."""
+    peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    if sys.platform == "darwin":
+        peak_rss_mb /= 1024  # macOS reports bytes
+    return {"peak_rss_mb": round(peak_rss_mb, 1),
+            "peak_cuda_mb": round(torch.cuda.max_memory_allocated() / 2**20, 1) if torch.cuda.is_available() else None}
+
+
 def run_one(spec: RunSpec) -> dict[str, Any]:
     """Train one run and return its record (JSON-ready)."""
     config = train_config(spec)
     summary = train(config)
     shutil.rmtree(Path(spec.output) / "checkpoints", ignore_errors=True)  # optimizer states: a study has many runs
-    peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    if sys.platform == "darwin":
-        peak_rss_mb /= 1024  # macOS reports bytes
     metric = summary["best_metric"]["name"] if summary.get("best_metric") else "eval_accuracy"
     record = {
         "method": spec.method, "task": spec.task, "seed": spec.seed, "metric": metric,
         "curve": dev_curve(Path(spec.output), metric),
         "steps": summary["steps"], "train_tokens": summary.get("train_tokens"),
         "trainable_parameters": summary["trainable_parameters"], "total_parameters": summary["total_parameters"],
-        "stored_bytes": stored_bytes(Path(spec.output), spec.method), "peak_rss_mb": round(peak_rss_mb, 1),
-        "peak_cuda_mb": round(torch.cuda.max_memory_allocated() / 2**20, 1) if torch.cuda.is_available() else None,
+        "stored_bytes": stored_bytes(Path(spec.output), spec.method), **peak_memory(),
         "device": summary["device"], "run": spec.output,
     }
     if spec.latency:
@@ -96,14 +101,23 @@ def run_isolated(function: Callable[..., Any], isolate: bool, *args: Any) -> Any
         return pool.submit(function, *args).result()
 
 
-def run_all(specs: list[RunSpec], isolate: bool = True, done: Any = None) -> list[dict[str, Any]]:
+def run_records(spec: Any) -> list[dict[str, Any]]:
+    """The records of one spec: a RunSpec gives one; a multi-task spec one per task it trains."""
+    if isinstance(spec, RunSpec):
+        return [run_one(spec)]
+    from .multitask import run_spec
+
+    return run_spec(spec)
+
+
+def run_all(specs: list[Any], isolate: bool = True, done: Any = None) -> list[dict[str, Any]]:
     """Run every spec in order (each in its own spawned process when `isolate`), calling done(record) after each."""
     records = []
     for spec in specs:
-        record = run_isolated(run_one, isolate, spec)
-        records.append(record)
-        if done is not None:
-            done(record)
+        for record in run_isolated(run_records, isolate, spec):
+            records.append(record)
+            if done is not None:
+                done(record)
     return records
 
 
