@@ -172,7 +172,7 @@ def test_gradient_checkpointing_gives_the_same_gradients():
     for checkpointing in (False, True):
         model = with_prefix("bert", "sdpa").train()
         if checkpointing:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
         model(**inputs).logits.pow(2).sum().backward()
         grads.append(model.adapterlab["default"].embedding.weight.grad)
     torch.testing.assert_close(grads[0], grads[1])

@@ -219,8 +219,6 @@ def test_not_mergeable():
     ("prompt", {"init": "vocab"}, "vit", "init='random'"),
     ("prompt", {"targets": ["q"]}, "llama", "leave `targets`"),
     ("ptuning", {"encoder": "gru"}, "llama", "encoder"),
-    ("prefix", {}, "vit", "method='prompt'"),
-    ("prefix", {}, "bert", "method='prompt'"),
 ])
 def test_bad_options_name_the_fix(method, options, family, match):
     with pytest.raises(AdapterError, match=match):
