@@ -70,6 +70,12 @@ def attention_sites(model: nn.Module, arch: Architecture) -> list[AttentionSite]
     sites = []
     for block in block_paths(model, arch):
         attention = ".".join([block, *common])
+        if "position_embeddings" in inspect.signature(model.get_submodule(attention).forward).parameters:
+            raise AdapterError(
+                f"prefix tuning without a KV cache adds placeholder rows to {attention!r}, which applies rotary "
+                "position embeddings inside the attention (they would not fit the longer rows). Use method='prompt' "
+                "or 'lora' for this model."
+            )
         key = f"{block}.{arch.k}"
         site = AttentionSite(attention, key.rsplit(".", 1)[0], key, f"{block}.{arch.v}")
         for path in (site.key, site.value):
