@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 import pytest
 import torch
-from tiny_models import ALL, CAUSAL, ENCODERS, VISION_AUDIO, output_of, randomize_adapters, tiny_inputs, tiny_model
+from tiny_models import ALL, CAUSAL, output_of, randomize_adapters, tiny_inputs, tiny_model
 
 import adapterlab as al
 from adapterlab.engine import placed
@@ -45,7 +45,6 @@ IDENTITY_AT_INIT: dict[str, dict | str] = {
 # (method, family) pairs that cannot work, with the words the AdapterError must contain.
 UNSUPPORTED: dict[tuple[str, str], str] = {
     **{("conformer", f): "see the future" for f in CAUSAL},
-    **{("prefix", f): "past_key_values" for f in ENCODERS + VISION_AUDIO},
     # AdaptFormer reads the residual stream before the MLP's pre-norm; OPT's row names none (opt-350m is
     # post-norm, the other sizes pre-norm), so the user is asked for it. MoSA's default base is AdaptFormer.
     ("adaptformer", "opt"): "mlp_norm", ("mosa", "opt"): "mlp_norm",

@@ -104,16 +104,16 @@ def test_isolated_runs_measure_each_method_in_a_fresh_process(tmp_path):
 
 
 def test_a_refusing_method_is_a_row_and_the_others_are_kept(tmp_path):
-    """Prefix tuning refuses BERT (no KV cache): its row says so, the other methods are measured and written."""
-    model = functools.partial(tiny_model, "bert")
-    rows = measure(model, ["full", "prefix", "lora"], task="seq-cls", isolate=False, output=tmp_path, **SHAPE)
+    """The conformer refuses causal models (it would see the future): its row says so, the others are measured."""
+    model = functools.partial(tiny_model, "llama")
+    rows = measure(model, ["full", "conformer", "lora"], isolate=False, output=tmp_path, **SHAPE)
     by = {r["method"]: r for r in rows}
-    assert by["prefix"]["status"] == "refused" and "past_key_values" in by["prefix"]["note"]
-    assert by["prefix"]["step_time_ms"] is None and by["prefix"]["trainable_params"] is None
+    assert by["conformer"]["status"] == "refused" and "see the future" in by["conformer"]["note"]
+    assert by["conformer"]["step_time_ms"] is None and by["conformer"]["trainable_params"] is None
     assert by["full"]["status"] == by["lora"]["status"] == "ok" and by["lora"]["step_time_ms"] > 0
     summary = json.loads((tmp_path / "results.json").read_text())
-    assert [r["method"] for r in summary["results"]] == ["full", "prefix", "lora"]
+    assert [r["method"] for r in summary["results"]] == ["full", "conformer", "lora"]
     with (tmp_path / "results.csv").open() as f:
         assert [r["status"] for r in csv.DictReader(f)] == ["ok", "refused", "ok"]
-    assert "| prefix | refused" in (tmp_path / "results.md").read_text()
+    assert "| conformer | refused" in (tmp_path / "results.md").read_text()
     assert (tmp_path / "costs.png").is_file()

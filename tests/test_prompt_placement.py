@@ -166,7 +166,7 @@ def test_save_load_round_trip(tmp_path, method, options):
 
 @pytest.mark.parametrize("method,options,family", [
     ("prompt", {"deep": True, "init": "vocab"}, "llama"), ("prefix", {}, "llama"), ("ptuning", {}, "llama"),
-    ("prompt", {"deep": True}, "vit"), ("ptuning", {}, "vit"),
+    ("prompt", {"deep": True}, "vit"), ("ptuning", {}, "vit"), ("prefix", {}, "bert"), ("prefix", {}, "ast"),
 ])
 def test_attach_on_meta_device(method, options, family):
     with torch.device("meta"):
@@ -219,8 +219,6 @@ def test_not_mergeable():
     ("prompt", {"init": "vocab"}, "vit", "init='random'"),
     ("prompt", {"targets": ["q"]}, "llama", "leave `targets`"),
     ("ptuning", {"encoder": "gru"}, "llama", "encoder"),
-    ("prefix", {}, "vit", "method='prompt'"),
-    ("prefix", {}, "bert", "method='prompt'"),
 ])
 def test_bad_options_name_the_fix(method, options, family, match):
     with pytest.raises(AdapterError, match=match):

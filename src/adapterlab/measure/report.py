@@ -24,7 +24,7 @@ RELATIVE = {
 
 
 def refused_row(method: str, options: dict[str, Any], reason: str) -> dict[str, Any]:
-    """The row of a method that refused this model (e.g. prefix tuning on BERT): every cost empty, the reason kept."""
+    """The row of a method that refused this model (e.g. the conformer on a causal model): every cost empty, the reason kept."""
     row: dict[str, Any] = dict.fromkeys(COLUMNS)
     row.update(method=method, status="refused", options=dict(options), note=reason)
     return row

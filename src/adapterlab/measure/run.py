@@ -98,7 +98,7 @@ def measure(
     `options` maps a method to its adapter options; `dtype` applies to a loaded spec, not to a factory.
     `threads` sets torch's CPU threads for the measurements (default: torch's own choice).
     Returns one dict per method, in the order given (see `measure.report.COLUMNS` for the fields); a method that
-    refuses the model (prefix tuning on BERT, say) gets a row with status "refused" and the reason in `note`,
+    refuses the model (the conformer on a causal model, say) gets a row with status "refused" and the reason in `note`,
     and the others are still measured. Each row is written to `output` as soon as it is done.
     """
     from ..models import TASKS, load_model

@@ -1,10 +1,13 @@
-"""Prefix tuning (Li & Liang, 2021): learned key/value prefixes at every layer, fed as the KV cache.
+"""Prefix tuning (Li & Liang, 2021): learned key/value prefixes at every layer.
 
-On the first call of a sequence the adapter fills the (empty or new) transformers Cache with
-`num_virtual_tokens` learned keys and values per layer, extends the attention mask with ones in front
-and shifts given position ids by `num_virtual_tokens`, as PEFT does; later cached steps (generate) only
-get the mask and position shift. The logits cover the real tokens only. The parameters use PEFT's
-layout: `embedding.weight` (n, layers * 2 * kv_heads * head_dim), ordered layer, key/value, head,
+Causal models take them as the KV cache: on the first call of a sequence the adapter fills the (empty or
+new) transformers Cache with `num_virtual_tokens` learned keys and values per layer, extends the attention
+mask with ones in front and shifts given position ids by `num_virtual_tokens`, as PEFT does; later cached
+steps (generate) only get the mask and position shift. Models whose attention is bidirectional (BERT family,
+ViT, AST: no KV cache) get them through hooks on each attention layer (`prefix_attention`): keys and values
+become [P_k; K] and [P_v; V], the mask gains always-attended prefix columns, positions are not shifted and
+the output keeps the input's length. Either way the logits cover the real tokens only. The parameters use
+PEFT's layout: `embedding.weight` (n, layers * 2 * kv_heads * head_dim), ordered layer, key/value, head,
 dim; with prefix_projection=True they are `embedding.weight` (n, kv_dim) through `transform`
 (Linear-Tanh-Linear, hidden `encoder_hidden_size`). count_parameters counts the reparameterisation MLP
 too; PEFT drops it after training and keeps only the prefixes, adapterlab saves the MLP.
@@ -25,6 +28,7 @@ from ..errors import AdapterError
 from ..layers import reference_tensor
 from ..sites import Placement, Site
 from .base import Adapter
+from .prefix_attention import AttentionSite, PrefixAttentionHooks, attention_sites, has_bidirectional_attention, kv_width
 from .virtual_tokens import (
     as_keywords,
     check_num_virtual_tokens,
@@ -57,30 +61,42 @@ class PrefixConfig(AdapterConfig):
             raise AdapterError("prefix: prefixes go into every layer's KV cache; leave `targets` and `layers` unset.")
 
     def build(self, site: Site, model: nn.Module, placement: Placement) -> "PrefixAdapter":
+        config = text_config(model)
+        heads = config.num_attention_heads
+        if has_bidirectional_attention(model):  # encoders: no KV cache, hooks join the prefix to k and v
+            sites = attention_sites(model, placement.architecture)
+            kv_dim = kv_width(model, sites[0])
+            ref = reference_tensor(model.get_submodule(sites[0].key))
+            return PrefixAdapter(self.num_virtual_tokens, len(sites), heads, kv_dim // heads,
+                                 self._projection(kv_dim), ref.device, ref.dtype, sites)
         if "past_key_values" not in inspect.signature(model.forward).parameters:
             raise AdapterError(
                 f"prefix tuning feeds learned keys/values through past_key_values, which {type(model).__name__} "
-                "does not take (no KV cache). Use method='prompt' or 'ptuning' for this model."
+                "does not take (no KV cache), and its attention does not say it is bidirectional "
+                "(is_causal=False), which the cache-free path needs. Use method='prompt' or 'ptuning' for this model."
             )
         modality, _, _ = modality_and_blocks(model, placement, need_blocks=False)
         if modality != "text":
             raise AdapterError(f"prefix tuning needs a text model with a KV cache; use method='prompt' for {modality}.")
-        config = text_config(model)
-        heads = config.num_attention_heads
         kv_heads = getattr(config, "num_key_value_heads", None) or heads
         head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
         ref = reference_tensor(model.get_input_embeddings())
-        projection = (self.encoder_hidden_size or kv_heads * head_dim) if self.prefix_projection else None
-        return PrefixAdapter(self.num_virtual_tokens, config.num_hidden_layers, kv_heads, head_dim, projection,
-                             ref.device, ref.dtype)
+        return PrefixAdapter(self.num_virtual_tokens, config.num_hidden_layers, kv_heads, head_dim,
+                             self._projection(kv_heads * head_dim), ref.device, ref.dtype)
+
+    def _projection(self, kv_dim: int) -> int | None:
+        """Hidden size of the reparameterisation MLP; None without prefix_projection."""
+        return (self.encoder_hidden_size or kv_dim) if self.prefix_projection else None
 
 
 class PrefixAdapter(Adapter):
-    """Learned per-layer key/value prefixes, injected as the model's KV cache on a sequence's first call."""
+    """Learned per-layer key/value prefixes: injected as the model's KV cache on a sequence's first call, or,
+    on bidirectional models (`attention_sites` given), joined to each attention layer's keys/values by hooks."""
 
     def __init__(self, n: int, num_layers: int, kv_heads: int, head_dim: int, projection: int | None,
-                 device: torch.device, dtype: torch.dtype) -> None:
+                 device: torch.device, dtype: torch.dtype, attention_sites: list[AttentionSite] | None = None) -> None:
         super().__init__()
+        self.attention_sites = attention_sites
         self.num_virtual_tokens, self.num_layers, self.kv_heads, self.head_dim = n, num_layers, kv_heads, head_dim
         kv_dim = kv_heads * head_dim
         self.transform = None
@@ -97,6 +113,21 @@ class PrefixAdapter(Adapter):
         n = self.num_virtual_tokens
         return flat.view(n, 2 * self.num_layers, self.kv_heads, self.head_dim).permute(1, 2, 0, 3)
 
+    def layer_prefix(self, layer: int, index: int) -> torch.Tensor:
+        """Layer `layer`'s keys (index 0) or values (1) as (n, kv_heads * head_dim), heads side by side as a
+        k/v projection outputs them. Through the MLP only that slice of its last layer is computed."""
+        width = self.kv_heads * self.head_dim
+        column = (2 * layer + index) * width
+        if self.transform is None:
+            return self.embedding.weight[:, column:column + width]
+        first, act, last = self.transform
+        return nn.functional.linear(act(first(self.embedding.weight)), last.weight[column:column + width],
+                                    last.bias[column:column + width])
+
+    def hook_submodules(self, model: nn.Module) -> list:
+        """On bidirectional models, the hooks that join the prefix to every attention layer's keys/values."""
+        return [] if self.attention_sites is None else PrefixAttentionHooks(self, self.attention_sites).install(model)
+
     def fill(self, cache: Any, batch: int, dtype: torch.dtype) -> None:
         """Write every layer's prefix into an empty cache."""
         kv = self.key_values().to(dtype)
@@ -106,6 +137,8 @@ class PrefixAdapter(Adapter):
             cache.update(keys, values, layer)
 
     def before_model(self, model: nn.Module, args: tuple, kwargs: dict[str, Any]) -> tuple[tuple, dict[str, Any]]:
+        if self.attention_sites is not None:  # the attention hooks do it all
+            return args, kwargs
         args, kwargs = (), as_keywords(model, args, kwargs)
         if model.training and getattr(model, "is_activation_checkpointing", False):
             raise AdapterError(
