@@ -2,6 +2,7 @@
 
 GGUF files are dequantised into an ordinary dense model (transformers' `GgufConfig(dequantize=True)`), so
 adapters attach to plain `nn.Linear` layers and the HF Trainer sees an unquantised model it can train.
+`quantize` ("8bit", "4bit") quantizes a safetensors model with bitsandbytes as it loads (see `quantize`).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from ..errors import CorruptFileError, ModelError, UsageError
 from ..files import check_safetensors, read_json_object
 from .cache import is_cached, model_dir, model_path, pull
 from .known import KNOWN_MODELS, UnknownModelError
+from .quantize import describe, quantization_config
 
 TASKS: dict[str, tuple[str, str]] = {  # task -> (model auto class, processor auto class)
     "causal-lm": ("AutoModelForCausalLM", "AutoTokenizer"),
@@ -35,6 +37,10 @@ CLASSIFICATION_TASKS = ("seq-cls", "audio-cls", "image-cls")
 # Files that, next to a .gguf, would be read instead of the GGUF's own metadata.
 _HF_FILES = ("config.json", "tokenizer.json", "tokenizer_config.json", "generation_config.json",
              "preprocessor_config.json")
+
+
+# Modules a quantized classifier keeps dense: its head is freshly drawn and trains in full beside the adapter.
+CLASSIFIER_HEADS = ("classifier", "score", "classification_head")
 
 
 # Files of which a folder's tokenizer needs at least one (a tokenizer.json, or a vocabulary for a slow tokenizer).
@@ -216,23 +222,48 @@ def _label_kwargs(task: str, num_labels: int | None, label_names: list[str] | No
             "label2id": {n: i for i, n in enumerate(names)}, "ignore_mismatched_sizes": True}
 
 
+def _quantized_kwargs(quantize: str, task: str, source: ModelSource, device: str | None,
+                      kwargs: dict[str, Any]) -> dict[str, Any]:
+    """from_pretrained kwargs that quantize the model with bitsandbytes: its config, and a device map (a
+    quantized model cannot be moved with `.to`); a GGUF or a second quantization config is refused."""
+    if source.kind == "gguf":
+        raise UsageError(f"{describe(quantize)} quantizes safetensors weights; {source.location} is a GGUF file, "
+                         "which is quantized in its own format and dequantised on load. Drop the flag, or point "
+                         "--model at the model's safetensors folder.")
+    if "quantization_config" in kwargs:
+        raise UsageError(f"{describe(quantize)} and quantization_config=... both set the quantization; pass one.")
+    keep = CLASSIFIER_HEADS if task in CLASSIFICATION_TASKS else None
+    return {"quantization_config": quantization_config(quantize, keep),
+            "device_map": kwargs.get("device_map", {"": device or default_device()})}
+
+
+def default_device() -> str:
+    """Where a quantized model is put when no device is given: the current CUDA device, else the CPU."""
+    return f"cuda:{torch.cuda.current_device()}" if torch.cuda.is_available() else "cpu"
+
+
 def load_model(spec: str, task: str = "causal-lm", *, num_labels: int | None = None,
                label_names: list[str] | None = None, dtype: str | torch.dtype | None = None,
-               device: str | None = None, padding_side: str | None = None, log: Callable[[str], None] = print,
-               **kwargs: Any) -> tuple[nn.Module, Any]:
+               device: str | None = None, padding_side: str | None = None, quantize: str | None = None,
+               log: Callable[[str], None] = print, **kwargs: Any) -> tuple[nn.Module, Any]:
     """(model, tokenizer-or-processor) from a hub id, a local folder, a .gguf file, or a known short name.
 
     `task` picks the head: causal-lm, seq-cls, audio-cls or image-cls. Classification heads get `num_labels`
     or `label_names` (a new head when they differ from the checkpoint's). `dtype` None keeps transformers'
-    default; a GGUF is dequantised to a dense model. Extra kwargs go to the model's `from_pretrained`.
+    default; a GGUF is dequantised to a dense model. `quantize` "8bit" (LLM.int8) or "4bit" (QLoRA: NF4, double
+    quantization, bf16 compute) loads the linear layers quantized with bitsandbytes (`dtype` then applies to
+    the rest; a classification head stays dense), on `device` (default: the GPU if there is one). Extra kwargs
+    go to the model's `from_pretrained`.
     """
     if task not in TASKS:
         raise UsageError(f"Unknown task {task!r}; choose one of {', '.join(TASKS)}.")
     model_class, processor_class = TASKS[task]
     source = resolve_model(spec, log=log)
+    options = {**_label_kwargs(task, num_labels, label_names), **kwargs}
+    if quantize is not None:  # before any download: a missing bitsandbytes costs nothing
+        options.update(_quantized_kwargs(quantize, task, source, device, kwargs))
     if source.kind == "hub":
         log(f"Loading {spec!r} from the Hugging Face Hub.")
-    options = {**_label_kwargs(task, num_labels, label_names), **kwargs}
     if dtype is not None:
         options["dtype"] = _dtype(dtype)
     if processor_class == "AutoTokenizer":
@@ -244,6 +275,6 @@ def load_model(spec: str, task: str = "causal-lm", *, num_labels: int | None = N
     model.config._name_or_path = source.name
     if task == "seq-cls" and model.config.pad_token_id is None:
         model.config.pad_token_id = processor.pad_token_id  # decoders classify at the last non-pad token
-    if device is not None:
+    if device is not None and quantize is None:
         model.to(device)
     return model.eval(), processor
