@@ -68,7 +68,8 @@ def quantization_of(model: nn.Module) -> str | None:
     if config is None:
         return None
     data = config if isinstance(config, dict) else config.to_dict()
-    method = str(data.get("quant_method", "unknown")).removeprefix("QuantizationMethod.").lower()
+    method = data.get("quant_method", "unknown")
+    method = str(getattr(method, "value", method))  # an enum (QuantizationMethod) or its saved string
     if data.get("load_in_4bit"):
         return f"{method} 4bit {data.get('bnb_4bit_quant_type', '')}".strip()
     if data.get("load_in_8bit"):
