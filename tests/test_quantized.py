@@ -213,11 +213,20 @@ def test_bitsandbytes_that_cannot_load_is_one_line_naming_a_cuda_device(llama, t
     assert len(error) == 1 and "cannot open shared object" in error[0] and "CUDA device" in error[0], error
 
 
-def test_quantize_refuses_an_unknown_mode_and_a_gguf(llama, tmp_path):
-    """quantize='3bit' names the modes; a .gguf (quantized in its own format) is refused, not quantized twice."""
+def test_quantize_refuses_an_unknown_mode_and_a_second_quantization_config(llama):
+    """quantize='3bit' names the modes; quantize with an explicit quantization_config is refused as ambiguous."""
     with pytest.raises(UsageError, match="8bit, 4bit"):
         load_model(str(llama), quantize="3bit", log=quiet)
-    gguf = tmp_path / "model.gguf"
-    gguf.write_bytes(b"GGUF")
-    with pytest.raises(UsageError, match="GGUF file"):
-        load_model(str(gguf), quantize="4bit", log=quiet)
+    with pytest.raises(UsageError, match="quantization_config=... both"):
+        load_model(str(llama), quantize="4bit", quantization_config=object(), log=quiet)
+
+
+@pytest.mark.slow
+def test_smollm2_gguf_is_dequantised_then_quantized_to_4_bits():
+    """The default small model is a GGUF: --load-4bit dequantises it into a temporary folder and loads that in NF4."""
+    model, tokenizer = load_model("smollm2-135m", quantize="4bit", log=quiet)
+    assert type(model.model.layers[0].self_attn.q_proj).__name__ == "Linear4bit"
+    assert model.config._name_or_path == "smollm2-135m"
+    attach(model, "lora")
+    ids = tokenizer("What is 2+3?", return_tensors="pt").input_ids
+    assert torch.isfinite(model(input_ids=ids, labels=ids).loss)

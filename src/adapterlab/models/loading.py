@@ -222,19 +222,28 @@ def _label_kwargs(task: str, num_labels: int | None, label_names: list[str] | No
             "label2id": {n: i for i, n in enumerate(names)}, "ignore_mismatched_sizes": True}
 
 
-def _quantized_kwargs(quantize: str, task: str, source: ModelSource, device: str | None,
-                      kwargs: dict[str, Any]) -> dict[str, Any]:
+def _quantized_kwargs(quantize: str, task: str, device: str | None, kwargs: dict[str, Any]) -> dict[str, Any]:
     """from_pretrained kwargs that quantize the model with bitsandbytes: its config, and a device map (a
-    quantized model cannot be moved with `.to`); a GGUF or a second quantization config is refused."""
-    if source.kind == "gguf":
-        raise UsageError(f"{describe(quantize)} quantizes safetensors weights; {source.location} is a GGUF file, "
-                         "which is quantized in its own format and dequantised on load. Drop the flag, or point "
-                         "--model at the model's safetensors folder.")
+    quantized model cannot be moved with `.to`); a second quantization config is refused."""
     if "quantization_config" in kwargs:
         raise UsageError(f"{describe(quantize)} and quantization_config=... both set the quantization; pass one.")
     keep = CLASSIFIER_HEADS if task in CLASSIFICATION_TASKS else None
     return {"quantization_config": quantization_config(quantize, keep),
             "device_map": kwargs.get("device_map", {"": device or default_device()})}
+
+
+def _requantized_gguf(model_class: str, source: ModelSource, spec: str, options: dict[str, Any],
+                      log: Callable[[str], None]) -> nn.Module:
+    """A GGUF model quantized with bitsandbytes: transformers applies one quantization per load, so the GGUF is
+    dequantised, saved as safetensors in a temporary folder and loaded from there quantized (the GGUF's own
+    rounding and bitsandbytes' then add up)."""
+    log(f"Dequantising {source.location} into a temporary folder to quantize it with bitsandbytes.")
+    dense_options = {k: v for k, v in options.items() if k not in ("quantization_config", "device_map")}
+    dense = _from_pretrained(model_class, source, spec, **dense_options)
+    with tempfile.TemporaryDirectory(prefix="adapterlab-requantize-") as tmp:
+        dense.save_pretrained(tmp)
+        del dense
+        return getattr(T, model_class).from_pretrained(tmp, **options)
 
 
 def default_device() -> str:
@@ -261,7 +270,7 @@ def load_model(spec: str, task: str = "causal-lm", *, num_labels: int | None = N
     source = resolve_model(spec, log=log)
     options = {**_label_kwargs(task, num_labels, label_names), **kwargs}
     if quantize is not None:  # before any download: a missing bitsandbytes costs nothing
-        options.update(_quantized_kwargs(quantize, task, source, device, kwargs))
+        options.update(_quantized_kwargs(quantize, task, device, kwargs))
     if source.kind == "hub":
         log(f"Loading {spec!r} from the Hugging Face Hub.")
     if dtype is not None:
@@ -271,7 +280,10 @@ def load_model(spec: str, task: str = "causal-lm", *, num_labels: int | None = N
     else:
         check_folder(source, needs_tokenizer=False)
         processor = _from_pretrained(processor_class, source, spec)
-    model = _from_pretrained(model_class, source, spec, **options)
+    if quantize is not None and source.kind == "gguf":
+        model = _requantized_gguf(model_class, source, spec, options, log)
+    else:
+        model = _from_pretrained(model_class, source, spec, **options)
     model.config._name_or_path = source.name
     if task == "seq-cls" and model.config.pad_token_id is None:
         model.config.pad_token_id = processor.pad_token_id  # decoders classify at the last non-pad token
