@@ -33,7 +33,7 @@ pytestmark = pytest.mark.filterwarnings("ignore:MatMul8bitLt", "ignore::UserWarn
 
 @pytest.fixture(scope="module")
 def llama(tmp_path_factory):
-    """A tiny Llama, 64 wide: bitsandbytes' CPU 4-bit kernels need rows of at least one 64-value block."""
+    """A tiny Llama, 64 wide: rows of whole 4-bit quantization blocks (64 values), as real models have."""
     return causal_folder(tmp_path_factory.mktemp("qllama") / "llama", hidden_size=64)
 
 
@@ -87,6 +87,22 @@ def test_steps_on_a_quantized_base_change_only_the_adapter_and_lower_the_loss(ll
     after = model.state_dict()
     assert all(torch.equal(after[k], v) for k, v in base.items())
     assert all(p.dtype == torch.float32 for _, _, a in placed(model) for p in a.parameters())
+
+
+@pytest.mark.parametrize("hidden", [32, 64])
+def test_a_no_grad_evaluation_between_steps_leaves_4bit_layers_trainable(tmp_path, hidden, single_thread):
+    """A dev evaluation (eval mode, no grad) mid-run, then a step through biased 4-bit layers, also narrower than a
+    64-value block: bitsandbytes' CPU repacking, which broke both, stays off."""
+    folder = causal_folder(tmp_path / "llama", hidden_size=hidden, attention_bias=True, mlp_bias=True)
+    model, _ = load_model(str(folder), quantize="4bit", log=quiet)
+    attach(model, "lora")
+    ids = batch()
+    model.eval()
+    before = logits(model, ids)
+    model.train()
+    model(input_ids=ids, labels=ids).loss.backward()
+    model.eval()
+    assert torch.equal(logits(model, ids), before)
 
 
 @pytest.mark.parametrize("mode", MODES)

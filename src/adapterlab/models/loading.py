@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import fnmatch
+import os
 import pickle
 import tempfile
 from collections.abc import Callable, Iterator
@@ -25,7 +26,7 @@ from ..errors import CorruptFileError, ModelError, UsageError
 from ..files import check_safetensors, read_json_object
 from .cache import is_cached, model_dir, model_path, pull
 from .known import KNOWN_MODELS, UnknownModelError
-from .quantize import describe, quantization_config
+from .quantize import describe, keep_trainable_layout, quantization_config
 
 TASKS: dict[str, tuple[str, str]] = {  # task -> (model auto class, processor auto class)
     "causal-lm": ("AutoModelForCausalLM", "AutoTokenizer"),
@@ -247,8 +248,11 @@ def _requantized_gguf(model_class: str, source: ModelSource, spec: str, options:
 
 
 def default_device() -> str:
-    """Where a quantized model is put when no device is given: the current CUDA device, else the CPU."""
-    return f"cuda:{torch.cuda.current_device()}" if torch.cuda.is_available() else "cpu"
+    """Where a quantized model is put when no device is given: this process's GPU (LOCAL_RANK under torchrun, as
+    LLM-Adapters' device_map), else the CPU."""
+    if not torch.cuda.is_available():
+        return "cpu"
+    return f"cuda:{int(os.environ.get('LOCAL_RANK', torch.cuda.current_device()))}"
 
 
 def load_model(spec: str, task: str = "causal-lm", *, num_labels: int | None = None,
@@ -285,6 +289,8 @@ def load_model(spec: str, task: str = "causal-lm", *, num_labels: int | None = N
     else:
         model = _from_pretrained(model_class, source, spec, **options)
     model.config._name_or_path = source.name
+    if quantize is not None:
+        keep_trainable_layout(model)
     if task == "seq-cls" and model.config.pad_token_id is None:
         model.config.pad_token_id = processor.pad_token_id  # decoders classify at the last non-pad token
     if device is not None and quantize is None:

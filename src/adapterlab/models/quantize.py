@@ -95,3 +95,15 @@ def prepare_for_kbit_training(model: nn.Module) -> None:
             for parameter in module.parameters(recurse=False):
                 if parameter.is_floating_point() and parameter.dtype != torch.float32:
                     parameter.data = parameter.data.float()
+
+
+def keep_trainable_layout(model: nn.Module) -> None:
+    """Turn off bitsandbytes' 4-bit CPU fast path (AVX512-BF16) on every layer of `model`.
+
+    That path repacks a weight in place at the layer's first no-grad forward in eval mode; training steps through
+    the layer fail afterwards (so a dev evaluation mid-run broke the run), and layers narrower than one 64-value
+    block cannot be repacked at all (bitsandbytes 0.50). CPU inference is slower without it; CUDA is unaffected.
+    """
+    for module in model.modules():
+        if getattr(module, "support_avx512bf16_for_cpu", False):
+            module.support_avx512bf16_for_cpu = False
