@@ -158,6 +158,8 @@ ALTERNATIVES: dict[str, Callable[[dict[str, Any]], list[str]]] = {
     "gradient_checkpointing": lambda fx: ["--gradient-checkpointing"],
     "precision": lambda fx: ["--precision", "bf16"],
     "dtype": lambda fx: ["--dtype", "bfloat16"],
+    "load_8bit": lambda fx: ["--load-8bit"],
+    "load_4bit": lambda fx: ["--load-4bit"],
     "seed": lambda fx: ["--seed", "7"],
     "num_workers": lambda fx: ["--num-workers", "1"],
     "resume": lambda fx: ["--resume"],

@@ -30,12 +30,13 @@ def make_tokenizer(directory: Path) -> T.PreTrainedTokenizerFast:
     return fast
 
 
-def causal_folder(directory: Path, seed: int = 0) -> Path:
-    """A tiny Llama causal LM with its tokenizer saved in `directory`."""
+def causal_folder(directory: Path, seed: int = 0, hidden_size: int = 32, **overrides) -> Path:
+    """A tiny Llama causal LM with its tokenizer saved in `directory` (intermediate size twice `hidden_size`;
+    `overrides` set other LlamaConfig fields)."""
     tok = make_tokenizer(directory)
-    config = T.LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+    config = T.LlamaConfig(hidden_size=hidden_size, intermediate_size=2 * hidden_size, num_hidden_layers=2, num_attention_heads=4,
                            num_key_value_heads=2, vocab_size=len(tok), bos_token_id=tok.bos_token_id,
-                           eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+                           eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, **overrides)
     T.set_seed(seed)
     T.LlamaForCausalLM(config).save_pretrained(directory)
     return directory

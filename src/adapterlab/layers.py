@@ -1,10 +1,15 @@
-"""Facts about linear-like layers (nn.Linear and transformers' transposed Conv1D)."""
+"""Facts about linear-like layers (nn.Linear, transformers' transposed Conv1D, and quantized subclasses of
+nn.Linear such as bitsandbytes' Linear8bitLt / Linear4bit, whose weight is stored as integers)."""
 
 from __future__ import annotations
+
+import re
 
 import torch
 from torch import nn
 from transformers.pytorch_utils import Conv1D
+
+from .errors import NotMergeableError
 
 
 def is_linear(module: nn.Module) -> bool:
@@ -20,13 +25,47 @@ def linear_features(module: nn.Module) -> tuple[int, int]:
     raise TypeError(f"{type(module).__name__} is not a linear layer")
 
 
+def is_quantized_layer(module: nn.Module) -> bool:
+    """Whether a layer stores its weight quantized (as integers: bitsandbytes int8 or packed 4-bit)."""
+    weight = getattr(module, "weight", None)
+    return isinstance(weight, torch.Tensor) and not weight.is_floating_point()
+
+
 def weight_as_out_in(module: nn.Module) -> torch.Tensor:
-    """The weight laid out (out, in) whatever the layer type; a view, so in-place edits reach the layer."""
+    """The weight laid out (out, in) whatever the layer type; a view, so in-place edits reach the layer.
+
+    A quantized weight is refused: adding a float update to it in place would be rounded away or corrupt it.
+    """
+    if is_quantized_layer(module):
+        raise NotMergeableError(
+            f"This {type(module).__name__} stores its weight quantized ({module.weight.dtype}), so an adapter "
+            "cannot be merged into it (the update would be rounded into the quantization error). Keep the adapter "
+            "unmerged on the quantized base, or load the base unquantized (without --load-8bit / --load-4bit), "
+            "load the adapter there and merge."
+        )
     return module.weight.T if isinstance(module, Conv1D) else module.weight
 
 
+def compute_dtype(module: nn.Module) -> torch.dtype:
+    """The dtype a quantized layer computes in: its own compute dtype (bitsandbytes 4-bit), else float32."""
+    dtype = getattr(module, "compute_dtype", None)
+    return dtype if isinstance(dtype, torch.dtype) else torch.float32
+
+
 def reference_tensor(module: nn.Module) -> torch.Tensor:
-    """A tensor of the module whose device and dtype new adapter parameters should share."""
-    for p in module.parameters():
-        return p
+    """A tensor of the module whose device and dtype new adapter parameters should share: its first floating
+    parameter; for a layer holding only quantized weights, an empty tensor on their device in the layer's
+    compute dtype (adapters never take an integer dtype)."""
+    parameters = list(module.parameters())
+    for p in parameters:
+        if p.is_floating_point():
+            return p
+    if parameters:
+        return torch.empty(0, device=parameters[0].device, dtype=compute_dtype(module))
     raise ValueError(f"{type(module).__name__} has no parameters to take a device and dtype from")
+
+
+def is_norm(module: nn.Module) -> bool:
+    """Whether a layer normalises features, by its class name as torch and transformers spell them
+    (LayerNorm, GroupNorm, BatchNorm1d, LlamaRMSNorm, T5LayerNorm, ...)."""
+    return re.search(r"Norm(\d+d)?$", type(module).__name__) is not None

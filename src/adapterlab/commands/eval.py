@@ -19,6 +19,7 @@ from ..evaluate import KNOWN, MODES, evaluate, load_dataset, markdown_table
 from ..evaluate.fingerprint import model_files
 from ..evaluate.runner import check_counts
 from ..models import load_model, resolve_model
+from ..models.quantize import check_bitsandbytes
 
 TRAIN_CONFIG_FILES = ("train_config.yaml", "train_config.json", "summary.json")
 
@@ -82,7 +83,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--resume", action="store_true", help="continue an interrupted run in --output")
     parser.add_argument("--overwrite", action="store_true", help="discard predictions already in --output")
     parser.add_argument("--dtype", help="model dtype (float32, bfloat16, float16); default: transformers' choice")
-    parser.add_argument("--device", help="cpu, cuda, cuda:1, mps; default cpu")
+    parser.add_argument("--device", help="cpu, cuda, cuda:1, mps; default cpu (with --load-8bit/--load-4bit: the GPU "
+                                         "if there is one)")
+    quantized = parser.add_mutually_exclusive_group()
+    quantized.add_argument("--load-8bit", "--load_8bit", "--load-in-8bit", "--load_in_8bit", dest="quantize",
+                           action="store_const", const="8bit",
+                           help="load the base quantized to 8 bits with bitsandbytes (LLM-Adapters' --load_8bit)")
+    quantized.add_argument("--load-4bit", "--load_4bit", "--load-in-4bit", "--load_in_4bit", dest="quantize",
+                           action="store_const", const="4bit",
+                           help="load the base quantized to 4 bits with bitsandbytes (NF4, double quantization, "
+                                "bf16 compute), as QLoRA trains it")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.set_defaults(func=run)
 
@@ -92,6 +102,8 @@ def run(args: argparse.Namespace) -> int:
     if (args.resume or args.overwrite) and not args.output:
         raise UsageError("--resume and --overwrite need --output (the folder of the run).")
     check_counts(vars(args), spell=lambda name: "--" + name.replace("_", "-"))  # before the model loads
+    if args.quantize:
+        check_bitsandbytes(args.quantize)
     names = [d.strip() for d in args.datasets.split(",") if d.strip()]
     if not names:
         raise UsageError("--datasets is empty; give names like gsm8k,aqua or paths of JSON files.")
@@ -99,7 +111,7 @@ def run(args: argparse.Namespace) -> int:
     datasets = [load_dataset(name, args.data_dir, answer_type=args.answer_type, limit=args.limit) for name in names]
     adapter_dir = find_adapter(args.adapter_path) if args.adapter_path else None
     template = args.template or (training_template(adapter_dir) if adapter_dir else None) or "alpaca"
-    model, tokenizer = load_model(args.model, dtype=args.dtype, device=args.device)
+    model, tokenizer = load_model(args.model, dtype=args.dtype, device=args.device, quantize=args.quantize)
     weights = resolve_model(args.model, log=lambda _: None).location  # a short name's cache folder
     if adapter_dir is not None:
         load_adapter(model, adapter_dir)  # IncompatibleAdapterError names both base models

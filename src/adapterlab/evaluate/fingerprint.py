@@ -14,6 +14,7 @@ from torch import nn
 
 from ..checkpoint import adapter_state_dict
 from ..engine import active_adapters, get_config
+from ..models.quantize import quantization_of
 
 SMALL_FILE = 1 << 20  # files up to 1 MiB (configs, tokenizer files, weight indexes) are hashed whole
 # What each key stands for, to say what changed when a resume is refused.
@@ -22,6 +23,7 @@ MEANINGS = {
     "adapter_weights": "the adapter's weights or settings",
     "dtype": "the model's dtype (--dtype)",
     "device": "the device (--device)",
+    "quantization": "the base model's quantization (--load-8bit / --load-4bit)",
 }
 
 
@@ -75,11 +77,12 @@ def adapter_weights(model: nn.Module) -> str | None:
 
 def fingerprint(model: nn.Module) -> dict[str, Any]:
     """The identity of what generates: the files named by the model's name_or_path, the active adapters' weights,
-    the dtype and the device type."""
+    the dtype, the device type and the quantization (None for a dense model)."""
     parameter = next(model.parameters())
     return {
         "model_files": model_files(getattr(getattr(model, "config", None), "_name_or_path", None)),
         "adapter_weights": adapter_weights(model),
         "dtype": str(getattr(model, "dtype", parameter.dtype)).removeprefix("torch."),
         "device": parameter.device.type,
+        "quantization": quantization_of(model),
     }

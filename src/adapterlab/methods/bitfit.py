@@ -18,7 +18,6 @@ model saved with `save_pretrained` would silently lose the bias when reloaded in
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 import torch
@@ -26,7 +25,7 @@ from torch import nn
 
 from ..config import AdapterConfig
 from ..errors import AdapterError, NotMergeableError
-from ..layers import is_linear, linear_features
+from ..layers import is_linear, is_norm, linear_features, reference_tensor
 from ..sites import ADAPTER_SLOT, Placement, Site, block_paths
 from .base import Adapter
 
@@ -61,12 +60,6 @@ class BitFitConfig(AdapterConfig):
         return BitFitAdapter(features, ref.device, ref.dtype)
 
 
-def is_norm(module: nn.Module) -> bool:
-    """Whether a layer normalises features, by its class name as torch and transformers spell them
-    (LayerNorm, GroupNorm, BatchNorm1d, LlamaRMSNorm, T5LayerNorm, ...)."""
-    return re.search(r"Norm(\d+d)?$", type(module).__name__) is not None
-
-
 def norm_sites(model: nn.Module, placement: Placement, layers: list[int] | None) -> list[Site]:
     """A site for every normalisation layer of the base model that has a per-feature weight or bias."""
     backbone = getattr(model, "base_model", model)  # transformers' backbone, without the task head
@@ -91,7 +84,7 @@ def has_feature_vector(module: nn.Module) -> bool:
 def output_features(host: nn.Module, site: Site) -> tuple[int, torch.Tensor]:
     """(size of the host's output feature dimension, a parameter to take device and dtype from)."""
     if is_linear(host):
-        return linear_features(host)[1], host.weight
+        return linear_features(host)[1], reference_tensor(host)  # a float dtype also over a quantized weight
     for name in ("bias", "weight"):  # normalisation layers: a per-feature affine vector
         p = getattr(host, name, None)
         if isinstance(p, torch.Tensor) and p.dim() == 1:

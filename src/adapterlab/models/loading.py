@@ -2,12 +2,14 @@
 
 GGUF files are dequantised into an ordinary dense model (transformers' `GgufConfig(dequantize=True)`), so
 adapters attach to plain `nn.Linear` layers and the HF Trainer sees an unquantised model it can train.
+`quantize` ("8bit", "4bit") quantizes a safetensors model with bitsandbytes as it loads (see `quantize`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import fnmatch
+import os
 import pickle
 import tempfile
 from collections.abc import Callable, Iterator
@@ -24,6 +26,7 @@ from ..errors import CorruptFileError, ModelError, UsageError
 from ..files import check_safetensors, read_json_object
 from .cache import is_cached, model_dir, model_path, pull
 from .known import KNOWN_MODELS, UnknownModelError
+from .quantize import describe, keep_trainable_layout, quantization_config
 
 TASKS: dict[str, tuple[str, str]] = {  # task -> (model auto class, processor auto class)
     "causal-lm": ("AutoModelForCausalLM", "AutoTokenizer"),
@@ -35,6 +38,10 @@ CLASSIFICATION_TASKS = ("seq-cls", "audio-cls", "image-cls")
 # Files that, next to a .gguf, would be read instead of the GGUF's own metadata.
 _HF_FILES = ("config.json", "tokenizer.json", "tokenizer_config.json", "generation_config.json",
              "preprocessor_config.json")
+
+
+# Modules a quantized classifier keeps dense: its head is freshly drawn and trains in full beside the adapter.
+CLASSIFIER_HEADS = ("classifier", "score", "classification_head")
 
 
 # Files of which a folder's tokenizer needs at least one (a tokenizer.json, or a vocabulary for a slow tokenizer).
@@ -216,23 +223,60 @@ def _label_kwargs(task: str, num_labels: int | None, label_names: list[str] | No
             "label2id": {n: i for i, n in enumerate(names)}, "ignore_mismatched_sizes": True}
 
 
+def _quantized_kwargs(quantize: str, task: str, device: str | None, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """from_pretrained kwargs that quantize the model with bitsandbytes: its config, and a device map (a
+    quantized model cannot be moved with `.to`); a second quantization config is refused."""
+    if "quantization_config" in kwargs:
+        raise UsageError(f"{describe(quantize)} and quantization_config=... both set the quantization; pass one.")
+    keep = CLASSIFIER_HEADS if task in CLASSIFICATION_TASKS else None
+    return {"quantization_config": quantization_config(quantize, keep),
+            "device_map": kwargs.get("device_map", {"": device or default_device()})}
+
+
+def _requantized_gguf(model_class: str, source: ModelSource, spec: str, options: dict[str, Any],
+                      log: Callable[[str], None]) -> nn.Module:
+    """A GGUF model quantized with bitsandbytes: transformers applies one quantization per load, so the GGUF is
+    dequantised, saved as safetensors in a temporary folder and loaded from there quantized (the GGUF's own
+    rounding and bitsandbytes' then add up)."""
+    log(f"Dequantising {source.location} into a temporary folder to quantize it with bitsandbytes.")
+    dense_options = {k: v for k, v in options.items() if k not in ("quantization_config", "device_map")}
+    dense = _from_pretrained(model_class, source, spec, **dense_options)
+    with tempfile.TemporaryDirectory(prefix="adapterlab-requantize-") as tmp:
+        dense.save_pretrained(tmp)
+        del dense
+        return getattr(T, model_class).from_pretrained(tmp, **options)
+
+
+def default_device() -> str:
+    """Where a quantized model is put when no device is given: this process's GPU (LOCAL_RANK under torchrun, as
+    LLM-Adapters' device_map), else the CPU."""
+    if not torch.cuda.is_available():
+        return "cpu"
+    return f"cuda:{int(os.environ.get('LOCAL_RANK', torch.cuda.current_device()))}"
+
+
 def load_model(spec: str, task: str = "causal-lm", *, num_labels: int | None = None,
                label_names: list[str] | None = None, dtype: str | torch.dtype | None = None,
-               device: str | None = None, padding_side: str | None = None, log: Callable[[str], None] = print,
-               **kwargs: Any) -> tuple[nn.Module, Any]:
+               device: str | None = None, padding_side: str | None = None, quantize: str | None = None,
+               log: Callable[[str], None] = print, **kwargs: Any) -> tuple[nn.Module, Any]:
     """(model, tokenizer-or-processor) from a hub id, a local folder, a .gguf file, or a known short name.
 
     `task` picks the head: causal-lm, seq-cls, audio-cls or image-cls. Classification heads get `num_labels`
     or `label_names` (a new head when they differ from the checkpoint's). `dtype` None keeps transformers'
-    default; a GGUF is dequantised to a dense model. Extra kwargs go to the model's `from_pretrained`.
+    default; a GGUF is dequantised to a dense model. `quantize` "8bit" (LLM.int8) or "4bit" (QLoRA: NF4, double
+    quantization, bf16 compute) loads the linear layers quantized with bitsandbytes (`dtype` then applies to
+    the rest; a classification head stays dense), on `device` (default: the GPU if there is one). Extra kwargs
+    go to the model's `from_pretrained`.
     """
     if task not in TASKS:
         raise UsageError(f"Unknown task {task!r}; choose one of {', '.join(TASKS)}.")
     model_class, processor_class = TASKS[task]
     source = resolve_model(spec, log=log)
+    options = {**_label_kwargs(task, num_labels, label_names), **kwargs}
+    if quantize is not None:  # before any download: a missing bitsandbytes costs nothing
+        options.update(_quantized_kwargs(quantize, task, device, kwargs))
     if source.kind == "hub":
         log(f"Loading {spec!r} from the Hugging Face Hub.")
-    options = {**_label_kwargs(task, num_labels, label_names), **kwargs}
     if dtype is not None:
         options["dtype"] = _dtype(dtype)
     if processor_class == "AutoTokenizer":
@@ -240,10 +284,15 @@ def load_model(spec: str, task: str = "causal-lm", *, num_labels: int | None = N
     else:
         check_folder(source, needs_tokenizer=False)
         processor = _from_pretrained(processor_class, source, spec)
-    model = _from_pretrained(model_class, source, spec, **options)
+    if quantize is not None and source.kind == "gguf":
+        model = _requantized_gguf(model_class, source, spec, options, log)
+    else:
+        model = _from_pretrained(model_class, source, spec, **options)
     model.config._name_or_path = source.name
+    if quantize is not None:
+        keep_trainable_layout(model)
     if task == "seq-cls" and model.config.pad_token_id is None:
         model.config.pad_token_id = processor.pad_token_id  # decoders classify at the last non-pad token
-    if device is not None:
+    if device is not None and quantize is None:
         model.to(device)
     return model.eval(), processor

@@ -42,3 +42,8 @@ class TaskSetup:
     # Modules trained in full beside the adapter and saved with it (a new classification head: "classifier",
     # "score"), like PEFT's modules_to_save; paths as in model.named_modules().
     trainable_modules: list[str] = field(default_factory=list)
+
+
+def quantization(options: dict[str, Any]) -> str | None:
+    """The quantization the task's options ask the base to be loaded with (--load-8bit / --load-4bit), or None."""
+    return "8bit" if options.get("load_8bit") else "4bit" if options.get("load_4bit") else None

@@ -10,11 +10,11 @@ from transformers import DataCollatorForSeq2Seq
 from ..data.decontaminate import decontaminate, overlap_counts
 from ..data.instruction import read_instructions, tokenize_example
 from ..data.splits import holdout, subsample
-from .base import TaskOptions, TaskSetup
+from .base import TaskOptions, TaskSetup, quantization
 
 # The per-task TrainConfig fields this task reads (see adapterlab.tasks); the others are refused when set.
 TRAIN_FIELDS = frozenset({"template", "cutoff_len", "train_on_inputs", "add_eos", "decontaminate",
-                          "max_train_samples", "dtype"})
+                          "max_train_samples", "dtype", "load_8bit", "load_4bit"})
 NOT_APPLICABLE = {
     "few_shot": "instruction records have free-text outputs, not classes to draw K of each from; "
                 "use --max-train-samples N for a seeded subset",
@@ -24,7 +24,8 @@ NOT_APPLICABLE = {
 def _load(options: TaskOptions) -> tuple[Any, Any]:
     from ..models import load_model
 
-    return load_model(options.model, task="causal-lm", dtype=options.options.get("dtype") or "float32")
+    return load_model(options.model, task="causal-lm", dtype=options.options.get("dtype") or "float32",
+                      quantize=quantization(options.options))
 
 
 def prepare(options: TaskOptions) -> TaskSetup:

@@ -15,12 +15,12 @@ from ..data.classification import label_names, read_labelled
 from ..data.sampling import few_shot, require_two_classes
 from ..data.splits import holdout, subsample
 from ..errors import DataError
-from .base import TaskOptions, TaskSetup
+from .base import TaskOptions, TaskSetup, quantization
 
 HEAD_NAMES = ("classifier", "score", "classification_head")
 # The per-task TrainConfig fields this task reads (see adapterlab.tasks); the others are refused when set.
 TRAIN_FIELDS = frozenset({"text_column", "text_pair_column", "label_column", "cutoff_len", "max_train_samples",
-                          "few_shot", "dtype"})
+                          "few_shot", "dtype", "load_8bit", "load_4bit"})
 
 
 def head_modules(model: Any) -> list[str]:
@@ -67,7 +67,8 @@ def prepare(options: TaskOptions) -> TaskSetup:
         raise DataError(f"The dev data has labels {unknown} that never occur in the training data {labels}.")
     label2id = {name: i for i, name in enumerate(labels)}
 
-    model, tokenizer = load_model(options.model, task="seq-cls", label_names=labels, dtype=opts.get("dtype") or "float32")
+    model, tokenizer = load_model(options.model, task="seq-cls", label_names=labels, dtype=opts.get("dtype") or "float32",
+                                  quantize=quantization(opts))
     cutoff = int(opts.get("cutoff_len", 256))
 
     def encode(row: dict[str, Any]) -> dict[str, Any]:

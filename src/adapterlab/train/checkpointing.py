@@ -8,10 +8,12 @@ fails (a full disk) removes its incomplete checkpoint, so the previous one stays
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -142,11 +144,32 @@ def counted_items(inputs: dict, shifted: bool) -> int:
     return int(labels.ne(-100).sum())
 
 
+@contextlib.contextmanager
+def declared_adapted(model: nn.Module | None) -> Iterator[None]:
+    """Inside the block, a quantized model that trains adapters says so as transformers expects.
+
+    The Trainer refuses a quantized model unless PEFT adapters are attached, which it reads from the
+    `_hf_peft_config_loaded` flag; adapterlab's adapters are its own modules, so the flag is set for the
+    Trainer's construction only (it also steers save_pretrained, which must stay as it is).
+    """
+    adapted = (model is not None and getattr(model, "is_quantized", False)
+               and not getattr(model, "_hf_peft_config_loaded", False)
+               and any(p.requires_grad for p in model.parameters()))
+    if adapted:
+        model._hf_peft_config_loaded = True
+    try:
+        yield
+    finally:
+        if adapted:
+            del model._hf_peft_config_loaded  # back to the class default
+
+
 class AdapterTrainer(Trainer):
     """HF Trainer whose checkpoints hold the trainable parameters only (unless the whole model trains)."""
 
     def __init__(self, *args, full_model: bool = False, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
+        with declared_adapted(kwargs.get("model", args[0] if args else None)):
+            super().__init__(*args, **kwargs)
         self.full_model = full_model
 
     def training_step(self, model: nn.Module, inputs: dict, num_items_in_batch=None):

@@ -16,9 +16,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import AdapterError, UsageError
+from ..models.quantize import check_bitsandbytes
 from ..coerce import Mismatch, coerce, describe
 from ..registry import config_class, make_config, method_names
 from ..tasks import task_module, tasks_reading
+from ..tasks.base import quantization
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 TEMPLATES = ("alpaca", "chat")
@@ -104,6 +106,12 @@ class TrainConfig:
                           default="auto")
     dtype: str | None = flag("dtype the base model is loaded in (e.g. bfloat16); adapters train in float32",
                              per_task=True, default=None)
+    load_8bit: bool = flag("load the base quantized to 8 bits (bitsandbytes LLM.int8); adapters train in float32 "
+                           "on top (needs bitsandbytes)", "--load-in-8bit", "--load_in_8bit", per_task=True,
+                           default=False)
+    load_4bit: bool = flag("QLoRA: load the base quantized to 4 bits (bitsandbytes NF4, double quantization, bf16 "
+                           "compute); adapters train in float32 on top (needs bitsandbytes)", "--load-in-4bit",
+                           "--load_in_4bit", per_task=True, default=False)
     seed: int = flag("seed for data order, splits and adapter init", default=42)
     num_workers: int = flag("data loader worker processes", default=0)
     resume: bool = flag("continue from the last complete checkpoint in the run folder", default=False)
@@ -142,6 +150,24 @@ class TrainConfig:
         if self.resume and self.overwrite:
             raise AdapterError("--resume continues the run in the folder and --overwrite replaces it; pick one.")
         self.check_dev_set()
+        self.check_quantization()
+
+    @property
+    def quantize(self) -> str | None:
+        """The quantization the base is loaded with: "8bit", "4bit" or None."""
+        return quantization(vars(self))
+
+    def check_quantization(self) -> None:
+        """Refuse two quantizations, full fine-tuning of a quantized base, and a missing bitsandbytes."""
+        if self.load_8bit and self.load_4bit:
+            raise UsageError("--load-8bit and --load-4bit pick different quantizations of the base; pass one.")
+        if self.quantize is None:
+            return
+        flag_given = "--load-8bit" if self.load_8bit else "--load-4bit"
+        if self.adapter == "full":
+            raise UsageError(f"--adapter full trains every base weight, which {flag_given} stores quantized and "
+                             "frozen; pick an adapter method (e.g. --adapter lora) or drop the flag.")
+        check_bitsandbytes(self.quantize)
 
     def check_dev_set(self) -> None:
         """Refuse two sources of dev data, and dev-set settings without a dev set."""

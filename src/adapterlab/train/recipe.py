@@ -26,6 +26,7 @@ from ..checkpoint import write_adapter_files
 from ..engine import attach, count_parameters
 from ..errors import AdapterError
 from ..files import group_file, read_json_object, replace_files, write_json
+from ..models.quantize import is_quantized, prepare_for_kbit_training
 from ..stochastic import stochastic_modules
 from ..tasks import TASKS
 from ..tasks.base import TaskOptions, TaskSetup
@@ -78,6 +79,8 @@ def make_trainable(model: torch.nn.Module, config: TrainConfig, head_modules: li
         model.requires_grad_(True)
         return
     attach(model, config.adapter, **config.adapter_options)
+    if is_quantized(model):
+        prepare_for_kbit_training(model)
     for name in head_modules:
         model.get_submodule(name).requires_grad_(True)
 
