@@ -1,6 +1,8 @@
-"""`adapterlab eval`: evaluate a base model, or a base model with a saved adapter, on reasoning data sets.
+"""`adapterlab eval`: evaluate a base model, or a base model with a saved adapter, on reasoning data sets; or a
+trained classification run on labelled test data.
 
     adapterlab eval --model smollm2-135m --adapter-path runs/smol-lora --datasets gsm8k,aqua --output evals/smol
+    adapterlab eval --adapter-path runs/sst2-lora --datasets data/sst2/test.tsv --output evals/sst2
 """
 
 from __future__ import annotations
@@ -17,10 +19,15 @@ from ..checkpoint import CONFIG_NAME, load_adapter
 from ..data.templates import TEMPLATES
 from ..evaluate import KNOWN, MODES, evaluate, load_dataset, markdown_table
 from ..evaluate.fingerprint import model_files
+from ..evaluate.class_run import read_classification_run
 from ..evaluate.runner import check_counts
 from ..models import load_model, resolve_model
 
 TRAIN_CONFIG_FILES = ("train_config.yaml", "train_config.json", "summary.json")
+# Flags of generative evaluation only, with their defaults (None on the parser, so that a classification run can
+# tell them given and refuse them by name).
+GENERATION_DEFAULTS = {"max_new_tokens": 256, "num_beams": 1, "template": None, "mode": "default",
+                       "answer_type": None, "data_dir": None}
 
 
 def find_adapter(path: str) -> Path:
@@ -68,29 +75,45 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="comma-separated known names and/or paths of LLM-Adapters-format JSON files")
     parser.add_argument("--data-dir", action="append", default=None,
                         help="folder holding the data files (repeatable); default ../shared/datasets/{math,commonsense}")
-    parser.add_argument("--output", help="folder for predictions JSONL, summary.json and summary.md")
+    parser.add_argument("--output", help="folder for predictions JSONL, summary.json and summary.md (and for a "
+                                         "classification run <dataset>.confusion.png)")
     parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--max-new-tokens", type=int, default=256)
-    parser.add_argument("--num-beams", type=int, default=1, help="1 = greedy (default); LLM-Adapters used 4")
+    parser.add_argument("--max-new-tokens", type=int, help="generation length (default 256)")
+    parser.add_argument("--num-beams", type=int, help="1 = greedy (default); LLM-Adapters used 4")
     parser.add_argument("--template", choices=TEMPLATES,
                         help="prompt template; default: the one the adapter was trained with, else alpaca")
-    parser.add_argument("--mode", choices=MODES, default="default",
+    parser.add_argument("--mode", choices=MODES,
                         help="answer extraction: default (robust) or llm-adapters (their exact rules)")
     parser.add_argument("--answer-type", choices=("number", "letter", "label"),
                         help="override the answer type (inferred for unknown files)")
-    parser.add_argument("--limit", type=int, help="evaluate only the first N items of each data set")
+    parser.add_argument("--limit", type=int, help="evaluate only the first N items (examples) of each data set")
     parser.add_argument("--resume", action="store_true", help="continue an interrupted run in --output")
     parser.add_argument("--overwrite", action="store_true", help="discard predictions already in --output")
-    parser.add_argument("--dtype", help="model dtype (float32, bfloat16, float16); default: transformers' choice")
+    parser.add_argument("--dtype", help="model dtype (float32, bfloat16, float16); default: transformers' choice, or for a "
+                                        "classification run the dtype it was trained in")
     parser.add_argument("--device", help="cpu, cuda, cuda:1, mps; default cpu")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    """Load the model (and adapter), evaluate, print the table."""
+    """A classification run is evaluated as a classifier; otherwise load the model (and adapter), generate, print
+    the table."""
     if (args.resume or args.overwrite) and not args.output:
         raise UsageError("--resume and --overwrite need --output (the folder of the run).")
+    classification = read_classification_run(args.adapter_path) if args.adapter_path else None
+    if classification is not None:
+        from .eval_classification import run_classification
+
+        return run_classification(args, classification)
+    if args.model is None:
+        if args.adapter_path:
+            find_adapter(args.adapter_path)  # a wrong path is named before the missing flag
+        raise UsageError("--model is required (the base model to generate with); only a classification run's "
+                         "folder (--adapter-path) names its own base model.")
+    for name, default in GENERATION_DEFAULTS.items():
+        if getattr(args, name) is None:
+            setattr(args, name, default)
     check_counts(vars(args), spell=lambda name: "--" + name.replace("_", "-"))  # before the model loads
     names = [d.strip() for d in args.datasets.split(",") if d.strip()]
     if not names:
