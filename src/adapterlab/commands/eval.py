@@ -65,14 +65,21 @@ def training_template(adapter_dir: Path) -> str | None:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
-        "eval", help="evaluate a model (with or without an adapter) on math / commonsense reasoning sets",
+        "eval", help="evaluate a model (with or without an adapter) on math / commonsense reasoning sets, or a "
+                     "trained classification run on labelled test data",
         description="Batched, greedy-by-default evaluation with answer extraction, Wilson intervals and resume. "
-                    f"Known data sets: {', '.join(KNOWN)}; any LLM-Adapters-format JSON file also works.",
+                    f"Known data sets: {', '.join(KNOWN)}; any LLM-Adapters-format JSON file also works. "
+                    "A run folder of `adapterlab train --task seq-cls|audio-cls|image-cls` given as --adapter-path "
+                    "is evaluated as a classifier: accuracy (Wilson 95%), macro-F1, per-class scores, predictions "
+                    "and a confusion matrix.",
     )
-    parser.add_argument("--model", required=True, help="hub id, local folder, .gguf file or short name (smollm2-135m)")
+    parser.add_argument("--model", help="hub id, local folder, .gguf file or short name (smollm2-135m); for a "
+                                        "classification run, default: the base model its train_config.yaml names")
     parser.add_argument("--adapter-path", help="adapter or training run folder; without it the base model is evaluated")
     parser.add_argument("--datasets", required=True,
-                        help="comma-separated known names and/or paths of LLM-Adapters-format JSON files")
+                        help="comma-separated known names and/or paths of LLM-Adapters-format JSON files; for a "
+                             "classification run, labelled files (seq-cls) or folders (audio-cls, image-cls) in the "
+                             "format the run was trained on")
     parser.add_argument("--data-dir", action="append", default=None,
                         help="folder holding the data files (repeatable); default ../shared/datasets/{math,commonsense}")
     parser.add_argument("--output", help="folder for predictions JSONL, summary.json and summary.md (and for a "

@@ -25,9 +25,9 @@ def refuse_generation_flags(args: argparse.Namespace, run: ClassificationRun) ->
     """Flags of generative evaluation mean nothing to a classifier: refuse those given, by name."""
     given = [flag(name) for name in GENERATION_DEFAULTS if getattr(args, name) is not None]
     if given:
-        raise UsageError(f"{', '.join(given)} only apply to generative evaluation, and the {run.task} run in "
-                         f"{run.folder} is evaluated as a classifier (one forward pass per example); drop "
-                         f"{'them' if len(given) > 1 else 'it'}.")
+        verb, pronoun = ("apply", "them") if len(given) > 1 else ("applies", "it")
+        raise UsageError(f"{', '.join(given)} only {verb} to generative evaluation, and the {run.task} run in "
+                         f"{run.folder} is evaluated as a classifier (one forward pass per example); drop {pronoun}.")
 
 
 def run_classification(args: argparse.Namespace, run: ClassificationRun) -> int:
