@@ -1,6 +1,8 @@
-"""`adapterlab eval`: evaluate a base model, or a base model with a saved adapter, on reasoning data sets.
+"""`adapterlab eval`: evaluate a base model, or a base model with a saved adapter, on reasoning data sets; or a
+trained classification run on labelled test data.
 
     adapterlab eval --model smollm2-135m --adapter-path runs/smol-lora --datasets gsm8k,aqua --output evals/smol
+    adapterlab eval --adapter-path runs/sst2-lora --datasets data/sst2/test.tsv --output evals/sst2
 """
 
 from __future__ import annotations
@@ -17,11 +19,16 @@ from ..checkpoint import CONFIG_NAME, load_adapter
 from ..data.templates import TEMPLATES
 from ..evaluate import KNOWN, MODES, evaluate, load_dataset, markdown_table
 from ..evaluate.fingerprint import model_files
+from ..evaluate.class_run import read_classification_run
 from ..evaluate.runner import check_counts
 from ..models import load_model, resolve_model
 from ..models.quantize import check_bitsandbytes
 
 TRAIN_CONFIG_FILES = ("train_config.yaml", "train_config.json", "summary.json")
+# Flags of generative evaluation only, with their defaults (None on the parser, so that a classification run can
+# tell them given and refuse them by name).
+GENERATION_DEFAULTS = {"max_new_tokens": 256, "num_beams": 1, "template": None, "mode": "default",
+                       "answer_type": None, "data_dir": None}
 
 
 def find_adapter(path: str) -> Path:
@@ -59,30 +66,39 @@ def training_template(adapter_dir: Path) -> str | None:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
-        "eval", help="evaluate a model (with or without an adapter) on math / commonsense reasoning sets",
+        "eval", help="evaluate a model (with or without an adapter) on math / commonsense reasoning sets, or a "
+                     "trained classification run on labelled test data",
         description="Batched, greedy-by-default evaluation with answer extraction, Wilson intervals and resume. "
-                    f"Known data sets: {', '.join(KNOWN)}; any LLM-Adapters-format JSON file also works.",
+                    f"Known data sets: {', '.join(KNOWN)}; any LLM-Adapters-format JSON file also works. "
+                    "A run folder of `adapterlab train --task seq-cls|audio-cls|image-cls` given as --adapter-path "
+                    "is evaluated as a classifier: accuracy (Wilson 95%), macro-F1, per-class scores, predictions "
+                    "and a confusion matrix.",
     )
-    parser.add_argument("--model", required=True, help="hub id, local folder, .gguf file or short name (smollm2-135m)")
+    parser.add_argument("--model", help="hub id, local folder, .gguf file or short name (smollm2-135m); for a "
+                                        "classification run, default: the base model its train_config.yaml names")
     parser.add_argument("--adapter-path", help="adapter or training run folder; without it the base model is evaluated")
     parser.add_argument("--datasets", required=True,
-                        help="comma-separated known names and/or paths of LLM-Adapters-format JSON files")
+                        help="comma-separated known names and/or paths of LLM-Adapters-format JSON files; for a "
+                             "classification run, labelled files (seq-cls) or folders (audio-cls, image-cls) in the "
+                             "format the run was trained on")
     parser.add_argument("--data-dir", action="append", default=None,
                         help="folder holding the data files (repeatable); default ../shared/datasets/{math,commonsense}")
-    parser.add_argument("--output", help="folder for predictions JSONL, summary.json and summary.md")
+    parser.add_argument("--output", help="folder for predictions JSONL, summary.json and summary.md (and for a "
+                                         "classification run <dataset>.confusion.png)")
     parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--max-new-tokens", type=int, default=256)
-    parser.add_argument("--num-beams", type=int, default=1, help="1 = greedy (default); LLM-Adapters used 4")
+    parser.add_argument("--max-new-tokens", type=int, help="generation length (default 256)")
+    parser.add_argument("--num-beams", type=int, help="1 = greedy (default); LLM-Adapters used 4")
     parser.add_argument("--template", choices=TEMPLATES,
                         help="prompt template; default: the one the adapter was trained with, else alpaca")
-    parser.add_argument("--mode", choices=MODES, default="default",
+    parser.add_argument("--mode", choices=MODES,
                         help="answer extraction: default (robust) or llm-adapters (their exact rules)")
     parser.add_argument("--answer-type", choices=("number", "letter", "label"),
                         help="override the answer type (inferred for unknown files)")
-    parser.add_argument("--limit", type=int, help="evaluate only the first N items of each data set")
+    parser.add_argument("--limit", type=int, help="evaluate only the first N items (examples) of each data set")
     parser.add_argument("--resume", action="store_true", help="continue an interrupted run in --output")
     parser.add_argument("--overwrite", action="store_true", help="discard predictions already in --output")
-    parser.add_argument("--dtype", help="model dtype (float32, bfloat16, float16); default: transformers' choice")
+    parser.add_argument("--dtype", help="model dtype (float32, bfloat16, float16); default: transformers' choice, or for a "
+                                        "classification run the dtype it was trained in")
     parser.add_argument("--device", help="cpu, cuda, cuda:1, mps; default cpu (with --load-8bit/--load-4bit: the GPU "
                                          "if there is one)")
     quantized = parser.add_mutually_exclusive_group()
@@ -98,9 +114,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Load the model (and adapter), evaluate, print the table."""
+    """A classification run is evaluated as a classifier; otherwise load the model (and adapter), generate, print
+    the table."""
     if (args.resume or args.overwrite) and not args.output:
         raise UsageError("--resume and --overwrite need --output (the folder of the run).")
+    classification = read_classification_run(args.adapter_path) if args.adapter_path else None
+    if classification is not None:
+        from .eval_classification import run_classification
+
+        return run_classification(args, classification)
+    if args.model is None:
+        if args.adapter_path:
+            find_adapter(args.adapter_path)  # a wrong path is named before the missing flag
+        raise UsageError("--model is required (the base model to generate with); only a classification run's "
+                         "folder (--adapter-path) names its own base model.")
+    for name, default in GENERATION_DEFAULTS.items():
+        if getattr(args, name) is None:
+            setattr(args, name, default)
     check_counts(vars(args), spell=lambda name: "--" + name.replace("_", "-"))  # before the model loads
     if args.quantize:
         check_bitsandbytes(args.quantize)

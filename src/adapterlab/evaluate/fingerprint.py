@@ -24,6 +24,10 @@ MEANINGS = {
     "dtype": "the model's dtype (--dtype)",
     "device": "the device (--device)",
     "quantization": "the base model's quantization (--load-8bit / --load-4bit)",
+    "head_weights": "the run's trained classification head",
+    "labels": "the run's labels",
+    "run": "the run folder (--adapter-path)",
+    "model": "the base model (--model)",
 }
 
 
@@ -72,6 +76,18 @@ def adapter_weights(model: nn.Module) -> str | None:
         for key, tensor in sorted(adapter_state_dict(model, name).items()):
             digest.update(key.encode())
             digest.update(tensor.detach().to("cpu").reshape(-1).view(torch.uint8).numpy().tobytes())
+    return f"sha256:{digest.hexdigest()[:16]}"
+
+
+def module_weights(model: nn.Module, paths: list[str]) -> str | None:
+    """A digest of the values of the modules at `paths` (e.g. a classification head trained beside an adapter)."""
+    if not paths:
+        return None
+    digest = hashlib.sha256()
+    for path in paths:
+        for key, tensor in sorted(model.get_submodule(path).state_dict().items()):
+            digest.update(f"{path}.{key}".encode())
+            digest.update(tensor.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     return f"sha256:{digest.hexdigest()[:16]}"
 
 

@@ -29,19 +29,21 @@ def holds_predictions(path: Path) -> bool:
     return any(line.strip() for line in finished_lines)
 
 
-def _parse_row(line: bytes) -> dict[str, Any] | None:
+def _parse_row(line: bytes, index: str, output: str) -> dict[str, Any] | None:
     try:
         row = json.loads(line)
     except (json.JSONDecodeError, UnicodeDecodeError):
         return None
-    if isinstance(row, dict) and isinstance(row.get("id"), int) and isinstance(row.get("generation"), str):
+    if isinstance(row, dict) and isinstance(row.get(index), int) and isinstance(row.get(output), str):
         return row
     return None
 
 
-def read_done(path: Path, log: Callable[[str], None] = print) -> dict[int, dict[str, Any]]:
-    """The rows already in `path` by item id. A last line cut short by an interrupt is dropped from the file with
-    a note; any other line that is not a predictions row is refused, naming the file, the line and the fix."""
+def read_done(path: Path, log: Callable[[str], None] = print, *, index: str = "id",
+              output: str = "generation") -> dict[int, dict[str, Any]]:
+    """The rows already in `path` by item number (key `index`; each row also holds a string under `output`: the
+    generation, or the predicted label). A last line cut short by an interrupt is dropped from the file with a
+    note; any other line that is not a predictions row is refused, naming the file, the line and the fix."""
     done: dict[int, dict[str, Any]] = {}
     if not path.is_file():
         return done
@@ -49,20 +51,20 @@ def read_done(path: Path, log: Callable[[str], None] = print) -> dict[int, dict[
     good_bytes, unterminated = 0, False
     for number, line in enumerate(lines, start=1):
         is_last = number == len(lines)  # written without its newline: the write was interrupted
-        row = _parse_row(line) if line.strip() else None
+        row = _parse_row(line, index, output) if line.strip() else None
         if row is None and line.strip():
             if is_last:
                 with open(path, "r+b") as f:
                     f.truncate(good_bytes)
                 log(f"note: {path}: dropped line {number}, cut short by an interrupted run; "
-                    "that item is generated again.")
+                    "that item is evaluated again.")
                 break
             raise CorruptFileError(
-                f"{path}: line {number} is not a predictions row (JSON with 'id' and 'generation'); delete that line "
-                "and run again with --resume (its item is generated again), or pass --overwrite to start again."
+                f"{path}: line {number} is not a predictions row (JSON with {index!r} and {output!r}); delete that "
+                "line and run again with --resume (its item is evaluated again), or pass --overwrite to start again."
             )
         if row is not None:
-            done[row["id"]] = row
+            done[row[index]] = row
             unterminated = is_last
         good_bytes += len(line) + 1
     if unterminated:  # a whole row whose newline was not written: end the line before appending to the file

@@ -31,10 +31,12 @@ LEAST = {"batch_size": 1, "max_new_tokens": 1, "num_beams": 1, "limit": 0}
 
 
 def check_counts(values: dict[str, Any], spell: Callable[[str], str] = str) -> None:
-    """Refuse a batch size, max_new_tokens, num_beams or limit that is not a whole number at least its least value
-    (`spell` turns a parameter name into the flag to name, e.g. '--batch-size')."""
+    """Refuse a batch size, max_new_tokens, num_beams or limit in `values` that is not a whole number at least its
+    least value (`spell` turns a parameter name into the flag to name, e.g. '--batch-size')."""
     for name, least in LEAST.items():
-        value = values.get(name)
+        if name not in values:
+            continue
+        value = values[name]
         if name == "limit" and value is None:
             continue
         if isinstance(value, bool) or not isinstance(value, int) or value < least:

@@ -148,7 +148,8 @@ def _damaged_gguf(path: Path) -> CorruptFileError | None:
     return None
 
 
-def _dtype(dtype: str | torch.dtype | None) -> str | torch.dtype | None:
+def parse_dtype(dtype: str | torch.dtype | None) -> str | torch.dtype | None:
+    """A dtype name (float32, bfloat16, ...) as a torch.dtype; None and "auto" pass through; others are refused."""
     if dtype is None or isinstance(dtype, torch.dtype) or dtype == "auto":
         return dtype
     value = getattr(torch, str(dtype), None)
@@ -278,7 +279,7 @@ def load_model(spec: str, task: str = "causal-lm", *, num_labels: int | None = N
     if source.kind == "hub":
         log(f"Loading {spec!r} from the Hugging Face Hub.")
     if dtype is not None:
-        options["dtype"] = _dtype(dtype)
+        options["dtype"] = parse_dtype(dtype)
     if processor_class == "AutoTokenizer":
         processor = _tokenizer(source, spec, padding_side)  # first: a bad hub id fails before the big download
     else:

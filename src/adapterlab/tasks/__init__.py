@@ -4,6 +4,11 @@ A task module exposes `prepare(options: TaskOptions) -> TaskSetup` and `TRAIN_FI
 `TrainConfig` fields it reads (the others are refused when set, see `TrainConfig.validate`); it may give
 `NOT_APPLICABLE`, field -> why it refuses that field. `TASKS` maps the task name used by
 `adapterlab train --task` to its module; one line per task.
+
+A classification task module (CLASSIFICATION) also exposes the steps its `prepare` is made of, which
+`adapterlab eval` reuses on a trained run: `read_examples(paths, options) -> (examples, label names)`,
+`build_model(options, labels) -> (model, processor)`, `make_dataset(examples, label ids, processor, options)
+-> (dataset, collator)` and `describe(example)`, what a predictions row shows of an example.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ TASKS: dict[str, str] = {
     "audio-cls": "adapterlab.tasks.audio",
     "image-cls": "adapterlab.tasks.image",
 }
+CLASSIFICATION = ("seq-cls", "audio-cls", "image-cls")
 
 
 def task_module(name: str) -> ModuleType:

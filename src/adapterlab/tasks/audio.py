@@ -9,6 +9,7 @@ position embeddings interpolated to the new patch grid (`adapterlab.posembed`).
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from transformers import default_data_collator
 
@@ -25,6 +26,7 @@ from ..posembed import resize_ast_positions
 from .base import TaskOptions, TaskSetup
 from .classification import accuracy, head_modules
 from .labelled import load_classifier, select
+from .scratch import is_config_spec
 
 SPLITS = ("random", "fsdd")
 # The per-task TrainConfig fields this task reads (see adapterlab.tasks); the others are refused when set.
@@ -42,6 +44,43 @@ def read_folders(folders: list[str], labels_csv: str | None, label_pattern: str)
     return files, names
 
 
+def label_source(options: TaskOptions) -> tuple[str | None, str]:
+    """(labels CSV, file-name pattern) the run reads labels with; both given is refused."""
+    opts = options.options
+    if opts.get("labels_csv") and opts.get("label_pattern"):
+        raise UsageError("--labels-csv and --label-pattern both say where labels come from; pass one.")
+    return opts.get("labels_csv"), opts.get("label_pattern") or DEFAULT_LABEL_PATTERN
+
+
+def read_examples(paths: list[str], options: TaskOptions) -> tuple[list[Path], list[str]]:
+    """(audio files, label name of each) from folders, labelled as the run labels its training folders."""
+    return read_folders(paths, *label_source(options))
+
+
+def describe(file: Path) -> str:
+    """What a predictions row shows of the example: its file."""
+    return str(file)
+
+
+def build_model(options: TaskOptions, labels: list[str]) -> tuple[Any, Any]:
+    """(AST classifier with a `len(labels)`-way head at the run's --max-length, its feature extractor)."""
+    model, extractor, _ = load_classifier(options, "audio-cls", labels, max_length=options.options.get("max_length"))
+    if model.config.model_type != AST:
+        raise UsageError(f"audio-cls trains Audio Spectrogram Transformers; {options.model!r} is a "
+                         f"{model.config.model_type!r} model. Pass an AST checkpoint or config:ast-small.")
+    max_length = options.options.get("max_length")
+    if max_length and int(max_length) != model.config.max_length:
+        resize_ast_positions(model, int(max_length))  # checkpoint grid -> new grid, by interpolation
+    extractor.max_length = model.config.max_length
+    return model, extractor
+
+
+def make_dataset(files: list[Path], ids: list[int], extractor: Any,
+                 options: TaskOptions) -> tuple[AudioClassificationDataset, Any]:
+    """(spectrogram examples with label ids, collator)."""
+    return AudioClassificationDataset(files, ids, extractor), default_data_collator
+
+
 def prepare(options: TaskOptions) -> TaskSetup:
     """AST classifier, spectrogram train/dev sets and accuracy for `adapterlab train --task audio-cls`.
 
@@ -50,41 +89,32 @@ def prepare(options: TaskOptions) -> TaskSetup:
     frames).
     """
     opts = options.options
-    if opts.get("labels_csv") and opts.get("label_pattern"):
-        raise UsageError("--labels-csv and --label-pattern both say where labels come from; pass one.")
-    labels_csv, pattern = opts.get("labels_csv"), opts.get("label_pattern") or DEFAULT_LABEL_PATTERN
+    labels_csv, pattern = label_source(options)
     split = opts.get("split") or "random"
     if split not in SPLITS:
         raise UsageError(f"--split must be one of {SPLITS}, got {split!r}.")
     if split == "fsdd" and (options.eval_data or options.val_size):
         raise UsageError("--split fsdd fixes the dev set (takes 0-4 of the training folder); drop --eval-data "
                          "and --val-size, or use --split random.")
-    files, names = read_folders(options.data, labels_csv, pattern)
+    files, names = read_examples(options.data, options)
     source = (f"The 'label' column of {labels_csv}", "check the CSV") if labels_csv else \
         (f"The labels --label-pattern {pattern!r} reads from the file names in {', '.join(options.data)}",
          "pass a --label-pattern whose first group is the class, or a --labels-csv")
     chosen = select(
         files, names, options, source,
         dev_mask=fsdd_test_files(files) if split == "fsdd" else None,
-        dev=read_folders(options.eval_data, labels_csv, pattern) if options.eval_data else None,
+        dev=read_examples(options.eval_data, options) if options.eval_data else None,
     )
     labels = chosen["labels"]
-    max_length = opts.get("max_length")
-    model, extractor, pretrained = load_classifier(options, "audio-cls", labels, max_length=max_length)
-    if model.config.model_type != AST:
-        raise UsageError(f"audio-cls trains Audio Spectrogram Transformers; {options.model!r} is a "
-                         f"{model.config.model_type!r} model. Pass an AST checkpoint or config:ast-small.")
-    if max_length and int(max_length) != model.config.max_length:
-        resize_ast_positions(model, int(max_length))  # checkpoint grid -> new grid, by interpolation
-    extractor.max_length = model.config.max_length
-    train = AudioClassificationDataset(*chosen["train"], extractor)
-    dev = AudioClassificationDataset(*chosen["dev"], extractor) if chosen["dev"][0] else None
+    model, extractor = build_model(options, labels)
+    train = make_dataset(*chosen["train"], extractor, options)[0]
+    dev = make_dataset(*chosen["dev"], extractor, options)[0] if chosen["dev"][0] else None
     return TaskSetup(
         model=model, train_dataset=train, eval_dataset=dev, data_collator=default_data_collator,
         processor=extractor, compute_metrics=accuracy, metric_name="eval_accuracy", greater_is_better=True,
         info={"labels": labels, "train_records": len(train), "dev_records": len(dev) if dev else 0,
               "split": "eval-data" if options.eval_data else split, "few_shot": opts.get("few_shot"),
               "max_length": model.config.max_length, "sampling_rate": extractor.sampling_rate,
-              "pretrained": pretrained},
+              "pretrained": not is_config_spec(options.model)},
         trainable_modules=head_modules(model),
     )

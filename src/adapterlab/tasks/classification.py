@@ -38,6 +38,45 @@ def accuracy(eval_pred: Any) -> dict[str, float]:
     return {"accuracy": float((np.argmax(logits, axis=-1) == labels).mean())}
 
 
+def columns(options: TaskOptions) -> dict[str, Any]:
+    """The column names the run reads (--text-column, --label-column, --text-pair-column)."""
+    opts = options.options
+    return dict(text_column=opts.get("text_column"), label_column=opts.get("label_column") or "label",
+                text_pair_column=opts.get("text_pair_column"))
+
+
+def read_examples(paths: list[str], options: TaskOptions) -> tuple[list[dict[str, Any]], list[str]]:
+    """(rows, label name of each) from labelled files, read as the run reads its training data; unless named,
+    the text column is guessed per file (SST-2's train and dev files name it differently)."""
+    rows = read_labelled(paths, **columns(options))[0]
+    return rows, [r["label"] for r in rows]
+
+
+def describe(row: dict[str, Any]) -> str | list[str]:
+    """What a predictions row shows of the example: its text (and second text)."""
+    return [row["text"], row["text_pair"]] if "text_pair" in row else row["text"]
+
+
+def build_model(options: TaskOptions, labels: list[str]) -> tuple[Any, Any]:
+    """(model with a `len(labels)`-way head, tokenizer) as the run builds them before training."""
+    from ..models import load_model
+
+    return load_model(options.model, task="seq-cls", label_names=labels,
+                      dtype=options.options.get("dtype") or "float32", quantize=quantization(options.options))
+
+
+def make_dataset(rows: list[dict[str, Any]], ids: list[int], tokenizer: Any,
+                 options: TaskOptions) -> tuple[list[dict[str, Any]], Any]:
+    """(tokenized examples with label ids, padding collator), cut to the run's --cutoff-len."""
+    cutoff = int(options.options.get("cutoff_len", 256))
+
+    def encode(row: dict[str, Any], label: int) -> dict[str, Any]:
+        pair = (row["text_pair"],) if "text_pair" in row else ()
+        return {**tokenizer(row["text"], *pair, truncation=True, max_length=cutoff), "labels": label}
+
+    return [encode(r, i) for r, i in zip(rows, ids)], DataCollatorWithPadding(tokenizer)
+
+
 def prepare(options: TaskOptions) -> TaskSetup:
     """Model with a fresh head, tokenized train/dev sets, padding collator and accuracy.
 
@@ -45,17 +84,12 @@ def prepare(options: TaskOptions) -> TaskSetup:
     seeded subset of the rows read, before --val-size holds dev rows out of them), few_shot (then K training
     rows per label), dtype.
     """
-    from ..models import load_model
-
     opts = options.options
-    columns = dict(text_column=opts.get("text_column"), label_column=opts.get("label_column") or "label",
-                   text_pair_column=opts.get("text_pair_column"))
-    rows, text_column = read_labelled(options.data, **columns)
+    rows, used_column = read_labelled(options.data, **columns(options))
     rows = subsample(rows, opts.get("max_train_samples"), options.seed)
-    require_two_classes([r["label"] for r in rows], f"The label column {columns['label_column']!r} of "
+    require_two_classes([r["label"] for r in rows], f"The label column {columns(options)['label_column']!r} of "
                         f"{', '.join(map(str, options.data))}", "check --label-column, or add the other classes")
-    # Unless named, the text column is guessed per file (SST-2's train and dev files name it differently).
-    dev_rows = read_labelled(options.eval_data, **columns)[0] if options.eval_data else []
+    dev_rows = read_examples(options.eval_data, options)[0] if options.eval_data else []
     train_rows, held = holdout(rows, options.val_size, options.seed)
     dev_rows = dev_rows or held
     if opts.get("few_shot"):
@@ -66,24 +100,15 @@ def prepare(options: TaskOptions) -> TaskSetup:
     if unknown:
         raise DataError(f"The dev data has labels {unknown} that never occur in the training data {labels}.")
     label2id = {name: i for i, name in enumerate(labels)}
-
-    model, tokenizer = load_model(options.model, task="seq-cls", label_names=labels, dtype=opts.get("dtype") or "float32",
-                                  quantize=quantization(opts))
-    cutoff = int(opts.get("cutoff_len", 256))
-
-    def encode(row: dict[str, Any]) -> dict[str, Any]:
-        pair = (row["text_pair"],) if "text_pair" in row else ()
-        item = dict(tokenizer(row["text"], *pair, truncation=True, max_length=cutoff))
-        item["labels"] = label2id[row["label"]]
-        return item
-
-    train_set = [encode(r) for r in train_rows]
+    model, tokenizer = build_model(options, labels)
+    train_set, collator = make_dataset(train_rows, [label2id[r["label"]] for r in train_rows], tokenizer, options)
+    dev_set = make_dataset(dev_rows, [label2id[r["label"]] for r in dev_rows], tokenizer, options)[0]
     return TaskSetup(
-        model=model, train_dataset=train_set, eval_dataset=[encode(r) for r in dev_rows] or None,
-        data_collator=DataCollatorWithPadding(tokenizer), processor=tokenizer, compute_metrics=accuracy,
+        model=model, train_dataset=train_set, eval_dataset=dev_set or None,
+        data_collator=collator, processor=tokenizer, compute_metrics=accuracy,
         metric_name="eval_accuracy", greater_is_better=True,
         num_tokens=sum(len(x["input_ids"]) for x in train_set),
-        info={"labels": labels, "text_column": text_column, "train_records": len(train_rows),
+        info={"labels": labels, "text_column": used_column, "train_records": len(train_rows),
               "dev_records": len(dev_rows), "few_shot": opts.get("few_shot")},
         trainable_modules=head_modules(model),
     )
