@@ -16,11 +16,17 @@ from ..errors import MissingPathError, UsageError
 from ..checkpoint import CONFIG_NAME, load_adapter
 from ..data.templates import TEMPLATES
 from ..evaluate import KNOWN, MODES, evaluate, load_dataset, markdown_table
+from ..evaluate.choice import evaluate_choice, load_choice_dataset
 from ..evaluate.fingerprint import model_files
 from ..evaluate.runner import check_counts
 from ..models import load_model, resolve_model
 
 TRAIN_CONFIG_FILES = ("train_config.yaml", "train_config.json", "summary.json")
+PROTOCOLS = ("generate", "choice")
+# Flags of the generative protocol (flag, argparse dest, default) that --protocol choice would ignore.
+GENERATION_ONLY = (("--max-new-tokens", "max_new_tokens", 256), ("--num-beams", "num_beams", 1),
+                   ("--template", "template", None), ("--mode", "mode", "default"),
+                   ("--answer-type", "answer_type", None))
 
 
 def find_adapter(path: str) -> Path:
@@ -68,6 +74,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="comma-separated known names and/or paths of LLM-Adapters-format JSON files")
     parser.add_argument("--data-dir", action="append", default=None,
                         help="folder holding the data files (repeatable); default ../shared/datasets/{math,commonsense}")
+    parser.add_argument("--protocol", choices=PROTOCOLS, default="generate",
+                        help="generate (default): generate an answer and read it; choice: score each option of a "
+                             "multiple-choice set by its log-likelihood (acc and length-normalised acc_norm)")
     parser.add_argument("--output", help="folder for predictions JSONL, summary.json and summary.md")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--max-new-tokens", type=int, default=256)
@@ -95,6 +104,8 @@ def run(args: argparse.Namespace) -> int:
     names = [d.strip() for d in args.datasets.split(",") if d.strip()]
     if not names:
         raise UsageError("--datasets is empty; give names like gsm8k,aqua or paths of JSON files.")
+    if args.protocol == "choice":
+        return run_choice(args, names)
     # read and check every data set before the model loads: a typo costs no model load
     datasets = [load_dataset(name, args.data_dir, answer_type=args.answer_type, limit=args.limit) for name in names]
     adapter_dir = find_adapter(args.adapter_path) if args.adapter_path else None
@@ -108,6 +119,30 @@ def run(args: argparse.Namespace) -> int:
         batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, num_beams=args.num_beams,
         template=template, mode=args.mode, output_dir=args.output, resume=args.resume, overwrite=args.overwrite,
         limit=args.limit, progress=not args.no_progress,
+        metadata={"model": args.model, "model_files": model_files(weights),
+                  "adapter": str(adapter_dir) if adapter_dir else None},
+    )
+    print(markdown_table(summary), end="")
+    if args.output:
+        print(f"Predictions and summary in {args.output}/")
+    return 0
+
+
+def run_choice(args: argparse.Namespace, names: list[str]) -> int:
+    """`--protocol choice`: score every option by its log-likelihood; generation-only flags are refused."""
+    for flag, dest, default in GENERATION_ONLY:
+        if getattr(args, dest) != default:
+            raise UsageError(f"{flag} is a setting of the generative protocol; --protocol choice scores the options "
+                             f"with a fixed prompt and generates nothing, so drop {flag}.")
+    datasets = [load_choice_dataset(name, args.data_dir, limit=args.limit) for name in names]  # before the model
+    adapter_dir = find_adapter(args.adapter_path) if args.adapter_path else None
+    model, tokenizer = load_model(args.model, dtype=args.dtype, device=args.device)
+    weights = resolve_model(args.model, log=lambda _: None).location
+    if adapter_dir is not None:
+        load_adapter(model, adapter_dir)
+    summary = evaluate_choice(
+        model, tokenizer, datasets, batch_size=args.batch_size, output_dir=args.output, resume=args.resume,
+        overwrite=args.overwrite, limit=args.limit, progress=not args.no_progress,
         metadata={"model": args.model, "model_files": model_files(weights),
                   "adapter": str(adapter_dir) if adapter_dir else None},
     )

@@ -6,6 +6,7 @@ Two kinds of file are read:
   instruction as "Answer1: ... Answer2: ..." (ARC, OBQA, SIQA), "Solution1: ..." (PIQA), "Option1: ..."
   (WinoGrande) or "Ending1: ..." (HellaSwag), and the answer names one ("answer2", "solution1", ...). The
   question is the instruction without their "Please choose the correct ...:" lead-in and "Answer format:" tail.
+  Without such choices, the answers of the "Answer format: true/false" tail are the choices (BoolQ).
 * Plain CSV/TSV/JSON/JSONL tables: a question column (--text-column, else question/goal/sentence/ctx/...), the
   choices as a `choices`/`endings` list (or HF's {"text": [...], "label": [...]}) or as numbered/lettered columns
   (choice1.., option1.., sol1.., ending0.., answerA.., A..E), and a label (--label-column, else label/answer/
@@ -23,7 +24,7 @@ from typing import Any
 
 from ..errors import DataError
 from .classification import read_table
-from .llm_adapters import MARKER, is_llm_adapters, llm_adapters_question, without_tail
+from .llm_adapters import MARKER, answer_format, is_llm_adapters, llm_adapters_question, without_tail
 
 QUESTION_GUESSES = ("question", "goal", "sentence", "ctx", "context", "premise", "stem", "query", "text")
 LABEL_GUESSES = ("label", "answer", "answerKey", "gold")
@@ -45,6 +46,10 @@ def _parse_llm_adapters(record: dict[str, Any], where: str) -> ChoiceItem:
     instruction = str(record.get("instruction") or "")
     text = without_tail(instruction)
     markers = list(MARKER.finditer(text))
+    allowed = answer_format(instruction)
+    answer = str(record.get("answer", "")).strip()
+    if not markers and len(allowed) > 1 and answer in allowed:  # BoolQ: the allowed answers are the choices
+        return _item(llm_adapters_question(instruction), tuple(allowed), allowed.index(answer), where)
     if not markers:
         raise DataError(f"{where}: no choices in its instruction (expected 'Answer1: ...', 'Solution1: ...', "
                         "'Option1: ...' or 'Ending1: ...'); it is not a multiple-choice record.")
@@ -57,8 +62,7 @@ def _parse_llm_adapters(record: dict[str, Any], where: str) -> ChoiceItem:
     ends = [m.start() for m in markers[1:]] + [len(text)]
     choices = tuple(text[m.end():end].strip() for m, end in zip(markers, ends))
     stem = stems.pop()
-    answer = str(record.get("answer", "")).strip().lower()
-    match = re.fullmatch(rf"{stem}\s*(\d+)", answer)
+    match = re.fullmatch(rf"{stem}\s*(\d+)", answer.lower())
     if not match or not 1 <= int(match.group(1)) <= len(choices):
         raise DataError(f"{where}: answer {record.get('answer')!r} names none of its choices "
                         f"({stem}1..{stem}{len(choices)}); fix the answer.")

@@ -14,6 +14,7 @@ from typing import Any
 MARKER = re.compile(r"(?<![A-Za-z])(Answer|Solution|Option|Ending)(\d+):")
 TAIL = re.compile(r"\s*Answer format:.*$", re.DOTALL)
 LEAD_IN = re.compile(r"^Please (?:choose|answer|select)[^:]*:\s*", re.IGNORECASE)
+FORMAT = re.compile(r"Answer format:\s*(.+?)\s*$", re.DOTALL)
 QUESTION_LEAD = re.compile(r"^Please answer[^:]*?question:\s*", re.IGNORECASE)
 
 
@@ -25,6 +26,12 @@ def is_llm_adapters(record: dict[str, Any]) -> bool:
 def without_tail(instruction: str) -> str:
     """The instruction without its "Answer format: ..." tail."""
     return TAIL.sub("", instruction)
+
+
+def answer_format(instruction: str) -> list[str]:
+    """The answers an instruction's "Answer format: a/b" tail allows (BoolQ: ["true", "false"]), or []."""
+    match = FORMAT.search(instruction)
+    return [a.strip() for a in match.group(1).split("/") if a.strip()] if match else []
 
 
 def llm_adapters_question(instruction: str) -> str:

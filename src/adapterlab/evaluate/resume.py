@@ -29,19 +29,22 @@ def holds_predictions(path: Path) -> bool:
     return any(line.strip() for line in finished_lines)
 
 
-def _parse_row(line: bytes) -> dict[str, Any] | None:
+def _parse_row(line: bytes, key: str, kind: type) -> dict[str, Any] | None:
     try:
         row = json.loads(line)
     except (json.JSONDecodeError, UnicodeDecodeError):
         return None
-    if isinstance(row, dict) and isinstance(row.get("id"), int) and isinstance(row.get("generation"), str):
+    if isinstance(row, dict) and isinstance(row.get("id"), int) and isinstance(row.get(key), kind):
         return row
     return None
 
 
-def read_done(path: Path, log: Callable[[str], None] = print) -> dict[int, dict[str, Any]]:
-    """The rows already in `path` by item id. A last line cut short by an interrupt is dropped from the file with
-    a note; any other line that is not a predictions row is refused, naming the file, the line and the fix."""
+def read_done(path: Path, log: Callable[[str], None] = print, key: str = "generation",
+              kind: type = str) -> dict[int, dict[str, Any]]:
+    """The rows already in `path` by item id; a row holds an int 'id' and its result under `key` (of type `kind`:
+    the generation's text, or a choice protocol's list of log-likelihoods). A last line cut short by an interrupt
+    is dropped from the file with a note; any other line that is not a predictions row is refused, naming the
+    file, the line and the fix."""
     done: dict[int, dict[str, Any]] = {}
     if not path.is_file():
         return done
@@ -49,7 +52,7 @@ def read_done(path: Path, log: Callable[[str], None] = print) -> dict[int, dict[
     good_bytes, unterminated = 0, False
     for number, line in enumerate(lines, start=1):
         is_last = number == len(lines)  # written without its newline: the write was interrupted
-        row = _parse_row(line) if line.strip() else None
+        row = _parse_row(line, key, kind) if line.strip() else None
         if row is None and line.strip():
             if is_last:
                 with open(path, "r+b") as f:
@@ -58,7 +61,7 @@ def read_done(path: Path, log: Callable[[str], None] = print) -> dict[int, dict[
                     "that item is generated again.")
                 break
             raise CorruptFileError(
-                f"{path}: line {number} is not a predictions row (JSON with 'id' and 'generation'); delete that line "
+                f"{path}: line {number} is not a predictions row (JSON with 'id' and '{key}'); delete that line "
                 "and run again with --resume (its item is generated again), or pass --overwrite to start again."
             )
         if row is not None:

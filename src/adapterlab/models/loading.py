@@ -22,6 +22,7 @@ from torch import nn
 
 from ..errors import CorruptFileError, ModelError, UsageError
 from ..files import check_safetensors, read_json_object
+from .choices import add_choice_scoring
 from .cache import is_cached, model_dir, model_path, pull
 from .known import KNOWN_MODELS, UnknownModelError
 
@@ -30,6 +31,8 @@ TASKS: dict[str, tuple[str, str]] = {  # task -> (model auto class, processor au
     "seq-cls": ("AutoModelForSequenceClassification", "AutoTokenizer"),
     "audio-cls": ("AutoModelForAudioClassification", "AutoFeatureExtractor"),
     "image-cls": ("AutoModelForImageClassification", "AutoImageProcessor"),
+    # families without a multiple-choice head get a one-output sequence classifier instead (see models/choices.py)
+    "multiple-choice": ("AutoModelForMultipleChoice", "AutoTokenizer"),
 }
 CLASSIFICATION_TASKS = ("seq-cls", "audio-cls", "image-cls")
 # Files that, next to a .gguf, would be read instead of the GGUF's own metadata.
@@ -216,13 +219,20 @@ def _label_kwargs(task: str, num_labels: int | None, label_names: list[str] | No
             "label2id": {n: i for i, n in enumerate(names)}, "ignore_mismatched_sizes": True}
 
 
+def _has_choice_head(source: ModelSource, spec: str) -> bool:
+    """Whether transformers has a multiple-choice model for the family of `spec` (BERT does, LLaMA does not)."""
+    config = _from_pretrained("AutoConfig", source, spec)
+    return type(config) in T.MODEL_FOR_MULTIPLE_CHOICE_MAPPING
+
+
 def load_model(spec: str, task: str = "causal-lm", *, num_labels: int | None = None,
                label_names: list[str] | None = None, dtype: str | torch.dtype | None = None,
                device: str | None = None, padding_side: str | None = None, log: Callable[[str], None] = print,
                **kwargs: Any) -> tuple[nn.Module, Any]:
     """(model, tokenizer-or-processor) from a hub id, a local folder, a .gguf file, or a known short name.
 
-    `task` picks the head: causal-lm, seq-cls, audio-cls or image-cls. Classification heads get `num_labels`
+    `task` picks the head: causal-lm, seq-cls, audio-cls, image-cls or multiple-choice (a model that takes
+    (batch, choices, tokens) and returns one score per choice, see `models.choices`). Classification heads get `num_labels`
     or `label_names` (a new head when they differ from the checkpoint's). `dtype` None keeps transformers'
     default; a GGUF is dequantised to a dense model. Extra kwargs go to the model's `from_pretrained`.
     """
@@ -240,9 +250,15 @@ def load_model(spec: str, task: str = "causal-lm", *, num_labels: int | None = N
     else:
         check_folder(source, needs_tokenizer=False)
         processor = _from_pretrained(processor_class, source, spec)
+    one_per_pair = task == "multiple-choice" and not _has_choice_head(source, spec)
+    if one_per_pair:  # a decoder: one score per (question, choice) row from a one-output classifier
+        model_class = "AutoModelForSequenceClassification"
+        options.update(num_labels=1, ignore_mismatched_sizes=True)
     model = _from_pretrained(model_class, source, spec, **options)
     model.config._name_or_path = source.name
-    if task == "seq-cls" and model.config.pad_token_id is None:
+    if task == "multiple-choice":
+        add_choice_scoring(model, flatten=one_per_pair)
+    if task in ("seq-cls", "multiple-choice") and model.config.pad_token_id is None:
         model.config.pad_token_id = processor.pad_token_id  # decoders classify at the last non-pad token
     if device is not None:
         model.to(device)
