@@ -11,8 +11,8 @@ Two kinds of file are read:
   choices as a `choices`/`endings` list (or HF's {"text": [...], "label": [...]}) or as numbered/lettered columns
   (choice1.., option1.., sol1.., ending0.., answerA.., A..E), and a label (--label-column, else label/answer/
   answerKey): a choice's index, its letter, its column name, its own label (HF ARC) or its text. Integer labels
-  count from 0, unless a file's labels never use 0 and reach the number of choices (WinoGrande's 1/2, SIQA's
-  1/2/3): then from 1; a file whose integer labels show neither is refused.
+  count from 0 (COPA, PIQA), unless the choices are columns and a file's labels never use 0 and reach the number
+  of choices (WinoGrande's 1/2, SIQA's 1/2/3): then from 1; such a file whose labels show neither is refused.
 """
 
 from __future__ import annotations
@@ -144,14 +144,15 @@ def parse_choice_record(record: dict[str, Any], where: str, *, question_column: 
 
 
 def integer_label_base(rows: list[dict[str, Any]], path: str, label_column: str | None) -> int:
-    """0 or 1: what a file's integer labels count from (0 unless no label is 0 and one equals its choice count)."""
+    """0 or 1: what a file's integer labels count from. Choices in a list count from 0; choices in columns
+    (choice1.., answerA..) from 0 unless no label is 0 and one equals its choice count (then from 1)."""
     values, counts = [], []
     for index, row in enumerate(rows):
-        if is_llm_adapters(row):
-            return 0
+        if is_llm_adapters(row) or any(name in row for name in LIST_COLUMNS):
+            continue
         column = next((c for c in (label_column, *LABEL_GUESSES) if c and c in row), None)
         label = str(row.get(column, "")).strip() if column else ""
-        if re.fullmatch(r"\d+", label) and not isinstance(row.get("choices"), dict):
+        if re.fullmatch(r"\d+", label):
             values.append(int(label))
             counts.append(len(_choices(row, f"{path}, record {index}")[0]))
     if not values or 0 in values:
