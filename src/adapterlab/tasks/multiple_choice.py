@@ -37,8 +37,9 @@ class ChoiceCollator:
     def __call__(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         rows = []
         for feature in features:
-            pairs = feature["pairs"]
-            blank = {k: [self.tokenizer.pad_token_id if k == "input_ids" else 0] for k in pairs[0]}
+            keys = [k for k in feature if k != "labels"]
+            pairs = [{k: feature[k][c] for k in keys} for c in range(len(feature["input_ids"]))]
+            blank = {k: [self.tokenizer.pad_token_id if k == "input_ids" else 0] for k in keys}
             rows += pairs + [blank] * (self.num_choices - len(pairs))
         batch = self.tokenizer.pad(rows, return_tensors="pt")
         out = {k: v.view(len(features), self.num_choices, -1) for k, v in batch.items()}
@@ -47,10 +48,11 @@ class ChoiceCollator:
 
 
 def encode(tokenizer: Any, item: ChoiceItem, cutoff: int) -> dict[str, Any]:
-    """Each (question, choice) pair tokenized (the question cut first when a pair is longer than `cutoff`)."""
-    pairs = [dict(tokenizer(item.question, choice, truncation="longest_first", max_length=cutoff))
-             for choice in item.choices]
-    return {"pairs": pairs, "labels": item.gold}
+    """Each (question, choice) pair tokenized (the longer text cut first when a pair exceeds `cutoff`), as
+    {input_ids: [one list per choice], attention_mask: [...], ..., labels: gold index}: the model's input names,
+    which the Trainer keeps."""
+    pairs = [tokenizer(item.question, choice, truncation="longest_first", max_length=cutoff) for choice in item.choices]
+    return {**{k: [p[k] for p in pairs] for k in pairs[0]}, "labels": item.gold}
 
 
 def prepare(options: TaskOptions) -> TaskSetup:
@@ -80,7 +82,7 @@ def prepare(options: TaskOptions) -> TaskSetup:
         model=model, train_dataset=train_set, eval_dataset=dev_set or None,
         data_collator=ChoiceCollator(tokenizer, num_choices), processor=tokenizer, compute_metrics=accuracy,
         metric_name="eval_accuracy", greater_is_better=True, compute_loss=choice_loss,
-        num_tokens=sum(len(p["input_ids"]) for x in train_set for p in x["pairs"]),
+        num_tokens=sum(len(ids) for x in train_set for ids in x["input_ids"]),
         info={"train_records": len(train_items), "dev_records": len(dev_items), "num_choices": num_choices,
               "few_shot": opts.get("few_shot"), "few_shot_unit": "questions per gold position"},
         trainable_modules=head_modules(model),
