@@ -55,6 +55,18 @@ def write_tsv(path: Path, n: int, seed: int) -> Path:
     return path
 
 
+def write_choices(path: Path, n: int, seed: int) -> Path:
+    """Columns question, other, choice1-3, label, label2 (0-based): every column a flag can name changes the
+    questions, and every gold position has four questions."""
+    rng = np.random.default_rng(seed)
+    lines = ["question,other,choice1,choice2,choice3,label,label2"]
+    for i in range(n):
+        lines.append(f"which film is good {rng.integers(9)} the movie is great fun and good and bad,one two {i},"
+                     f"good film,bad film,awful {i},{i % 3},{(i + 1) % 3}")
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
 def write_tones(root: Path, digits: int = 2, seed: int = 0) -> Path:
     """FSDD-like names {digit}_{speaker}_{take}.wav, 6 takes per digit and speaker."""
     root.mkdir(parents=True)
@@ -85,6 +97,7 @@ def files(tmp_path_factory) -> dict[str, dict[str, Any]]:
     tokenizer_config = llama / "tokenizer_config.json"  # give the tokenizer a chat template for --template chat
     tokenizer_config.write_text(json.dumps({**json.loads(tokenizer_config.read_text()), "chat_template": CHAT_TEMPLATE}))
     records = math_records(12)
+    bert, bert2 = encoder_folder(root / "bert"), encoder_folder(root / "bert2", seed=1)
     (root / "ast2.json").write_text(json.dumps({**TINY_AST, "num_hidden_layers": 1}))
     (root / "ast.json").write_text(json.dumps(TINY_AST))
     (root / "vit.json").write_text(json.dumps(TINY_VIT))
@@ -98,9 +111,11 @@ def files(tmp_path_factory) -> dict[str, dict[str, Any]]:
                           data2=write_json(root / "math2.json", math_records(12, seed=1)),
                           dev=write_json(root / "dev.json", math_records(3, seed=2)),
                           contaminated=write_json(root / "test.json", records[:2])),
-        "seq-cls": dict(model=encoder_folder(root / "bert"), model2=encoder_folder(root / "bert2", seed=1),
+        "seq-cls": dict(model=bert, model2=bert2,
                         data=write_tsv(root / "train.tsv", 12, 0), data2=write_tsv(root / "train2.tsv", 12, 1),
                         dev=write_tsv(root / "dev.tsv", 4, 2)),
+        "multiple-choice": dict(model=bert, model2=bert2, data=write_choices(root / "mc.csv", 12, 0),
+                                data2=write_choices(root / "mc2.csv", 12, 1), dev=write_choices(root / "mc-dev.csv", 4, 2)),
         "audio-cls": dict(model=f"config:{root / 'ast.json'}", model2=f"config:{root / 'ast2.json'}",
                           data=tones, data2=write_tones(root / "tones2", seed=1),
                           dev=write_tones(root / "tones-dev", seed=2), labels_csv=root / "labels.csv"),

@@ -18,6 +18,7 @@ from ..errors import MissingPathError, UsageError
 from ..checkpoint import CONFIG_NAME, load_adapter
 from ..data.templates import TEMPLATES
 from ..evaluate import KNOWN, MODES, evaluate, load_dataset, markdown_table
+from ..evaluate.choice import evaluate_choice, load_choice_dataset
 from ..evaluate.fingerprint import model_files
 from ..evaluate.class_run import read_classification_run
 from ..evaluate.runner import check_counts
@@ -29,6 +30,9 @@ TRAIN_CONFIG_FILES = ("train_config.yaml", "train_config.json", "summary.json")
 # tell them given and refuse them by name).
 GENERATION_DEFAULTS = {"max_new_tokens": 256, "num_beams": 1, "template": None, "mode": "default",
                        "answer_type": None, "data_dir": None}
+PROTOCOLS = ("generate", "choice")
+# The flags of GENERATION_DEFAULTS that --protocol choice would ignore (it reads --data-dir too).
+GENERATION_ONLY = ("max_new_tokens", "num_beams", "template", "mode", "answer_type")
 
 
 def find_adapter(path: str) -> Path:
@@ -83,6 +87,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                              "format the run was trained on")
     parser.add_argument("--data-dir", action="append", default=None,
                         help="folder holding the data files (repeatable); default ../shared/datasets/{math,commonsense}")
+    parser.add_argument("--protocol", choices=PROTOCOLS, default="generate",
+                        help="generate (default): generate an answer and read it; choice: score each option of a "
+                             "multiple-choice set by its log-likelihood (acc and length-normalised acc_norm)")
     parser.add_argument("--output", help="folder for predictions JSONL, summary.json and summary.md (and for a "
                                          "classification run <dataset>.confusion.png)")
     parser.add_argument("--batch-size", type=int, default=16)
@@ -128,6 +135,11 @@ def run(args: argparse.Namespace) -> int:
             find_adapter(args.adapter_path)  # a wrong path is named before the missing flag
         raise UsageError("--model is required (the base model to generate with); only a classification run's "
                          "folder (--adapter-path) names its own base model.")
+    if args.protocol == "choice":
+        given = ["--" + name.replace("_", "-") for name in GENERATION_ONLY if getattr(args, name) is not None]
+        if given:
+            raise UsageError(f"{', '.join(given)}: setting(s) of the generative protocol; --protocol choice scores "
+                             "the options with a fixed prompt and generates nothing, so drop them.")
     for name, default in GENERATION_DEFAULTS.items():
         if getattr(args, name) is None:
             setattr(args, name, default)
@@ -137,6 +149,8 @@ def run(args: argparse.Namespace) -> int:
     names = [d.strip() for d in args.datasets.split(",") if d.strip()]
     if not names:
         raise UsageError("--datasets is empty; give names like gsm8k,aqua or paths of JSON files.")
+    if args.protocol == "choice":
+        return run_choice(args, names)
     # read and check every data set before the model loads: a typo costs no model load
     datasets = [load_dataset(name, args.data_dir, answer_type=args.answer_type, limit=args.limit) for name in names]
     adapter_dir = find_adapter(args.adapter_path) if args.adapter_path else None
@@ -150,6 +164,26 @@ def run(args: argparse.Namespace) -> int:
         batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, num_beams=args.num_beams,
         template=template, mode=args.mode, output_dir=args.output, resume=args.resume, overwrite=args.overwrite,
         limit=args.limit, progress=not args.no_progress,
+        metadata={"model": args.model, "model_files": model_files(weights),
+                  "adapter": str(adapter_dir) if adapter_dir else None},
+    )
+    print(markdown_table(summary), end="")
+    if args.output:
+        print(f"Predictions and summary in {args.output}/")
+    return 0
+
+
+def run_choice(args: argparse.Namespace, names: list[str]) -> int:
+    """`--protocol choice`: score every option by its log-likelihood (generation-only flags were refused)."""
+    datasets = [load_choice_dataset(name, args.data_dir, limit=args.limit) for name in names]  # before the model
+    adapter_dir = find_adapter(args.adapter_path) if args.adapter_path else None
+    model, tokenizer = load_model(args.model, dtype=args.dtype, device=args.device, quantize=args.quantize)
+    weights = resolve_model(args.model, log=lambda _: None).location
+    if adapter_dir is not None:
+        load_adapter(model, adapter_dir)
+    summary = evaluate_choice(
+        model, tokenizer, datasets, batch_size=args.batch_size, output_dir=args.output, resume=args.resume,
+        overwrite=args.overwrite, limit=args.limit, progress=not args.no_progress,
         metadata={"model": args.model, "model_files": model_files(weights),
                   "adapter": str(adapter_dir) if adapter_dir else None},
     )

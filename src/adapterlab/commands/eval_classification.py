@@ -33,6 +33,9 @@ def refuse_generation_flags(args: argparse.Namespace, run: ClassificationRun) ->
 def run_classification(args: argparse.Namespace, run: ClassificationRun) -> int:
     """Check flags and data, load the run's classifier, evaluate, print the tables."""
     refuse_generation_flags(args, run)
+    if getattr(args, "protocol", "generate") != "generate":
+        raise UsageError(f"--protocol {args.protocol} scores a language model's options; the {run.task} run in "
+                         f"{run.folder} is evaluated as a classifier: drop --protocol.")
     if getattr(args, "quantize", None):
         raise UsageError(f"--load-{args.quantize}: the {run.task} run in {run.folder} is evaluated with its base "
                          "loaded as it was trained (its train_config.yaml says whether quantized); drop the flag.")

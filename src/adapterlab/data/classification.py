@@ -9,6 +9,7 @@ from typing import Any
 
 from ..errors import DataError
 from .reading import check_file, read_json_records, read_text
+from .llm_adapters import is_llm_adapters, llm_adapters_question
 
 TEXT_GUESSES = ("sentence", "text", "content", "review", "question")
 
@@ -54,12 +55,18 @@ def pick_text_column(rows: list[dict[str, Any]], label_column: str, path: str) -
 def read_labelled(
     paths: list[str] | str, text_column: str | None = None, label_column: str = "label", text_pair_column: str | None = None
 ) -> tuple[list[dict[str, Any]], str]:
-    """Rows {text, text_pair?, label} (label as a string) from the files, and the text column used."""
+    """Rows {text, text_pair?, label} (label as a string) from the files, and the text column used.
+
+    An LLM-Adapters file ({instruction, answer}, e.g. BoolQ) without a --label-column column is read as text =
+    the question inside the instruction and label = answer, unless --text-column names a column."""
     paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
     out: list[dict[str, Any]] = []
     for path in paths:
         rows = read_table(path)
         if not rows:
+            continue
+        if text_column is None and label_column not in rows[0] and is_llm_adapters(rows[0]):
+            out += _llm_adapters_rows(rows, str(path))
             continue
         column = text_column or pick_text_column(rows, label_column, str(path))
         wanted = [c for c in (column, label_column, text_pair_column) if c]
@@ -78,6 +85,21 @@ def read_labelled(
     if not out:
         raise DataError(f"No labelled rows in {', '.join(map(str, paths))}.")
     return out, text_column or ""
+
+
+def _llm_adapters_rows(rows: list[dict[str, Any]], path: str) -> list[dict[str, Any]]:
+    """Rows {text, label} of an LLM-Adapters file (BoolQ): the instruction's question without their template, and
+    the answer as the label."""
+    out = []
+    for index, row in enumerate(rows):
+        if not is_llm_adapters(row) or str(row.get("answer") or "").strip() == "":
+            raise DataError(f"{path}, record {index}: missing 'instruction' or 'answer' (keys: {sorted(row)}); every "
+                            "record of an LLM-Adapters file needs both.")
+        text = llm_adapters_question(str(row["instruction"]))
+        if not text:
+            raise DataError(f"{path}, record {index}: no question left in its instruction once the template is cut.")
+        out.append({"text": text, "label": str(row["answer"]).strip()})
+    return out
 
 
 def label_names(rows: list[dict[str, Any]]) -> list[str]:

@@ -44,6 +44,8 @@ def score(rows: Iterable[dict[str, Any]]) -> dict[str, Any]:
 def markdown_table(summary: dict[str, Any]) -> str:
     """A Markdown table of the summary: one row per data set, accuracy with its Wilson 95% interval."""
     settings = summary.get("settings", {})
+    if settings.get("protocol") == "choice":
+        return choice_table(summary)
     mode = settings.get("mode", "default")
     lines = [
         f"| dataset | n | accuracy ({mode} extraction) | 95% CI (Wilson) | no answer | other extraction |",
@@ -60,3 +62,21 @@ def markdown_table(summary: dict[str, Any]) -> str:
     if MATH_SETS & set(summary["datasets"]):
         lines += ["", f"Note: {OVERLAP_NOTE}"]
     return "\n".join(lines) + "\n"
+
+
+def _percent(value: float | None, interval: list[float]) -> tuple[str, str]:
+    shown = f"{100 * value:.1f}%" if value is not None else "-"
+    return shown, f"{100 * interval[0]:.1f}-{100 * interval[1]:.1f}%"
+
+
+def choice_table(summary: dict[str, Any]) -> str:
+    """The table of a `--protocol choice` run: acc and acc_norm with counts and Wilson 95% intervals."""
+    lines = ["| dataset | n | acc | 95% CI | acc_norm | 95% CI |", "|---|---:|---:|---|---:|---|"]
+    for name, s in summary["datasets"].items():
+        acc, acc_ci = _percent(s["acc"], s["acc_ci95"])
+        norm, norm_ci = _percent(s["acc_norm"], s["acc_norm_ci95"])
+        lines.append(f"| {name} | {s['n']} | {acc} ({s['acc_correct']}) | {acc_ci} | {norm} ({s['acc_norm_correct']}) "
+                     f"| {norm_ci} |")
+    settings = summary.get("settings", {})
+    described = ", ".join(f"{k}={v!r}" for k, v in {**summary.get("metadata", {}), **settings}.items() if v is not None)
+    return "\n".join(lines + ["", f"Settings: {described}."]) + "\n"

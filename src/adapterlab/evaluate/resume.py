@@ -29,21 +29,22 @@ def holds_predictions(path: Path) -> bool:
     return any(line.strip() for line in finished_lines)
 
 
-def _parse_row(line: bytes, index: str, output: str) -> dict[str, Any] | None:
+def _parse_row(line: bytes, index: str, output: str, kind: type) -> dict[str, Any] | None:
     try:
         row = json.loads(line)
     except (json.JSONDecodeError, UnicodeDecodeError):
         return None
-    if isinstance(row, dict) and isinstance(row.get(index), int) and isinstance(row.get(output), str):
+    if isinstance(row, dict) and isinstance(row.get(index), int) and isinstance(row.get(output), kind):
         return row
     return None
 
 
-def read_done(path: Path, log: Callable[[str], None] = print, *, index: str = "id",
-              output: str = "generation") -> dict[int, dict[str, Any]]:
-    """The rows already in `path` by item number (key `index`; each row also holds a string under `output`: the
-    generation, or the predicted label). A last line cut short by an interrupt is dropped from the file with a
-    note; any other line that is not a predictions row is refused, naming the file, the line and the fix."""
+def read_done(path: Path, log: Callable[[str], None] = print, *, index: str = "id", output: str = "generation",
+              kind: type = str) -> dict[int, dict[str, Any]]:
+    """The rows already in `path` by item number (key `index`; each row also holds its result under `output`, of
+    type `kind`: the generation's text, the predicted label, or a choice protocol's list of log-likelihoods). A
+    last line cut short by an interrupt is dropped from the file with a note; any other line that is not a
+    predictions row is refused, naming the file, the line and the fix."""
     done: dict[int, dict[str, Any]] = {}
     if not path.is_file():
         return done
@@ -51,7 +52,7 @@ def read_done(path: Path, log: Callable[[str], None] = print, *, index: str = "i
     good_bytes, unterminated = 0, False
     for number, line in enumerate(lines, start=1):
         is_last = number == len(lines)  # written without its newline: the write was interrupted
-        row = _parse_row(line, index, output) if line.strip() else None
+        row = _parse_row(line, index, output, kind) if line.strip() else None
         if row is None and line.strip():
             if is_last:
                 with open(path, "r+b") as f:

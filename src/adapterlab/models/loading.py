@@ -24,6 +24,7 @@ from torch import nn
 
 from ..errors import CorruptFileError, ModelError, UsageError
 from ..files import check_safetensors, read_json_object
+from .choices import add_choice_scoring
 from .cache import is_cached, model_dir, model_path, pull
 from .known import KNOWN_MODELS, UnknownModelError
 from .quantize import describe, keep_trainable_layout, quantization_config
@@ -33,6 +34,8 @@ TASKS: dict[str, tuple[str, str]] = {  # task -> (model auto class, processor au
     "seq-cls": ("AutoModelForSequenceClassification", "AutoTokenizer"),
     "audio-cls": ("AutoModelForAudioClassification", "AutoFeatureExtractor"),
     "image-cls": ("AutoModelForImageClassification", "AutoImageProcessor"),
+    # families without a multiple-choice head get a one-output sequence classifier instead (see models/choices.py)
+    "multiple-choice": ("AutoModelForMultipleChoice", "AutoTokenizer"),
 }
 CLASSIFICATION_TASKS = ("seq-cls", "audio-cls", "image-cls")
 # Files that, next to a .gguf, would be read instead of the GGUF's own metadata.
@@ -224,36 +227,20 @@ def _label_kwargs(task: str, num_labels: int | None, label_names: list[str] | No
             "label2id": {n: i for i, n in enumerate(names)}, "ignore_mismatched_sizes": True}
 
 
-def _quantized_kwargs(quantize: str, task: str, device: str | None, kwargs: dict[str, Any]) -> dict[str, Any]:
-    """from_pretrained kwargs that quantize the model with bitsandbytes: its config, and a device map (a
-    quantized model cannot be moved with `.to`); a second quantization config is refused."""
-    if "quantization_config" in kwargs:
-        raise UsageError(f"{describe(quantize)} and quantization_config=... both set the quantization; pass one.")
-    keep = CLASSIFIER_HEADS if task in CLASSIFICATION_TASKS else None
-    return {"quantization_config": quantization_config(quantize, keep),
-            "device_map": kwargs.get("device_map", {"": device or default_device()})}
-
-
-def _requantized_gguf(model_class: str, source: ModelSource, spec: str, options: dict[str, Any],
-                      log: Callable[[str], None]) -> nn.Module:
-    """A GGUF model quantized with bitsandbytes: transformers applies one quantization per load, so the GGUF is
-    dequantised, saved as safetensors in a temporary folder and loaded from there quantized (the GGUF's own
-    rounding and bitsandbytes' then add up)."""
-    log(f"Dequantising {source.location} into a temporary folder to quantize it with bitsandbytes.")
-    dense_options = {k: v for k, v in options.items() if k not in ("quantization_config", "device_map")}
-    dense = _from_pretrained(model_class, source, spec, **dense_options)
-    with tempfile.TemporaryDirectory(prefix="adapterlab-requantize-") as tmp:
-        dense.save_pretrained(tmp)
-        del dense
-        return getattr(T, model_class).from_pretrained(tmp, **options)
-
-
-def default_device() -> str:
-    """Where a quantized model is put when no device is given: this process's GPU (LOCAL_RANK under torchrun, as
-    LLM-Adapters' device_map), else the CPU."""
-    if not torch.cuda.is_available():
-        return "cpu"
-    return f"cuda:{int(os.environ.get('LOCAL_RANK', torch.cuda.current_device()))}"
+    one_per_pair = task == "multiple-choice" and not _has_choice_head(source, spec)
+    if one_per_pair:  # a decoder: one score per (question, choice) row from a one-output classifier
+        model_class = "AutoModelForSequenceClassification"
+        options.update(num_labels=1, ignore_mismatched_sizes=True)
+    if quantize is not None and source.kind == "gguf":
+        model = _requantized_gguf(model_class, source, spec, options, log)
+    else:
+        model = _from_pretrained(model_class, source, spec, **options)
+    model.config._name_or_path = source.name
+    if quantize is not None:
+        keep_trainable_layout(model)
+    if task == "multiple-choice":
+        add_choice_scoring(model, flatten=one_per_pair)
+    if task in ("seq-cls", "multiple-choice") and model.config.pad_token_id is None:
 
 
 def load_model(spec: str, task: str = "causal-lm", *, num_labels: int | None = None,
@@ -262,7 +249,8 @@ def load_model(spec: str, task: str = "causal-lm", *, num_labels: int | None = N
                log: Callable[[str], None] = print, **kwargs: Any) -> tuple[nn.Module, Any]:
     """(model, tokenizer-or-processor) from a hub id, a local folder, a .gguf file, or a known short name.
 
-    `task` picks the head: causal-lm, seq-cls, audio-cls or image-cls. Classification heads get `num_labels`
+    `task` picks the head: causal-lm, seq-cls, audio-cls, image-cls or multiple-choice (a model that takes
+    (batch, choices, tokens) and returns one score per choice, see `models.choices`). Classification heads get `num_labels`
     or `label_names` (a new head when they differ from the checkpoint's). `dtype` None keeps transformers'
     default; a GGUF is dequantised to a dense model. `quantize` "8bit" (LLM.int8) or "4bit" (QLoRA: NF4, double
     quantization, bf16 compute) loads the linear layers quantized with bitsandbytes (`dtype` then applies to
@@ -285,6 +273,10 @@ def load_model(spec: str, task: str = "causal-lm", *, num_labels: int | None = N
     else:
         check_folder(source, needs_tokenizer=False)
         processor = _from_pretrained(processor_class, source, spec)
+    one_per_pair = task == "multiple-choice" and not _has_choice_head(source, spec)
+    if one_per_pair:  # a decoder: one score per (question, choice) row from a one-output classifier
+        model_class = "AutoModelForSequenceClassification"
+        options.update(num_labels=1, ignore_mismatched_sizes=True)
     if quantize is not None and source.kind == "gguf":
         model = _requantized_gguf(model_class, source, spec, options, log)
     else:
@@ -292,7 +284,9 @@ def load_model(spec: str, task: str = "causal-lm", *, num_labels: int | None = N
     model.config._name_or_path = source.name
     if quantize is not None:
         keep_trainable_layout(model)
-    if task == "seq-cls" and model.config.pad_token_id is None:
+    if task == "multiple-choice":
+        add_choice_scoring(model, flatten=one_per_pair)
+    if task in ("seq-cls", "multiple-choice") and model.config.pad_token_id is None:
         model.config.pad_token_id = processor.pad_token_id  # decoders classify at the last non-pad token
     if device is not None and quantize is None:
         model.to(device)

@@ -23,6 +23,7 @@ TASKS: dict[str, str] = {
     "seq-cls": "adapterlab.tasks.classification",
     "audio-cls": "adapterlab.tasks.audio",
     "image-cls": "adapterlab.tasks.image",
+    "multiple-choice": "adapterlab.tasks.multiple_choice",
 }
 CLASSIFICATION = ("seq-cls", "audio-cls", "image-cls")
 

@@ -53,7 +53,8 @@ class TrainConfig:
                       default="")
     data: list[str] = flag("training data file(s)", "--data_path", default_factory=list)
     output: str = flag("run folder", "--output_dir", default="")
-    task: str = flag("causal-lm (instruction tuning), seq-cls (text classification), audio-cls or image-cls",
+    task: str = flag("causal-lm (instruction tuning), seq-cls (text classification), "
+                     "multiple-choice (PIQA, ARC, ...: one score per choice), audio-cls or image-cls",
                      default="causal-lm")
     adapter: str = flag("adapter method (any registered one) or 'full' for full fine-tuning", default="lora")
     adapter_options: dict[str, Any] = field(default_factory=dict, metadata={"help": "method options", "aliases": ()})

@@ -185,6 +185,7 @@ def _train(config: TrainConfig, out: Path, main: bool, callbacks: Sequence[Train
     trainer = AdapterTrainer(
         model=model, args=args, train_dataset=setup.train_dataset, eval_dataset=setup.eval_dataset,
         data_collator=setup.data_collator, processing_class=setup.processor, compute_metrics=setup.compute_metrics,
+        compute_loss_func=setup.compute_loss,
         callbacks=[MetricsLog(out / METRICS),
                    BestKeeper(setup.metric_name, setup.greater_is_better, keep_best, config.early_stopping),
                    *callbacks],
