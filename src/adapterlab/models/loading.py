@@ -227,20 +227,42 @@ def _label_kwargs(task: str, num_labels: int | None, label_names: list[str] | No
             "label2id": {n: i for i, n in enumerate(names)}, "ignore_mismatched_sizes": True}
 
 
-    one_per_pair = task == "multiple-choice" and not _has_choice_head(source, spec)
-    if one_per_pair:  # a decoder: one score per (question, choice) row from a one-output classifier
-        model_class = "AutoModelForSequenceClassification"
-        options.update(num_labels=1, ignore_mismatched_sizes=True)
-    if quantize is not None and source.kind == "gguf":
-        model = _requantized_gguf(model_class, source, spec, options, log)
-    else:
-        model = _from_pretrained(model_class, source, spec, **options)
-    model.config._name_or_path = source.name
-    if quantize is not None:
-        keep_trainable_layout(model)
-    if task == "multiple-choice":
-        add_choice_scoring(model, flatten=one_per_pair)
-    if task in ("seq-cls", "multiple-choice") and model.config.pad_token_id is None:
+def _quantized_kwargs(quantize: str, task: str, device: str | None, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """from_pretrained kwargs that quantize the model with bitsandbytes: its config, and a device map (a
+    quantized model cannot be moved with `.to`); a second quantization config is refused."""
+    if "quantization_config" in kwargs:
+        raise UsageError(f"{describe(quantize)} and quantization_config=... both set the quantization; pass one.")
+    keep = CLASSIFIER_HEADS if task in CLASSIFICATION_TASKS else None
+    return {"quantization_config": quantization_config(quantize, keep),
+            "device_map": kwargs.get("device_map", {"": device or default_device()})}
+
+
+def _requantized_gguf(model_class: str, source: ModelSource, spec: str, options: dict[str, Any],
+                      log: Callable[[str], None]) -> nn.Module:
+    """A GGUF model quantized with bitsandbytes: transformers applies one quantization per load, so the GGUF is
+    dequantised, saved as safetensors in a temporary folder and loaded from there quantized (the GGUF's own
+    rounding and bitsandbytes' then add up)."""
+    log(f"Dequantising {source.location} into a temporary folder to quantize it with bitsandbytes.")
+    dense_options = {k: v for k, v in options.items() if k not in ("quantization_config", "device_map")}
+    dense = _from_pretrained(model_class, source, spec, **dense_options)
+    with tempfile.TemporaryDirectory(prefix="adapterlab-requantize-") as tmp:
+        dense.save_pretrained(tmp)
+        del dense
+        return getattr(T, model_class).from_pretrained(tmp, **options)
+
+
+def default_device() -> str:
+    """Where a quantized model is put when no device is given: this process's GPU (LOCAL_RANK under torchrun, as
+    LLM-Adapters' device_map), else the CPU."""
+    if not torch.cuda.is_available():
+        return "cpu"
+    return f"cuda:{int(os.environ.get('LOCAL_RANK', torch.cuda.current_device()))}"
+
+
+def _has_choice_head(source: ModelSource, spec: str) -> bool:
+    """Whether transformers has a multiple-choice model for the family of `spec` (BERT does, LLaMA does not)."""
+    config = _from_pretrained("AutoConfig", source, spec)
+    return type(config) in T.MODEL_FOR_MULTIPLE_CHOICE_MAPPING
 
 
 def load_model(spec: str, task: str = "causal-lm", *, num_labels: int | None = None,
