@@ -138,7 +138,6 @@ def expected(command: str, model: Any, family: str) -> tuple[int, dict[str, str]
     return total, kinds
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("key", list(COMMANDS))
 def test_their_command_builds_their_adapter_with_their_defaults(key, folders, tmp_path, monkeypatch, capsys):
     """Their command, verbatim -> their placement and parameter count, their defaults in train_config.yaml."""

@@ -221,7 +221,8 @@ def config_and_notes(args: argparse.Namespace) -> tuple[TrainConfig, list[str]]:
         settings["adapter"] = legacy_method(given.get("adapter_name"), given.get("use_parallel_adapter", False),
                                             given.get("use_adapterp", False), variants)
     notes = flag_notes({k: v for k, v in given.items() if k in (*WANDB_FLAGS, "lora_target_modules")})
-    if is_theirs(given.get(SPELLINGS, []), settings.get("recipe")):
+    causal = settings.get("task", "causal-lm") == "causal-lm"  # finetune.py is causal-LM only; others refuse --recipe
+    if is_theirs(given.get(SPELLINGS, []) if causal else [], settings.get("recipe")):
         settings, options, recipe_notes = their_recipe(settings, options, settings.get("adapter", "lora"))
         notes = recipe_notes + notes
     source = f"--config {args.config}" if getattr(args, "config", None) else None

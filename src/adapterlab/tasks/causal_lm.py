@@ -14,7 +14,7 @@ from .base import TaskOptions, TaskSetup
 
 # The per-task TrainConfig fields this task reads (see adapterlab.tasks); the others are refused when set.
 TRAIN_FIELDS = frozenset({"template", "cutoff_len", "train_on_inputs", "add_eos", "decontaminate",
-                          "max_train_samples", "dtype", "group_by_length"})
+                          "max_train_samples", "dtype", "group_by_length", "recipe"})
 NOT_APPLICABLE = {
     "few_shot": "instruction records have free-text outputs, not classes to draw K of each from; "
                 "use --max-train-samples N for a seeded subset",

@@ -55,7 +55,7 @@ class TrainConfig:
     output: str = flag("run folder", "--output_dir", default="")
     recipe: str = flag("whose defaults the settings not given take: adapterlab, or llm-adapters (their finetune.py "
                        "and PEFT fork's; chosen by itself when a command spells a flag as finetune.py does, e.g. "
-                       "--base_model or --adapter_name)", default="adapterlab")
+                       "--base_model or --adapter_name)", per_task=True, default="adapterlab")
     task: str = flag("causal-lm (instruction tuning), seq-cls (text classification), audio-cls or image-cls",
                      default="causal-lm")
     adapter: str = flag("adapter method (any registered one) or 'full' for full fine-tuning", default="lora")
