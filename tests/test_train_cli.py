@@ -39,18 +39,21 @@ def test_llm_adapters_finetune_command_parses():
                    "--lora_alpha", "64", "--target_modules", '["q_proj", "k_proj", "v_proj", "up_proj", "down_proj"]',
                    "--eval_step", "80", "--save_step", "80", "--train_on_inputs", "False")
     assert config.adapter == "lora" and config.output == "./trained" and config.eval_steps == 80
-    assert config.adapter_options == {"r": 32, "alpha": 64,
+    assert config.adapter_options == {"r": 32, "alpha": 64, "dropout": 0.05,  # their lora_dropout default
                                       "targets": ["q_proj", "k_proj", "v_proj", "up_proj", "down_proj"]}
-    assert config.train_on_inputs is False
+    assert config.train_on_inputs is False and config.recipe == "llm-adapters"
 
 
-@pytest.mark.parametrize("flags, method", [
-    ([], "series"), (["--use_parallel_adapter"], "parallel"), (["--use_adapterp", "True"], "pfeiffer"),
+@pytest.mark.parametrize("flags, method, defaults", [
+    ([], "series", {"bias": False, "targets": ["mlp_in", "down"], "input_targets": ["mlp_in"]}),
+    (["--use_parallel_adapter"], "parallel", {"bias": False, "targets": ["q", "k", "v"]}),
+    (["--use_adapterp", "True"], "pfeiffer", {"bias": False, "targets": ["down"], "input_targets": ["mlp_in"]}),
 ])
-def test_llm_adapters_bottleneck_variants(flags, method):
+def test_llm_adapters_bottleneck_variants(flags, method, defaults):
+    """--adapter_name bottleneck [variant] -> their adapter with their tuner defaults (no bias, their targets)."""
     config = parse("--base_model", "m", "--data_path", "d.json", "--adapter_name", "bottleneck",
                    "--bottleneck_size", "256", *flags)
-    assert config.adapter == method and config.adapter_options == {"size": 256}
+    assert config.adapter == method and config.adapter_options == {"size": 256, **defaults}
 
 
 def test_every_option_of_every_method_is_a_flag():
@@ -141,7 +144,7 @@ def test_yaml_value_of_the_wrong_type_is_named_before_anything_is_written(tmp_pa
 
 @pytest.mark.parametrize("task, flags, expected", [pytest.param(*case, id=" ".join(case[1])) for case in [
     ("causal-lm", ["--few-shot", "4"], "--few-shot does not apply to --task causal-lm (read by seq-cls, audio-cls, "
-                                       "image-cls only): instruction records have free-text outputs"),
+                                       "image-cls, multiple-choice only): instruction records have free-text outputs"),
     ("seq-cls", ["--template", "chat"], "--template does not apply to --task seq-cls (read by causal-lm only)"),
     ("image-cls", ["--cutoff-len", "64"], "--cutoff-len does not apply to --task image-cls"),
     ("audio-cls", ["--dtype", "bfloat16"], "--dtype does not apply to --task audio-cls"),

@@ -38,6 +38,10 @@ NOT_WALKED = {
     "help": "prints help",
     "task": "the axis of the walk",
     "overwrite": "only acts on a folder holding a run; tests/test_train.py replaces one with it",
+    "resume_from_checkpoint": "needs a checkpoint or adapter folder; tests/test_llm_adapters_recipe.py starts from both",
+    "lora_target_modules": "no effect, as in finetune.py, said in one line (tests/test_llm_adapters_recipe.py)",
+    **{f"wandb_{k}": "no effect without wandb, said in one line (tests/test_llm_adapters_recipe.py)"
+       for k in ("project", "run_name", "watch", "log_model")},
 }
 CHAT_TEMPLATE = "{% for m in messages %}<s>{{ m['content'] }}</s>{% endfor %}{% if add_generation_prompt %}A:{% endif %}"
 
@@ -140,6 +144,8 @@ ALTERNATIVES: dict[str, Callable[[dict[str, Any]], list[str]]] = {
     "data": lambda fx: ["--data", str(fx["data2"])],
     "output": lambda fx: ["--output", str(Path(fx["root"]) / "elsewhere")],
     "adapter": lambda fx: ["--adapter", "ia3"],
+    "recipe": lambda fx: ["--recipe", "llm-adapters"],
+    "group_by_length": lambda fx: ["--group-by-length"],
     "eval_data": lambda fx: ["--eval-data", str(fx["dev"]), "--val-size", "0"],
     "val_size": lambda fx: ["--val-size", "4"],
     "max_train_samples": lambda fx: ["--max-train-samples", "8"],

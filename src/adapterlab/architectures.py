@@ -105,3 +105,6 @@ ARCHITECTURES: dict[str, Architecture] = {
 
 LOGICAL_PROJECTIONS = ("q", "k", "v", "o", "up", "gate", "down")
 SUBLAYERS = ("attn", "mlp")
+# Logical groups of projections: each names those of the group that the family has (the MLP's input
+# projections are up, and gate where the MLP is gated; LLM-Adapters' "mh_adapter" layers).
+GROUPS = {"mlp_in": ("gate", "up")}

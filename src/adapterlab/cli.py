@@ -10,6 +10,7 @@ import argparse
 import contextlib
 import errno
 import importlib
+import logging
 import sys
 import warnings
 from collections.abc import Iterator
@@ -76,9 +77,18 @@ def one_line_warnings(command: str, debug: bool) -> Iterator[None]:
         yield
 
 
+# bitsandbytes (imported by transformers' Trainer through peft whenever it is installed) warns on every import, so
+# on every command, that the optional `kernels` package for a faster CPU 4-bit matmul is missing; the slower path
+# works. The CLI keeps that to --debug; the README says `pip install kernels` speeds up 4-bit on CPU.
+QUIET_LOGGERS = ("bitsandbytes.backends.cpu.ops",)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(argv if argv is not None else sys.argv[1:])
     debug = "--debug" in argv
+    if not debug:
+        for name in QUIET_LOGGERS:
+            logging.getLogger(name).setLevel(logging.ERROR)
     argv = [a for a in argv if a != "--debug"]
     parser = build_parser()
     args, unknown = parser.parse_known_args(argv)

@@ -1,7 +1,8 @@
 """Resolving an adapter's targets to sites: the places in a model where its modules go.
 
 A target is a module-name suffix (``"q_proj"``, matched like PEFT), a logical projection
-(``q k v o up gate down``, or ``qkv``), or a sublayer (``attn``, ``mlp``). Logical names go through
+(``q k v o up gate down``, or ``qkv``), a group of projections (``mlp_in``: the MLP's input projections,
+up and gate where the family has one), or a sublayer (``attn``, ``mlp``). Logical names go through
 the model family's row in `architectures`, or `discovery` for families without one.
 """
 
@@ -13,7 +14,7 @@ from typing import Any
 
 from torch import nn
 
-from .architectures import ARCHITECTURES, LOGICAL_PROJECTIONS, SUBLAYERS, Architecture
+from .architectures import ARCHITECTURES, GROUPS, LOGICAL_PROJECTIONS, SUBLAYERS, Architecture
 from .discovery import discover
 from .errors import AdapterError, TargetNotFoundError
 from .layers import is_linear
@@ -78,7 +79,7 @@ def block_paths(model: nn.Module, arch: Architecture) -> list[str]:
 
 
 def _needs_architecture(targets: list[str], layers: list[int] | None) -> bool:
-    logical = set(LOGICAL_PROJECTIONS) | set(SUBLAYERS) | {"qkv"}
+    logical = set(LOGICAL_PROJECTIONS) | set(SUBLAYERS) | set(GROUPS) | {"qkv"}
     return layers is not None or any(t in logical for t in targets)
 
 
@@ -109,6 +110,12 @@ def _logical_sites(model: nn.Module, arch: Architecture, target: str, layers: li
     for i in chosen:
         if not 0 <= i < len(blocks):
             raise AdapterError(f"layers: block {i} does not exist; this model has blocks 0..{len(blocks) - 1}.")
+    if target in GROUPS:
+        members = [p for p in GROUPS[target] if arch.projection(p)]
+        if not members:
+            raise TargetNotFoundError(f"{arch.name} has none of the projections of {target!r} ({GROUPS[target]}).")
+        found = [s for p in members for s in _logical_sites(model, arch, p, layers)]
+        return sorted(found, key=lambda s: s.layer)
     sites = []
     for i in chosen:
         block = blocks[i]
@@ -200,14 +207,15 @@ class Placement:
                 targets = [t for t in targets if t not in LOGICAL_PROJECTIONS or arch.projection(t)] or targets
         sites: dict[str, Site] = {}
         for target in targets:
-            if arch is not None and (target in LOGICAL_PROJECTIONS or target in SUBLAYERS or target == "qkv"):
+            if arch is not None and (target in LOGICAL_PROJECTIONS or target in SUBLAYERS or target in GROUPS
+                                     or target == "qkv"):
                 found = _logical_sites(model, arch, target, layers)
             else:
                 found = _suffix_sites(model, target, layer_of, layers)
             if not found:
                 raise TargetNotFoundError(
                     f"Target {target!r} matches no module of this {model_type_of(model)} model. Use a logical name "
-                    f"(q k v o up gate down attn mlp) or a module-name suffix; its linear layers are named "
+                    f"(q k v o up gate down mlp_in attn mlp) or a module-name suffix; its linear layers are named "
                     f"{linear_suffixes(model)}."
                 )
             for site in found:

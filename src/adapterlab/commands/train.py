@@ -1,7 +1,8 @@
 """`adapterlab train`: flags generated from TrainConfig and from every registered method's config fields.
 
 Settings come from (lowest first) the dataclass defaults, a `--config` YAML file, and the command line.
-The flag names of LLM-Adapters' finetune.py are accepted as aliases so its published commands run.
+The flag names of LLM-Adapters' finetune.py are accepted as aliases so its published commands run; a command
+that spells a flag as only finetune.py does runs their recipe (their defaults; see train/llm_adapters.py).
 """
 
 from __future__ import annotations
@@ -19,13 +20,24 @@ from ..errors import AdapterError, UsageError
 from ..registry import METHODS, config_class
 from ..tasks import tasks_reading
 from ..train import TrainConfig, train
+from ..train.llm_adapters import WANDB_FLAGS, flag_notes, is_theirs, their_recipe
 
 OPTION_PREFIX = "adapter_option:"
 # LLM-Adapters finetune.py option names -> our adapter option names
 OPTION_ALIASES = {"lora_r": "r", "lora_alpha": "alpha", "lora_dropout": "dropout", "bottleneck_size": "size",
-                  "target_modules": "targets"}
+                  "target_modules": "targets", "non_linearity": "activation", "adapter_dropout": "dropout"}
+SPELLINGS = "flag_spellings"  # namespace entry: the flags as the command spelled them
 # LLM-Adapters --adapter_name values -> our methods (bottleneck is refined by --use_parallel_adapter/--use_adapterp)
 ADAPTER_NAMES = {"lora": "lora", "bottleneck": "series", "prefix-tuning": "prefix"}
+
+
+class Spelled(argparse._StoreAction):
+    """`store`, also recording how the flag was spelled (a command of LLM-Adapters' is told by its spellings)."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        super().__call__(parser, namespace, values, option_string)
+        setattr(namespace, SPELLINGS, [*getattr(namespace, SPELLINGS, []), option_string])
 
 
 def parse_bool(text: str | bool) -> bool:
@@ -86,7 +98,7 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
         help_text = f.metadata.get("help")
         if f.metadata.get("per_task"):  # the tasks come from the task modules, so the help cannot go stale
             help_text = f"{', '.join(tasks_reading(f.name))}: {help_text}"
-        kwargs: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS, "help": help_text}
+        kwargs: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS, "help": help_text, "action": Spelled}
         if kind == "bool":
             kwargs.update(nargs="?", const=True, type=parse_bool, metavar="BOOL")
         elif kind.startswith("list"):
@@ -129,16 +141,22 @@ def add_adapter_flags(parser: argparse.ArgumentParser) -> None:
             flags += [f"--{method}-{name.replace('_', '-')}" for method in methods]
             note = f"; --{name.replace('_', '-')} is the training flag of that name"
         group.add_argument(*flags, dest=OPTION_PREFIX + name, default=argparse.SUPPRESS, nargs="?", const=True,
+                           action=Spelled,
                            type=parse_list_value if name in lists else parse_value, metavar="VALUE",
                            help=f"({', '.join(methods)}{note})")
     legacy = parser.add_argument_group("LLM-Adapters finetune.py compatibility")
-    legacy.add_argument("--adapter_name", dest="adapter_name", default=argparse.SUPPRESS,
+    legacy.add_argument("--adapter_name", dest="adapter_name", default=argparse.SUPPRESS, action=Spelled,
                         help="lora | bottleneck | prefix-tuning (or any method name)")
-    legacy.add_argument("--use_parallel_adapter", dest="use_parallel_adapter", nargs="?", const=True,
+    legacy.add_argument("--use_parallel_adapter", dest="use_parallel_adapter", nargs="?", const=True, action=Spelled,
                         type=parse_bool, default=argparse.SUPPRESS,
                         help="with --adapter_name bottleneck: the parallel adapter")
-    legacy.add_argument("--use_adapterp", dest="use_adapterp", nargs="?", const=True, type=parse_bool,
+    legacy.add_argument("--use_adapterp", dest="use_adapterp", nargs="?", const=True, type=parse_bool, action=Spelled,
                         default=argparse.SUPPRESS, help="with --adapter_name bottleneck: the Pfeiffer adapter")
+    legacy.add_argument("--lora_target_modules", dest="lora_target_modules", type=parse_list_value, action=Spelled,
+                        default=argparse.SUPPRESS, help="accepted; no effect, as in finetune.py (use --target_modules)")
+    for name in WANDB_FLAGS:
+        legacy.add_argument(f"--{name}", dest=name, default=argparse.SUPPRESS, action=Spelled,
+                            help="accepted; no effect without the wandb package (refused with it)")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -168,6 +186,12 @@ def read_yaml(path: str) -> dict[str, Any]:
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     """Merge defaults, the --config file and the given flags into a TrainConfig."""
+    return config_and_notes(args)[0]
+
+
+def config_and_notes(args: argparse.Namespace) -> tuple[TrainConfig, list[str]]:
+    """The TrainConfig (defaults, the --config file, the given flags; LLM-Adapters' defaults for their commands)
+    and the lines to print about it."""
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     option_names = adapter_option_names()
     settings: dict[str, Any] = {}
@@ -196,8 +220,13 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     if "adapter_name" in given or variants:
         settings["adapter"] = legacy_method(given.get("adapter_name"), given.get("use_parallel_adapter", False),
                                             given.get("use_adapterp", False), variants)
+    notes = flag_notes({k: v for k, v in given.items() if k in (*WANDB_FLAGS, "lora_target_modules")})
+    causal = settings.get("task", "causal-lm") == "causal-lm"  # finetune.py is causal-LM only; others refuse --recipe
+    if is_theirs(given.get(SPELLINGS, []) if causal else [], settings.get("recipe")):
+        settings, options, recipe_notes = their_recipe(settings, options, settings.get("adapter", "lora"))
+        notes = recipe_notes + notes
     source = f"--config {args.config}" if getattr(args, "config", None) else None
-    return TrainConfig.from_dict({**settings, "adapter_options": options}, source=source)
+    return TrainConfig.from_dict({**settings, "adapter_options": options}, source=source), notes
 
 
 def legacy_method(name: str | None, parallel: bool, pfeiffer: bool, given: Collection[str] = ()) -> str:
@@ -215,7 +244,9 @@ def legacy_method(name: str | None, parallel: bool, pfeiffer: bool, given: Colle
 
 def run(args: argparse.Namespace) -> int:
     """Parse the settings, train, print the summary."""
-    config = config_from_args(args)
+    config, notes = config_and_notes(args)
+    for note in notes:
+        print(note)
     summary = train(config)
     print(json.dumps({k: summary[k] for k in ("wall_time_s", "steps", "train_loss", "tokens_per_s", "best_metric",
                                               "trainable_parameters", "final_weights")}, indent=2))

@@ -4,6 +4,8 @@ One module, `up(act(down(dropout(x))))`, placed two ways:
 
 * series:   y' = y + s * f(y)  on the output y of a linear layer or of an attention/MLP sublayer (before
   the block's residual add). `houlsby` places it after both sublayers, `pfeiffer` after the MLP only.
+  With `input_targets`, the linear layers they name get it on their input instead: the layer reads
+  x + s * f(x) (LLM-Adapters' "mh_adapter", which their AdapterH puts on the inputs of gate/up).
 * parallel: y' = y + s * f(x)  with x the input of the linear layer (LLM-Adapters: in -> size -> out) or
   of the whole sublayer (the input of its entry layer; He et al. 2022, AdaptFormer). `scaled_parallel`
   is He et al.'s setting: at the MLP, s = 4, up-projection zero at init.
@@ -12,8 +14,8 @@ Semantics follow LLM-Adapters' bottleneck tuner by default: dropout on the adapt
 on both projections, `scaling` a float or "learned" (a scalar parameter initialised to 1.0, as
 LLM-Adapters and AdaptFormer's learnable scalar). LLM-Adapters' projections have no bias: pass
 bias=False to reproduce its parameter counts. Its "AdapterP" is `pfeiffer` (series on down_proj); its
-"AdapterH" adapts the inputs of gate/up and the output of down, whereas `houlsby` here follows Houlsby
-et al. (after the attention and the MLP outputs). Not mergeable: the activation makes the adapter nonlinear.
+"AdapterH" is `series` with targets gate/up/down and input_targets=["mlp_in"] (the inputs of gate/up, the
+output of down), whereas `houlsby` here follows Houlsby et al. (after the attention and the MLP outputs). Not mergeable: the activation makes the adapter nonlinear.
 
 `adaptformer` is AdaptFormer's adapter as MoSA's code builds it (Chen et al. 2022; Theia-4869/MoSA
 vit_mosa.py): beside the MLP, reading the block's residual stream (`source="residual"`: the input of the
@@ -159,14 +161,42 @@ class BottleneckOptions(AdapterConfig):
 
 @dataclass
 class SeriesConfig(BottleneckOptions):
-    """Series adapter on the output of each target (linear layer or attn/mlp sublayer): y + s * f(y)."""
+    """Series adapter on the output of each target (linear layer or attn/mlp sublayer): y + s * f(y);
+    input_targets: those of the targets' linear layers (named like targets: suffixes, logical names, mlp_in)
+    whose input it adapts instead, the layer reading x + s * f(x) (logical names the family lacks are
+    skipped, as for a method's default targets)."""
 
     method = "series"
     default_targets = ("down",)
 
+    input_targets: list[str] | None = None
+
+    def validate(self) -> None:
+        super().validate()
+        if isinstance(self.input_targets, str):
+            self.input_targets = [t.strip() for t in self.input_targets.split(",") if t.strip()]
+
+    def input_paths(self, placement: Placement) -> set[str]:
+        """Paths of the layers whose input (not output) gets the adapter."""
+        if not self.input_targets:
+            return set()
+        sites = placement.resolve(list(self.input_targets), self.layers, defaults=True)
+        sublayers = [s.target for s in sites if s.kind != "module"]
+        if sublayers:
+            raise AdapterError(f"{self.method}: input_targets adapt one linear layer's input; {sublayers[0]!r} is a "
+                               "sublayer. Name linear layers (e.g. up_proj, or mlp_in for the MLP's inputs).")
+        return {s.path for s in sites}
+
     def build(self, site: Site, model: nn.Module, placement: Placement) -> "BottleneckAdapter":
+        host = model.get_submodule(site.path)
+        if site.path in self.input_paths(placement) and site.kind == "module":
+            width = input_features(host)
+            if width is None or not is_linear(host):
+                raise AdapterError(f"{self.method}: input target {site.path!r} is a {type(host).__name__}, not a "
+                                   "linear layer; input_targets name linear layers.")
+            return self.make(width, width, "input", host)
         _, out_features = site_features(site, model, self.method)
-        return self.make(out_features, out_features, "series", model.get_submodule(site.path))
+        return self.make(out_features, out_features, "series", host)
 
 
 @dataclass
@@ -281,6 +311,12 @@ class BottleneckAdapter(Adapter):
             h = self.dropout(h)
         return self.up(h) * self.scaling
 
+    def adapt_input(self, x: torch.Tensor) -> torch.Tensor:
+        """Input placement: the host layer reads x + s * f(x)."""
+        return x + self.delta(x).to(x.dtype) if self.placement == "input" else x
+
     def adapt_output(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if self.placement == "input":
+            return y
         source = y if self.placement == "series" else x
         return y + self.delta(source).to(y.dtype)

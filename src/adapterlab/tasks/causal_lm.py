@@ -14,7 +14,7 @@ from .base import TaskOptions, TaskSetup, quantization
 
 # The per-task TrainConfig fields this task reads (see adapterlab.tasks); the others are refused when set.
 TRAIN_FIELDS = frozenset({"template", "cutoff_len", "train_on_inputs", "add_eos", "decontaminate",
-                          "max_train_samples", "dtype", "load_8bit", "load_4bit"})
+                          "max_train_samples", "dtype", "load_8bit", "load_4bit", "group_by_length", "recipe"})
 NOT_APPLICABLE = {
     "few_shot": "instruction records have free-text outputs, not classes to draw K of each from; "
                 "use --max-train-samples N for a seeded subset",

@@ -12,10 +12,11 @@ from __future__ import annotations
 import dataclasses
 import functools
 import typing
+from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import AdapterError, UsageError
+from ..errors import AdapterError, MissingPathError, UsageError
 from ..models.quantize import check_bitsandbytes
 from ..coerce import Mismatch, coerce, describe
 from ..registry import config_class, make_config, method_names
@@ -23,7 +24,8 @@ from ..tasks import task_module, tasks_reading
 from ..tasks.base import quantization
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-TEMPLATES = ("alpaca", "chat")
+RECIPES = ("adapterlab", "llm-adapters")
+from ..data.templates import TEMPLATES
 # Fields that steer how a run proceeds but not what it computes: they may differ when a run is resumed.
 RUN_CONTROL = ("resume", "overwrite", "output")
 
@@ -53,6 +55,9 @@ class TrainConfig:
                       default="")
     data: list[str] = flag("training data file(s)", "--data_path", default_factory=list)
     output: str = flag("run folder", "--output_dir", default="")
+    recipe: str = flag("whose defaults the settings not given take: adapterlab, or llm-adapters (their finetune.py "
+                       "and PEFT fork's; chosen by itself when a command spells a flag as finetune.py does, e.g. "
+                       "--base_model or --adapter_name)", per_task=True, default="adapterlab")
     task: str = flag("causal-lm (instruction tuning), seq-cls (text classification), "
                      "multiple-choice (PIQA, ARC, ...: one score per choice), audio-cls or image-cls",
                      default="causal-lm")
@@ -64,7 +69,8 @@ class TrainConfig:
     max_train_samples: int | None = flag("use a seeded random subset of this many records of --data (the dev "
                                          "records of --val-size / --split are then held out of it)",
                                          per_task=True, default=None)
-    template: str = flag("prompt: alpaca (LLM-Adapters) or chat (the tokenizer's chat template)", per_task=True,
+    template: str = flag("prompt: alpaca (LLM-Adapters' evaluation prompt), llm-adapters (the exact text their "
+                         "finetune.py trains on) or chat (the tokenizer's chat template)", per_task=True,
                          default="alpaca")
     cutoff_len: int = flag("maximum tokens per example", "--cutoff_len", per_task=True, default=256)
     train_on_inputs: bool = flag("also put the loss on the prompt tokens", "--train_on_inputs", per_task=True,
@@ -116,6 +122,11 @@ class TrainConfig:
     seed: int = flag("seed for data order, splits and adapter init", default=42)
     num_workers: int = flag("data loader worker processes", default=0)
     resume: bool = flag("continue from the last complete checkpoint in the run folder", default=False)
+    resume_from_checkpoint: str | None = flag(
+        "start from this folder, as LLM-Adapters' flag: a run's checkpoint folder (weights, optimizer, schedule and "
+        "step) or a saved adapter folder (its weights only; training starts afresh)", default=None)
+    group_by_length: bool = flag("batch examples of similar length together (the Trainer's group_by_length)",
+                                 per_task=True, default=False)
     overwrite: bool = flag("replace a run of another config already in the output folder", default=False)
 
     def __post_init__(self) -> None:
@@ -137,6 +148,9 @@ class TrainConfig:
             make_config(self.adapter, **self.adapter_options)
         if self.template not in TEMPLATES:
             raise AdapterError(f"--template must be one of {TEMPLATES}, got {self.template!r}.")
+        if self.recipe not in RECIPES:
+            raise AdapterError(f"--recipe must be one of {RECIPES}, got {self.recipe!r}.")
+        self.check_start_folder()
         if self.precision not in PRECISIONS:
             raise AdapterError(f"--precision must be one of {PRECISIONS}, got {self.precision!r}.")
         for name in ("batch_size", "micro_batch_size", "cutoff_len", "logging_steps", "few_shot",
@@ -169,6 +183,17 @@ class TrainConfig:
             raise UsageError(f"--adapter full trains every base weight, which {flag_given} stores quantized and "
                              "frozen; pick an adapter method (e.g. --adapter lora) or drop the flag.")
         check_bitsandbytes(self.quantize)
+
+    def check_start_folder(self) -> None:
+        """--resume_from_checkpoint must name a folder, and cannot be combined with --resume."""
+        if self.resume_from_checkpoint is None:
+            return
+        if self.resume:
+            raise UsageError("--resume continues the run in --output and --resume_from_checkpoint starts from "
+                             f"{self.resume_from_checkpoint}; pass one.")
+        if not Path(self.resume_from_checkpoint).is_dir():
+            raise MissingPathError(f"--resume_from_checkpoint {self.resume_from_checkpoint}: no such folder; give a "
+                                   "run's checkpoint folder or a saved adapter folder.")
 
     def check_dev_set(self) -> None:
         """Refuse two sources of dev data, and dev-set settings without a dev set."""

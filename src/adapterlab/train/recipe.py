@@ -38,6 +38,7 @@ from .plot import plot_metrics
 from .run_dir import (BEST, CHECKPOINTS, METRICS, PLOT, SUMMARY, check_output, check_run_dir, clear_run,
                       record_outputs, write_run_config)
 from .run_lock import claim_run_folder
+from .warm_start import warm_start
 
 
 def world_size() -> int:
@@ -117,6 +118,7 @@ def training_arguments(config: TrainConfig, setup: TaskSetup, checkpoints: Path)
         save_total_limit=config.save_total_limit,
         logging_steps=config.logging_steps,
         logging_first_step=True,
+        **length_grouping(config.group_by_length),
         bf16=precision == "bf16",
         fp16=precision == "fp16",
         **checkpointing_arguments(config.gradient_checkpointing),
@@ -132,6 +134,13 @@ def training_arguments(config: TrainConfig, setup: TaskSetup, checkpoints: Path)
         include_num_input_tokens_seen="non_padding" if setup.num_tokens is not None else "no",
         report_to="none",
     )
+
+
+def length_grouping(enabled: bool) -> dict[str, Any]:
+    """The Trainer's length-grouped sampler: `group_by_length` before transformers 5, a sampling strategy since."""
+    if "train_sampling_strategy" in TrainingArguments.__dataclass_fields__:
+        return {"train_sampling_strategy": "group_by_length" if enabled else "random"}
+    return {"group_by_length": enabled}
 
 
 def checkpointing_arguments(enabled: bool) -> dict[str, Any]:
@@ -167,6 +176,8 @@ def _train(config: TrainConfig, out: Path, main: bool, callbacks: Sequence[Train
     setup = prepare_task(config)
     model = setup.model
     make_trainable(model, config, setup.trainable_modules)
+    if config.resume_from_checkpoint:
+        checkpoint = warm_start(model, config.resume_from_checkpoint, full_model=config.adapter == "full")
     trainable, total = count_parameters(model)
     args = training_arguments(config, setup, out / CHECKPOINTS)
     if main:
