@@ -198,3 +198,13 @@ def test_exported_merged_config_is_the_base_config(llama_run, tmp_path) -> None:
     main(["export", "--adapter-path", str(run), "--merged", str(tmp_path / "m")])
     ours, theirs = (json.loads((f / "config.json").read_text()) for f in (tmp_path / "m", base))
     assert {k for k in ours if k not in theirs} <= {"transformers_version", "dtype", "torch_dtype"}
+
+
+def test_export_peft_refuses_a_method_peft_lacks_before_loading(tmp_path, capsys) -> None:
+    model = tiny_model("llama")
+    adapterlab.attach(model, "series")
+    adapterlab.save_adapter(model, tmp_path / "series")
+    code = main(["export", "--model", "nowhere/not-a-model", "--adapter-path", str(tmp_path / "series"),
+                 "--peft", str(tmp_path / "p")])
+    assert code == 2 and "--peft: series has no PEFT counterpart" in capsys.readouterr().err
+    assert not (tmp_path / "p").exists()

@@ -192,15 +192,16 @@ def disabled(model: nn.Module) -> Iterator[nn.Module]:
 
 def _check_mergeable(model: nn.Module, names: list[str]) -> None:
     for name in names:
-        check_mergeable(get_config(model, name).method, name)
+        check_mergeable(get_config(model, name), name)
 
 
-def check_mergeable(method: str, name: str = "default") -> None:
-    """Raise NotMergeableError, with the reason and the mergeable methods, unless `method` merges."""
-    if not _is_mergeable(method):
+def check_mergeable(config: AdapterConfig | type[AdapterConfig], name: str = "default") -> None:
+    """Raise NotMergeableError, with the reason and the mergeable methods, unless the method of `config` (a
+    config or its class: `mergeable` is a class attribute) merges."""
+    if not config.mergeable:
         mergeable = sorted(m for m in METHODS if _is_mergeable(m))
         raise NotMergeableError(
-            f"Adapter {name!r} ({method}) cannot be merged into the base weights: its modules are "
+            f"Adapter {name!r} ({config.method}) cannot be merged into the base weights: its modules are "
             f"not linear in the layer they adapt. Mergeable methods: {', '.join(mergeable)}. Keep it "
             "unmerged for inference."
         )

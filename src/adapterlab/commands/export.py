@@ -14,6 +14,7 @@ from ..engine import check_mergeable
 from ..errors import UsageError
 from ..merging import check_new_folder, merge_and_unload, save_merged
 from ..models.loading import TASKS
+from ..registry import config_class
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -39,11 +40,15 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("nothing to write: pass --merged DIR (a merged transformers model) and/or --peft DIR.")
     if args.merged:
         check_new_folder(Path(args.merged), "--merged")
-        adapter = Path(args.adapter_path)
-        if (adapter / CONFIG_NAME).is_file():
-            saved = read_adapter_config(adapter)
-            if "method" in saved:  # a PEFT folder is checked when merging
-                check_mergeable(str(saved["method"]))
+    adapter = Path(args.adapter_path)
+    saved = read_adapter_config(adapter) if (adapter / CONFIG_NAME).is_file() else {}
+    if "method" in saved:  # refuse what cannot be written before loading the model (a PEFT folder can be)
+        method = config_class(str(saved["method"]))
+        if args.merged:
+            check_mergeable(method)
+        if args.peft and not hasattr(method, "to_peft"):
+            raise UsageError(f"--peft: {method.method} has no PEFT counterpart (PEFT's format holds LoRA, IA3, "
+                             "prompt tuning, P-tuning and prefix tuning); keep the adapter folder as it is.")
     from ..train.restore import restore_run
 
     model, processor, task = restore_run(args.adapter_path, model=args.model, task=args.task, dtype=args.dtype)
