@@ -19,7 +19,8 @@ N = 3
 CASES = {
     "prompt": ({"method": "prompt"}, lambda task: peft.PromptTuningConfig(task_type=task, num_virtual_tokens=N)),
     "ptuning-mlp": ({"method": "ptuning", "encoder_hidden_size": 16},
-                    lambda task: peft.PromptEncoderConfig(task_type=task, num_virtual_tokens=N, encoder_hidden_size=16)),
+                    lambda task: peft.PromptEncoderConfig(task_type=task, num_virtual_tokens=N,
+                                                          encoder_hidden_size=16)),
     "ptuning-lstm": ({"method": "ptuning", "encoder": "lstm", "encoder_hidden_size": 16},
                      lambda task: peft.PromptEncoderConfig(task_type=task, num_virtual_tokens=N, encoder_hidden_size=16,
                                                            encoder_reparameterization_type="LSTM")),
