@@ -17,6 +17,7 @@ from .engine import (
     unmerge,
 )
 from .errors import AdapterError, IncompatibleAdapterError, NotMergeableError, TargetNotFoundError
+from .merging import merge_and_unload, save_merged
 from .registry import config_class, make_config, method_names
 
 __version__ = "0.1.0"
@@ -25,5 +26,6 @@ __all__ = [
     "ARCHITECTURES", "AdapterConfig", "AdapterError", "Architecture", "IncompatibleAdapterError",
     "NotMergeableError", "TargetNotFoundError", "active_adapters", "adapter_names", "attach", "config_class",
     "count_parameters", "detach", "disabled", "export_peft", "get_config", "load_adapter", "load_peft",
-    "make_config", "merge", "method_names", "save_adapter", "set_active", "set_drop_layers", "unmerge",
+    "make_config", "merge", "merge_and_unload", "method_names", "save_adapter", "save_merged", "set_active",
+    "set_drop_layers", "unmerge",
 ]

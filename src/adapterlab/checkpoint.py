@@ -178,18 +178,28 @@ def load_adapter(
 
 
 def export_peft(model: nn.Module, directory: str | os.PathLike, name: str = "default") -> Path:
-    """Write adapter `name` in PEFT's format, loadable by `peft.PeftModel.from_pretrained`."""
+    """Write adapter `name` in PEFT's format, loadable by `peft.PeftModel.from_pretrained`.
+
+    LoRA and IA3 write their tensors; prompt tuning, P-tuning and prefix tuning write what PEFT saves for
+    them, the virtual tokens or prefixes their encoders compute (`methods/peft_prompts.py`)."""
     config = get_config(model, name).saved_as()  # MoSA-LoRA exports its merged LoRA
     to_peft = getattr(config, "to_peft", None)
     if to_peft is None:
         raise AdapterError(f"{config.method} has no PEFT counterpart to export to; use save_adapter instead.")
-    peft_config = to_peft(model, [site for _, _, a in placed(model, name) for site in [a._site]])
+    sites = [a._site for _, _, a in placed(model, name)]
+    peft_config = to_peft(model, sites)
     peft_config.setdefault("base_model_name_or_path", base_model_info(model).get("name_or_path"))
-    state = {f"base_model.model.{k}": v.detach().cpu().contiguous()
-             for k, v in adapter_state_dict(model, name, collapsed=True).items()}
+    if hasattr(config, "peft_state"):
+        state = config.peft_state(model, sites)
+    else:
+        state = {f"base_model.model.{k}": v.detach().cpu().contiguous()
+                 for k, v in adapter_state_dict(model, name, collapsed=True).items()}
+    if any(t.is_meta for t in state.values()):
+        raise AdapterError("The adapter lives on the meta device and has no values to export; load real weights first.")
+    prefix = getattr(config, "peft_prefix", "base_model.model.")
     for head in peft_config.get("modules_to_save") or []:  # e.g. the classifier PEFT keeps beside a SEQ_CLS adapter
         for key, tensor in model.get_submodule(head).state_dict().items():
-            state[f"base_model.model.{head}.{key}"] = tensor.detach().cpu().contiguous()
+            state[f"{prefix}{head}.{key}"] = tensor.detach().cpu().contiguous()
     directory = Path(directory)
 
     def build(stage: Path) -> None:
@@ -203,6 +213,10 @@ def export_peft(model: nn.Module, directory: str | os.PathLike, name: str = "def
 def load_peft(model: nn.Module, path: str | os.PathLike, name: str = "default", *, trainable: bool = False) -> nn.Module:
     """Attach a PEFT adapter folder (adapter_config.json + adapter_model.safetensors) to `model`.
 
+    LoRA, IA3, prompt tuning, P-tuning and prefix tuning. PEFT saves the last three as the virtual tokens
+    (prefixes) they compute, without their encoders, so a P-tuning adapter loads as a prompt adapter and a
+    prefix saved with prefix_projection as a plain prefix, each with PEFT's outputs.
+
     Whole modules PEFT saved beside the adapter (`modules_to_save`, e.g. a classifier head) overwrite the
     model's own modules: they are part of the trained model, and `detach` does not restore them.
     """
@@ -210,17 +224,19 @@ def load_peft(model: nn.Module, path: str | os.PathLike, name: str = "default", 
     peft_type = saved.get("peft_type")
     from .registry import METHODS, config_class
 
-    for method in METHODS:
-        cls = config_class(method)
-        if getattr(cls, "peft_type", None) == peft_type and hasattr(cls, "from_peft"):
-            config = cls.from_peft(_peft_patterns_to_paths(model, saved, str(path)))
-            break
-    else:
-        raise AdapterError(f"{path}: PEFT adapter type {peft_type!r} cannot be imported; adapterlab imports LoRA and IA3.")
+    importable = {getattr(config_class(m), "peft_type", None): config_class(m) for m in METHODS}
+    importable = {t: cls for t, cls in importable.items() if t and hasattr(cls, "from_peft")}
+    if peft_type not in importable:
+        raise AdapterError(f"{path}: PEFT adapter type {peft_type!r} cannot be imported; adapterlab imports "
+                           f"{', '.join(sorted(importable))}.")
+    config = importable[peft_type].from_peft(_peft_patterns_to_paths(model, saved, str(path)))
+    if hasattr(config, "check_peft_model"):  # e.g. prefix tuning of an encoder, which PEFT computes otherwise
+        config.check_peft_model(model)
     raw = read_safetensors(_locate(path, PEFT_WEIGHTS_NAME), RESAVE)
+    prefix = getattr(config, "peft_prefix", "base_model.model.")
     state = {}
     for key, tensor in raw.items():
-        key = key.removeprefix("base_model.model.")
+        key = key.removeprefix(prefix)
         state[config.peft_key_to_ours(key) if hasattr(config, "peft_key_to_ours") else key] = tensor
     heads = _split_heads(model, state, saved.get("modules_to_save") or [], str(path))
     attach(model, config, name=name)

@@ -22,6 +22,7 @@ from .errors import UserError
 SUBCOMMANDS = [
     "adapterlab.commands.demo",
     "adapterlab.commands.eval",
+    "adapterlab.commands.export",
     "adapterlab.commands.measure",
     "adapterlab.commands.compare",
     "adapterlab.commands.models",

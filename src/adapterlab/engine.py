@@ -192,14 +192,19 @@ def disabled(model: nn.Module) -> Iterator[nn.Module]:
 
 def _check_mergeable(model: nn.Module, names: list[str]) -> None:
     for name in names:
-        config = get_config(model, name)
-        if not config.mergeable:
-            mergeable = sorted(m for m in METHODS if _is_mergeable(m))
-            raise NotMergeableError(
-                f"Adapter {name!r} ({config.method}) cannot be merged into the base weights: its modules are "
-                f"not linear in the layer they adapt. Mergeable methods: {', '.join(mergeable)}. Keep it "
-                "unmerged for inference."
-            )
+        check_mergeable(get_config(model, name), name)
+
+
+def check_mergeable(config: AdapterConfig | type[AdapterConfig], name: str = "default") -> None:
+    """Raise NotMergeableError, with the reason and the mergeable methods, unless the method of `config` (a
+    config or its class: `mergeable` is a class attribute) merges."""
+    if not config.mergeable:
+        mergeable = sorted(m for m in METHODS if _is_mergeable(m))
+        raise NotMergeableError(
+            f"Adapter {name!r} ({config.method}) cannot be merged into the base weights: its modules are "
+            f"not linear in the layer they adapt. Mergeable methods: {', '.join(mergeable)}. Keep it "
+            "unmerged for inference."
+        )
 
 
 def _is_mergeable(method: str) -> bool:

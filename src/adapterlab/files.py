@@ -156,6 +156,22 @@ def replace_files(folder: Path, build: Callable[[Path], Any]) -> None:
     finish_pending(folder)
 
 
+def write_new_folder(folder: Path, build: Callable[[Path], Any]) -> None:
+    """Create `folder` (absent or empty) with the files build(stage) writes into a staging folder beside it,
+    renamed into place at the end: readers see no folder or the whole one, and a failure leaves none."""
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    sweep_stale(folder.parent)
+    stage = temp_path(folder)
+    stage.mkdir(mode=0o755)
+    try:
+        build(stage)
+        os.rename(stage, folder)  # replaces an empty folder; a folder that filled up meanwhile is an error
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+
+
 def group_file(folder: Path, name: str) -> Path:
     """Where to read file `name` of a group in `folder`: the pending copy of a save cut short, if any."""
     pending = Path(folder) / PENDING / name

@@ -28,6 +28,8 @@ from ..errors import AdapterError
 from ..layers import reference_tensor
 from ..sites import Placement, Site
 from .base import Adapter
+from .peft_prompts import PEFT_PREFIX, PROMPT_EMBEDDINGS, check_peft_prompt_config, encoded, peft_key_to_ours
+from .peft_prompts import peft_prompt_config, placed_at
 from .prefix_attention import AttentionSite, PrefixAttentionHooks, attention_sites, has_bidirectional_attention, kv_width
 from .virtual_tokens import (
     as_keywords,
@@ -88,6 +90,39 @@ class PrefixConfig(AdapterConfig):
         """Hidden size of the reparameterisation MLP; None without prefix_projection."""
         return (self.encoder_hidden_size or kv_dim) if self.prefix_projection else None
 
+    peft_type = "PREFIX_TUNING"
+    peft_prefix = PEFT_PREFIX
+
+    def check_peft_model(self, model: nn.Module) -> None:
+        """Refuse a bidirectional (encoder) model: PEFT feeds it the prefix as past_key_values, which e.g. shifts
+        BERT's position ids by the prefix length, while adapterlab joins it inside attention without a shift."""
+        if has_bidirectional_attention(model):
+            raise AdapterError(
+                f"PEFT's prefix tuning runs {type(model).__name__} (an encoder) through past_key_values, which "
+                "shifts its positions; adapterlab joins the prefix inside attention without a shift, so the two "
+                "compute different outputs and a prefix adapter of an encoder cannot move between them. Keep it "
+                "in adapterlab's format (save_adapter / load_adapter), or use prompt tuning for PEFT."
+            )
+
+    def to_peft(self, model: nn.Module, sites: list[Site]) -> dict:
+        """PEFT's PrefixTuningConfig as a dict; the file holds the flat prefixes (after the MLP), which is what
+        prefix_projection=False describes, so the config says that."""
+        self.check_peft_model(model)
+        adapter = placed_at(model, sites[0])
+        return peft_prompt_config(model, adapter, self.peft_type, adapter.kv_heads * adapter.head_dim,
+                                  adapter.kv_heads, prefix_projection=False)
+
+    def peft_state(self, model: nn.Module, sites: list[Site]) -> dict[str, torch.Tensor]:
+        adapter = placed_at(model, sites[0])
+        return {PROMPT_EMBEDDINGS: encoded(adapter, adapter.flat_prefixes)}
+
+    @classmethod
+    def from_peft(cls, data: dict) -> "PrefixConfig":
+        """A plain prefix adapter holding PEFT's saved prefixes (PEFT keeps no MLP in the file)."""
+        return cls(num_virtual_tokens=check_peft_prompt_config("prefix tuning", data))
+
+    peft_key_to_ours = staticmethod(peft_key_to_ours)
+
 
 class PrefixAdapter(Adapter):
     """Learned per-layer key/value prefixes: injected as the model's KV cache on a sequence's first call, or,
@@ -107,9 +142,13 @@ class PrefixAdapter(Adapter):
         else:
             self.embedding = nn.Embedding(n, num_layers * 2 * kv_dim, device=device, dtype=dtype)
 
+    def flat_prefixes(self) -> torch.Tensor:
+        """All prefixes as (n, layers * 2 * kv_heads * head_dim), PEFT's layout (through the MLP if any)."""
+        return self.embedding.weight if self.transform is None else self.transform(self.embedding.weight)
+
     def key_values(self) -> torch.Tensor:
         """All prefixes as (2 * layers, kv_heads, n, head_dim): layer i's keys at 2i, values at 2i + 1."""
-        flat = self.embedding.weight if self.transform is None else self.transform(self.embedding.weight)
+        flat = self.flat_prefixes()
         n = self.num_virtual_tokens
         return flat.view(n, 2 * self.num_layers, self.kv_heads, self.head_dim).permute(1, 2, 0, 3)
 

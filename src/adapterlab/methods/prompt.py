@@ -19,6 +19,8 @@ from ..config import AdapterConfig, one_of
 from ..errors import AdapterError
 from ..layers import reference_tensor
 from ..sites import Placement, Site
+from .peft_prompts import PEFT_PREFIX, PROMPT_EMBEDDINGS, check_peft_prompt_config, encoded, peft_key_to_ours
+from .peft_prompts import peft_prompt_config, placed_at
 from .virtual_tokens import VirtualTokenAdapter, check_num_virtual_tokens, modality_and_blocks, text_config
 
 INITS = ("random", "vocab", "text")
@@ -76,6 +78,29 @@ class PromptConfig(AdapterConfig):
                 ids = torch.randint(0, embeddings.num_embeddings, (self.num_virtual_tokens,)).tolist()
             adapter.init_from_vocabulary(embeddings, ids)
         return adapter
+
+    peft_type = "PROMPT_TUNING"
+    peft_prefix = PEFT_PREFIX
+
+    def to_peft(self, model: nn.Module, sites: list[Site]) -> dict:
+        """PEFT's PromptTuningConfig as a dict (init RANDOM: the tokens themselves are saved)."""
+        adapter = placed_at(model, sites[0])
+        if adapter.deep:
+            raise AdapterError("export_peft: this prompt adapter has deep=True (VPT-deep: own tokens at every "
+                               "block), which PEFT's prompt tuning has no counterpart for. Use save_adapter.")
+        return peft_prompt_config(model, adapter, self.peft_type, adapter.embedding.embedding_dim,
+                                  text_config(model).num_attention_heads, prompt_tuning_init="RANDOM")
+
+    def peft_state(self, model: nn.Module, sites: list[Site]) -> dict[str, torch.Tensor]:
+        adapter = placed_at(model, sites[0])
+        return {PROMPT_EMBEDDINGS: encoded(adapter, adapter.prompts)}
+
+    @classmethod
+    def from_peft(cls, data: dict) -> "PromptConfig":
+        """A prompt adapter holding PEFT's saved tokens (PEFT's own init options do not matter then)."""
+        return cls(num_virtual_tokens=check_peft_prompt_config("prompt tuning", data))
+
+    peft_key_to_ours = staticmethod(peft_key_to_ours)
 
 
 def tokenize_init_text(text: str | None, tokenizer: str | None) -> list[int]:

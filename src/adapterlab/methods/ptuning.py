@@ -18,6 +18,8 @@ from ..config import AdapterConfig, one_of, positive_int
 from ..errors import AdapterError
 from ..layers import reference_tensor
 from ..sites import Placement, Site
+from .peft_prompts import PEFT_PREFIX, PROMPT_EMBEDDINGS, check_peft_prompt_config, encoded, peft_key_to_ours
+from .peft_prompts import peft_prompt_config, placed_at
 from .virtual_tokens import VirtualTokenAdapter, check_num_virtual_tokens, modality_and_blocks, text_config
 
 
@@ -56,6 +58,32 @@ class PTuningConfig(AdapterConfig):
         encoder = PromptEncoder(self.num_virtual_tokens, hidden, self.encoder_hidden_size or hidden, self.encoder,
                                 self.encoder_num_layers, self.encoder_dropout).to(device=ref.device, dtype=ref.dtype)
         return PTuningAdapter(encoder, self.num_virtual_tokens, modality, leading, blocks)
+
+    peft_type = "P_TUNING"
+    peft_prefix = PEFT_PREFIX
+
+    def to_peft(self, model: nn.Module, sites: list[Site]) -> dict:
+        """PEFT's PromptEncoderConfig as a dict; the file holds the encoded tokens, as PEFT saves them."""
+        adapter = placed_at(model, sites[0])
+        hidden = adapter.encoder.embedding.embedding_dim
+        return peft_prompt_config(model, adapter, self.peft_type, hidden, text_config(model).num_attention_heads,
+                                  encoder_reparameterization_type=self.encoder.upper(),
+                                  encoder_hidden_size=self.encoder_hidden_size or hidden,
+                                  encoder_num_layers=self.encoder_num_layers, encoder_dropout=self.encoder_dropout)
+
+    def peft_state(self, model: nn.Module, sites: list[Site]) -> dict[str, torch.Tensor]:
+        adapter = placed_at(model, sites[0])
+        return {PROMPT_EMBEDDINGS: encoded(adapter, adapter.prompts)}
+
+    @classmethod
+    def from_peft(cls, data: dict) -> AdapterConfig:
+        """PEFT saves a P-tuning adapter as its encoded tokens only (no encoder), so it imports as the prompt
+        adapter holding them: the same virtual tokens, the same outputs."""
+        from .prompt import PromptConfig
+
+        return PromptConfig(num_virtual_tokens=check_peft_prompt_config("P-tuning", data))
+
+    peft_key_to_ours = staticmethod(peft_key_to_ours)
 
 
 class PromptEncoder(nn.Module):
