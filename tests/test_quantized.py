@@ -128,8 +128,10 @@ def test_cli_trains_on_a_quantized_base_and_the_adapter_loads_onto_float32_and_e
     `adapterlab eval --load-...` records the quantization."""
     data = write_json(tmp_path / "math.json", math_records(16))
     run = tmp_path / "run"
-    flag = {"8bit": "--load_8bit", "4bit": "--load-in-4bit"}[mode]  # LLM-Adapters' spelling, the transformers one
-    assert main(["train", "--model", str(llama), "--data", str(data), "--output", str(run), flag,
+    # LLM-Adapters' spelling (which alone would select their recipe's defaults: --recipe keeps adapterlab's), and
+    # the transformers one
+    flag = {"8bit": ["--load_8bit", "--recipe", "adapterlab"], "4bit": ["--load-in-4bit"]}[mode]
+    assert main(["train", "--model", str(llama), "--data", str(data), "--output", str(run), *flag,
                  "--max-steps", "6", "--batch-size", "4", "--micro-batch-size", "4", "--lr", "1e-2",
                  "--warmup-steps", "0", "--logging-steps", "1"]) == 0
     losses = [json.loads(line)["loss"] for line in (run / "metrics.jsonl").read_text().splitlines()
