@@ -6,8 +6,8 @@ follow their code's logic on the tiny model's layer shapes, written out here ind
 r * (in + out) per target layer; their bottleneck adds, per target, adapter_down + adapter_up without bias, sized
 in -> size -> in for an mh_adapter (their TRANSFORMERS_MODELS_TO_ADAPTER_TYPE_MAPPING), out -> size -> out for an
 output_adapter, in -> size -> out for the parallel adapter; prefix tuning (no projection) holds
-num_virtual_tokens x layers x 2 x key/value width. `--load_8bit` is stripped: quantized loading belongs to the
-quantization branch, and it changes no adapter shape.
+num_virtual_tokens x layers x 2 x key/value width. Their `--load_8bit` runs too: bitsandbytes loads the tiny base in
+8 bits on this CPU, and the adapters keep their shapes.
 """
 
 from __future__ import annotations
@@ -95,7 +95,7 @@ def argv_of(command: str, folders: dict[str, Path], out: Path) -> tuple[list[str
     values["--base_model"] = str(folders[family])
     for flag, value in values.items():
         words[words.index(flag) + 1] = value
-    return ["train", *[w for w in words if w != "--load_8bit"]], family
+    return ["train", *words], family
 
 
 def flag_value(command: str, flag: str, default: Any = None) -> Any:
