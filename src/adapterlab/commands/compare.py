@@ -93,6 +93,9 @@ def run(args: argparse.Namespace) -> int:
             raise UsageError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}.")
 
     def progress(record: dict) -> None:
+        if "refused" in record:
+            print(f"{record['task']} {record['method']} seed {record['seed']}: refused: {record['refused']}", flush=True)
+            return
         best = max((p["score"] for p in record["curve"]), default=float("nan"))
         print(f"{record['task']} {record['method']} seed {record['seed']}: best dev {100 * best:.1f} "
               f"after {record['steps']} steps", flush=True)

@@ -87,21 +87,33 @@ def prepared_tasks(specs: list[str], data_dir: str | None, out: Path, max_eval_s
 
 
 def method_latency(records: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """Per method and batch size: the median over tasks of unmerged and merged milliseconds per batch."""
+    """Per method and batch size: the median over tasks of unmerged and merged milliseconds per batch, and the
+    median over the tasks full fine-tuning was timed on too of the per-task ratio to full's (tasks differ in
+    input length and choices, so only ratios on the same task are compared)."""
+    timed = {(r["method"], r["task"]): r["latency"] for r in records if r.get("latency")}
     out: dict[str, dict[str, Any]] = {}
-    for method in dict.fromkeys(r["method"] for r in records):
-        measured = [r["latency"] for r in records if r["method"] == method and r.get("latency")]
-        for size in dict.fromkeys(k for m in measured for k in m):
-            values = {kind: [m[size][kind] for m in measured if m.get(size, {}).get(kind) is not None]
-                      for kind in ("unmerged_ms", "merged_ms")}
-            out.setdefault(method, {})[size] = {k: statistics.median(v) if v else None for k, v in values.items()}
-    return out
+    for (method, task), lat in timed.items():
+        for size, v in lat.items():
+            row = out.setdefault(method, {}).setdefault(size, {"unmerged": [], "merged": [], "unmerged_ratio": [],
+                                                               "merged_ratio": []})
+            base = timed.get((FULL, task), {}).get(size, {}).get("unmerged_ms")
+            for kind in ("unmerged", "merged"):
+                if v.get(f"{kind}_ms") is not None:
+                    row[kind].append(v[f"{kind}_ms"])
+                    if base:
+                        row[f"{kind}_ratio"].append(v[f"{kind}_ms"] / base)
+    names = {"unmerged": "unmerged_ms", "merged": "merged_ms", "unmerged_ratio": "unmerged_vs_full",
+             "merged_ratio": "merged_vs_full"}
+    return {method: {size: {names[k]: statistics.median(v) if v else None for k, v in row.items()}
+                     for size, row in sizes.items()} for method, sizes in out.items()}
 
 
 def analyse(records: list[dict[str, Any]], fractions: list[float], settings: dict[str, Any],
             serving: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     """Everything the report shows, from the run records and serving rows alone (so a report can be rebuilt
     from results.json)."""
+    refused = [r for r in records if "refused" in r]
+    records = [r for r in records if "refused" not in r]
     targets = full_targets(records, fractions)
     names = [label(f) for f in fractions]
     rows = per_run(records, targets)
@@ -110,7 +122,7 @@ def analyse(records: list[dict[str, Any]], fractions: list[float], settings: dic
     serving = serving or []
     every_task = all_tasks(rows, names)
     return {"settings": settings, "target_names": names, "targets": targets, "records": records, "rows": rows,
-            "summary": summary, "latency": latency, "all_tasks": every_task, "serving": serving,
+            "summary": summary, "latency": latency, "all_tasks": every_task, "serving": serving, "refused": refused,
             "verdicts": verdicts(summary, latency, names, every_task, serving)}
 
 

@@ -152,11 +152,10 @@ def verdicts(summary: list[dict[str, Any]], latency: dict[str, dict[str, Any]], 
                 if full_all and full_all["mean"]:
                     words += f", {mine_all['mean'] / full_all['mean']:.2f}x the sum over full's {len(mine)} runs"
                 parts.append(words)
-        lat, base = latency.get(method, {}), latency.get(FULL, {})
+        lat = latency.get(method, {})
         for size in ("b1", "b32"):
-            if size in lat and size in base:
-                unmerged = _ratio(lat[size]["unmerged_ms"], base[size]["unmerged_ms"])
-                merged = _ratio(lat[size]["merged_ms"], base[size]["unmerged_ms"])
+            if lat.get(size, {}).get("unmerged_vs_full") is not None:  # per-task ratios to full, median over tasks
+                unmerged, merged = lat[size]["unmerged_vs_full"], lat[size].get("merged_vs_full")
                 words = f"{100 * (unmerged - 1):+.0f}% unmerged" if unmerged else ""
                 words += f", {100 * (merged - 1):+.0f}% merged" if merged else ", cannot merge"
                 parts.append(f"latency at batch {size[1:]}: {words}")

@@ -22,6 +22,12 @@ def _fmt(stat: dict[str, Any], scale: float = 1.0, digits: int = 1) -> str:
     return text + (f" ({stat['n']}/{stat['of']})" if stat["n"] < stat["of"] else "")
 
 
+def _ms(latency: dict[str, Any], kind: str) -> str:
+    """Milliseconds, with the median per-task ratio to full fine-tuning's unmerged time where there is one."""
+    ms, ratio = latency.get(f"{kind}_ms"), latency.get(f"{kind}_vs_full")
+    return "" if ms is None else f"{ms:.1f}" + (f" ({ratio:.2f}x)" if ratio is not None else "")
+
+
 def markdown(result: dict[str, Any]) -> str:
     """The report: settings, per task a table of methods, latency, verdicts."""
     names = result["target_names"]
@@ -47,15 +53,15 @@ def markdown(result: dict[str, Any]) -> str:
     lines += multitask_sections(result)
     if result["latency"]:
         sizes = sorted({k for v in result["latency"].values() for k in v}, key=lambda k: int(k[1:]))
-        lines += ["## Serving latency (ms per batch, median over tasks and batches of real dev inputs)", "",
+        lines += ["## Serving latency (ms per batch, median over tasks and batches of real dev inputs; in brackets the "
+                  "median over tasks of the ratio to full fine-tuning on the same task)", "",
                   "| method | " + " | ".join(f"batch {s[1:]} unmerged | batch {s[1:]} merged" for s in sizes) + " |",
                   "|---|" + "---|---|" * len(sizes)]
         for method, lat in result["latency"].items():
             cells = []
             for s in sizes:
                 v = lat.get(s, {})
-                cells += [f"{v['unmerged_ms']:.1f}" if v.get("unmerged_ms") is not None else "",
-                          f"{v['merged_ms']:.1f}" if v.get("merged_ms") is not None else "n/a"]
+                cells += [_ms(v, "unmerged"), _ms(v, "merged") if v.get("merged_ms") is not None else "n/a"]
             lines.append(f"| {method} | " + " | ".join(cells) + " |")
         lines.append("")
     if result.get("serving"):
@@ -69,6 +75,9 @@ def markdown(result: dict[str, Any]) -> str:
                              f"{row['switches'] if row['method'] != FULL else 'n/a (T models)'} | "
                              f"{row['parameter_mb']:.1f} |")
         lines.append("")
+    if result.get("refused"):
+        lines += ["## Runs refused", ""] + [f"- {r['method']} on {r['task']} (seed {r['seed']}): {r['refused']}"
+                                            for r in result["refused"]] + [""]
     lines += ["## Verdicts (generated from the numbers above)", ""]
     lines += [f"- **{m}**: {v}" for m, v in result["verdicts"].items()]
     return "\n".join(lines) + "\n"

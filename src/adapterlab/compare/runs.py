@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from ..errors import AdapterError
 from ..train import TrainConfig, train
 from ..train.callbacks import read_log
 from .latency import serving_latency
@@ -104,7 +105,10 @@ def run_isolated(function: Callable[..., Any], isolate: bool, *args: Any) -> Any
 def run_records(spec: Any) -> list[dict[str, Any]]:
     """The records of one spec: a RunSpec gives one; a multi-task spec one per task it trains."""
     if isinstance(spec, RunSpec):
-        return [run_one(spec)]
+        try:
+            return [run_one(spec)]
+        except AdapterError as exc:  # the method cannot run this task (prompt tuning on multiple choice): a row
+            return [{"method": spec.method, "task": spec.task, "seed": spec.seed, "refused": str(exc)}]
     from .multitask import run_spec
 
     return run_spec(spec)

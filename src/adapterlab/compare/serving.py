@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 import random
+import re
 import time
 from typing import Any
 
@@ -20,6 +21,12 @@ from ..engine import attach, set_active
 from ..train.recipe import prepare_task
 
 BATCHES_PER_TASK = 6
+
+
+def adapter_name(task: str) -> str:
+    """The task's adapter name: its name made a Python identifier (arc-e -> arc_e)."""
+    name = re.sub(r"\W", "_", task)
+    return name if name.isidentifier() else f"task_{name}"
 
 
 def _task_batches(setup: Any, batch_size: int) -> list[dict[str, torch.Tensor]]:
@@ -56,7 +63,7 @@ def serving_throughput(configs: dict[str, Any], method: str, batch_size: int = 3
         backbone = getattr(first, prefix)
         for task, model in models.items():
             setattr(model, prefix, backbone)  # one base for every task; each keeps its own head
-            attach(backbone, method, task, **configs[task].adapter_options)
+            attach(backbone, method, adapter_name(task), **configs[task].adapter_options)
         if any(a._site.kind == "model" for a in _adapters(backbone)):
             return {"method": method, "refused": "its adapters hook the model call, so they cannot be switched "
                                                  "under per-task heads on one base"}
@@ -79,7 +86,7 @@ def serving_throughput(configs: dict[str, Any], method: str, batch_size: int = 3
 def _serve(models: dict[str, torch.nn.Module], method: str, task: str, batch: dict[str, torch.Tensor]) -> None:
     model = models[task]
     if method != "full":
-        set_active(getattr(model, model.base_model_prefix), task, trainable=False)
+        set_active(getattr(model, model.base_model_prefix), adapter_name(task), trainable=False)
     model(**batch)
 
 

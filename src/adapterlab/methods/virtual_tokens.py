@@ -239,6 +239,10 @@ class VirtualTokenAdapter(Adapter):
             ids = kwargs.pop("input_ids", None)
             if embeds is None:
                 embeds = model.get_input_embeddings()(ids)
+            if embeds.dim() != 3:  # a multiple-choice model's (batch, choices, tokens) input
+                raise AdapterError(f"{type(self).__name__}: virtual tokens go in front of one sequence per row, but "
+                                   f"this model takes inputs of shape {tuple(embeds.shape[:-1])} (a multiple-choice "
+                                   "model's batch x choices x tokens); use lora, ia3, a bottleneck adapter or prefix.")
             tokens = self.prompts().to(device=embeds.device, dtype=embeds.dtype).expand(batch, -1, -1)
             kwargs["inputs_embeds"] = torch.cat([tokens, embeds], dim=1)
             labels = kwargs.get("labels")
