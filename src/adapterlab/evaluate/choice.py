@@ -10,7 +10,6 @@ and the run records the model, adapter and prompt format as the generative proto
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -20,14 +19,14 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from ..checkpoint import write_atomic, write_json
+from ..checkpoint import write_json
 from ..data.choices import ChoiceItem, read_choice_items
 from ..errors import UsageError
 from .datasets import KNOWN, NUMBER, canonical_name, find_file
 from .fingerprint import fingerprint
 from .loglikelihood import loglikelihoods
 from .report import markdown_table, wilson_interval
-from .resume import CONFIG_FILE, check_resume, predictions_path, read_done
+from .resume import CONFIG_FILE, RowStream, check_resume, predictions_path, read_done
 
 PROMPT = "Question: {question}\nAnswer:"
 CONTINUATION = " {choice}"
@@ -135,32 +134,23 @@ def _evaluate_one(model: Any, tokenizer: Any, dataset: ChoiceDataset, out: Path 
     todo = [i for i in range(len(items)) if i not in rows]
     started = time.perf_counter()
     bar = tqdm(total=len(items), initial=len(rows), desc=dataset.name, unit="item", disable=not progress)
-    handle = None  # opened with the first scored chunk: a failure before it leaves no file behind
+    stream = RowStream(path, resume)
     try:
-        for start in range(0, len(todo), batch_size):
-            chunk = todo[start: start + batch_size]
-            pairs = [(PROMPT.format(question=items[i].question), CONTINUATION.format(choice=c))
-                     for i in chunk for c in items[i].choices]
-            scores = loglikelihoods(model, tokenizer, pairs, batch_size)
-            if handle is None and path is not None:
-                handle = open(path, "a" if resume else "w", encoding="utf-8")
-            for i in chunk:
-                rows[i] = _row(i, dataset.name, items[i], scores[: len(items[i].choices)])
-                scores = scores[len(items[i].choices):]
-                if handle is not None:
-                    handle.write(json.dumps(rows[i], ensure_ascii=False) + "\n")
-            if handle is not None:
-                handle.flush()
-            bar.update(len(chunk))
+        with stream:
+            for start in range(0, len(todo), batch_size):
+                chunk = todo[start: start + batch_size]
+                pairs = [(PROMPT.format(question=items[i].question), CONTINUATION.format(choice=c))
+                         for i in chunk for c in items[i].choices]
+                scores = loglikelihoods(model, tokenizer, pairs, batch_size)
+                for i in chunk:
+                    rows[i] = _row(i, dataset.name, items[i], scores[: len(items[i].choices)])
+                    scores = scores[len(items[i].choices):]
+                stream.write([rows[i] for i in chunk])
+                bar.update(len(chunk))
     finally:
         bar.close()
-        if handle is not None:
-            handle.close()
     seconds = time.perf_counter() - started
     ordered = [rows[i] for i in sorted(rows)]
-    if path is not None and ordered:  # in data set order; rows past --limit kept
-        kept = ordered + [done[i] for i in sorted(done) if i >= len(items)]
-        write_atomic(path, lambda tmp: Path(tmp).write_text(
-            "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in kept), encoding="utf-8"))
+    stream.finish(ordered, done, len(items))  # in data set order; rows past --limit kept
     return {**score_rows(ordered), "source": dataset.source, "scored_now": len(todo), "seconds": round(seconds, 2),
             "items_per_second": round(len(todo) / seconds, 3) if todo and seconds > 0 else None}

@@ -4,7 +4,6 @@ and a confusion-matrix PNG per test set."""
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -15,13 +14,13 @@ import torch
 from tqdm.auto import tqdm
 
 from ..errors import UsageError
-from ..files import write_atomic, write_json
+from ..files import write_json
 from ..tasks.classification import head_modules
 from .class_metrics import classification_scores
 from .class_report import confusion_png_path, markdown_report, plot_confusion
 from .class_run import LabelledSet
 from .fingerprint import fingerprint, module_weights
-from .resume import CONFIG_FILE, check_resume, predictions_path, read_done
+from .resume import CONFIG_FILE, RowStream, check_resume, predictions_path, read_done
 from .runner import check_counts
 
 # A predictions row: the example's number, what it is, its gold and predicted label, and the class probabilities.
@@ -115,28 +114,19 @@ def _evaluate_one(model: torch.nn.Module, data: LabelledSet, labels: list[str], 
     todo = [i for i in range(len(data.inputs)) if i not in rows]
     started = time.perf_counter()
     bar = tqdm(total=len(data.inputs), initial=len(rows), desc=data.name, unit="example", disable=not progress)
-    handle = None  # opened with the first batch: a failure before it leaves no file behind
+    stream = RowStream(path, resume)
     try:
-        for pairs in predict_batches(model, data, todo, batch_size):
-            if handle is None and path is not None:
-                handle = open(path, "a" if resume else "w", encoding="utf-8")
-            for index, probabilities in pairs:
-                rows[index] = prediction_row(index, data, probabilities, labels)
-                if handle is not None:
-                    handle.write(json.dumps(rows[index], ensure_ascii=False) + "\n")
-            if handle is not None:
-                handle.flush()
-            bar.update(len(pairs))
+        with stream:
+            for pairs in predict_batches(model, data, todo, batch_size):
+                for index, probabilities in pairs:
+                    rows[index] = prediction_row(index, data, probabilities, labels)
+                stream.write([rows[index] for index, _ in pairs])
+                bar.update(len(pairs))
     finally:
         bar.close()
-        if handle is not None:
-            handle.close()
     seconds = time.perf_counter() - started
     ordered = [rows[i] for i in sorted(rows)]
-    if path is not None and ordered:  # in data order; rows past --limit of an earlier, longer run are kept
-        kept = ordered + [done[i] for i in sorted(done) if i >= len(data.inputs)]
-        write_atomic(path, lambda tmp: Path(tmp).write_text(
-            "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in kept), encoding="utf-8"))
+    stream.finish(ordered, done, len(data.inputs))  # in data order; rows past --limit of an earlier run kept
     to_id = {name: i for i, name in enumerate(labels)}
     scores = classification_scores([to_id[r["gold"]] for r in ordered], [to_id[r[PREDICTED]] for r in ordered],
                                    labels)

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from ..files import write_atomic
 from ..errors import CorruptFileError, RunFolderError
 from .fingerprint import MEANINGS
 
@@ -107,3 +108,35 @@ def check_resume(output_dir: Path, identity: dict[str, Any], names: list[str], *
     if changed:
         raise RunFolderError(f"Cannot resume in {output_dir}: the predictions there were made differently "
                          f"({'; '.join(changed)}), and this run's rows would mix with them; {FIX}.")
+
+
+class RowStream:
+    """Prediction rows appended to `path` as they are made, one flush per batch, so a killed run keeps what it
+    had. The file is opened with the first batch (a failure before it leaves no file); `resume` appends to it.
+    `finish` rewrites it in item order, keeping rows past this run's --limit that an earlier run made."""
+
+    def __init__(self, path: Path | None, resume: bool) -> None:
+        self.path, self.resume, self.handle = path, resume, None
+
+    def __enter__(self) -> "RowStream":
+        return self
+
+    def write(self, rows: list[dict[str, Any]]) -> None:
+        if self.path is None:
+            return
+        if self.handle is None:
+            self.handle = open(self.path, "a" if self.resume else "w", encoding="utf-8")
+        self.handle.write("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
+        self.handle.flush()
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.handle is not None:
+            self.handle.close()
+
+    def finish(self, ordered: list[dict[str, Any]], done: dict[int, dict[str, Any]], count: int) -> None:
+        """Rewrite the file as `ordered` (this run's items in order) plus the done rows numbered `count` or more."""
+        if self.path is None or not ordered:
+            return
+        kept = ordered + [done[i] for i in sorted(done) if i >= count]
+        write_atomic(self.path, lambda tmp: Path(tmp).write_text(
+            "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in kept), encoding="utf-8"))

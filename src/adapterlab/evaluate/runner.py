@@ -3,7 +3,6 @@ they come (JSONL, one line per item), resumable after an interrupt, and a summar
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -13,14 +12,14 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from ..errors import UsageError
-from ..checkpoint import write_atomic, write_json
+from ..checkpoint import write_json
 from ..data.templates import build_prompt
 from .datasets import EvalDataset, check_answers, check_record, infer_answer_type, labels_for, load_dataset
 from .extract import MODES, extract_answer, is_correct
 from .fingerprint import fingerprint
 from .generate import generate_batches
 from .report import markdown_table, score
-from .resume import CONFIG_FILE, check_resume, predictions_path, read_done
+from .resume import CONFIG_FILE, RowStream, check_resume, predictions_path, read_done
 from .stopping import STOP_STRINGS
 
 # Settings that change generations: a resumed run must use the same ones, or its predictions would mix two runs.
@@ -170,29 +169,20 @@ def _evaluate_one(model: Any, tokenizer: Any, dataset: EvalDataset, prompts: lis
     started = time.perf_counter()
     bar = tqdm(total=len(prompts), initial=len(prompts) - len(todo), desc=dataset.name, unit="item",
                disable=not progress)
-    handle = None  # opened with the first batch: a failure before it leaves no file behind
+    stream = RowStream(path, resume)
     try:
-        for pairs in generate_batches(model, tokenizer, [prompts[i] for i in todo], **options):
-            if handle is None and path is not None:
-                handle = open(path, "a" if resume else "w", encoding="utf-8")
-            for local, text in pairs:
-                index = todo[local]
-                rows[index] = _row(index, dataset.records[index], prompts[index], text, dataset, mode)
-                if handle is not None:
-                    handle.write(json.dumps(rows[index], ensure_ascii=False) + "\n")
-            if handle is not None:
-                handle.flush()
-            bar.update(len(pairs))
+        with stream:
+            for pairs in generate_batches(model, tokenizer, [prompts[i] for i in todo], **options):
+                for local, text in pairs:
+                    index = todo[local]
+                    rows[index] = _row(index, dataset.records[index], prompts[index], text, dataset, mode)
+                stream.write([rows[todo[local]] for local, _ in pairs])
+                bar.update(len(pairs))
     finally:
         bar.close()
-        if handle is not None:
-            handle.close()
     seconds = time.perf_counter() - started
     ordered = [rows[i] for i in sorted(rows)]
-    if path is not None and ordered:  # in data set order, answers read by the current rules; items past --limit kept
-        kept = ordered + [done[i] for i in sorted(done) if i >= len(prompts)]
-        write_atomic(path, lambda tmp: Path(tmp).write_text(
-            "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in kept), encoding="utf-8"))
+    stream.finish(ordered, done, len(prompts))  # in data set order, answers read by the current rules
     return {
         **score(ordered), "answer_type": dataset.answer_type, "source": dataset.source,
         "generated_now": len(todo), "seconds": round(seconds, 2),
