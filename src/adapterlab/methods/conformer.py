@@ -35,7 +35,7 @@ from ..errors import AdapterError
 from ..layers import reference_tensor
 from ..sites import Placement, Site
 from .base import Adapter, in_dtype_of
-from .bottleneck import site_features
+from .sublayer_sites import site_features
 
 
 @dataclass
