@@ -19,16 +19,18 @@ def conv_module(adapter, h: torch.Tensor) -> torch.Tensor:
     size = h.shape[1] // 2
     h = h[:, :size] * torch.sigmoid(h[:, size:])
     k = adapter.depthwise.kernel_size[0]
-    h = F.conv1d(h, adapter.depthwise.weight, padding=k // 2, groups=size)
+    h = F.pad(h, ((k - 1) // 2, k // 2))  # PyTorch's "same" (and the paper's code): the odd one out goes after
+    h = F.conv1d(h, adapter.depthwise.weight, groups=size)
     bn = adapter.norm
     h = F.batch_norm(h, bn.running_mean, bn.running_var, bn.weight, bn.bias, training=False, eps=bn.eps)
     h = h * torch.sigmoid(h)
     return F.conv1d(h, adapter.pointwise_out.weight, adapter.pointwise_out.bias).transpose(1, 2)
 
 
-def trained_toy(placement: str) -> Toy:
+def trained_toy(placement: str, kernel_size: int = 3) -> Toy:
     toy = Toy()
-    al.attach(toy, "conformer", targets=["mlp"], size=4, kernel_size=3, placement=placement, architecture=TOY)
+    al.attach(toy, "conformer", targets=["mlp"], size=4, kernel_size=kernel_size, placement=placement,
+              architecture=TOY)
     randomize_adapters(toy)
     toy.train()
     toy(torch.randn(3, 9, 6))  # move BatchNorm's running statistics away from (0, 1)
@@ -56,6 +58,37 @@ def test_the_depthwise_conv_only_mixes_positions_within_the_kernel():
     moved[0, 5] += torch.randn(6)  # not a constant shift, which the input LayerNorm would remove
     changed = (mlp(moved) - mlp(x)).abs().amax(-1)[0] > 0
     assert changed.nonzero().flatten().tolist() == [4, 5, 6]  # kernel 3: one neighbour each side
+
+
+@pytest.mark.parametrize("kernel_size", [8, 31])
+def test_paper_kernel_sizes_keep_the_length_and_match_the_hand_conv(kernel_size):
+    """PETL-for-AST's best audio kernel (8, even) and their default (31) on a tiny AST's 14 positions."""
+    model = tiny_model("ast")
+    al.attach(model, "conformer", targets=["mlp"], layers=[0], size=4, kernel_size=kernel_size)
+    randomize_adapters(model)
+    model.train()
+    model(**tiny_inputs("ast"))  # move BatchNorm's running statistics away from (0, 1)
+    model.eval()
+    mlp = model.audio_spectrogram_transformer.layers[0].mlp
+    adapter = mlp.fc2.adapterlab["default"]
+    x = torch.randn(2, 14, 32)
+    with torch.no_grad():
+        assert adapter.convolve(x).shape == x.shape
+        with al.disabled(model):
+            y = mlp(x)
+        torch.testing.assert_close(mlp(x), y + conv_module(adapter, x))
+
+
+def test_an_even_kernel_reads_one_more_position_after_than_before():
+    toy = trained_toy("parallel", kernel_size=8)
+    mlp = toy.blocks[0].mlp
+    x = torch.randn(1, 13, 6)
+    moved = x.clone()
+    moved[0, 6] += torch.randn(6)
+    with torch.no_grad():
+        changed = (mlp(moved) - mlp(x)).abs().amax(-1)[0] > 0
+    # output i reads inputs i-3 .. i+4, so input 6 reaches outputs 2 .. 9
+    assert changed.nonzero().flatten().tolist() == list(range(2, 10))
 
 
 @pytest.mark.parametrize("family", ["ast", "vit", "bert"])
@@ -130,7 +163,6 @@ def test_merge_raises_a_clear_error():
 
 
 @pytest.mark.parametrize("options, option", [
-    ({"kernel_size": 4}, "kernel_size"),
     ({"kernel_size": 0}, "kernel_size"),
     ({"size": 0}, "size"),
     ({"placement": "diagonal"}, "placement"),

@@ -37,6 +37,7 @@ IDENTITY_AT_INIT: dict[str, dict | str] = {
     "series": {"init": "zero"}, "houlsby": {"init": "zero"}, "pfeiffer": {"init": "zero"},
     "parallel": {"init": "zero"}, "scaled_parallel": {},
     "conformer": {"init": "zero"}, "mosa": {}, "adaptformer": {},
+    "linear_probe": {},
     "prompt": "adds virtual tokens that every real token attends to",
     "prefix": "adds learned keys and values that every token attends to",
     "ptuning": "adds virtual tokens that every real token attends to",
@@ -283,7 +284,8 @@ def test_bad_options_and_targets_name_the_problem(method):
     with pytest.raises(al.AdapterError, match=r"unknown option\(s\) \['no_such_option'\]. Valid options: \[.*'targets'"):
         al.attach(model, method, no_such_option=1)
     config_cls = al.config_class(method)
-    if config_cls.site_kinds == ("model",):  # placed at the model's input: targets make no sense
+    # placed at the model's input, or on layers the method finds itself (linear_probe): targets make no sense
+    if config_cls.site_kinds == ("model",) or method == "linear_probe":
         with pytest.raises(al.AdapterError, match="leave `targets`"):
             al.attach(model, method, targets=["o"])
     else:

@@ -24,6 +24,7 @@ METHODS: dict[str, tuple[str, dict[str, Any]]] = {
     "ia3": ("adapterlab.methods.ia3:IA3Config", {}),
     "bitfit": ("adapterlab.methods.bitfit:BitFitConfig", {}),
     "mosa": ("adapterlab.methods.mosa:MosaConfig", {}),
+    "linear_probe": ("adapterlab.methods.linear_probe:LinearProbeConfig", {}),
 }
 
 

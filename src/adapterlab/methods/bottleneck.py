@@ -22,6 +22,21 @@ vit_mosa.py): beside the MLP, reading the block's residual stream (`source="resi
 MLP's pre-norm, or the sublayer input itself in post-norm families), its own input LayerNorm (eps 1e-6, as
 theirs), down 64, GELU, dropout 0.1 after the activation, up zero-initialised, scaled by 0.1.
 
+`residual` (Cappellazzo et al. 2024's `--apply_residual` ablation, umbertocappellazzo/PETL_AST
+src/AST_adapters.py): whether an identity term runs beside the adapter. With F the site's output, x the
+adapter's input and h the block's residual stream (added by the block, outside the site), the four cells:
+
+* series,   residual=True (default):  y' = F + s * f(F)          (block: h + F + A(F))
+* series,   residual=False:           y' = s * f(F)              (block: h + A(F); "A(F) alone")
+* parallel, residual=False (default): y' = F + s * f(x)          (block: h + F + A(x))
+* parallel, residual=True:            y' = F + s * f(x) + x      (block: h + F + A(x) + x)
+
+In their code x is the sublayer's normalised input (AST's layernorm_after(h) at the MLP, layernorm_before(h)
+at the attention): here the input of the sublayer's entry layer, the same on AST with source="sublayer"
+(with source="residual", x is h itself). Parallel with residual needs x and F of one width. For an input
+placement (`input_targets`), residual=False makes the layer read s * f(x) instead of x + s * f(x). Without the
+residual the series adapter is not the identity at init: zero init makes the sublayer output zero.
+
 AdapterDrop (Rücklé et al., EMNLP 2021), an option of every method here (the engine does it, `adapterdrop.py`):
 
 * `drop_layers=k` (default 0: none): the adapters of the lowest k blocks (0..k-1) do not run at inference.
@@ -38,7 +53,6 @@ callback (robust) or fixed; here both are adapter options, saved with the adapte
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -48,55 +62,15 @@ from transformers.activations import ACT2FN
 from ..adapterdrop import AdapterDrop, check_drop
 from ..config import AdapterConfig, one_of, positive_int
 from ..errors import AdapterError
-from ..layers import is_linear, linear_features, reference_tensor
-from ..sites import Placement, Site, block_paths
+from ..layers import is_linear, reference_tensor
+from ..sites import Placement, Site
 from .base import Adapter, in_dtype_of
+from .sublayer_sites import input_features, residual_site, site_features
 
 INITS = ("bert", "zero")
 DROPOUT_AT = ("input", "hidden")
 SOURCES = ("sublayer", "residual")
 NORM_EPS = 1e-6  # MoSA's AdaptFormer/Pfeiffer adapter_norm
-
-
-def input_features(layer: nn.Module) -> int | None:
-    """The width a layer reads: a linear layer's in-features, a norm's normalised width; None otherwise."""
-    if is_linear(layer):
-        return linear_features(layer)[0]
-    weight = getattr(layer, "weight", None)
-    is_norm = hasattr(layer, "normalized_shape") or "norm" in type(layer).__name__.lower()
-    return int(weight.shape[-1]) if is_norm and isinstance(weight, torch.Tensor) and weight.dim() == 1 else None
-
-
-def site_features(site: Site, model: nn.Module, method: str) -> tuple[int, int]:
-    """(in, out) features at a site: a linear layer's, or a sublayer's entry-layer input and exit-layer output."""
-    entry, exit_ = model.get_submodule(site.entry), model.get_submodule(site.path)
-    in_features = input_features(entry)
-    for role, where, layer, ok in (("input", site.entry, entry, in_features is not None),
-                                   ("output", site.path, exit_, is_linear(exit_))):
-        if not ok:
-            raise AdapterError(
-                f"{method} needs a linear layer at the {role} of target {site.target!r}, but {where!r} is a "
-                f"{type(layer).__name__}. Target linear layers (e.g. down_proj) or the sublayers attn / mlp."
-            )
-    return int(in_features), linear_features(exit_)[1]
-
-
-def residual_site(site: Site, model: nn.Module, placement: Placement, method: str) -> Site:
-    """The site with its input moved to the sublayer's residual stream: the input of the pre-norm in front of
-    it (pre-norm families), or the sublayer's own input where the family is post-norm (BERT)."""
-    if site.kind != "sublayer":
-        raise AdapterError(f"{method}: source='residual' reads a sublayer's residual stream; target the sublayer "
-                           f"attn or mlp, not {site.target!r} (or use source='sublayer').")
-    arch = placement.architecture
-    if arch.post_norm:
-        return site
-    norm = arch.sublayer_norm(site.target)
-    if norm is None:
-        raise AdapterError(f"{method}: the {arch.name} architecture row does not name the norm in front of the "
-                           f"{site.target} sublayer; pass architecture={{'{site.target}_norm': '<its path in the "
-                           "block>'} (or {'post_norm': True} for a post-norm model), or use source='sublayer'.")
-    block = block_paths(model, arch)[site.layer]
-    return dataclasses.replace(site, entry=f"{block}.{norm}")
 
 
 def parse_scaling(method: str, value: float | int | str) -> float | str:
@@ -118,7 +92,8 @@ class BottleneckOptions(AdapterConfig):
     as LoRA / LLM-Adapters' "mam_adapter": the model is unchanged at init); scaling: float or "learned";
     dropout: its rate; dropout_at: "input" (LLM-Adapters) or "hidden" (after the activation, AdaptFormer);
     layer_norm: a LayerNorm on what the adapter reads (AdaptFormer and Pfeiffer in MoSA's code);
-    drop_layers / drop_training: AdapterDrop (see the module docstring)."""
+    drop_layers / drop_training: AdapterDrop; residual: the identity term beside the adapter (the module
+    docstring: its four cells; series defaults to True, parallel to False)."""
 
     site_kinds = ("module", "sublayer")
 
@@ -132,6 +107,7 @@ class BottleneckOptions(AdapterConfig):
     layer_norm: bool = False
     drop_layers: int = 0
     drop_training: str = "fixed"
+    residual: bool = False
 
     def validate(self) -> None:
         positive_int(self.method, "size", self.size)
@@ -139,7 +115,7 @@ class BottleneckOptions(AdapterConfig):
             raise AdapterError(
                 f"{self.method}: unknown `activation` {self.activation!r}. Use one of {sorted(ACT2FN)}."
             )
-        for flag in ("bias", "layer_norm"):
+        for flag in ("bias", "layer_norm", "residual"):
             if not isinstance(getattr(self, flag), bool):
                 raise AdapterError(f"{self.method}: `{flag}` must be true or false, got {getattr(self, flag)!r}.")
         one_of(self.method, "dropout_at", self.dropout_at, DROPOUT_AT)
@@ -170,6 +146,7 @@ class SeriesConfig(BottleneckOptions):
     default_targets = ("down",)
 
     input_targets: list[str] | None = None
+    residual: bool = True
 
     def validate(self) -> None:
         super().validate()
@@ -221,6 +198,10 @@ class ParallelConfig(BottleneckOptions):
 
     def build(self, site: Site, model: nn.Module, placement: Placement) -> "BottleneckAdapter":
         in_features, out_features = site_features(site, model, self.method)
+        if self.residual and in_features != out_features:
+            raise AdapterError(f"{self.method}: residual=True adds the adapter's input x to the output, but at "
+                               f"{site.path!r} x has {in_features} features and the output {out_features}. Target "
+                               "a sublayer (attn, mlp) or a square linear layer, or set residual=False.")
         return self.make(in_features, out_features, "parallel", model.get_submodule(site.path))
 
 
@@ -275,6 +256,7 @@ class BottleneckAdapter(Adapter):
                  device: torch.device, dtype: torch.dtype) -> None:
         super().__init__()
         self.placement = placement
+        self.residual = options.residual
         self.norm = nn.LayerNorm(in_features, eps=NORM_EPS, device=device, dtype=dtype) if options.layer_norm else None
         self.dropout = nn.Dropout(options.dropout) if options.dropout > 0 else nn.Identity()
         self.dropout_at = options.dropout_at
@@ -312,11 +294,18 @@ class BottleneckAdapter(Adapter):
         return self.up(h) * self.scaling
 
     def adapt_input(self, x: torch.Tensor) -> torch.Tensor:
-        """Input placement: the host layer reads x + s * f(x)."""
-        return x + self.delta(x).to(x.dtype) if self.placement == "input" else x
+        """Input placement: the host layer reads x + s * f(x) (s * f(x) without the residual)."""
+        if self.placement != "input":
+            return x
+        delta = self.delta(x).to(x.dtype)
+        return x + delta if self.residual else delta
 
     def adapt_output(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The four cells of the module docstring: series F + s f(F) or s f(F); parallel F + s f(x) (+ x)."""
         if self.placement == "input":
             return y
-        source = y if self.placement == "series" else x
-        return y + self.delta(source).to(y.dtype)
+        if self.placement == "series":
+            delta = self.delta(y).to(y.dtype)
+            return y + delta if self.residual else delta
+        out = y + self.delta(x).to(y.dtype)
+        return out + x.to(y.dtype) if self.residual else out

@@ -2,21 +2,26 @@
 Transformers"): the Conformer convolution module (Gulati et al., 2020) used as an adapter.
 
 f(h) = pw_out(SiLU(norm(dw_conv(GLU(pw_in(LN(h)))))))  on h of shape (batch, seq, d):
-LN over d (the paper's code normalises the adapter input; `input_norm`), pointwise conv d -> 2*size,
-GLU over channels, depthwise conv over the sequence (`kernel_size`, odd, 'same' padding; 31 by default,
-as in common Conformer code), BatchNorm (the paper) or LayerNorm, SiLU, pointwise conv size -> out. Unlike the
-paper's code, the depthwise conv has no bias in front of BatchNorm, which would cancel it (it never
-trains). Placement "parallel" adds f(x) (x the sublayer or layer input) to the output, "series" adds
+LN over d (`input_norm`; the paper's code computes this LN but then convolves its input x, not the
+result, in Conformer_adapter.forward: input_norm=False reproduces what it runs), pointwise conv d -> 2*size,
+GLU over channels, depthwise conv over the sequence (`kernel_size`, odd or even; 31 by default as in common
+Conformer code and their --kernel_size, 8 their best on audio), BatchNorm (the paper) or LayerNorm, SiLU,
+pointwise conv size -> out. Unlike the paper's code, the depthwise conv has no bias in front of BatchNorm,
+which would cancel it (it never trains). Placement "parallel" adds f(x) (x the sublayer or layer input) to the output, "series" adds
 f(y). The paper's best setting, parallel at the MLP ("Pfeiffer") with no extra residual, is the default;
 its bottleneck is d / 64 (12 on AST-base), so pass size=12 to match it there.
+
+The depthwise conv pads as PyTorch's padding="same", which is also what the paper's code passes: the
+output keeps the sequence length; for an even kernel the k - 1 padded positions split as (k - 1) // 2 before
+and k // 2 after (kernel 8: 3 before, 4 after), so each output mixes one more position after it than before.
 
 Behaviour users must know:
 * BatchNorm follows the model's mode: batch statistics under `model.train()`, running statistics
   (saved with the adapter) under `model.eval()`. Train with batches of more than one position.
 * The adapter does not see attention masks: the depthwise conv mixes up to kernel_size // 2 neighbouring
-  positions, padded ones included, and in training BatchNorm's statistics include padded positions. Fixed-
-  length inputs (AST spectrograms, ViT patches) are unaffected; in padded text batches, real positions
-  within kernel_size // 2 of the padding differ from what the unpadded sequence would give.
+  positions on a side, padded ones included, and in training BatchNorm's statistics include padded
+  positions. Fixed-length inputs (AST spectrograms, ViT patches) are unaffected; in padded text batches, real
+  positions within kernel_size // 2 of the padding differ from what the unpadded sequence would give.
 * The conv looks both ways along the sequence, so causal LMs are refused (it would leak future tokens and
   cannot run token by token with a KV cache). Layers that see flattened (tokens, d) inputs raise an
   error at the first forward.
@@ -35,12 +40,13 @@ from ..errors import AdapterError
 from ..layers import reference_tensor
 from ..sites import Placement, Site
 from .base import Adapter, in_dtype_of
-from .bottleneck import site_features
+from .sublayer_sites import site_features
 
 
 @dataclass
 class ConformerConfig(AdapterConfig):
-    """size: channels of the conv path; kernel_size: odd depthwise kernel; placement: "parallel" | "series";
+    """size: channels of the conv path; kernel_size: depthwise kernel, odd or even ("same" padding);
+    placement: "parallel" | "series";
     norm: "batch" (the paper) | "layer" after the depthwise conv; input_norm: LayerNorm on the adapter input
     (the paper's code); init: "torch" (PyTorch defaults, as the paper) | "zero" (last pointwise conv zero:
     the model is unchanged at init); dropout: on the adapter output."""
@@ -60,11 +66,6 @@ class ConformerConfig(AdapterConfig):
     def validate(self) -> None:
         positive_int(self.method, "size", self.size)
         positive_int(self.method, "kernel_size", self.kernel_size)
-        if self.kernel_size % 2 == 0:
-            raise AdapterError(
-                f"conformer: `kernel_size` must be odd so that 'same' padding is symmetric, got "
-                f"{self.kernel_size}; use {self.kernel_size - 1} or {self.kernel_size + 1}."
-            )
         one_of(self.method, "placement", self.placement, ("parallel", "series"))
         one_of(self.method, "norm", self.norm, ("batch", "layer"))
         one_of(self.method, "init", self.init, ("torch", "zero"))
@@ -106,7 +107,7 @@ class ConformerAdapter(Adapter):
         self.input_norm = nn.LayerNorm(in_features, **factory) if options.input_norm else nn.Identity()
         self.pointwise_in = nn.Conv1d(in_features, 2 * size, 1, **factory)
         # a bias before BatchNorm is cancelled by its mean subtraction (zero gradient), so it is left out there
-        self.depthwise = nn.Conv1d(size, size, kernel, padding=kernel // 2, groups=size,
+        self.depthwise = nn.Conv1d(size, size, kernel, padding="same", groups=size,
                                    bias=options.norm != "batch", **factory)
         self.norm = nn.BatchNorm1d(size, **factory) if options.norm == "batch" else nn.LayerNorm(size, **factory)
         self.pointwise_out = nn.Conv1d(size, out_features, 1, **factory)

@@ -1,0 +1,94 @@
+"""linear_probe: only the task head and the encoder's final norm train (PETL for AST's "linear" method)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from tiny_models import output_of, randomize_adapters, tiny_inputs, tiny_model
+
+import adapterlab as al
+
+# family -> (the modules whose parameters linear probing trains, the other paths of the model)
+PROBED = {
+    "ast": ["audio_spectrogram_transformer.layernorm", "classifier"],  # classifier: ASTMLPHead (norm + dense)
+    "vit": ["vit.layernorm", "classifier"],
+    "bert": ["classifier"],  # post-norm: no final encoder norm
+}
+
+
+def base_name(name: str) -> str:
+    """The base parameter a delta stands for: 'x.adapterlab.default.deltas.weight' -> 'x.weight'."""
+    host, leaf = name.split(".adapterlab.")[0], name.rsplit(".", 1)[-1]
+    return f"{host}.{leaf.removesuffix('_delta')}"
+
+
+@pytest.mark.parametrize("family", list(PROBED))
+def test_trainable_parameters_are_exactly_the_head_and_the_final_norm(family):
+    model = tiny_model(family)
+    expected = {n: p.shape for n, p in model.named_parameters() if n.startswith(tuple(f"{m}." for m in PROBED[family]))}
+    al.attach(model, "linear_probe")
+    trainable = {base_name(n): p.shape for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable == expected
+    assert al.count_parameters(model)[0] == sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+@pytest.mark.parametrize("family", list(PROBED))
+def test_training_changes_only_the_head_and_the_final_norm(family):
+    model = tiny_model(family)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    al.attach(model, "linear_probe")
+    inputs = tiny_inputs(family)
+    untouched = output_of(model, inputs).detach()
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.5)
+    model.train()
+    for _ in range(3):
+        optimizer.zero_grad()
+        output_of(model, inputs).pow(2).mean().backward()
+        optimizer.step()
+    model.eval()
+    assert all(torch.equal(p, before[n]) for n, p in model.named_parameters() if n in before)
+    changed = {base_name(n) for n, p in model.named_parameters() if "adapterlab" in n and p.abs().sum() > 0}
+    assert changed == {n for n in before if n.startswith(tuple(f"{m}." for m in PROBED[family]))}
+    assert not torch.allclose(output_of(model, inputs), untouched)
+    with al.disabled(model):
+        torch.testing.assert_close(output_of(model, inputs), untouched)
+
+
+def test_the_deltas_equal_training_the_head_itself():
+    """A probed head behaves as the head with its weight and bias replaced by weight + dW, bias + db."""
+    model = tiny_model("ast")
+    al.attach(model, "linear_probe")
+    randomize_adapters(model)
+    dense = model.classifier.dense
+    delta = dense.adapterlab["default"]
+    x = torch.randn(2, 32)
+    torch.testing.assert_close(dense(x), torch.nn.functional.linear(x, dense.weight + delta.weight_delta,
+                                                                    dense.bias + delta.bias_delta))
+    norm = model.audio_spectrogram_transformer.layernorm
+    nd = norm.adapterlab["default"].deltas
+    torch.testing.assert_close(norm(x), torch.nn.functional.layer_norm(
+        x, (32,), norm.weight + nd["weight"], norm.bias + nd["bias"], norm.eps))
+
+
+@pytest.mark.parametrize("family", list(PROBED))
+def test_save_load_round_trip(family, tmp_path):
+    model = tiny_model(family)
+    al.attach(model, "linear_probe")
+    randomize_adapters(model)
+    inputs = tiny_inputs(family)
+    expected = output_of(model, inputs)
+    al.save_adapter(model, tmp_path)
+    fresh = al.load_adapter(tiny_model(family), tmp_path)
+    torch.testing.assert_close(output_of(fresh, inputs), expected, rtol=0, atol=0)
+
+
+def test_a_bias_free_lm_head_gets_no_new_bias():
+    model = tiny_model("llama")
+    al.attach(model, "linear_probe")
+    assert model.lm_head.adapterlab["default"].bias_delta is None
+
+
+@pytest.mark.parametrize("option", ["targets", "layers"])
+def test_targets_and_layers_are_refused_by_name(option):
+    with pytest.raises(al.AdapterError, match=f"`{option}`"):
+        al.make_config("linear_probe", **{option: ["0"] if option == "targets" else [0]})
