@@ -92,3 +92,20 @@ def test_a_bias_free_lm_head_gets_no_new_bias():
 def test_targets_and_layers_are_refused_by_name(option):
     with pytest.raises(al.AdapterError, match=f"`{option}`"):
         al.make_config("linear_probe", **{option: ["0"] if option == "targets" else [0]})
+
+
+def test_training_a_linear_probe_trains_the_head_once(tmp_path):
+    """The recipe unfreezes a new task head beside an adapter, except for linear_probe, whose deltas on the head
+    are what trains: otherwise the head's weights and their deltas would both step (twice the head's updates)."""
+    from train_helpers import encoder_folder, write_sst
+
+    from adapterlab.train import TrainConfig
+    from adapterlab.train.recipe import make_trainable, prepare_task
+
+    config = TrainConfig(model=str(encoder_folder(tmp_path / "bert")), task="seq-cls", adapter="linear_probe",
+                         data=[str(write_sst(tmp_path / "train.tsv", 8))], output=str(tmp_path / "run"))
+    setup = prepare_task(config)
+    make_trainable(setup.model, config, setup.trainable_modules)
+    trainable = {n for n, p in setup.model.named_parameters() if p.requires_grad}
+    assert trainable and all("adapterlab" in n for n in trainable), sorted(trainable)
+    assert not any(p.requires_grad for p in setup.model.classifier.parameters(recurse=False))

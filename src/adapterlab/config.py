@@ -32,6 +32,8 @@ class AdapterConfig:
     site_kinds: ClassVar[tuple[str, ...]] = ("module",)
     # option values that an adapter saved before the option existed implies (its behaviour then)
     legacy_defaults: ClassVar[dict[str, Any]] = {}
+    # the method adapts the task head itself (linear_probe), so training does not also train the head in full
+    trains_head: ClassVar[bool] = False
 
     targets: list[str] | None = None
     layers: list[int] | None = None

@@ -41,6 +41,7 @@ class LinearProbeConfig(AdapterConfig):
     """No options: the head and the final norm are found on the model (the module docstring says how)."""
 
     method = "linear_probe"
+    trains_head = True  # its deltas on the head are what trains; the recipe leaves the head's own weights frozen
 
     def validate(self) -> None:
         for option in ("targets", "layers"):

@@ -27,6 +27,7 @@ from ..engine import attach, count_parameters
 from ..errors import AdapterError
 from ..files import group_file, read_json_object, replace_files, write_json
 from ..models.quantize import is_quantized, prepare_for_kbit_training
+from ..registry import config_class
 from ..stochastic import stochastic_modules
 from ..tasks import TASKS
 from ..tasks.base import TaskOptions, TaskSetup
@@ -73,7 +74,8 @@ def prepare_task(config: TrainConfig) -> TaskSetup:
 
 
 def make_trainable(model: torch.nn.Module, config: TrainConfig, head_modules: list[str]) -> None:
-    """Attach the adapter (base frozen) and unfreeze the task head, or unfreeze everything for `full`."""
+    """Attach the adapter (base frozen) and unfreeze the task head (unless the method trains it itself), or unfreeze
+    everything for `full`."""
     if config.adapter == "full":
         if config.adapter_options:
             raise AdapterError(f"--adapter full takes no adapter options, got {sorted(config.adapter_options)}.")
@@ -82,6 +84,8 @@ def make_trainable(model: torch.nn.Module, config: TrainConfig, head_modules: li
     attach(model, config.adapter, **config.adapter_options)
     if is_quantized(model):
         prepare_for_kbit_training(model)
+    if config_class(config.adapter).trains_head:  # linear_probe: the head trains through the adapter's deltas
+        return
     for name in head_modules:
         model.get_submodule(name).requires_grad_(True)
 
