@@ -15,7 +15,7 @@ from typing import Any
 import yaml
 
 from ..errors import MissingPathError, UsageError
-from ..checkpoint import CONFIG_NAME, load_adapter
+from ..checkpoint import CONFIG_NAME
 from ..data.templates import TEMPLATES
 from ..evaluate import KNOWN, MODES, evaluate, load_dataset, markdown_table
 from ..evaluate.choice import evaluate_choice, load_choice_dataset
@@ -24,6 +24,7 @@ from ..evaluate.class_run import read_classification_run
 from ..evaluate.runner import check_counts
 from ..models import load_model, resolve_model
 from ..models.quantize import check_bitsandbytes
+from ..peft_files import load_any_adapter
 
 TRAIN_CONFIG_FILES = ("train_config.yaml", "train_config.json", "summary.json")
 # Flags of generative evaluation only, with their defaults (None on the parser, so that a classification run can
@@ -80,7 +81,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--model", help="hub id, local folder, .gguf file or short name (smollm2-135m); for a "
                                         "classification run, default: the base model its train_config.yaml names")
-    parser.add_argument("--adapter-path", help="adapter or training run folder; without it the base model is evaluated")
+    parser.add_argument("--adapter-path", help="adapter or training run folder, or a PEFT adapter folder (LLM-Adapters' "
+                                               "fork included: adapter_model.bin); without it the base model is evaluated")
     parser.add_argument("--datasets", required=True,
                         help="comma-separated known names and/or paths of LLM-Adapters-format JSON files; for a "
                              "classification run, labelled files (seq-cls) or folders (audio-cls, image-cls) in the "
@@ -158,7 +160,7 @@ def run(args: argparse.Namespace) -> int:
     model, tokenizer = load_model(args.model, dtype=args.dtype, device=args.device, quantize=args.quantize)
     weights = resolve_model(args.model, log=lambda _: None).location  # a short name's cache folder
     if adapter_dir is not None:
-        load_adapter(model, adapter_dir)  # IncompatibleAdapterError names both base models
+        load_any_adapter(model, adapter_dir)  # adapterlab's or PEFT's (LLM-Adapters' fork too)
     summary = evaluate(
         model, tokenizer, datasets, answer_type=args.answer_type,
         batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, num_beams=args.num_beams,
@@ -180,7 +182,7 @@ def run_choice(args: argparse.Namespace, names: list[str]) -> int:
     model, tokenizer = load_model(args.model, dtype=args.dtype, device=args.device, quantize=args.quantize)
     weights = resolve_model(args.model, log=lambda _: None).location
     if adapter_dir is not None:
-        load_adapter(model, adapter_dir)
+        load_any_adapter(model, adapter_dir)
     summary = evaluate_choice(
         model, tokenizer, datasets, batch_size=args.batch_size, output_dir=args.output, resume=args.resume,
         overwrite=args.overwrite, limit=args.limit, progress=not args.no_progress,

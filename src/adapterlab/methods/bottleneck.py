@@ -51,6 +51,7 @@ from ..errors import AdapterError
 from ..layers import is_linear, linear_features, reference_tensor
 from ..sites import Placement, Site, block_paths
 from .base import Adapter, in_dtype_of
+from .bottleneck_peft import fork_key_to_ours, from_fork
 
 INITS = ("bert", "zero")
 DROPOUT_AT = ("input", "hidden")
@@ -148,6 +149,14 @@ class BottleneckOptions(AdapterConfig):
         if not 0.0 <= float(self.dropout) < 1.0:
             raise AdapterError(f"{self.method}: `dropout` must be in [0, 1), got {self.dropout!r}.")
         check_drop(self.method, self.drop_layers, self.drop_training)
+
+    peft_type = "BOTTLENECK"  # LLM-Adapters' fork of PEFT: load_peft imports its checkpoints (bottleneck_peft.py)
+    peft_key_to_ours = staticmethod(fork_key_to_ours)
+
+    @classmethod
+    def from_peft(cls, data: dict) -> "BottleneckOptions":
+        """The series / pfeiffer / parallel adapter their BottleneckConfig `data` describes."""
+        return from_fork(data)
 
     def adapter_drop(self) -> AdapterDrop | None:
         if self.drop_layers == 0 and self.drop_training == "fixed":
