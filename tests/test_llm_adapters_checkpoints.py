@@ -215,3 +215,76 @@ def test_eval_adapter_path_runs_peft_checkpoints(kind, tmp_path, capsys):
     assert code == 0, capsys.readouterr().err
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert summary["datasets"]["numbers"]["n"] == 2 and summary["metadata"]["adapter"] == str(folder)
+
+
+# --- their evaluate.py / commonsense_evaluate.py command lines ----------------------------------------------
+
+# Their README's evaluate.py command and a commonsense_evaluate.py one, `python X.py` replaced by `adapterlab eval`.
+THEIR_EVAL = ["--model", "LLaMA-7B", "--adapter", "LoRA", "--dataset", "SVAMP", "--base_model", "yahma/llama-7b-hf",
+              "--lora_weights", "./trained_models/llama-lora"]
+THEIR_COMMONSENSE = ["--model", "LLaMA-13B", "--adapter", "AdapterH", "--dataset", "ARC-Challenge", "--base_model",
+                     "yahma/llama-13b-hf", "--batch_size", "8", "--lora_weights", "./trained_models/llama-adapterh",
+                     "--load_8bit"]
+
+
+def their_args(argv: list[str]):
+    from adapterlab.cli import build_parser
+    from adapterlab.evaluate.llm_adapters_flags import read_their_flags
+
+    args = build_parser().parse_args(["eval", *argv])
+    return args, read_their_flags(args)
+
+
+def test_their_evaluate_command_parses_into_adapterlab_settings():
+    args, notes = their_args(THEIR_EVAL)
+    assert (args.model, args.adapter_path, args.datasets) == ("yahma/llama-7b-hf", "./trained_models/llama-lora", "SVAMP")
+    assert (args.model_label, args.their_adapter) == ("LLaMA-7B", "LoRA")
+    assert (args.num_beams, args.template, args.mode) == (4, "llm-adapters", "llm-adapters")  # their settings
+    assert len(notes) == 3 and "num_beams 4" in notes[0] and "LLaMA-7B" in notes[1] and "lora" in notes[2]
+
+
+def test_their_commonsense_command_parses_and_keeps_given_settings():
+    args, _ = their_args([*THEIR_COMMONSENSE, "--num-beams", "1"])
+    assert (args.model, args.batch_size, args.quantize, args.datasets) == ("yahma/llama-13b-hf", 8, "8bit", "ARC-Challenge")
+    assert args.num_beams == 1 and args.their_adapter == "AdapterH"
+
+
+def test_adapterlab_command_keeps_adapterlab_defaults():
+    args, notes = their_args(["--model", "smollm2-135m", "--datasets", "gsm8k"])
+    assert notes == [] and args.num_beams is None and args.model_label is None
+
+
+@pytest.mark.parametrize("argv, named", [
+    (["--model", "LLaMA-7B", "--dataset", "gsm8k"], "--base_model"),
+    (["--model", "gpt2", "--base_model", "x", "--dataset", "gsm8k"], "both name the base model"),
+    (["--base_model", "x", "--adapter", "LoRA", "--dataset", "gsm8k"], "--adapter LoRA labels"),
+])
+def test_their_flags_that_cannot_fit_are_refused_by_name(argv, named, capsys):
+    assert main(["eval", *argv, "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert named in err and len(err.strip().splitlines()) == 1
+
+
+def test_their_command_runs_on_their_checkpoint_and_checks_the_labels(tmp_path, capsys):
+    base = causal_folder(tmp_path / "base")
+    folder, _ = lora_folder(T.AutoModelForCausalLM.from_pretrained(base), tmp_path / "llama-lora")
+    data = tmp_path / "numbers.json"
+    data.write_text(json.dumps([{"instruction": f"{i} + 1?", "input": "", "output": "", "answer": str(i + 1)}
+                                for i in range(3)]))
+    common = ["eval", "--base_model", str(base), "--lora_weights", str(folder), "--dataset", str(data),
+              "--limit", "2", "--max-new-tokens", "3", "--no-progress"]
+    assert main([*common, "--model", "LLaMA-7B", "--adapter", "LoRA"]) == 0
+    assert "LLM-Adapters' evaluate.py command" in capsys.readouterr().out
+    assert main([*common, "--adapter", "AdapterP"]) == 2
+    assert "holds a lora adapter" in capsys.readouterr().err
+    assert main([*common, "--model", "BLOOM-7B"]) == 2
+    assert "is a llama model" in capsys.readouterr().err
+
+
+def test_mathqa_name_resolves_and_names_its_missing_file(tmp_path, capsys):
+    from adapterlab.evaluate.datasets import canonical_name
+
+    assert canonical_name("mathqa") == canonical_name("MathQA") == "mathqa"
+    assert main(["eval", "--model", "x", "--dataset", "mathqa", "--data-dir", str(tmp_path), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "mathqa.json" in err and "--data-dir" in err
