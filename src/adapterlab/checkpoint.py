@@ -21,12 +21,12 @@ from .engine import HOST_ATTR, attach, get_config, placed, set_active
 from .errors import AdapterError, CorruptFileError, IncompatibleAdapterError
 from .files import group_file, read_json_object, read_safetensors, replace_files, write_atomic, write_json
 from .files import write_safetensors
+from .peft_files import PEFT_WEIGHTS_NAME, read_peft_weights
 from .registry import config_from_dict
 from .sites import model_type_of
 
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter.safetensors"
-PEFT_WEIGHTS_NAME = "adapter_model.safetensors"
 FORMAT_VERSION = 1
 RESAVE = "save the adapter again (or restore the folder from a copy)"
 
@@ -211,9 +211,10 @@ def export_peft(model: nn.Module, directory: str | os.PathLike, name: str = "def
 
 
 def load_peft(model: nn.Module, path: str | os.PathLike, name: str = "default", *, trainable: bool = False) -> nn.Module:
-    """Attach a PEFT adapter folder (adapter_config.json + adapter_model.safetensors) to `model`.
+    """Attach a PEFT adapter folder (adapter_config.json + adapter_model.safetensors or .bin) to `model`.
 
-    LoRA, IA3, prompt tuning, P-tuning and prefix tuning. PEFT saves the last three as the virtual tokens
+    LoRA, IA3, prompt tuning, P-tuning and prefix tuning; and LLM-Adapters' fork of PEFT: its LORA,
+    PREFIX_TUNING and BOTTLENECK adapters (`methods/bottleneck_peft.py`), from adapter_model.bin. PEFT saves the last three as the virtual tokens
     (prefixes) they compute, without their encoders, so a P-tuning adapter loads as a prompt adapter and a
     prefix saved with prefix_projection as a plain prefix, each with PEFT's outputs.
 
@@ -232,7 +233,7 @@ def load_peft(model: nn.Module, path: str | os.PathLike, name: str = "default", 
     config = importable[peft_type].from_peft(_peft_patterns_to_paths(model, saved, str(path)))
     if hasattr(config, "check_peft_model"):  # e.g. prefix tuning of an encoder, which PEFT computes otherwise
         config.check_peft_model(model)
-    raw = read_safetensors(_locate(path, PEFT_WEIGHTS_NAME), RESAVE)
+    raw = read_peft_weights(path, _locate)  # .safetensors, or a .bin read as weights only
     prefix = getattr(config, "peft_prefix", "base_model.model.")
     state = {}
     for key, tensor in raw.items():

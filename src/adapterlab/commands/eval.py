@@ -15,15 +15,17 @@ from typing import Any
 import yaml
 
 from ..errors import MissingPathError, UsageError
-from ..checkpoint import CONFIG_NAME, load_adapter
+from ..checkpoint import CONFIG_NAME, read_adapter_config
 from ..data.templates import TEMPLATES
 from ..evaluate import KNOWN, MODES, evaluate, load_dataset, markdown_table
 from ..evaluate.choice import evaluate_choice, load_choice_dataset
 from ..evaluate.fingerprint import model_files
 from ..evaluate.class_run import read_classification_run
+from ..evaluate.llm_adapters_flags import THEIR_ADAPTERS, check_adapter_label, check_model_label, read_their_flags
 from ..evaluate.runner import check_counts
 from ..models import load_model, resolve_model
 from ..models.quantize import check_bitsandbytes
+from ..peft_files import load_any_adapter
 
 TRAIN_CONFIG_FILES = ("train_config.yaml", "train_config.json", "summary.json")
 # Flags of generative evaluation only, with their defaults (None on the parser, so that a classification run can
@@ -79,9 +81,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "and a confusion matrix.",
     )
     parser.add_argument("--model", help="hub id, local folder, .gguf file or short name (smollm2-135m); for a "
-                                        "classification run, default: the base model its train_config.yaml names")
-    parser.add_argument("--adapter-path", help="adapter or training run folder; without it the base model is evaluated")
-    parser.add_argument("--datasets", required=True,
+                                        "classification run, default: the base model its train_config.yaml names. "
+                                        "With --base_model: LLM-Adapters' label (LLaMA-7B, BLOOM-7B, ...), checked "
+                                        "against the model --base_model loads")
+    parser.add_argument("--base_model", help="LLM-Adapters' evaluate.py spelling: the base model's weights (then "
+                                             "their settings apply: 4 beams, their prompt and answer extraction)")
+    parser.add_argument("--adapter", dest="their_adapter", choices=tuple(THEIR_ADAPTERS),
+                        help="LLM-Adapters' label of the adapter (it names their output file); checked against the "
+                             "adapter in --adapter-path / --lora_weights")
+    parser.add_argument("--adapter-path", "--lora_weights", help="adapter or training run folder, or a PEFT adapter folder (LLM-Adapters' "
+                                               "fork included: adapter_model.bin); without it the base model is evaluated")
+    parser.add_argument("--datasets", "--dataset", required=True,
                         help="comma-separated known names and/or paths of LLM-Adapters-format JSON files; for a "
                              "classification run, labelled files (seq-cls) or folders (audio-cls, image-cls) in the "
                              "format the run was trained on")
@@ -92,7 +102,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                              "multiple-choice set by its log-likelihood (acc and length-normalised acc_norm)")
     parser.add_argument("--output", help="folder for predictions JSONL, summary.json and summary.md (and for a "
                                          "classification run <dataset>.confusion.png)")
-    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--batch-size", "--batch_size", type=int, default=16)
     parser.add_argument("--max-new-tokens", type=int, help="generation length (default 256)")
     parser.add_argument("--num-beams", type=int, help="1 = greedy (default); LLM-Adapters used 4")
     parser.add_argument("--template", choices=TEMPLATES,
@@ -129,7 +139,13 @@ def run(args: argparse.Namespace) -> int:
     if classification is not None:
         from .eval_classification import run_classification
 
+        their = [flag for flag, value in (("--base_model", args.base_model), ("--adapter", args.their_adapter)) if value]
+        if their:
+            raise UsageError(f"{', '.join(their)}: LLM-Adapters' evaluate.py flags for generative evaluation; "
+                             f"{args.adapter_path} is a classification run, evaluated as a classifier. Drop them.")
         return run_classification(args, classification)
+    for note in read_their_flags(args):  # LLM-Adapters' evaluate.py flags (--base_model, --lora_weights, ...)
+        print(note)
     if args.model is None:
         if args.adapter_path:
             find_adapter(args.adapter_path)  # a wrong path is named before the missing flag
@@ -154,11 +170,14 @@ def run(args: argparse.Namespace) -> int:
     # read and check every data set before the model loads: a typo costs no model load
     datasets = [load_dataset(name, args.data_dir, answer_type=args.answer_type, limit=args.limit) for name in names]
     adapter_dir = find_adapter(args.adapter_path) if args.adapter_path else None
+    if adapter_dir is not None:
+        check_adapter_label(args.their_adapter, read_adapter_config(adapter_dir), str(adapter_dir))
     template = args.template or (training_template(adapter_dir) if adapter_dir else None) or "alpaca"
     model, tokenizer = load_model(args.model, dtype=args.dtype, device=args.device, quantize=args.quantize)
+    check_model_label(args.model_label, model, args.model)
     weights = resolve_model(args.model, log=lambda _: None).location  # a short name's cache folder
     if adapter_dir is not None:
-        load_adapter(model, adapter_dir)  # IncompatibleAdapterError names both base models
+        load_any_adapter(model, adapter_dir)  # adapterlab's or PEFT's (LLM-Adapters' fork too)
     summary = evaluate(
         model, tokenizer, datasets, answer_type=args.answer_type,
         batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, num_beams=args.num_beams,
@@ -177,10 +196,13 @@ def run_choice(args: argparse.Namespace, names: list[str]) -> int:
     """`--protocol choice`: score every option by its log-likelihood (generation-only flags were refused)."""
     datasets = [load_choice_dataset(name, args.data_dir, limit=args.limit) for name in names]  # before the model
     adapter_dir = find_adapter(args.adapter_path) if args.adapter_path else None
+    if adapter_dir is not None:
+        check_adapter_label(args.their_adapter, read_adapter_config(adapter_dir), str(adapter_dir))
     model, tokenizer = load_model(args.model, dtype=args.dtype, device=args.device, quantize=args.quantize)
+    check_model_label(args.model_label, model, args.model)
     weights = resolve_model(args.model, log=lambda _: None).location
     if adapter_dir is not None:
-        load_adapter(model, adapter_dir)
+        load_any_adapter(model, adapter_dir)
     summary = evaluate_choice(
         model, tokenizer, datasets, batch_size=args.batch_size, output_dir=args.output, resume=args.resume,
         overwrite=args.overwrite, limit=args.limit, progress=not args.no_progress,

@@ -43,6 +43,7 @@ KNOWN: dict[str, KnownDataset] = {
     "singleeq": KnownDataset("singleeq.json", NUMBER),
     "mawps": KnownDataset("mawps.json", NUMBER),
     "aqua": KnownDataset("aqua.json", LETTER, LETTERS),
+    "mathqa": KnownDataset("mathqa.json", LETTER, LETTERS),  # their mathqa.py: math_qa's test split, options a-e
     "boolq": KnownDataset("boolq.json", LABEL, ("true", "false")),
     "piqa": KnownDataset("piqa.json", LABEL, _numbered("solution", 2)),
     "siqa": KnownDataset("social_i_qa.json", LABEL, _numbered("answer", 5)),
@@ -55,7 +56,7 @@ KNOWN: dict[str, KnownDataset] = {
 # Other spellings people use for the same sets (LLM-Adapters' own folder names among them).
 ALIASES = {
     "arc-easy": "arc-e", "arc_easy": "arc-e", "arc-challenge": "arc-c", "arc_challenge": "arc-c",
-    "social_i_qa": "siqa", "social-i-qa": "siqa", "openbookqa": "obqa", "gsm": "gsm8k",
+    "social_i_qa": "siqa", "social-i-qa": "siqa", "openbookqa": "obqa", "gsm": "gsm8k", "math_qa": "mathqa",
 }
 
 

@@ -66,6 +66,7 @@ from ..layers import is_linear, reference_tensor
 from ..sites import Placement, Site
 from .base import Adapter, in_dtype_of
 from .sublayer_sites import input_features, residual_site, site_features
+from .bottleneck_peft import fork_key_to_ours, from_fork
 
 INITS = ("bert", "zero")
 DROPOUT_AT = ("input", "hidden")
@@ -124,6 +125,14 @@ class BottleneckOptions(AdapterConfig):
         if not 0.0 <= float(self.dropout) < 1.0:
             raise AdapterError(f"{self.method}: `dropout` must be in [0, 1), got {self.dropout!r}.")
         check_drop(self.method, self.drop_layers, self.drop_training)
+
+    peft_type = "BOTTLENECK"  # LLM-Adapters' fork of PEFT: load_peft imports its checkpoints (bottleneck_peft.py)
+    peft_key_to_ours = staticmethod(fork_key_to_ours)
+
+    @classmethod
+    def from_peft(cls, data: dict) -> "BottleneckOptions":
+        """The series / pfeiffer / parallel adapter their BottleneckConfig `data` describes."""
+        return from_fork(data)
 
     def adapter_drop(self) -> AdapterDrop | None:
         if self.drop_layers == 0 and self.drop_training == "fixed":

@@ -71,7 +71,7 @@ class LoraConfig(AdapterConfig):
         if data.get("use_rslora"):
             alpha = alpha * math.sqrt(r)
         return cls(targets=peft_targets(data["target_modules"]), r=r, alpha=alpha,
-                   dropout=data.get("lora_dropout", 0.0))
+                   dropout=data.get("lora_dropout") or 0.0)  # old PEFT / their fork may write null
 
 
 # PEFT LoraConfig options that change what the adapter computes or where it sits, and that adapterlab's
@@ -80,6 +80,7 @@ PEFT_LORA_UNSUPPORTED = (
     "use_dora", "rank_pattern", "alpha_pattern", "lora_bias", "target_parameters",
     "layers_to_transform", "exclude_modules", "layer_replication", "trainable_token_indices",
     "alora_invocation_tokens", "use_qalora", "megatron_config", "use_bdlora", "arrow_config", "kasa_config",
+    "enable_lora",  # LLM-Adapters' fork (old PEFT): MergedLinear, LoRA on slices of a fused projection
 )
 
 
