@@ -170,22 +170,31 @@ def run(args: argparse.Namespace) -> int:
     # read and check every data set before the model loads: a typo costs no model load
     datasets = [load_dataset(name, args.data_dir, answer_type=args.answer_type, limit=args.limit) for name in names]
     adapter_dir = find_adapter(args.adapter_path) if args.adapter_path else None
+    template = args.template or (training_template(adapter_dir) if adapter_dir else None) or "alpaca"
+    model, tokenizer, metadata = load_for_eval(args, adapter_dir)
+    summary = evaluate(
+        model, tokenizer, datasets, answer_type=args.answer_type,
+        batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, num_beams=args.num_beams,
+        template=template, mode=args.mode, output_dir=args.output, resume=args.resume, overwrite=args.overwrite,
+        limit=args.limit, progress=not args.no_progress, metadata=metadata,
+    )
+    return report(summary, args)
+
+
+def load_for_eval(args: argparse.Namespace, adapter_dir: Path | None) -> tuple[Any, Any, dict[str, Any]]:
+    """(model with the adapter loaded, tokenizer, what evaluated it); their --adapter / --model labels checked."""
     if adapter_dir is not None:
         check_adapter_label(args.their_adapter, read_adapter_config(adapter_dir), str(adapter_dir))
-    template = args.template or (training_template(adapter_dir) if adapter_dir else None) or "alpaca"
     model, tokenizer = load_model(args.model, dtype=args.dtype, device=args.device, quantize=args.quantize)
     check_model_label(args.model_label, model, args.model)
     weights = resolve_model(args.model, log=lambda _: None).location  # a short name's cache folder
     if adapter_dir is not None:
         load_any_adapter(model, adapter_dir)  # adapterlab's or PEFT's (LLM-Adapters' fork too)
-    summary = evaluate(
-        model, tokenizer, datasets, answer_type=args.answer_type,
-        batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, num_beams=args.num_beams,
-        template=template, mode=args.mode, output_dir=args.output, resume=args.resume, overwrite=args.overwrite,
-        limit=args.limit, progress=not args.no_progress,
-        metadata={"model": args.model, "model_files": model_files(weights),
-                  "adapter": str(adapter_dir) if adapter_dir else None},
-    )
+    return model, tokenizer, {"model": args.model, "model_files": model_files(weights),
+                              "adapter": str(adapter_dir) if adapter_dir else None}
+
+
+def report(summary: dict[str, Any], args: argparse.Namespace) -> int:
     print(markdown_table(summary), end="")
     if args.output:
         print(f"Predictions and summary in {args.output}/")
@@ -196,20 +205,9 @@ def run_choice(args: argparse.Namespace, names: list[str]) -> int:
     """`--protocol choice`: score every option by its log-likelihood (generation-only flags were refused)."""
     datasets = [load_choice_dataset(name, args.data_dir, limit=args.limit) for name in names]  # before the model
     adapter_dir = find_adapter(args.adapter_path) if args.adapter_path else None
-    if adapter_dir is not None:
-        check_adapter_label(args.their_adapter, read_adapter_config(adapter_dir), str(adapter_dir))
-    model, tokenizer = load_model(args.model, dtype=args.dtype, device=args.device, quantize=args.quantize)
-    check_model_label(args.model_label, model, args.model)
-    weights = resolve_model(args.model, log=lambda _: None).location
-    if adapter_dir is not None:
-        load_any_adapter(model, adapter_dir)
+    model, tokenizer, metadata = load_for_eval(args, adapter_dir)
     summary = evaluate_choice(
         model, tokenizer, datasets, batch_size=args.batch_size, output_dir=args.output, resume=args.resume,
-        overwrite=args.overwrite, limit=args.limit, progress=not args.no_progress,
-        metadata={"model": args.model, "model_files": model_files(weights),
-                  "adapter": str(adapter_dir) if adapter_dir else None},
+        overwrite=args.overwrite, limit=args.limit, progress=not args.no_progress, metadata=metadata,
     )
-    print(markdown_table(summary), end="")
-    if args.output:
-        print(f"Predictions and summary in {args.output}/")
-    return 0
+    return report(summary, args)
