@@ -264,3 +264,13 @@ def test_full_run_folder_loads_as_a_model(llama, math_file, tmp_path):
     train(config(llama, math_file, out, adapter="full", adapter_options={}, max_steps=1))
     model, _ = load_model(str(out), log=lambda _: None)
     assert isinstance(model, T.LlamaForCausalLM) and not (out / ".adapterlab-pending").exists()
+
+
+@pytest.mark.reliability
+def test_run_config_saved_before_a_setting_existed_still_matches():
+    """run_config.yaml saved before --freq-mask/--time-mask existed -> the missing settings count as their defaults"""
+    settings = dict(model="m", data=["d"], output="o", task="audio-cls")
+    saved = TrainConfig(**settings).run_settings()
+    del saved["freq_mask"], saved["time_mask"]
+    assert run_dir.differences(saved, TrainConfig(**settings)) == []
+    assert run_dir.differences(saved, TrainConfig(**settings, time_mask=8)) == ["time_mask"]

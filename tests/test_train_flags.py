@@ -10,6 +10,7 @@ naming the flag (the task modules declare what they read: `TRAIN_FIELDS`).
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -158,6 +159,8 @@ ALTERNATIVES: dict[str, Callable[[dict[str, Any]], list[str]]] = {
     "label_column": lambda fx: ["--label-column", "label2"],
     "few_shot": lambda fx: ["--few-shot", "2"],
     "max_length": lambda fx: ["--max-length", "48"],
+    "freq_mask": lambda fx: ["--freq-mask", "8"],
+    "time_mask": lambda fx: ["--time-mask", "16"],
     "labels_csv": lambda fx: ["--labels-csv", str(fx.get("labels_csv", "labels.csv"))],
     "label_pattern": lambda fx: ["--label-pattern", r"_(\w+?)_"],
     "split": lambda fx: ["--split", "fsdd", "--val-size", "0"],
@@ -253,7 +256,8 @@ def describe(kwargs: dict[str, Any]) -> dict[str, Any]:
 def dataset_record(dataset: Any) -> Any:
     if dataset is None or isinstance(dataset, list):
         return json.dumps(dataset, sort_keys=True)
-    return [str(p) for p in dataset.files], list(dataset.labels)
+    first = {k: hashlib.sha256(np.ascontiguousarray(v).tobytes()).hexdigest() for k, v in dataset[0].items()}
+    return [str(p) for p in dataset.files], list(dataset.labels), first  # first: what is fed (masks, pixels)
 
 
 def baseline(task: str, fx: dict[str, Any], out: Path) -> list[str]:

@@ -11,6 +11,22 @@ which would cancel it (it never trains). Placement "parallel" adds f(x) (x the s
 f(y). The paper's best setting, parallel at the MLP ("Pfeiffer") with no extra residual, is the default;
 its bottleneck is d / 64 (12 on AST-base), so pass size=12 to match it there.
 
+`residual` is their `--apply_residual` (PETL_AST main.py, used in ASTLayer_adapter.forward whichever adapter
+block, bottleneck or conformer, the layer holds), with the same four cells as the bottleneck adapters'
+`residual` (methods/bottleneck.py). With F the site's output, x its input (on AST's MLP: layernorm_after(h),
+as their code) and h the block's residual stream, added by the block outside the site:
+
+* series,   residual=True (default here):  y' = F + f(F)      (block: h + F + A(F))
+* series,   residual=False (their default): y' = f(F)         (block: h + A(F); "A(F) alone")
+* parallel, residual=False (default):      y' = F + f(x)      (block: h + F + A(x))
+* parallel, residual=True:                 y' = F + f(x) + x  (block: h + F + A(x) + x)
+
+Their flag defaults to False in both placements; here series defaults to True, as the bottleneck series
+adapters and as conformer series adapters did before this option existed (pass residual=False for their
+sequential runs). Their flag is `type=bool`, so any value given on their command line, "False" included,
+turns it on. Parallel with residual needs x and F of one width. Without the residual the series adapter is
+not the identity at init, even with init="zero" (the site's output becomes zero).
+
 The depthwise conv pads as PyTorch's padding="same", which is also what the paper's code passes: the
 output keeps the sequence length; for an even kernel the k - 1 padded positions split as (k - 1) // 2 before
 and k // 2 after (kernel 8: 3 before, 4 after), so each output mixes one more position after it than before.
@@ -49,7 +65,8 @@ class ConformerConfig(AdapterConfig):
     placement: "parallel" | "series";
     norm: "batch" (the paper) | "layer" after the depthwise conv; input_norm: LayerNorm on the adapter input
     (the paper's code); init: "torch" (PyTorch defaults, as the paper) | "zero" (last pointwise conv zero:
-    the model is unchanged at init); dropout: on the adapter output."""
+    the model is unchanged at init); dropout: on the adapter output; residual: the identity term beside the
+    adapter (their --apply_residual; the module docstring: unset means True in series, False in parallel)."""
 
     method = "conformer"
     default_targets = ("mlp",)
@@ -62,15 +79,19 @@ class ConformerConfig(AdapterConfig):
     input_norm: bool = True
     init: str = "torch"
     dropout: float = 0.0
+    residual: bool | None = None
 
     def validate(self) -> None:
+        if self.residual is None:  # saved adapters that predate the option get the behaviour they trained with
+            self.residual = self.placement == "series"
         positive_int(self.method, "size", self.size)
         positive_int(self.method, "kernel_size", self.kernel_size)
         one_of(self.method, "placement", self.placement, ("parallel", "series"))
         one_of(self.method, "norm", self.norm, ("batch", "layer"))
         one_of(self.method, "init", self.init, ("torch", "zero"))
-        if not isinstance(self.input_norm, bool):
-            raise AdapterError(f"conformer: `input_norm` must be true or false, got {self.input_norm!r}.")
+        for flag in ("input_norm", "residual"):
+            if not isinstance(getattr(self, flag), bool):
+                raise AdapterError(f"conformer: `{flag}` must be true or false, got {getattr(self, flag)!r}.")
         if not 0.0 <= float(self.dropout) < 1.0:
             raise AdapterError(f"conformer: `dropout` must be in [0, 1), got {self.dropout!r}.")
 
@@ -84,6 +105,10 @@ class ConformerConfig(AdapterConfig):
         in_features, out_features = site_features(site, model, self.method)
         if self.placement == "series":
             in_features = out_features
+        elif self.residual and in_features != out_features:
+            raise AdapterError(f"conformer: residual=True adds the adapter's input x to the output, but at "
+                               f"{site.path!r} x has {in_features} features and the output {out_features}. Target "
+                               "a sublayer (attn, mlp) or a square layer, or set residual=False.")
         ref = reference_tensor(model.get_submodule(site.path))
         return ConformerAdapter(in_features, out_features, self, ref.device, ref.dtype)
 
@@ -103,7 +128,7 @@ class ConformerAdapter(Adapter):
         super().__init__()
         size, kernel = options.size, options.kernel_size
         factory = {"device": device, "dtype": dtype}
-        self.placement = options.placement
+        self.placement, self.residual = options.placement, options.residual
         self.input_norm = nn.LayerNorm(in_features, **factory) if options.input_norm else nn.Identity()
         self.pointwise_in = nn.Conv1d(in_features, 2 * size, 1, **factory)
         # a bias before BatchNorm is cancelled by its mean subtraction (zero gradient), so it is left out there
@@ -133,5 +158,9 @@ class ConformerAdapter(Adapter):
         return self.dropout(h.transpose(1, 2))
 
     def adapt_output(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        source = y if self.placement == "series" else x
-        return y + self.convolve(source).to(y.dtype)
+        """The four cells of the module docstring: series F + f(F) or f(F); parallel F + f(x) (+ x)."""
+        if self.placement == "series":
+            delta = self.convolve(y).to(y.dtype)
+            return y + delta if self.residual else delta
+        out = y + self.convolve(x).to(y.dtype)
+        return out + x.to(y.dtype) if self.residual else out

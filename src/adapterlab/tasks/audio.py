@@ -22,6 +22,7 @@ from ..data.audio import (
     labels_from_names,
     list_audio,
 )
+from ..data.specaugment import masked_training_set, masking_info
 from ..posembed import resize_ast_positions
 from .base import TaskOptions, TaskSetup
 from .classification import accuracy, head_modules
@@ -30,7 +31,8 @@ from .scratch import is_config_spec
 
 SPLITS = ("random", "fsdd")
 # The per-task TrainConfig fields this task reads (see adapterlab.tasks); the others are refused when set.
-TRAIN_FIELDS = frozenset({"labels_csv", "label_pattern", "split", "few_shot", "max_train_samples", "max_length"})
+TRAIN_FIELDS = frozenset({"labels_csv", "label_pattern", "split", "few_shot", "max_train_samples", "max_length",
+                          "freq_mask", "time_mask"})
 AST = "audio-spectrogram-transformer"
 
 
@@ -86,7 +88,7 @@ def prepare(options: TaskOptions) -> TaskSetup:
 
     options.options: labels_csv, label_pattern, split ("random": --val-size by seed, stratified; "fsdd":
     file index 0-4 is the dev set), few_shot (K per class, by seed), max_train_samples, max_length (spectrogram
-    frames).
+    frames), freq_mask / time_mask (SpecAugment on the training set only, `adapterlab.data.specaugment`).
     """
     opts = options.options
     labels_csv, pattern = label_source(options)
@@ -107,13 +109,14 @@ def prepare(options: TaskOptions) -> TaskSetup:
     )
     labels = chosen["labels"]
     model, extractor = build_model(options, labels)
-    train = make_dataset(*chosen["train"], extractor, options)[0]
+    train = masked_training_set(make_dataset(*chosen["train"], extractor, options)[0], opts, options.seed)
     dev = make_dataset(*chosen["dev"], extractor, options)[0] if chosen["dev"][0] else None
     return TaskSetup(
         model=model, train_dataset=train, eval_dataset=dev, data_collator=default_data_collator,
         processor=extractor, compute_metrics=accuracy, metric_name="eval_accuracy", greater_is_better=True,
         info={"labels": labels, "train_records": len(train), "dev_records": len(dev) if dev else 0,
               "split": "eval-data" if options.eval_data else split, "few_shot": opts.get("few_shot"),
+              "spec_augment": masking_info(opts),
               "max_length": model.config.max_length, "sampling_rate": extractor.sampling_rate,
               "pretrained": not is_config_spec(options.model)},
         trainable_modules=head_modules(model),

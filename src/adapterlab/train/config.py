@@ -90,6 +90,11 @@ class TrainConfig:
                                      "before the first _)", per_task=True, default=None)
     split: str = flag("dev set: random (--val-size of every class) or fsdd (file takes 0-4)", per_task=True,
                       default="random")
+    freq_mask: int = flag("SpecAugment: each time a training spectrogram is served, zero one band of 0 to F-1 mel "
+                          "bins (normalised features, as PETL-for-AST: F=24 on ESC-50 and UrbanSound8K); 0 = off",
+                          per_task=True, default=0)
+    time_mask: int = flag("SpecAugment: likewise one band of 0 to T-1 frames (PETL-for-AST: T=80); 0 = off",
+                          per_task=True, default=0)
     decontaminate: list[str] = flag("eval files whose questions are dropped from the training data", per_task=True,
                                     default_factory=list)
     epochs: float = flag("training epochs", "--num_epochs", default=3.0)
