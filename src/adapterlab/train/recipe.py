@@ -24,7 +24,7 @@ from transformers import TrainerCallback, TrainingArguments, set_seed
 from .. import __version__
 from ..checkpoint import write_adapter_files
 from ..engine import attach, count_parameters
-from ..errors import AdapterError
+from ..errors import AdapterError, UsageError
 from ..files import group_file, read_json_object, replace_files, write_json
 from ..models.quantize import is_quantized, prepare_for_kbit_training
 from ..registry import config_class
@@ -161,6 +161,9 @@ def train(config: TrainConfig, callbacks: Sequence[TrainerCallback] = ()) -> dic
     Nothing is written before the config, data, model and adapter have all been checked. The main process
     holds the run folder's lock for the whole run, so a second run into the same folder is refused.
     """
+    if config.cross_validate:
+        raise UsageError("cross_validate trains once per fold: call adapterlab.train.cross_validate(config), as "
+                         "`adapterlab train --cross-validate` does.")
     config.validate()
     out = Path(config.output)
     main = is_main_process()
