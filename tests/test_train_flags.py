@@ -123,7 +123,9 @@ def files(tmp_path_factory) -> dict[str, dict[str, Any]]:
                                 data2=write_choices(root / "mc2.csv", 12, 1), dev=write_choices(root / "mc-dev.csv", 4, 2)),
         "audio-cls": dict(model=f"config:{root / 'ast.json'}", model2=f"config:{root / 'ast2.json'}",
                           data=tones, data2=write_tones(root / "tones2", seed=1),
-                          dev=write_tones(root / "tones-dev", seed=2), labels_csv=root / "labels.csv"),
+                          dev=write_tones(root / "tones-dev", seed=2), labels_csv=root / "labels.csv",
+                          fold=["--split", "fsdd-speakers", "--fold", "bob"],
+                          cross_validate=["--split", "fsdd-speakers", "--cross-validate"]),
         "image-cls": dict(model=f"config:{root / 'vit.json'}", model2=f"config:{root / 'vit2.json'}",
                           data=write_images(root / "images"), data2=write_images(root / "images2", seed=1),
                           dev=write_images(root / "images-dev", seed=2)),
@@ -164,6 +166,8 @@ ALTERNATIVES: dict[str, Callable[[dict[str, Any]], list[str]]] = {
     "labels_csv": lambda fx: ["--labels-csv", str(fx.get("labels_csv", "labels.csv"))],
     "label_pattern": lambda fx: ["--label-pattern", r"_(\w+?)_"],
     "split": lambda fx: ["--split", "fsdd", "--val-size", "0"],
+    "fold": lambda fx: fx.get("fold", ["--fold", "1"]),  # audio: a speaker held out of the FSDD-like tones
+    "cross_validate": lambda fx: fx.get("cross_validate", ["--cross-validate"]),  # audio: the first fold's training
     "decontaminate": lambda fx: ["--decontaminate", str(fx.get("contaminated", "test.json"))],
     "epochs": lambda fx: ["--epochs", "2"],
     "max_steps": lambda fx: ["--max-steps", "5"],
@@ -200,7 +204,8 @@ ALTERNATIVES: dict[str, Callable[[dict[str, Any]], list[str]]] = {
 }
 # Flags whose alternative is compared with the baseline plus these flags (the variant flags refine --adapter_name).
 CONTEXT = {"use_parallel_adapter": ["--adapter_name", "bottleneck"], "use_adapterp": ["--adapter_name", "bottleneck"],
-           "split": ["--val-size", "0"], "eval_data": ["--val-size", "0"]}
+           "split": ["--val-size", "0"], "eval_data": ["--val-size", "0"], "fold": ["--val-size", "0"],
+           "cross_validate": ["--val-size", "0"]}
 # Flags refused for a reason other than the task, with a word of the expected message.
 REFUSED_HERE = {"resume": "holds no run"}
 

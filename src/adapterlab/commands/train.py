@@ -19,7 +19,7 @@ from ..data.reading import read_text
 from ..errors import AdapterError, UsageError
 from ..registry import METHODS, config_class
 from ..tasks import tasks_reading
-from ..train import TrainConfig, train
+from ..train import TrainConfig, cross_validate, train
 from ..train.llm_adapters import WANDB_FLAGS, flag_notes, is_theirs, their_recipe
 
 OPTION_PREFIX = "adapter_option:"
@@ -243,12 +243,18 @@ def legacy_method(name: str | None, parallel: bool, pfeiffer: bool, given: Colle
 
 
 def run(args: argparse.Namespace) -> int:
-    """Parse the settings, train, print the summary."""
+    """Parse the settings, train (once, or once per fold with --cross-validate), print the summary."""
     config, notes = config_and_notes(args)
     for note in notes:
         print(note)
+    if config.cross_validate:
+        report = cross_validate(config)
+        print(json.dumps({k: report[k] for k in ("split", "best_dev", "test")}, indent=2))
+        print(f"fold runs and cross_validation.md in: {config.output}")
+        return 0
     summary = train(config)
-    print(json.dumps({k: summary[k] for k in ("wall_time_s", "steps", "train_loss", "tokens_per_s", "best_metric",
-                                              "trainable_parameters", "final_weights")}, indent=2))
+    shown = ("wall_time_s", "steps", "train_loss", "tokens_per_s", "best_metric", "trainable_parameters",
+             "final_weights", *(("test_metric",) if summary.get("test_metric") else ()))
+    print(json.dumps({k: summary[k] for k in shown}, indent=2))
     print(f"run folder: {config.output}")
     return 0

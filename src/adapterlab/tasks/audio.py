@@ -3,7 +3,9 @@
 Labels come from a `file,label` CSV or from a regex on the file names (default: the prefix before the
 first "_", which is the digit in the Free Spoken Digit Dataset). Audio is resampled to the feature
 extractor's rate and cut or padded to `max_length` frames; a checkpoint used at another length gets its
-position embeddings interpolated to the new patch grid (`adapterlab.posembed`).
+position embeddings interpolated to the new patch grid (`adapterlab.posembed`). `--split` may instead name a
+dataset's own protocol (ESC-50, UrbanSound8K, Speech Commands, Fluent Speech Commands, FSDD speakers; see
+`adapterlab.data.audio_protocols`), --data then being the dataset's root.
 """
 
 from __future__ import annotations
@@ -24,15 +26,17 @@ from ..data.audio import (
 )
 from ..data.specaugment import masked_training_set, masking_info
 from ..posembed import resize_ast_positions
+from ..data.audio_protocols import PROTOCOLS
+from .audio_protocol import folds, label_test, protocol_examples  # noqa: F401 (folds: for --cross-validate)
 from .base import TaskOptions, TaskSetup
 from .classification import accuracy, head_modules
 from .labelled import load_classifier, select
 from .scratch import is_config_spec
 
-SPLITS = ("random", "fsdd")
+SPLITS = ("random", "fsdd", *PROTOCOLS)  # the protocols: --data is the dataset's root (data/audio_protocols.py)
 # The per-task TrainConfig fields this task reads (see adapterlab.tasks); the others are refused when set.
 TRAIN_FIELDS = frozenset({"labels_csv", "label_pattern", "split", "few_shot", "max_train_samples", "max_length",
-                          "freq_mask", "time_mask"})
+                          "fold", "cross_validate", "freq_mask", "time_mask"})
 AST = "audio-spectrogram-transformer"
 
 
@@ -83,39 +87,49 @@ def make_dataset(files: list[Path], ids: list[int], extractor: Any,
     return AudioClassificationDataset(files, ids, extractor), default_data_collator
 
 
-def prepare(options: TaskOptions) -> TaskSetup:
-    """AST classifier, spectrogram train/dev sets and accuracy for `adapterlab train --task audio-cls`.
-
-    options.options: labels_csv, label_pattern, split ("random": --val-size by seed, stratified; "fsdd":
-    file index 0-4 is the dev set), few_shot (K per class, by seed), max_train_samples, max_length (spectrogram
-    frames), freq_mask / time_mask (SpecAugment on the training set only, `adapterlab.data.specaugment`).
-    """
-    opts = options.options
+def folder_examples(split: str, options: TaskOptions) -> tuple[list[Path], list[str], tuple[str, str],
+                                                               list[bool] | None, tuple[list, list]]:
+    """(files, label names, where the labels come from, FSDD dev marks, no test set) of --split random / fsdd."""
+    if options.options.get("fold") is not None:
+        raise UsageError(f"--fold picks a fold of a dataset's protocol (--split {', '.join(PROTOCOLS)}); "
+                         f"--split {split} has none: drop --fold.")
     labels_csv, pattern = label_source(options)
-    split = opts.get("split") or "random"
-    if split not in SPLITS:
-        raise UsageError(f"--split must be one of {SPLITS}, got {split!r}.")
-    if split == "fsdd" and (options.eval_data or options.val_size):
-        raise UsageError("--split fsdd fixes the dev set (takes 0-4 of the training folder); drop --eval-data "
-                         "and --val-size, or use --split random.")
     files, names = read_examples(options.data, options)
     source = (f"The 'label' column of {labels_csv}", "check the CSV") if labels_csv else \
         (f"The labels --label-pattern {pattern!r} reads from the file names in {', '.join(options.data)}",
          "pass a --label-pattern whose first group is the class, or a --labels-csv")
-    chosen = select(
-        files, names, options, source,
-        dev_mask=fsdd_test_files(files) if split == "fsdd" else None,
-        dev=read_examples(options.eval_data, options) if options.eval_data else None,
-    )
+    return files, names, source, fsdd_test_files(files) if split == "fsdd" else None, ([], [])
+
+
+def prepare(options: TaskOptions) -> TaskSetup:
+    """AST classifier, spectrogram train/dev sets and accuracy for `adapterlab train --task audio-cls`.
+
+    options.options: labels_csv, label_pattern, split ("random": --val-size by seed, stratified; "fsdd":
+    file index 0-4 is the dev set; a dataset protocol: train/dev/test of its fold `fold`), fold, few_shot (K per
+    class, by seed), max_train_samples, max_length (spectrogram frames), freq_mask / time_mask (SpecAugment on
+    the training set only, `adapterlab.data.specaugment`).
+    """
+    opts = options.options
+    split = opts.get("split") or "random"
+    if split not in SPLITS:
+        raise UsageError(f"--split must be one of {SPLITS}, got {split!r}.")
+    if split != "random" and (options.eval_data or options.val_size):
+        raise UsageError(f"--split {split} fixes the dev set; drop --eval-data and --val-size, or use --split random.")
+    files, names, source, dev_mask, test = protocol_examples(split, options) if split in PROTOCOLS else \
+        folder_examples(split, options)
+    chosen = select(files, names, options, source, dev_mask=dev_mask,
+                    dev=read_examples(options.eval_data, options) if options.eval_data else None)
     labels = chosen["labels"]
     model, extractor = build_model(options, labels)
     train = masked_training_set(make_dataset(*chosen["train"], extractor, options)[0], opts, options.seed)
     dev = make_dataset(*chosen["dev"], extractor, options)[0] if chosen["dev"][0] else None
+    tested = make_dataset(*label_test(test, labels), extractor, options)[0] if test[0] else None
     return TaskSetup(
-        model=model, train_dataset=train, eval_dataset=dev, data_collator=default_data_collator,
+        model=model, train_dataset=train, eval_dataset=dev, data_collator=default_data_collator, test_dataset=tested,
         processor=extractor, compute_metrics=accuracy, metric_name="eval_accuracy", greater_is_better=True,
         info={"labels": labels, "train_records": len(train), "dev_records": len(dev) if dev else 0,
-              "split": "eval-data" if options.eval_data else split, "few_shot": opts.get("few_shot"),
+              "split": "eval-data" if options.eval_data else split, "fold": opts.get("fold"),
+              "test_records": len(tested) if tested else 0, "few_shot": opts.get("few_shot"),
               "spec_augment": masking_info(opts),
               "max_length": model.config.max_length, "sampling_rate": extractor.sampling_rate,
               "pretrained": not is_config_spec(options.model)},

@@ -46,6 +46,9 @@ class TaskSetup:
     # choices), given to the HF Trainer as `compute_loss_func(outputs, labels, num_items_in_batch)`: it returns
     # the sum over the accumulated batch divided by num_items_in_batch when that is given, else the batch mean.
     compute_loss: Callable | None = None
+    # A test set scored once after training, with the final (best dev) weights, by the same metric (a dataset
+    # protocol's test fold or list); None: the run has none.
+    test_dataset: Any | None = None
 
 
 def quantization(options: dict[str, Any]) -> str | None:

@@ -88,8 +88,16 @@ class TrainConfig:
                                   default=None)
     label_pattern: str | None = flag("regex on file names whose first group is the label (default: the prefix "
                                      "before the first _)", per_task=True, default=None)
-    split: str = flag("dev set: random (--val-size of every class) or fsdd (file takes 0-4)", per_task=True,
-                      default="random")
+    split: str = flag("dev set: random (--val-size of every class), fsdd (file takes 0-4), or a dataset's own "
+                      "protocol, --data being its root: esc50 (fold K tests, fold K-1 is dev, three train), "
+                      "urbansound8k (fold K is dev, nine train), fsdd-speakers (speaker K is dev), speech-commands "
+                      "and fluent-speech (official train/validation/test lists; validation is dev). A test set is "
+                      "scored after training with the best dev weights", per_task=True, default="random")
+    fold: str | None = flag("the fold of --split esc50 / urbansound8k (1-5 / 1-10) or fsdd-speakers (a speaker name)",
+                            per_task=True, default=None)
+    cross_validate: bool = flag("train once per fold of --split into OUTPUT/fold-K (ordinary run folders) and write "
+                                "OUTPUT/cross_validation.json and .md: each fold's best dev (and test) metric, their "
+                                "mean and standard deviation", per_task=True, default=False)
     freq_mask: int = flag("SpecAugment: each time a training spectrogram is served, zero one band of 0 to F-1 mel "
                           "bins (normalised features, as PETL-for-AST: F=24 on ESC-50 and UrbanSound8K); 0 = off",
                           per_task=True, default=0)
@@ -171,6 +179,8 @@ class TrainConfig:
             raise AdapterError("--resume continues the run in the folder and --overwrite replaces it; pick one.")
         self.check_dev_set()
         self.check_quantization()
+        if self.fold is not None and self.cross_validate:
+            raise UsageError(f"--fold {self.fold} picks one fold and --cross-validate runs every fold; pass one.")
 
     @property
     def quantize(self) -> str | None:
@@ -204,7 +214,7 @@ class TrainConfig:
         """Refuse two sources of dev data, and dev-set settings without a dev set."""
         if self.eval_data and self.val_size:
             raise UsageError("--eval-data gives the dev set and --val-size holds one out of --data; pass one.")
-        has_dev = bool(self.eval_data or self.val_size or self.split == "fsdd")
+        has_dev = bool(self.eval_data or self.val_size or self.split != "random")  # other splits fix a dev set
         for name in ("eval_steps", "early_stopping"):
             if getattr(self, name) is not None and not has_dev:
                 raise UsageError(f"{flag_name(name)} needs a dev set; pass --eval-data FILE or --val-size N.")

@@ -24,7 +24,7 @@ from transformers import TrainerCallback, TrainingArguments, set_seed
 from .. import __version__
 from ..checkpoint import write_adapter_files
 from ..engine import attach, count_parameters
-from ..errors import AdapterError
+from ..errors import AdapterError, UsageError
 from ..files import group_file, read_json_object, replace_files, write_json
 from ..models.quantize import is_quantized, prepare_for_kbit_training
 from ..registry import config_class
@@ -161,6 +161,9 @@ def train(config: TrainConfig, callbacks: Sequence[TrainerCallback] = ()) -> dic
     Nothing is written before the config, data, model and adapter have all been checked. The main process
     holds the run folder's lock for the whole run, so a second run into the same folder is refused.
     """
+    if config.cross_validate:
+        raise UsageError("cross_validate trains once per fold: call adapterlab.train.cross_validate(config), as "
+                         "`adapterlab train --cross-validate` does.")
     config.validate()
     out = Path(config.output)
     main = is_main_process()
@@ -214,6 +217,10 @@ def _train(config: TrainConfig, out: Path, main: bool, callbacks: Sequence[Train
     state = trainer.state
     best_file = group_file(out / BEST, "best.json")
     best = read_json_object(best_file, f"delete the folder {out / BEST} and train again") if best_file.is_file() else None
+    if best:  # the run folder holds the best dev checkpoint, as LLM-Adapters' load_best_model_at_end does
+        load_trainable(model, group_file(out / BEST, TRAINABLE_NAME),
+                       fix=f"delete the folder {out / BEST} and train again")
+    test = score_test(trainer, setup, f"best (step {best['step']})" if best else "last")
     tokens = (state.num_input_tokens_seen or 0) - tokens_before
     summary = {
         "model": config.model, "task": config.task, "adapter": config.adapter,
@@ -224,6 +231,7 @@ def _train(config: TrainConfig, out: Path, main: bool, callbacks: Sequence[Train
         "tokens_per_s": round(tokens / wall, 1) if setup.num_tokens is not None and wall > 0 else None,
         "best_metric": {"name": setup.metric_name, "value": best[setup.metric_name], "step": best["step"]} if best else None,
         "final_weights": f"best (step {best['step']})" if best else "last",
+        "test_metric": test,
         "trainable_parameters": trainable, "total_parameters": total,
         "trainable_percent": round(100 * trainable / total, 4) if total else None,
         "world_size": world_size(), "precision": resolve_precision(config.precision),
@@ -232,15 +240,22 @@ def _train(config: TrainConfig, out: Path, main: bool, callbacks: Sequence[Train
         "data": setup.info,
     }
     if main:
-        if best:  # the run folder holds the best dev checkpoint, as LLM-Adapters' load_best_model_at_end does
-            load_trainable(model, group_file(out / BEST, TRAINABLE_NAME),
-                           fix=f"delete the folder {out / BEST} and train again")
         save_final(model, config, setup, out)
         record_outputs(out, [SUMMARY, PLOT])
         write_json(out / SUMMARY, summary)
         if (out / METRICS).is_file():
             plot_metrics(out / METRICS, out / PLOT, title=f"{config.model} {config.adapter} ({config.task})")
     return summary
+
+
+def score_test(trainer: AdapterTrainer, setup: TaskSetup, weights: str) -> dict[str, Any] | None:
+    """The task's test set (if it has one) scored by the dev metric with the final weights, once, after training
+    (a prediction pass: the dev-set callbacks do not see it); None without a test set."""
+    if setup.test_dataset is None:
+        return None
+    name = "test_" + setup.metric_name.removeprefix("eval_")
+    metrics = trainer.predict(setup.test_dataset, metric_key_prefix="test").metrics
+    return {"name": name, "value": metrics[name], "records": len(setup.test_dataset), "weights": weights}
 
 
 def save_final(model: torch.nn.Module, config: TrainConfig, setup: TaskSetup, out: Path) -> None:

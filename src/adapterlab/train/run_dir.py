@@ -103,8 +103,8 @@ def read_run_config(out: Path) -> dict[str, Any] | None:
 
 
 def differences(saved: dict[str, Any], config: TrainConfig) -> list[str]:
-    """Names of the run settings in which `config` differs from a saved run config; a setting added after that
-    run was saved counts as its default there (new settings default to what earlier versions did)."""
+    """Names of the run settings in which `config` differs from a saved run config; a setting the saved config
+    lacks (the run predates it) counts as its default, so runs of earlier versions still resume."""
     ours, defaults = config.run_settings(), TrainConfig().run_settings()
     return sorted(k for k in ours if saved.get(k, defaults[k]) != ours[k])
 
