@@ -55,7 +55,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
 from torch import nn
 from transformers.activations import ACT2FN
 
@@ -64,14 +63,13 @@ from ..config import AdapterConfig, one_of, positive_int
 from ..errors import AdapterError
 from ..layers import is_linear, reference_tensor
 from ..sites import Placement, Site
-from .base import Adapter, in_dtype_of
+from .bottleneck_module import BottleneckAdapter
 from .sublayer_sites import input_features, residual_site, site_features
 from .bottleneck_peft import fork_key_to_ours, from_fork
 
 INITS = ("bert", "zero")
 DROPOUT_AT = ("input", "hidden")
 SOURCES = ("sublayer", "residual")
-NORM_EPS = 1e-6  # MoSA's AdaptFormer/Pfeiffer adapter_norm
 
 
 def parse_scaling(method: str, value: float | int | str) -> float | str:
@@ -139,7 +137,7 @@ class BottleneckOptions(AdapterConfig):
             return None
         return AdapterDrop(self.method, self.drop_layers, self.drop_training)
 
-    def make(self, in_features: int, out_features: int, placement: str, host: nn.Module) -> "BottleneckAdapter":
+    def make(self, in_features: int, out_features: int, placement: str, host: nn.Module) -> BottleneckAdapter:
         ref = reference_tensor(host)
         return BottleneckAdapter(in_features, out_features, self, placement, ref.device, ref.dtype)
 
@@ -173,7 +171,7 @@ class SeriesConfig(BottleneckOptions):
                                "sublayer. Name linear layers (e.g. up_proj, or mlp_in for the MLP's inputs).")
         return {s.path for s in sites}
 
-    def build(self, site: Site, model: nn.Module, placement: Placement) -> "BottleneckAdapter":
+    def build(self, site: Site, model: nn.Module, placement: Placement) -> BottleneckAdapter:
         host = model.get_submodule(site.path)
         if site.path in self.input_paths(placement) and site.kind == "module":
             width = input_features(host)
@@ -205,7 +203,7 @@ class ParallelConfig(BottleneckOptions):
             return sites
         return [residual_site(site, model, placement, self.method) for site in sites]
 
-    def build(self, site: Site, model: nn.Module, placement: Placement) -> "BottleneckAdapter":
+    def build(self, site: Site, model: nn.Module, placement: Placement) -> BottleneckAdapter:
         in_features, out_features = site_features(site, model, self.method)
         if self.residual and in_features != out_features:
             raise AdapterError(f"{self.method}: residual=True adds the adapter's input x to the output, but at "
@@ -254,67 +252,3 @@ class AdaptFormerConfig(ParallelConfig):
     dropout_at: str = "hidden"
     layer_norm: bool = True
     source: str = "residual"
-
-
-class BottleneckAdapter(Adapter):
-    """down (in -> size), activation, up (size -> out), scaled and added to the site's output."""
-
-    split_points = {"down": "down", "up": "up"}  # the projections MoSA may split (methods/mosa.py)
-
-    def __init__(self, in_features: int, out_features: int, options: BottleneckOptions, placement: str,
-                 device: torch.device, dtype: torch.dtype) -> None:
-        super().__init__()
-        self.placement = placement
-        self.residual = options.residual
-        self.norm = nn.LayerNorm(in_features, eps=NORM_EPS, device=device, dtype=dtype) if options.layer_norm else None
-        self.dropout = nn.Dropout(options.dropout) if options.dropout > 0 else nn.Identity()
-        self.dropout_at = options.dropout_at
-        self.down = nn.Linear(in_features, options.size, bias=options.bias, device=device, dtype=dtype)
-        self.act = ACT2FN[options.activation]
-        self.up = nn.Linear(options.size, out_features, bias=options.bias, device=device, dtype=dtype)
-        if options.scaling == "learned":
-            self.scaling = nn.Parameter(torch.ones(1, device=device, dtype=dtype))
-        else:
-            self.scaling = float(options.scaling)
-        self.reset_parameters(options.init)
-
-    @torch.no_grad()
-    def reset_parameters(self, init: str) -> None:
-        if init == "bert":
-            nn.init.normal_(self.down.weight, std=0.02)
-            nn.init.normal_(self.up.weight, std=0.02)
-        else:
-            nn.init.kaiming_uniform_(self.down.weight, a=5 ** 0.5)
-            nn.init.zeros_(self.up.weight)
-        for layer in (self.down, self.up):
-            if layer.bias is not None:
-                nn.init.zeros_(layer.bias)
-
-    def delta(self, h: torch.Tensor) -> torch.Tensor:
-        """s * up(act(down(h))), with the optional input norm and the dropout where chosen, in the adapter's dtype."""
-        h = in_dtype_of(self, h)
-        if self.norm is not None:
-            h = self.norm(h)
-        if self.dropout_at == "input":
-            h = self.dropout(h)
-        h = self.act(self.down(h))
-        if self.dropout_at == "hidden":
-            h = self.dropout(h)
-        return self.up(h) * self.scaling
-
-    def adapt_input(self, x: torch.Tensor) -> torch.Tensor:
-        """Input placement: the host layer reads x + s * f(x) (s * f(x) without the residual)."""
-        if self.placement != "input":
-            return x
-        delta = self.delta(x).to(x.dtype)
-        return x + delta if self.residual else delta
-
-    def adapt_output(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """The four cells of the module docstring: series F + s f(F) or s f(F); parallel F + s f(x) (+ x)."""
-        if self.placement == "input":
-            return y
-        if self.placement == "series":
-            delta = self.delta(y).to(y.dtype)
-            return y + delta if self.residual else delta
-        out = y + self.delta(x).to(y.dtype)
-        return out + x.to(y.dtype) if self.residual else out

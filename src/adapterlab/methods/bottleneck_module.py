@@ -1,0 +1,81 @@
+"""The bottleneck adapter module: down (in -> size), activation, up (size -> out), scaled and placed on the input,
+in series or in parallel with its site (the four residual cells of `methods/bottleneck.py`'s docstring)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+from torch import nn
+from transformers.activations import ACT2FN
+
+from .base import Adapter, in_dtype_of
+
+if TYPE_CHECKING:
+    from .bottleneck import BottleneckOptions
+
+NORM_EPS = 1e-6  # MoSA's AdaptFormer/Pfeiffer adapter_norm
+
+
+class BottleneckAdapter(Adapter):
+    """down (in -> size), activation, up (size -> out), scaled and added to the site's output."""
+
+    split_points = {"down": "down", "up": "up"}  # the projections MoSA may split (methods/mosa.py)
+
+    def __init__(self, in_features: int, out_features: int, options: BottleneckOptions, placement: str,
+                 device: torch.device, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.placement = placement
+        self.residual = options.residual
+        self.norm = nn.LayerNorm(in_features, eps=NORM_EPS, device=device, dtype=dtype) if options.layer_norm else None
+        self.dropout = nn.Dropout(options.dropout) if options.dropout > 0 else nn.Identity()
+        self.dropout_at = options.dropout_at
+        self.down = nn.Linear(in_features, options.size, bias=options.bias, device=device, dtype=dtype)
+        self.act = ACT2FN[options.activation]
+        self.up = nn.Linear(options.size, out_features, bias=options.bias, device=device, dtype=dtype)
+        if options.scaling == "learned":
+            self.scaling = nn.Parameter(torch.ones(1, device=device, dtype=dtype))
+        else:
+            self.scaling = float(options.scaling)
+        self.reset_parameters(options.init)
+
+    @torch.no_grad()
+    def reset_parameters(self, init: str) -> None:
+        if init == "bert":
+            nn.init.normal_(self.down.weight, std=0.02)
+            nn.init.normal_(self.up.weight, std=0.02)
+        else:
+            nn.init.kaiming_uniform_(self.down.weight, a=5 ** 0.5)
+            nn.init.zeros_(self.up.weight)
+        for layer in (self.down, self.up):
+            if layer.bias is not None:
+                nn.init.zeros_(layer.bias)
+
+    def delta(self, h: torch.Tensor) -> torch.Tensor:
+        """s * up(act(down(h))), with the optional input norm and the dropout where chosen, in the adapter's dtype."""
+        h = in_dtype_of(self, h)
+        if self.norm is not None:
+            h = self.norm(h)
+        if self.dropout_at == "input":
+            h = self.dropout(h)
+        h = self.act(self.down(h))
+        if self.dropout_at == "hidden":
+            h = self.dropout(h)
+        return self.up(h) * self.scaling
+
+    def adapt_input(self, x: torch.Tensor) -> torch.Tensor:
+        """Input placement: the host layer reads x + s * f(x) (s * f(x) without the residual)."""
+        if self.placement != "input":
+            return x
+        delta = self.delta(x).to(x.dtype)
+        return x + delta if self.residual else delta
+
+    def adapt_output(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The four cells of the module docstring: series F + s f(F) or s f(F); parallel F + s f(x) (+ x)."""
+        if self.placement == "input":
+            return y
+        if self.placement == "series":
+            delta = self.delta(y).to(y.dtype)
+            return y + delta if self.residual else delta
+        out = y + self.delta(x).to(y.dtype)
+        return out + x.to(y.dtype) if self.residual else out
