@@ -233,15 +233,19 @@ class VirtualTokenAdapter(Adapter):
             return args, {**kwargs, "hidden_states": hidden}
         return (hidden, *args[1:]), kwargs
 
+    def check_inputs(self, names: set[str]) -> None:
+        """Refuse an attention mask on a vision/audio model: it covers the sequence without the tokens."""
+        if self.modality != "text" and "attention_mask" in names:
+            raise AdapterError(
+                f"Virtual tokens (prompt, ptuning) join this {self.modality} model's sequence at its first block, "
+                "where the attention_mask given to the model (a padding mask, as wav2vec2 models with "
+                "do_stable_layer_norm take) would no longer fit the sequence; call it without one (a feature "
+                "extractor with return_attention_mask=False pads with zeros) or use prefix, lora or a bottleneck "
+                "adapter.")
+
     def before_model(self, model: nn.Module, args: tuple, kwargs: dict[str, Any]) -> tuple[tuple, dict[str, Any]]:
         if self.modality != "text":
-            if as_keywords(model, args, kwargs).get("attention_mask") is not None:
-                raise AdapterError(
-                    f"Virtual tokens (prompt, ptuning) join this {self.modality} model's sequence at its first "
-                    "block, where the attention_mask given to the model (a padding mask, as wav2vec2 models with "
-                    "do_stable_layer_norm take) would no longer fit the sequence; call it without one (a feature "
-                    "extractor with return_attention_mask=False pads with zeros) or use prefix, lora or a "
-                    "bottleneck adapter.")
+            self.check_inputs({k for k, v in as_keywords(model, args, kwargs).items() if v is not None})
             return args, kwargs
         args, kwargs = (), as_keywords(model, args, kwargs)
         batch, length, device = sequence_length(kwargs)
