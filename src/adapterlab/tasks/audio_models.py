@@ -2,9 +2,14 @@
 
 Audio Spectrogram Transformers read log-mel spectrograms of `--max-length` frames (a checkpoint's position
 embeddings are interpolated to that length); wav2vec 2.0 and HuBERT read raw 16 kHz waveforms of
-`--max-length` samples (default: the run's saved length, else 16,000 = 1 s) through their convolutional
-feature encoder, which stays frozen in every run (transformers' `freeze_feature_encoder`, as its
-audio-classification example and Cappellazzo et al.'s wav2vec 2.0 code do; full fine-tuning too).
+`--max-length` samples (default: the `max_length` of the checkpoint's feature extractor, which a run folder
+saves, else 16,000 = 1 s) through their convolutional feature encoder, which stays frozen in every run
+(transformers' `freeze_feature_encoder`, as its audio-classification example and Cappellazzo et al.'s wav2vec
+2.0 code do; full fine-tuning too).
+
+They train as transformers runs them in train mode: dropout, LayerDrop and the config's time masking
+(`mask_time_prob`, SpecAugment on the feature frames) stay on. (Cappellazzo et al.'s wav2vec 2.0 adapter code
+keeps the frozen encoder in eval mode, without them.)
 
 `--pooling` picks what the head reads of the encoder's output. The default is the transformers class's own:
 AST's `cls`, the mean of its CLS and distillation tokens; wav2vec2/HuBERT's `mean`, the mean over the frames
@@ -124,8 +129,6 @@ def audio_dataset(files: list[Path], ids: list[int], extractor: Any) -> AudioCla
 
 def frozen_modules(model: nn.Module) -> list[str]:
     """Paths of the base modules kept frozen in full fine-tuning too: a waveform model's feature encoder."""
-    encoder = getattr(model.base_model, "feature_extractor", None)
-    if model.config.model_type not in FAMILIES or not isinstance(encoder, nn.Module):
-        return []
-    return [name for name, module in model.named_modules() if module is encoder]
+    encoder = getattr(model.base_model, "feature_extractor", None)  # wav2vec2's and HuBERT's convolutions
+    return [name for name, module in model.named_modules() if module is encoder] if encoder is not None else []
 
