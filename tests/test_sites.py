@@ -40,6 +40,11 @@ EXPECTED["mistral"] = EXPECTED["qwen2"] = EXPECTED["llama"]
 EXPECTED["roberta"] = ("roberta.encoder.layer.0", EXPECTED["bert"][1])
 EXPECTED["xlm-roberta"] = EXPECTED["roberta"]
 EXPECTED["ast"] = ("audio_spectrogram_transformer.layers.0", EXPECTED["vit"][1])
+EXPECTED["wav2vec2"] = ("wav2vec2.encoder.layers.0", dict(q="attention.q_proj", k="attention.k_proj",
+                                                       v="attention.v_proj", o="attention.out_proj",
+                                                       up="feed_forward.intermediate_dense",
+                                                       down="feed_forward.output_dense", gate=None, qkv=None))
+EXPECTED["hubert"] = ("hubert.encoder.layers.0", EXPECTED["wav2vec2"][1])
 
 FUSED = {"bloom", "gpt2", "gpt_neox"}
 MODEL_TYPE = {"ast": "audio-spectrogram-transformer"}
@@ -55,7 +60,7 @@ def test_every_architecture_row_has_a_tiny_model_and_expectations():
 @pytest.mark.parametrize("family", ALL)
 def test_logical_names_resolve_to_the_right_layers(family):
     model = tiny_model(family)
-    assert architecture_of(model) is ARCHITECTURES[MODEL_TYPE.get(family, family)]
+    assert architecture_of(model) == ARCHITECTURES[MODEL_TYPE.get(family, family)].for_config(model.config)
     block, expected = EXPECTED[family]
     for logical in (*LOGICAL_PROJECTIONS, "qkv"):
         rel = expected.get(logical)

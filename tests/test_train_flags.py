@@ -163,6 +163,7 @@ ALTERNATIVES: dict[str, Callable[[dict[str, Any]], list[str]]] = {
     "max_length": lambda fx: ["--max-length", "48"],
     "freq_mask": lambda fx: ["--freq-mask", "8"],
     "time_mask": lambda fx: ["--time-mask", "16"],
+    "pooling": lambda fx: ["--pooling", "mean"],
     "labels_csv": lambda fx: ["--labels-csv", str(fx.get("labels_csv", "labels.csv"))],
     "label_pattern": lambda fx: ["--label-pattern", r"_(\w+?)_"],
     "split": lambda fx: ["--split", "fsdd", "--val-size", "0"],
@@ -249,6 +250,9 @@ def describe(kwargs: dict[str, Any]) -> dict[str, Any]:
         "trainable_sum": round(float(sum(p.detach().double().sum() for p in trainable)), 6),
         "adapters": {k: c.to_dict() for k, c in getattr(model, "adapterlab_configs", {}).items()},
         "model_config": model.config.to_dict(),
+        # forward hooks change what the model computes without a parameter or config field (--pooling mean)
+        "hooks": {n: sorted(getattr(h, "__qualname__", type(h).__name__) for h in m._forward_hooks.values())
+                  for n, m in model.named_modules() if m._forward_hooks},
         "train": dataset_record(kwargs["train_dataset"]),
         "dev": dataset_record(kwargs["eval_dataset"]),
         "processor": processor.to_dict() if hasattr(processor, "to_dict") else repr(processor),

@@ -6,6 +6,9 @@ import torch
 import transformers as T
 
 VOCAB = 64
+WAVEFORM = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+                conv_dim=(16, 16, 16), conv_kernel=(10, 4, 4), conv_stride=(5, 4, 4), num_conv_pos_embeddings=16,
+                num_conv_pos_embedding_groups=4, classifier_proj_size=16, layerdrop=0.0)
 
 
 def tiny_config(family: str) -> T.PretrainedConfig:
@@ -36,6 +39,11 @@ def tiny_config(family: str) -> T.PretrainedConfig:
                                    image_size=16, patch_size=8, num_labels=3),
         "ast": lambda: T.ASTConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
                                    max_length=32, num_mel_bins=16, num_labels=3),
+        # 3 convolutions (strides 5, 4, 4): 1,600 samples -> 19 frames. No LayerDrop, so that every layer runs in
+        # training; wav2vec2 post-norm (its default), HuBERT pre-norm (do_stable_layer_norm), so both layouts run.
+        "wav2vec2": lambda: T.Wav2Vec2Config(**WAVEFORM, num_labels=3),
+        "hubert": lambda: T.HubertConfig(**WAVEFORM, do_stable_layer_norm=True, feat_extract_norm="layer",
+                                         num_labels=3),
     }
     # Tiny models run transformers' default attention (sdpa), as users' models do; a test that needs a given
     # implementation passes attn_implementation= itself (test_prefix_encoders). Setting it on the config here
@@ -45,7 +53,7 @@ def tiny_config(family: str) -> T.PretrainedConfig:
 
 CAUSAL = ["llama", "mistral", "qwen2", "bloom", "opt", "gptj", "gpt2", "gpt_neox"]
 ENCODERS = ["bert", "roberta", "xlm-roberta"]
-VISION_AUDIO = ["vit", "ast"]
+VISION_AUDIO = ["vit", "ast", "wav2vec2", "hubert"]
 ALL = CAUSAL + ENCODERS + VISION_AUDIO
 
 
@@ -60,18 +68,22 @@ def tiny_model(family: str, seed: int = 0) -> torch.nn.Module:
         model = T.AutoModelForSequenceClassification.from_config(config)
     elif family == "vit":
         model = T.ViTForImageClassification(config)
-    else:
+    elif family == "ast":
         model = T.ASTForAudioClassification(config)
+    else:
+        model = T.AutoModelForAudioClassification.from_config(config)
     return model.eval()
 
 
 def tiny_inputs(family: str, batch: int = 2, length: int = 7, seed: int = 1) -> dict[str, torch.Tensor]:
-    """Inputs the tiny model of `family` accepts (token ids, pixels or spectrogram frames)."""
+    """Inputs the tiny model of `family` accepts (token ids, pixels, spectrogram frames or waveform samples)."""
     g = torch.Generator().manual_seed(seed)
     if family == "vit":
         return {"pixel_values": torch.randn(batch, 3, 16, 16, generator=g)}
     if family == "ast":
         return {"input_values": torch.randn(batch, 32, 16, generator=g)}
+    if family in ("wav2vec2", "hubert"):
+        return {"input_values": torch.randn(batch, 1600, generator=g)}
     ids = torch.randint(3, VOCAB, (batch, length), generator=g)
     return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
 

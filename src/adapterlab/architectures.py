@@ -30,6 +30,9 @@ class Architecture:
     attn_norm: str | None = None  # pre-norm families: the norm whose input is the attention's residual stream
     mlp_norm: str | None = None  # pre-norm families: the norm whose input is the MLP's residual stream
     post_norm: bool = False  # post-norm families (BERT): each sublayer reads the residual stream itself
+    # Families built either way (wav2vec2, HuBERT): the config flag that makes a model pre-norm, with the norms
+    # above; where it is false the model is post-norm and has no norm in front of its sublayers (see `for_config`).
+    pre_norm_flag: str | None = None
 
     def projection(self, logical: str) -> str | None:
         """The block-relative path of a logical projection name (q k v o up gate down qkv)."""
@@ -46,6 +49,15 @@ class Architecture:
     @property
     def mlp_entry(self) -> str | None:
         return self.up or self.gate
+
+    def for_config(self, config: object) -> "Architecture":
+        """This row as it holds for one model: a `pre_norm_flag` family becomes pre-norm or post-norm by its config."""
+        if self.pre_norm_flag is None:
+            return self
+        if getattr(config, self.pre_norm_flag, False):
+            return replace(self, pre_norm_flag=None)
+        return replace(self, name=f"{self.name} (post-norm)", pre_norm_flag=None, attn_norm=None, mlp_norm=None,
+                       post_norm=True)
 
 
 LLAMA = Architecture(
@@ -64,6 +76,15 @@ VIT = Architecture(
     q="attention.q_proj", k="attention.k_proj", v="attention.v_proj", o="attention.o_proj",
     up="mlp.fc1", down="mlp.fc2", leading_tokens=1, modality="vision",
     attn_norm="layernorm_before", mlp_norm="layernorm_after",
+)
+# wav2vec 2.0's encoder layers: post-norm by default (layer_norm after the attention's residual add,
+# final_layer_norm after the MLP's), pre-norm with do_stable_layer_norm=True (the same two norms in front of
+# the sublayers: the large "lv60" checkpoints). HuBERT's layers are the same modules under the same names.
+WAV2VEC2 = Architecture(
+    "wav2vec2", blocks="encoder.layers",
+    q="attention.q_proj", k="attention.k_proj", v="attention.v_proj", o="attention.out_proj",
+    up="feed_forward.intermediate_dense", down="feed_forward.output_dense", modality="audio",
+    attn_norm="layer_norm", mlp_norm="final_layer_norm", pre_norm_flag="do_stable_layer_norm",
 )
 
 ARCHITECTURES: dict[str, Architecture] = {
@@ -101,6 +122,8 @@ ARCHITECTURES: dict[str, Architecture] = {
     "audio-spectrogram-transformer": replace(
         VIT, name="audio-spectrogram-transformer", leading_tokens=2, modality="audio"
     ),
+    "wav2vec2": WAV2VEC2,
+    "hubert": replace(WAV2VEC2, name="hubert"),
 }
 
 LOGICAL_PROJECTIONS = ("q", "k", "v", "o", "up", "gate", "down")

@@ -250,6 +250,13 @@ def unmerge(model: nn.Module, names: str | list[str] | None = None) -> nn.Module
     return model
 
 
+def check_inputs(model: nn.Module, names: set[str]) -> None:
+    """Refuse model inputs (by name, e.g. a training example's keys) that an attached adapter cannot take, before
+    a run writes anything (prompt tokens on a model given an attention mask that would not cover them)."""
+    for _, _, adapter in placed(model):
+        adapter.check_inputs(set(names))
+
+
 def count_parameters(model: nn.Module) -> tuple[int, int]:
     """(trainable, total) parameter counts; total includes adapter parameters. Works on meta models."""
     trainable = total = 0

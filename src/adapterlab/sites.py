@@ -43,9 +43,11 @@ def model_type_of(model: nn.Module) -> str:
 
 
 def architecture_of(model: nn.Module, override: Architecture | dict[str, Any] | None = None) -> Architecture:
-    """The model's Architecture: the user's override, the table row, or what discovery finds."""
+    """The model's Architecture: the user's override, the table row, or what discovery finds (a row of a family
+    built either way, pre-norm or post-norm, as the model's config has it)."""
+    config = getattr(model, "config", None)
     if isinstance(override, Architecture):
-        return override
+        return override.for_config(config)
     model_type = model_type_of(model)
     if isinstance(override, dict):
         valid = [f for f in Architecture.__dataclass_fields__ if f != "name"]
@@ -53,10 +55,10 @@ def architecture_of(model: nn.Module, override: Architecture | dict[str, Any] | 
         if unknown:
             raise AdapterError(f"architecture: unknown field(s) {unknown}; valid fields are {valid}.")
         base = ARCHITECTURES.get(model_type) or discover(model, model_type) or Architecture(model_type, blocks="")
-        fields = {"name": f"{model_type}+override", **override}
-        return Architecture(**{**base.__dict__, **fields})
+        fields = {"name": f"{model_type}+override", **override}  # the user's fields win over the model's variant
+        return Architecture(**{**base.for_config(config).__dict__, **fields}).for_config(config)
     if model_type in ARCHITECTURES:
-        return ARCHITECTURES[model_type]
+        return ARCHITECTURES[model_type].for_config(config)
     found = discover(model, model_type)
     if found is None:
         raise AdapterError(

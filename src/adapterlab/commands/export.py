@@ -49,9 +49,15 @@ def run(args: argparse.Namespace) -> int:
         if args.peft and not hasattr(method, "to_peft"):
             raise UsageError(f"--peft: {method.method} has no PEFT counterpart (PEFT's format holds LoRA, IA3, "
                              "prompt tuning, P-tuning and prefix tuning); keep the adapter folder as it is.")
+    from ..tasks.audio_models import hooked_pooling
     from ..train.restore import restore_run
 
     model, processor, task = restore_run(args.adapter_path, model=args.model, task=args.task, dtype=args.dtype)
+    pooling = hooked_pooling(model)
+    if pooling is not None:
+        raise UsageError(f"--adapter-path {args.adapter_path}: the run's head reads --pooling {pooling} through a "
+                         "hook that a transformers model or PEFT adapter does not carry (loaded elsewhere it would "
+                         "pool as its class does and predict otherwise); evaluate the run folder with adapterlab.")
     if args.peft:
         export_peft(model, args.peft)
         print(f"PEFT adapter in {args.peft}/ (load with peft.PeftModel.from_pretrained(base, {args.peft!r}))")

@@ -37,7 +37,7 @@ def serving_latency(config: Any, batch_sizes: tuple[int, ...] = (1, 32)) -> dict
     """{"b1": {"unmerged_ms", "merged_ms"}, "b32": {...}}; merged is None where the method cannot merge."""
     setup = prepare_task(config)
     model = setup.model
-    make_trainable(model, config, setup.trainable_modules)
+    make_trainable(model, config, setup.trainable_modules, setup.frozen_modules)
     model.eval()
     merged: torch.nn.Module | None = None
     if config.adapter != "full":

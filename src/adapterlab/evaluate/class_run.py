@@ -111,7 +111,11 @@ def load_classification_run(run: ClassificationRun, model: str | None = None) ->
                              "model; drop --model.")
         from ..models import load_model
 
-        return load_model(str(run.folder), task=run.task)
+        network, processor = load_model(str(run.folder), task=run.task)
+        fit = getattr(run.module, "fit", None)
+        if fit is not None:  # what the saved transformers model does not hold (audio-cls --pooling)
+            fit(network, processor, run.options.options, str(run.folder))
+        return network, processor
     if not (run.folder / CONFIG_NAME).is_file():
         raise MissingPathError(f"{run.folder / CONFIG_NAME} is missing: the {run.task} run in {run.folder} did not "
                                "finish; evaluate it once training has finished, or resume it (--resume).")

@@ -48,6 +48,9 @@ class Adapter(nn.Module):
     def after_model(self, model: nn.Module, args: tuple, kwargs: dict[str, Any], output: Any) -> Any:
         return output
 
+    def check_inputs(self, names: set[str]) -> None:
+        """Refuse model inputs (by name: a training example's keys, a call's arguments) this adapter cannot take."""
+
     def hook_submodules(self, model: nn.Module) -> list:
         """Extra hooks a model-site adapter registers inside the model (e.g. at every block); their handles."""
         return []

@@ -5,7 +5,8 @@ has a bias, y + delta is exactly the layer with its bias trained from the pretra
 of the delta equals the gradient the real bias would get, and an optimizer step moves both the same way.
 Where it has none (LLaMA's projections, RMSNorm) the delta is a new bias, so the method works on every
 family. Only the deltas are saved, not the base biases. Targets may be linear layers or normalisation
-layers; any layer whose output's last dimension is its feature count works.
+layers; a layer's output features are its last dimension, or dimension 1 for the channels-first norms
+(GroupNorm, BatchNorm, InstanceNorm: wav2vec2's convolutional feature encoder).
 
 As the BitFit paper (and the PETL-for-AST paper's count) has it, every bias of the model trains: the
 projections' (the targets) and, with `norms` (the default), those of every normalisation layer of the
@@ -28,6 +29,9 @@ from ..errors import AdapterError, NotMergeableError
 from ..layers import is_linear, is_norm, linear_features, reference_tensor
 from ..sites import ADAPTER_SLOT, Placement, Site, block_paths
 from .base import Adapter
+
+# Normalisation layers whose output is (batch, channels, ...): their bias is added along dimension 1.
+CHANNELS_FIRST = (nn.GroupNorm, nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._InstanceNorm)
 
 
 @dataclass
@@ -57,7 +61,7 @@ class BitFitConfig(AdapterConfig):
     def build(self, site: Site, model: nn.Module, placement: Placement) -> "BitFitAdapter":
         host = model.get_submodule(site.path)
         features, ref = output_features(host, site)
-        return BitFitAdapter(features, ref.device, ref.dtype)
+        return BitFitAdapter(features, ref.device, ref.dtype, channels_first=isinstance(host, CHANNELS_FIRST))
 
 
 def norm_sites(model: nn.Module, placement: Placement, layers: list[int] | None) -> list[Site]:
@@ -97,14 +101,17 @@ def output_features(host: nn.Module, site: Site) -> tuple[int, torch.Tensor]:
 
 
 class BitFitAdapter(Adapter):
-    """A trainable bias delta added to the host's output."""
+    """A trainable bias delta added to the host's output features (its last dimension, or dimension 1 where
+    `channels_first`)."""
 
-    def __init__(self, features: int, device: torch.device, dtype: torch.dtype) -> None:
+    def __init__(self, features: int, device: torch.device, dtype: torch.dtype, channels_first: bool = False) -> None:
         super().__init__()
         self.bias_delta = nn.Parameter(torch.zeros(features, device=device, dtype=dtype))
+        self.channels_first = channels_first
 
     def adapt_output(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return y + self.bias_delta.to(y.dtype)
+        delta = self.bias_delta.to(y.dtype)
+        return y + (delta.view(-1, *[1] * (y.dim() - 2)) if self.channels_first else delta)
 
     def _host_bias(self, host: nn.Module) -> torch.Tensor:
         bias = getattr(host, "bias", None)

@@ -8,14 +8,16 @@ a linear head layer computes W x + b + (dW x + db), exactly the layer with W, b 
 gradient of dW is that of W); a norm runs with weight + dw and bias + db. Trainable parameters are exactly
 as many as the head's and the final norm's.
 
-The head: the model's output embeddings (a causal LM's lm_head), else its child named classifier, score or
-classification_head (AST's and ViT's classifier, RoBERTa's two-layer head), every linear and norm layer in
-it. The final norm: the last normalisation layer of the backbone outside its blocks and embeddings (AST's
-and ViT's `layernorm`, GPT-2's ln_f, LLaMA's norm). Post-norm encoders (BERT) have none: only the head
-trains there. Not mergeable: on a causal LM the head is often tied to the input embeddings.
+The head: the model's output embeddings (a causal LM's lm_head), else its children named classifier, score,
+classification_head or projector (AST's and ViT's classifier, RoBERTa's two-layer head, wav2vec2's projector
+and classifier), every linear and norm layer in them. The final norm: the last normalisation layer of the
+backbone outside its blocks and embeddings (AST's and ViT's `layernorm`, GPT-2's ln_f, LLaMA's norm). Post-norm
+families (BERT, wav2vec2 without do_stable_layer_norm) have none: only the head trains there. Not mergeable: on
+a causal LM the head is often tied to the input embeddings.
 
-Not done: their mean pooling over all tokens (`final_output: ALL`); the transformers head reads what the
-model class reads (AST: the mean of the CLS and distillation tokens; ViT, BERT: the first token).
+The transformers head reads what the model class reads (AST: the mean of the CLS and distillation tokens; ViT,
+BERT: the first token); their mean pooling over all tokens (`final_output: ALL`) is `--pooling mean` of
+`--task audio-cls` (tasks/audio_models.py).
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from ..layers import is_linear, is_norm
 from ..sites import ADAPTER_SLOT, Placement, Site, block_paths
 from .base import Adapter, in_dtype_of
 
-HEAD_NAMES = ("classifier", "score", "classification_head")
+HEAD_NAMES = ("classifier", "score", "classification_head", "projector")  # wav2vec2/HuBERT: projector, classifier
 
 
 @dataclass
@@ -83,7 +85,10 @@ def head_paths(model: nn.Module) -> list[str]:
 
 
 def final_norm_paths(model: nn.Module, placement: Placement) -> list[str]:
-    """The backbone's last norm outside its blocks and embeddings (none in post-norm encoders such as BERT)."""
+    """The backbone's last norm outside its blocks and embeddings (none in post-norm families such as BERT: there
+    the last such norm, e.g. wav2vec2's encoder.layer_norm, runs before the blocks)."""
+    if placement.architecture.post_norm:
+        return []
     backbone = getattr(model, "base_model", model)
     prefix = path_of(model, backbone)
     blocks = tuple(f"{b}." for b in block_paths(model, placement.architecture))

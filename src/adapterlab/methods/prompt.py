@@ -21,7 +21,8 @@ from ..layers import reference_tensor
 from ..sites import Placement, Site
 from .peft_prompts import PEFT_PREFIX, PROMPT_EMBEDDINGS, check_peft_prompt_config, encoded, peft_key_to_ours
 from .peft_prompts import peft_prompt_config, placed_at
-from .virtual_tokens import VirtualTokenAdapter, check_num_virtual_tokens, modality_and_blocks, text_config
+from .virtual_tokens import (VirtualTokenAdapter, check_num_virtual_tokens, input_embeddings, modality_and_blocks,
+                             text_config)
 
 INITS = ("random", "vocab", "text")
 
@@ -58,7 +59,7 @@ class PromptConfig(AdapterConfig):
 
     def build(self, site: Site, model: nn.Module, placement: Placement) -> "PromptAdapter":
         modality, leading, blocks = modality_and_blocks(model, placement, need_blocks=self.deep)
-        embeddings = model.get_input_embeddings()
+        embeddings = input_embeddings(model)
         if modality == "text":
             ref = reference_tensor(embeddings)
             hidden = embeddings.embedding_dim

@@ -51,8 +51,7 @@ def modality_and_blocks(model: nn.Module, placement: Placement, need_blocks: boo
     A model whose input embeddings are a token table is "text" (blocks looked up only when needed);
     otherwise the placement's architecture says which modality it is and how many special tokens lead.
     """
-    embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
-    is_text = isinstance(embeddings, nn.Embedding)
+    is_text = isinstance(input_embeddings(model), nn.Embedding)
     if is_text and not need_blocks:
         return "text", 0, []
     arch = placement.architecture
@@ -61,6 +60,14 @@ def modality_and_blocks(model: nn.Module, placement: Placement, need_blocks: boo
         return "text", 0, blocks
     check_one_token_sequence(model, blocks)
     return (arch.modality if arch.modality != "text" else "vision"), arch.leading_tokens, blocks
+
+
+def input_embeddings(model: nn.Module) -> nn.Module | None:
+    """The model's input embedding layer; None where it has none (wav2vec2's transformers class raises)."""
+    try:
+        return model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    except NotImplementedError:
+        return None
 
 
 def check_one_token_sequence(model: nn.Module, blocks: list[str]) -> None:
@@ -226,8 +233,19 @@ class VirtualTokenAdapter(Adapter):
             return args, {**kwargs, "hidden_states": hidden}
         return (hidden, *args[1:]), kwargs
 
+    def check_inputs(self, names: set[str]) -> None:
+        """Refuse an attention mask on a vision/audio model: it covers the sequence without the tokens."""
+        if self.modality != "text" and "attention_mask" in names:
+            raise AdapterError(
+                f"Virtual tokens (prompt, ptuning) join this {self.modality} model's sequence at its first block, "
+                "where the attention_mask given to the model (a padding mask, as wav2vec2 models with "
+                "do_stable_layer_norm take) would no longer fit the sequence; call it without one (a feature "
+                "extractor with return_attention_mask=False pads with zeros) or use prefix, lora or a bottleneck "
+                "adapter.")
+
     def before_model(self, model: nn.Module, args: tuple, kwargs: dict[str, Any]) -> tuple[tuple, dict[str, Any]]:
         if self.modality != "text":
+            self.check_inputs({k for k, v in as_keywords(model, args, kwargs).items() if v is not None})
             return args, kwargs
         args, kwargs = (), as_keywords(model, args, kwargs)
         batch, length, device = sequence_length(kwargs)

@@ -8,7 +8,9 @@ A task module exposes `prepare(options: TaskOptions) -> TaskSetup` and `TRAIN_FI
 A classification task module (CLASSIFICATION) also exposes the steps its `prepare` is made of, which
 `adapterlab eval` reuses on a trained run: `read_examples(paths, options) -> (examples, label names)`,
 `build_model(options, labels) -> (model, processor)`, `make_dataset(examples, label ids, processor, options)
--> (dataset, collator)` and `describe(example)`, what a predictions row shows of an example.
+-> (dataset, collator)` and `describe(example)`, what a predictions row shows of an example. It may expose
+`fit(model, processor, settings, spec)`: make a model loaded from saved weights (a full fine-tuning run, or
+the base model `adapterlab export` loads) compute as `build_model` made it, from the run's saved settings.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""Audio classification (task `audio-cls`) with an Audio Spectrogram Transformer on folders of audio files.
+"""Audio classification (task `audio-cls`) with an Audio Spectrogram Transformer, wav2vec 2.0 or HuBERT
+(`audio_models`) on folders of audio files.
 
 Labels come from a `file,label` CSV or from a regex on the file names (default: the prefix before the
 first "_", which is the digit in the Free Spoken Digit Dataset). Audio is resampled to the feature
@@ -25,9 +26,9 @@ from ..data.audio import (
     list_audio,
 )
 from ..data.specaugment import masked_training_set, masking_info
-from ..posembed import resize_ast_positions
 from ..data.audio_protocols import PROTOCOLS
 from .audio_protocol import folds, label_test, protocol_examples  # noqa: F401 (folds: for --cross-validate)
+from .audio_models import audio_dataset, check_pooling, fit, frozen_modules, pooling_of
 from .base import TaskOptions, TaskSetup
 from .classification import accuracy, head_modules
 from .labelled import load_classifier, select
@@ -36,8 +37,7 @@ from .scratch import is_config_spec
 SPLITS = ("random", "fsdd", *PROTOCOLS)  # the protocols: --data is the dataset's root (data/audio_protocols.py)
 # The per-task TrainConfig fields this task reads (see adapterlab.tasks); the others are refused when set.
 TRAIN_FIELDS = frozenset({"labels_csv", "label_pattern", "split", "few_shot", "max_train_samples", "max_length",
-                          "fold", "cross_validate", "freq_mask", "time_mask"})
-AST = "audio-spectrogram-transformer"
+                          "fold", "cross_validate", "freq_mask", "time_mask", "pooling"})
 
 
 def read_folders(folders: list[str], labels_csv: str | None, label_pattern: str) -> tuple[list[Path], list[str]]:
@@ -69,22 +69,17 @@ def describe(file: Path) -> str:
 
 
 def build_model(options: TaskOptions, labels: list[str]) -> tuple[Any, Any]:
-    """(AST classifier with a `len(labels)`-way head at the run's --max-length, its feature extractor)."""
+    """(AST, wav2vec2 or HuBERT classifier with a `len(labels)`-way head, its feature extractor) at the run's
+    --max-length and --pooling (see `audio_models`)."""
+    check_pooling(options.options.get("pooling"))  # before a model is loaded
     model, extractor, _ = load_classifier(options, "audio-cls", labels, max_length=options.options.get("max_length"))
-    if model.config.model_type != AST:
-        raise UsageError(f"audio-cls trains Audio Spectrogram Transformers; {options.model!r} is a "
-                         f"{model.config.model_type!r} model. Pass an AST checkpoint or config:ast-small.")
-    max_length = options.options.get("max_length")
-    if max_length and int(max_length) != model.config.max_length:
-        resize_ast_positions(model, int(max_length))  # checkpoint grid -> new grid, by interpolation
-    extractor.max_length = model.config.max_length
-    return model, extractor
+    return fit(model, extractor, options.options, options.model), extractor
 
 
 def make_dataset(files: list[Path], ids: list[int], extractor: Any,
                  options: TaskOptions) -> tuple[AudioClassificationDataset, Any]:
-    """(spectrogram examples with label ids, collator)."""
-    return AudioClassificationDataset(files, ids, extractor), default_data_collator
+    """(spectrogram or waveform examples with label ids, as the extractor's model takes them; collator)."""
+    return audio_dataset(files, ids, extractor), default_data_collator
 
 
 def folder_examples(split: str, options: TaskOptions) -> tuple[list[Path], list[str], tuple[str, str],
@@ -131,7 +126,8 @@ def prepare(options: TaskOptions) -> TaskSetup:
               "split": "eval-data" if options.eval_data else split, "fold": opts.get("fold"),
               "test_records": len(tested) if tested else 0, "few_shot": opts.get("few_shot"),
               "spec_augment": masking_info(opts),
-              "max_length": model.config.max_length, "sampling_rate": extractor.sampling_rate,
+              "max_length": extractor.max_length, "sampling_rate": extractor.sampling_rate,
+              "pooling": pooling_of(model),
               "pretrained": not is_config_spec(options.model)},
-        trainable_modules=head_modules(model),
+        trainable_modules=head_modules(model), frozen_modules=frozen_modules(model),
     )

@@ -42,6 +42,9 @@ class TaskSetup:
     # Modules trained in full beside the adapter and saved with it (a new classification head: "classifier",
     # "score"), like PEFT's modules_to_save; paths as in model.named_modules().
     trainable_modules: list[str] = field(default_factory=list)
+    # Base modules that stay frozen in full fine-tuning too (wav2vec2's convolutional feature encoder, as
+    # transformers' and the seed papers' recipes keep it); adapter methods freeze every base module anyway.
+    frozen_modules: list[str] = field(default_factory=list)
     # The training loss when the model's own does not fit the task (multiple choice: cross entropy over the
     # choices), given to the HF Trainer as `compute_loss_func(outputs, labels, num_items_in_batch)`: it returns
     # the sum over the accumulated batch divided by num_items_in_batch when that is given, else the batch mean.

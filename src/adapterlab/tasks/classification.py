@@ -17,7 +17,7 @@ from ..data.splits import holdout, subsample
 from ..errors import DataError
 from .base import TaskOptions, TaskSetup, quantization
 
-HEAD_NAMES = ("classifier", "score", "classification_head")
+HEAD_NAMES = ("classifier", "score", "classification_head", "projector")  # wav2vec2/HuBERT: projector, classifier
 # The per-task TrainConfig fields this task reads (see adapterlab.tasks); the others are refused when set.
 TRAIN_FIELDS = frozenset({"text_column", "text_pair_column", "label_column", "cutoff_len", "max_train_samples",
                           "few_shot", "dtype", "load_8bit", "load_4bit"})

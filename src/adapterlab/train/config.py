@@ -82,8 +82,13 @@ class TrainConfig:
     few_shot: int | None = flag("keep K training examples per class, chosen by --seed (after the dev split); "
                                 "causal-lm refuses it: free-text outputs have no classes (use "
                                 "--max-train-samples)", per_task=True, default=None)
-    max_length: int | None = flag("spectrogram frames, padded or cut (a checkpoint's position embeddings are "
-                                  "interpolated to it)", per_task=True, default=None)
+    max_length: int | None = flag("audio input length, padded or cut: AST spectrogram frames (a checkpoint's "
+                                  "position embeddings are interpolated to it); wav2vec2/HuBERT waveform samples at "
+                                  "16 kHz (default 16000, 1 s)", per_task=True, default=None)
+    pooling: str | None = flag("what the audio head reads of the encoder's output: cls (AST: the mean of its CLS and "
+                               "distillation tokens) or mean (all tokens or frames, as Cappellazzo et al.'s PETL-AST "
+                               "code); default: the transformers class's own (AST cls, wav2vec2/HuBERT mean)",
+                               per_task=True, default=None)
     labels_csv: str | None = flag("CSV with file,label columns (file relative to the data folder)", per_task=True,
                                   default=None)
     label_pattern: str | None = flag("regex on file names whose first group is the label (default: the prefix "

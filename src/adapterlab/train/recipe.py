@@ -23,7 +23,7 @@ from transformers import TrainerCallback, TrainingArguments, set_seed
 
 from .. import __version__
 from ..checkpoint import write_adapter_files
-from ..engine import attach, count_parameters
+from ..engine import attach, check_inputs, count_parameters
 from ..errors import AdapterError, UsageError
 from ..files import group_file, read_json_object, replace_files, write_json
 from ..models.quantize import is_quantized, prepare_for_kbit_training
@@ -73,13 +73,16 @@ def prepare_task(config: TrainConfig) -> TaskSetup:
     return importlib.import_module(TASKS[config.task]).prepare(task_options(config))
 
 
-def make_trainable(model: torch.nn.Module, config: TrainConfig, head_modules: list[str]) -> None:
+def make_trainable(model: torch.nn.Module, config: TrainConfig, head_modules: list[str],
+                   frozen_modules: Sequence[str] = ()) -> None:
     """Attach the adapter (base frozen) and unfreeze the task head (unless the method trains it itself), or unfreeze
-    everything for `full`."""
+    everything but `frozen_modules` for `full`."""
     if config.adapter == "full":
         if config.adapter_options:
             raise AdapterError(f"--adapter full takes no adapter options, got {sorted(config.adapter_options)}.")
         model.requires_grad_(True)
+        for name in frozen_modules:
+            model.get_submodule(name).requires_grad_(False)
         return
     attach(model, config.adapter, **config.adapter_options)
     if is_quantized(model):
@@ -182,7 +185,10 @@ def _train(config: TrainConfig, out: Path, main: bool, callbacks: Sequence[Train
     set_seed(config.seed)
     setup = prepare_task(config)
     model = setup.model
-    make_trainable(model, config, setup.trainable_modules)
+    make_trainable(model, config, setup.trainable_modules, setup.frozen_modules)
+    first = next(iter(setup.train_dataset), None)
+    if isinstance(first, dict):  # inputs the adapter cannot take are refused before the folder is written
+        check_inputs(model, set(first))
     if config.resume_from_checkpoint:
         checkpoint = warm_start(model, config.resume_from_checkpoint, full_model=config.adapter == "full")
     trainable, total = count_parameters(model)

@@ -14,7 +14,7 @@ from ..checkpoint import CONFIG_NAME, load_peft, read_adapter_config
 from ..errors import MissingPathError, UsageError
 from ..files import read_json_object
 from ..models import load_model
-from ..posembed import resize_ast_positions
+from ..tasks import TASKS, task_module
 from ..tasks.scratch import is_config_spec
 from . import load_run
 from .checkpointing import load_head
@@ -48,9 +48,9 @@ def restore_run(path: str | os.PathLike, *, model: str | None = None, task: str 
     if (folder / "labels.json").is_file():
         labels = read_json_object(folder / "labels.json", "train the run again").get("labels")
     trained, processor = load_model(spec, task=task, label_names=labels, dtype=dtype)
-    max_length = saved.get("max_length") if task == "audio-cls" else None
-    if max_length and int(max_length) != trained.config.max_length:
-        resize_ast_positions(trained, int(max_length))  # as training did (tasks/audio.py)
+    fit = getattr(task_module(task), "fit", None) if task in TASKS else None
+    if fit is not None:  # as the task's build_model did in training (AST's --max-length, --pooling)
+        fit(trained, processor, saved, spec)
     if "peft_type" in read_adapter_config(folder):
         load_peft(trained, folder)
         load_head(trained, folder)
