@@ -116,3 +116,23 @@ def test_bad_requests_are_refused_in_one_line_before_any_run(argv, message, tmp_
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1
     assert not (tmp_path / "out" / "runs").exists()
+
+
+def child_level(name: str) -> int:
+    import logging
+
+    return logging.getLogger(name).level
+
+
+def test_an_isolated_run_logs_as_the_cli_told_its_parent():
+    """The CLI quiets bitsandbytes' optional-kernel warning; compare's spawned runs must stay quiet too."""
+    import logging
+
+    from adapterlab.compare.runs import run_isolated
+
+    logger = logging.getLogger("adapterlab.test.quiet")
+    logger.setLevel(logging.ERROR)
+    try:
+        assert run_isolated(child_level, True, "adapterlab.test.quiet") == logging.ERROR
+    finally:
+        logger.setLevel(logging.NOTSET)

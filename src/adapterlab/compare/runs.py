@@ -7,6 +7,7 @@ Each run can go in a fresh spawned process (`isolate`), so its peak memory is it
 from __future__ import annotations
 
 import concurrent.futures
+import logging
 import multiprocessing
 import resource
 import shutil
@@ -98,8 +99,21 @@ def run_isolated(function: Callable[..., Any], isolate: bool, *args: Any) -> Any
     if not isolate:
         return function(*args)
     context = multiprocessing.get_context("spawn")
-    with concurrent.futures.ProcessPoolExecutor(1, mp_context=context) as pool:
+    with concurrent.futures.ProcessPoolExecutor(1, mp_context=context, initializer=set_logger_levels,
+                                                initargs=(logger_levels(),)) as pool:
         return pool.submit(function, *args).result()
+
+
+def logger_levels() -> dict[str, int]:
+    """The levels this process set on named loggers (e.g. the CLI quieting bitsandbytes), for a spawned child."""
+    return {name: logger.level for name, logger in logging.root.manager.loggerDict.items()
+            if isinstance(logger, logging.Logger) and logger.level != logging.NOTSET}
+
+
+def set_logger_levels(levels: dict[str, int]) -> None:
+    """In a spawned child: log as the parent was told to (a fresh interpreter starts with default levels)."""
+    for name, level in levels.items():
+        logging.getLogger(name).setLevel(level)
 
 
 def run_records(spec: Any) -> list[dict[str, Any]]:
