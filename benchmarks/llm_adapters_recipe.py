@@ -20,8 +20,13 @@ import sys
 import time
 from pathlib import Path
 
+import torch
+
 from adapterlab.data.decontaminate import decontaminate
+from adapterlab.data.instruction import tokenize_example
 from adapterlab.data.reading import read_json_records
+from adapterlab.models import load_model
+from adapterlab.train.restore import restore_run
 
 MATH = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "math"
 TEST_SETS = ("addsub", "aqua", "gsm8k", "mawps", "multiarith", "singleeq")
@@ -40,14 +45,30 @@ def adapterlab(*args: str) -> None:
     subprocess.run([sys.executable, "-m", "adapterlab", *args], check=True)
 
 
-def training_data(folder: Path, samples: int, seed: int) -> Path:
-    """A seeded subset of train_math_3k.json with every question of the six test sets removed."""
+def training_data(folder: Path, samples: int, dev: int, seed: int) -> tuple[Path, list[dict]]:
+    """(a seeded subset of train_math_3k.json with every question of the six test sets removed, `dev` other
+    records of it held out for the loss comparison)."""
     records, _ = decontaminate(read_json_records(MATH / "train_math_3k.json"),
                                [MATH / f"{name}.json" for name in TEST_SETS])
     random.Random(seed).shuffle(records)
     path = folder / "train.json"
     path.write_text(json.dumps(records[:samples]))
-    return path
+    return path, records[samples:samples + dev]
+
+
+@torch.no_grad()
+def response_loss(model: torch.nn.Module, tokenizer, records: list[dict], template: str) -> float:
+    """Mean cross-entropy per response token (prompt tokens masked) on `records`, in the prompt `template`: the
+    loss both recipes can be compared on (their training loss also covers the prompt)."""
+    model.eval()
+    total, tokens = 0.0, 0
+    for record in records:
+        example = tokenize_example(record, tokenizer, template=template, cutoff_len=256)
+        labels = torch.tensor([example["labels"]])
+        n = int((labels[:, 1:] != -100).sum())
+        out = model(input_ids=torch.tensor([example["input_ids"]]), labels=labels)
+        total, tokens = total + float(out.loss) * n, tokens + n
+    return total / tokens
 
 
 def train_losses(run: Path) -> list[float]:
@@ -69,6 +90,7 @@ def evaluate(name: str, folder: Path, datasets: str, limit: int, extra: list[str
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--samples", type=int, default=320)
+    parser.add_argument("--dev", type=int, default=60, help="held-out records for the response-token loss")
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
@@ -79,8 +101,8 @@ def main() -> None:
     args = parser.parse_args()
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
-    data = training_data(work, args.samples, args.seed)
-    result = {"samples": args.samples, "datasets": args.datasets, "limit": args.limit, "runs": {}}
+    data, dev = training_data(work, args.samples, args.dev, args.seed)
+    result = {"samples": args.samples, "dev": len(dev), "datasets": args.datasets, "limit": args.limit, "runs": {}}
     for recipe, extra in (("llm-adapters", []), ("adapterlab", ["--recipe", "adapterlab"])):
         out = work / f"train-{recipe}"
         argv = shlex.split(THEIR_COMMAND.format(data=data, out=out, batch=args.batch, warmup=args.warmup,
@@ -92,13 +114,22 @@ def main() -> None:
         adapterlab("train", *argv, "--overwrite")
         losses = train_losses(out)
         config = (out / "train_config.yaml").read_text()
+        model, tokenizer, _ = restore_run(out)
+        template = "llm-adapters" if recipe == "llm-adapters" else "alpaca"
+        assert f"template: {template}" in config, f"{recipe} did not train with the {template} prompt"
+        loss = response_loss(model, tokenizer, dev, template)
+        del model
         result["runs"][recipe] = {
             "command": "adapterlab train " + shlex.join(argv), "train_seconds": round(time.perf_counter() - start, 1),
-            "train_losses": losses, "train_config": config,
+            "train_losses": losses, "train_config": config, "dev_response_loss": loss, "template": template,
             "eval": evaluate(recipe, work, args.datasets, args.limit, ["--adapter-path", str(out)]),
         }
         Path(args.output).write_text(json.dumps(result, indent=1))
-    result["runs"]["base"] = {"eval": evaluate("base", work, args.datasets, args.limit, ["--template", "alpaca"])}
+    base, tokenizer = load_model("smollm2-135m")
+    losses = {t: response_loss(base, tokenizer, dev, t) for t in ("alpaca", "llm-adapters")}
+    del base
+    result["runs"]["base"] = {"dev_response_loss": losses,
+                              "eval": evaluate("base", work, args.datasets, args.limit, ["--template", "alpaca"])}
     Path(args.output).write_text(json.dumps(result, indent=1))
     print(json.dumps({k: {d: s.get("accuracy") for d, s in v["eval"]["summary"].get("datasets", {}).items()}
                       for k, v in result["runs"].items()}, indent=1))
