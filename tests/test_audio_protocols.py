@@ -4,6 +4,7 @@ and --cross-validate, on tiny synthetic folders laid out like each dataset."""
 from __future__ import annotations
 
 import json
+import shutil
 import re
 import statistics
 from pathlib import Path
@@ -300,6 +301,23 @@ def test_cross_validate_writes_one_run_per_fold_and_their_mean_and_std(esc50, ti
     assert json.loads((out / "cross_validation.json").read_text())["best_dev"] == report["best_dev"]
     assert main([*argv, "--resume", "--lr", "0.5"]) == 2
     assert "fold-1 was made with other settings (lr differ)" in capsys.readouterr().err
+
+
+def test_resume_restarts_a_fold_stopped_before_its_first_checkpoint(esc50, tiny_ast, tmp_path,
+                                                                      single_thread) -> None:
+    """--cross-validate --resume with a fold killed before any checkpoint -> that fold trains afresh, the rest are read back"""
+    out = tmp_path / "cv"
+    argv = ["train", "--task", "audio-cls", "--model", tiny_ast, "--data", str(esc50), "--split", "esc50",
+            "--cross-validate", "--adapter", "lora", "--r", "2", *FAST, "--output", str(out)]
+    assert main(argv) == 0
+    fold = out / "fold-4"
+    for name in ("summary.json", "checkpoints"):  # as a fold killed mid-way leaves it: config, no checkpoint
+        path = fold / name
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+    before = (out / "fold-3" / "summary.json").stat().st_mtime_ns
+    assert main([*argv, "--resume"]) == 0
+    assert (fold / "summary.json").is_file()
+    assert (out / "fold-3" / "summary.json").stat().st_mtime_ns == before
 
 
 def test_a_run_saved_before_fold_settings_existed_still_resumes() -> None:

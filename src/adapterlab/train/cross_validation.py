@@ -19,7 +19,8 @@ from ..files import read_json_object, write_atomic, write_json
 from ..tasks import task_module
 from .config import TrainConfig
 from .recipe import is_main_process, task_options, train
-from .run_dir import CONFIG_FILE, SUMMARY, check_output, check_run_dir, differences, read_run_config
+from .checkpointing import last_checkpoint
+from .run_dir import CHECKPOINTS, CONFIG_FILE, SUMMARY, check_output, check_run_dir, differences, read_run_config
 
 SUMMARY_JSON, SUMMARY_MD = "cross_validation.json", "cross_validation.md"
 STD_NOTE = "population standard deviation over the folds (ddof=0, numpy.std, as PETL-for-AST's main.py reports)"
@@ -34,11 +35,15 @@ def task_folds(config: TrainConfig) -> list[str]:
 
 
 def fold_config(config: TrainConfig, fold: str) -> TrainConfig:
-    """The config of fold `fold`: the same settings with --fold, into OUTPUT/fold-K; under --resume a fold that
-    never started starts afresh."""
+    """The config of fold `fold`: the same settings with --fold, into OUTPUT/fold-K. Under --resume a fold that
+    never started, or was stopped before its first checkpoint (nothing to continue from), starts afresh."""
     out = Path(config.output) / f"fold-{fold}"
-    return dataclasses.replace(config, fold=fold, cross_validate=False, output=str(out),
+    plan = dataclasses.replace(config, fold=fold, cross_validate=False, output=str(out),
                                resume=config.resume and (out / CONFIG_FILE).is_file())
+    if plan.resume and not (out / SUMMARY).is_file() and last_checkpoint(out / CHECKPOINTS) is None \
+            and not differences(read_run_config(out) or {}, plan):
+        plan = dataclasses.replace(plan, resume=False, overwrite=True)
+    return plan
 
 
 def finished(config: TrainConfig) -> bool:
