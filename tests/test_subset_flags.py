@@ -11,36 +11,20 @@ from typing import Any
 
 import pytest
 from test_train_flags import baseline, files  # noqa: F401 (fixture: each task's tiny model and data)
+from train_helpers import trainer_arguments
 
-from adapterlab.cli import main
 from adapterlab.tasks import TASKS, task_module
-from adapterlab.train import recipe
-
-
-class TrainerBuilt(Exception):
-    """Raised by the stub Trainer once the recipe has the datasets."""
 
 
 def training_set(argv: list[str], monkeypatch, capsys) -> list[tuple[str, Any]] | str:
     """(example key, label) of each training example `adapterlab train ARGV` would train on, or its one-line error."""
-    seen: dict[str, Any] = {}
-
-    def stub(**kwargs: Any) -> None:
-        seen.update(kwargs)
-        raise TrainerBuilt
-
-    monkeypatch.setattr(recipe, "AdapterTrainer", stub)
-    capsys.readouterr()
-    try:
-        code = main(["train", *argv])
-    except TrainerBuilt:
-        dataset = seen["train_dataset"]
-        if isinstance(dataset, list):
-            return [(json.dumps(x, sort_keys=True), json.dumps(x["labels"])) for x in dataset]
-        return [(str(f), label) for f, label in zip(dataset.files, dataset.labels)]
-    errors = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
-    assert code == 2 and len(errors) == 1, errors
-    return errors[0]
+    seen = trainer_arguments(argv, monkeypatch, capsys)
+    if isinstance(seen, str):
+        return seen
+    dataset = seen["train_dataset"]
+    if isinstance(dataset, list):
+        return [(json.dumps(x, sort_keys=True), json.dumps(x["labels"])) for x in dataset]
+    return [(str(f), label) for f, label in zip(dataset.files, dataset.labels)]
 
 
 @pytest.mark.parametrize("flag", ["--max-train-samples", "--few-shot"])

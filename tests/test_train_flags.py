@@ -21,13 +21,13 @@ import pytest
 import soundfile
 from PIL import Image
 
-from adapterlab.cli import build_parser, main
+from adapterlab.cli import build_parser
 from adapterlab.commands.train import OPTION_PREFIX, adapter_option_names
 from adapterlab.registry import METHODS, config_class
 from adapterlab.tasks import TASKS, task_module
-from adapterlab.train import TrainConfig, recipe
+from adapterlab.train import TrainConfig
 from adapterlab.train.config import option_flag
-from train_helpers import causal_folder, encoder_folder, math_records, write_json
+from train_helpers import causal_folder, encoder_folder, math_records, trainer_arguments, write_json
 
 TASK_NAMES = list(TASKS)
 TINY_AST = dict(model_type="audio-spectrogram-transformer", hidden_size=32, num_hidden_layers=2,
@@ -213,30 +213,14 @@ REFUSED_HERE = {"resume": "holds no run"}
 
 # ---------------------------------------------------------------- running the recipe up to the Trainer
 
-class TrainerBuilt(Exception):
-    """Raised by the stub Trainer: the recipe got as far as building it."""
-
-
 def observe(argv: list[str], out: Path, monkeypatch, capsys) -> dict[str, Any] | str:
     """What the Trainer would be given by `adapterlab train ARGV`, or the one-line error it printed instead."""
-    seen: dict[str, Any] = {}
-
-    def stub(**kwargs: Any) -> None:
-        seen.update(kwargs)
-        raise TrainerBuilt
-
-    monkeypatch.setattr(recipe, "AdapterTrainer", stub)
-    capsys.readouterr()
     try:
-        code = main(["train", *argv])
-    except TrainerBuilt:
-        return describe(seen)
+        seen = trainer_arguments(argv, monkeypatch, capsys)
     finally:
         for folder in (out, out.parent / "elsewhere"):
             shutil.rmtree(folder, ignore_errors=True)
-    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("adapterlab train: error:")]
-    assert code == 2 and len(errors) == 1, errors
-    return errors[0]
+    return seen if isinstance(seen, str) else describe(seen)
 
 
 def describe(kwargs: dict[str, Any]) -> dict[str, Any]:

@@ -78,3 +78,30 @@ def write_sst(path: Path, n: int, seed: int = 0, text_column: str = "sentence") 
         lines.append(f"{label}\tthe film is {word} and \" {rng.choice(WORDS)} {rng.choice(WORDS)}")
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+class TrainerBuilt(Exception):
+    """Raised by the stub Trainer of `trainer_arguments`: the recipe got as far as building it."""
+
+
+def trainer_arguments(argv: list[str], monkeypatch, capsys) -> dict | str:
+    """What `adapterlab train ARGV` would give the Trainer (its keyword arguments; nothing trains), or the one-line
+    error it printed instead."""
+    from adapterlab.cli import main
+    from adapterlab.train import recipe
+
+    seen: dict = {}
+
+    def stub(**kwargs) -> None:
+        seen.update(kwargs)
+        raise TrainerBuilt
+
+    monkeypatch.setattr(recipe, "AdapterTrainer", stub)
+    capsys.readouterr()
+    try:
+        code = main(["train", *argv])
+    except TrainerBuilt:
+        return seen
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("adapterlab train: error:")]
+    assert code == 2 and len(errors) == 1, errors
+    return errors[0]
