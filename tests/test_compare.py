@@ -136,3 +136,21 @@ def test_an_isolated_run_logs_as_the_cli_told_its_parent():
         assert run_isolated(child_level, True, "adapterlab.test.quiet") == logging.ERROR
     finally:
         logger.setLevel(logging.NOTSET)
+
+
+def test_known_commonsense_names_find_their_files_in_llm_adapters_layout(tmp_path):
+    """siqa/obqa/... read commonsense/<set>.json (+ train_<set>.json when present), as eval names them."""
+    from adapterlab.compare.tasks import resolve_task
+    from adapterlab.errors import MissingPathError
+
+    folder = tmp_path / "commonsense"
+    folder.mkdir()
+    for name in ("social_i_qa.json", "train_social_i_qa.json", "winogrande.json"):
+        (folder / name).write_text("[]")
+    siqa = resolve_task("siqa", str(tmp_path))
+    assert (siqa.task, siqa.train.name, siqa.dev.name) == ("multiple-choice", "train_social_i_qa.json",
+                                                          "social_i_qa.json")
+    winogrande = resolve_task("winogrande", str(tmp_path))  # no training file: dev is held out of the test file
+    assert (winogrande.train.name, winogrande.dev) == ("winogrande.json", None)
+    with pytest.raises(MissingPathError, match="train_openbookqa.json or commonsense/openbookqa.json"):
+        resolve_task("obqa", str(tmp_path))

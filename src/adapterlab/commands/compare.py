@@ -44,8 +44,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "curves.png, rewritten after every run.",
     )
     parser.add_argument("--model", required=True, help="model spec: known short name, folder or hub id")
-    parser.add_argument("--tasks", required=True, help="comma-separated: sst2, boolq, arc-e, piqa (read from "
-                        "--data-dir), or PATH / TYPE:PATH (TYPE seq-cls or multiple-choice)")
+    parser.add_argument("--tasks", required=True, help="comma-separated: sst2, boolq, arc-e, arc-c, piqa, siqa, obqa, "
+                        "hellaswag, winogrande (read from --data-dir), or PATH / TYPE:PATH (TYPE seq-cls or "
+                        "multiple-choice)")
     parser.add_argument("--methods", default="full,lora", help="comma-separated; full is full fine-tuning, "
                         "multitask-full one encoder with one head per task trained on all --tasks at once "
                         "(default %(default)s)")

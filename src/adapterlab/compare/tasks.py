@@ -1,7 +1,8 @@
-"""The tasks a comparison runs: known names (sst2, boolq, arc-e, piqa) read ../shared/datasets, or any file.
+"""The tasks a comparison runs: known names (sst2, boolq and the commonsense sets arc-e, arc-c, piqa, siqa, obqa,
+hellaswag, winogrande) read ../shared/datasets (or --data-dir) in LLM-Adapters' layout, or any file.
 
-A known name gives the training task, the training file and the dev file; PIQA ships no training set here, so
-its dev records are held out of piqa.json. A file is given as PATH (text classification) or TYPE:PATH, with
+A known name gives the training task, the training file and the dev file; a set without a training file (PIQA
+here) has its dev records held out of its test file. A file is given as PATH (text classification) or TYPE:PATH, with
 TYPE a training task (`seq-cls`, `multiple-choice`); its dev records are held out (`val_size`).
 """
 
@@ -15,15 +16,20 @@ from typing import Any
 
 from ..data.reading import check_file
 from ..errors import MissingPathError, UsageError
-from ..evaluate.datasets import default_data_dirs
+from ..evaluate.datasets import KNOWN as EVAL_SETS, default_data_dirs
 from ..tasks import TASKS
 
-# name: (training task, training file, dev file or None to hold dev records out of the training file)
-KNOWN: dict[str, tuple[str, str, str | None]] = {
-    "sst2": ("seq-cls", "sst2/train.tsv", "sst2/dev.tsv"),
-    "boolq": ("seq-cls", "commonsense/train_boolq.json", "commonsense/boolq.json"),
-    "arc-e": ("multiple-choice", "commonsense/train_arc-easy.json", "commonsense/arc-easy.json"),
-    "piqa": ("multiple-choice", "commonsense/piqa.json", None),
+# The commonsense sets as multiple choice, by eval's names and files (arc-e -> arc-easy.json, siqa ->
+# social_i_qa.json, ...); BoolQ is a yes/no text-pair classification.
+MULTIPLE_CHOICE = ("arc-e", "arc-c", "piqa", "siqa", "obqa", "hellaswag", "winogrande")
+# name: (training task, [(training file, dev file or None to hold dev records out of the training file), ...]),
+# the first pair whose training file exists is used: a set's own training file with its test file as dev, else
+# its test file split in two (PIQA here, which ships no training set).
+KNOWN: dict[str, tuple[str, list[tuple[str, str | None]]]] = {
+    "sst2": ("seq-cls", [("sst2/train.tsv", "sst2/dev.tsv")]),
+    "boolq": ("seq-cls", [("commonsense/train_boolq.json", "commonsense/boolq.json")]),
+    **{name: ("multiple-choice", [(f"commonsense/train_{EVAL_SETS[name].file}", f"commonsense/{EVAL_SETS[name].file}"),
+                                  (f"commonsense/{EVAL_SETS[name].file}", None)]) for name in MULTIPLE_CHOICE},
 }
 HELD_OUT = 0.2  # share of a task's file held out as dev when it has no dev file
 
@@ -49,12 +55,14 @@ def dataset_roots(data_dir: str | None) -> list[Path]:
 def resolve_task(spec: str, data_dir: str | None = None) -> CompareTask:
     """A known task name, PATH or TYPE:PATH -> CompareTask; missing files are named with the fix."""
     if spec in KNOWN:
-        task, train, dev = KNOWN[spec]
+        task, files = KNOWN[spec]
         roots = dataset_roots(data_dir)
-        for root in roots:
-            if (root / train).is_file():
-                return CompareTask(spec, task, root / train, root / dev if dev else None)
-        raise MissingPathError(f"Task {spec!r} reads {train} under {', '.join(map(str, roots)) or '../shared/datasets'}"
+        for train, dev in files:
+            for root in roots:
+                if (root / train).is_file():
+                    return CompareTask(spec, task, root / train, root / dev if dev else None)
+        wanted = " or ".join(train for train, _ in files)
+        raise MissingPathError(f"Task {spec!r} reads {wanted} under {', '.join(map(str, roots)) or '../shared/datasets'}"
                                ", which is not there; pass --data-dir with the folder that holds it.")
     kind, sep, path = spec.partition(":")
     if not sep or kind not in TASKS:
