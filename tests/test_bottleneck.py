@@ -221,3 +221,14 @@ def test_bad_options_name_the_option(method, options, option):
 def test_a_non_linear_target_is_refused_with_the_fix():
     with pytest.raises(al.AdapterError, match="linear layer"):
         al.attach(tiny_model("llama"), "series", targets=["self_attn"])
+
+
+def test_a_size_not_below_the_width_is_named_in_a_warning():
+    """The default size 256 on a 128-wide model widens instead of bottlenecking: the user is told, with the fix."""
+    with pytest.warns(UserWarning, match=r"series: size 256 is not below the width it adapts \(6\)"):
+        al.attach(Toy(), "series", architecture=TOY)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        al.attach(Toy(), "series", size=4, architecture=TOY)

@@ -53,6 +53,7 @@ callback (robust) or fixed; here both are adapter options, saved with the adapte
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 from torch import nn
@@ -138,6 +139,10 @@ class BottleneckOptions(AdapterConfig):
         return AdapterDrop(self.method, self.drop_layers, self.drop_training)
 
     def make(self, in_features: int, out_features: int, placement: str, host: nn.Module) -> BottleneckAdapter:
+        if self.size >= min(in_features, out_features):  # e.g. the default 256 on a 128-wide model
+            warnings.warn(f"{self.method}: size {self.size} is not below the width it adapts "
+                          f"({min(in_features, out_features)}), so the adapter widens rather than bottlenecks; pass "
+                          "a smaller size (e.g. width / 16).", stacklevel=2)
         ref = reference_tensor(host)
         return BottleneckAdapter(in_features, out_features, self, placement, ref.device, ref.dtype)
 
