@@ -20,7 +20,8 @@ from .ia3 import placed_at
 from .lora import peft_heads, peft_task_type
 from .virtual_tokens import text_config
 
-__all__ = ["placed_at", "peft_prompt_config", "encoded", "check_peft_prompt_config", "peft_key_to_ours"]
+__all__ = ["placed_at", "peft_prompt_config", "encoded", "check_peft_prompt_config", "peft_key_to_ours",
+           "PeftVirtualTokens"]
 
 PROMPT_EMBEDDINGS = "prompt_embeddings"
 PEFT_PREFIX = "base_model."  # PEFT keys modules_to_save of prompt learning as base_model.<module path>
@@ -85,3 +86,28 @@ def peft_key_to_ours(key: str) -> str:
     """adapterlab's state key for a key of PEFT's prompt-learning file (after load_peft strips the prefix)."""
     return OURS if key == PROMPT_EMBEDDINGS else key
 
+
+
+class PeftVirtualTokens:
+    """PEFT interop shared by the virtual-token methods: PEFT's file holds one `prompt_embeddings` tensor (what
+    the adapter's `peft_tokens` attribute computes, in eval mode) and imports as `num_virtual_tokens` tokens of
+    `peft_import` (the class itself unless a subclass says otherwise)."""
+
+    peft_kind: str  # PEFT's name of the method, for messages ("prompt tuning", "prefix tuning", "P-tuning")
+    peft_tokens: str  # the placed adapter's attribute computing the saved tensor
+
+    @classmethod
+    def peft_import(cls) -> type:
+        """The adapterlab config class a PEFT file of this method imports as."""
+        return cls
+
+    def peft_state(self, model: nn.Module, sites: list) -> dict[str, torch.Tensor]:
+        adapter = placed_at(model, sites[0])
+        return {PROMPT_EMBEDDINGS: encoded(adapter, getattr(adapter, self.peft_tokens))}
+
+    @classmethod
+    def from_peft(cls, data: dict) -> Any:
+        """An adapter holding PEFT's saved tokens (PEFT's own init options do not matter then)."""
+        return cls.peft_import()(num_virtual_tokens=check_peft_prompt_config(cls.peft_kind, data))
+
+    peft_key_to_ours = staticmethod(peft_key_to_ours)

@@ -28,7 +28,7 @@ from ..errors import AdapterError
 from ..layers import reference_tensor
 from ..sites import Placement, Site
 from .base import Adapter
-from .peft_prompts import PEFT_PREFIX, PROMPT_EMBEDDINGS, check_peft_prompt_config, encoded, peft_key_to_ours
+from .peft_prompts import PEFT_PREFIX, PeftVirtualTokens
 from .peft_prompts import peft_prompt_config, placed_at
 from .prefix_attention import AttentionSite, PrefixAttentionHooks, attention_sites, has_bidirectional_attention, kv_width
 from .virtual_tokens import (
@@ -44,11 +44,13 @@ from .virtual_tokens import (
 
 
 @dataclass
-class PrefixConfig(AdapterConfig):
+class PrefixConfig(PeftVirtualTokens, AdapterConfig):
     """num_virtual_tokens: prefix length; prefix_projection: learn the prefixes through an MLP of hidden
     size encoder_hidden_size (default: the key/value width)."""
 
     method = "prefix"
+    peft_kind = "prefix tuning"
+    peft_tokens = "flat_prefixes"
     site_kinds = ("model",)
 
     num_virtual_tokens: int = 20
@@ -111,17 +113,6 @@ class PrefixConfig(AdapterConfig):
         adapter = placed_at(model, sites[0])
         return peft_prompt_config(model, adapter, self.peft_type, adapter.kv_heads * adapter.head_dim,
                                   adapter.kv_heads, prefix_projection=False)
-
-    def peft_state(self, model: nn.Module, sites: list[Site]) -> dict[str, torch.Tensor]:
-        adapter = placed_at(model, sites[0])
-        return {PROMPT_EMBEDDINGS: encoded(adapter, adapter.flat_prefixes)}
-
-    @classmethod
-    def from_peft(cls, data: dict) -> "PrefixConfig":
-        """A plain prefix adapter holding PEFT's saved prefixes (PEFT keeps no MLP in the file)."""
-        return cls(num_virtual_tokens=check_peft_prompt_config("prefix tuning", data))
-
-    peft_key_to_ours = staticmethod(peft_key_to_ours)
 
 
 class PrefixAdapter(Adapter):

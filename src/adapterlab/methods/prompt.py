@@ -19,7 +19,7 @@ from ..config import AdapterConfig, one_of
 from ..errors import AdapterError
 from ..layers import reference_tensor
 from ..sites import Placement, Site
-from .peft_prompts import PEFT_PREFIX, PROMPT_EMBEDDINGS, check_peft_prompt_config, encoded, peft_key_to_ours
+from .peft_prompts import PEFT_PREFIX, PeftVirtualTokens
 from .peft_prompts import peft_prompt_config, placed_at
 from .virtual_tokens import (VirtualTokenAdapter, check_num_virtual_tokens, input_embeddings, modality_and_blocks,
                              text_config)
@@ -28,7 +28,7 @@ INITS = ("random", "vocab", "text")
 
 
 @dataclass
-class PromptConfig(AdapterConfig):
+class PromptConfig(PeftVirtualTokens, AdapterConfig):
     """num_virtual_tokens: prompt length; deep: own tokens at every block (VPT-deep).
 
     init: "random" (N(0, 1), PEFT's default), "vocab" (embeddings of random vocabulary tokens) or "text"
@@ -40,6 +40,8 @@ class PromptConfig(AdapterConfig):
     """
 
     method = "prompt"
+    peft_kind = "prompt tuning"
+    peft_tokens = "prompts"
     site_kinds = ("model",)
 
     num_virtual_tokens: int = 20
@@ -91,17 +93,6 @@ class PromptConfig(AdapterConfig):
                                "block), which PEFT's prompt tuning has no counterpart for. Use save_adapter.")
         return peft_prompt_config(model, adapter, self.peft_type, adapter.embedding.embedding_dim,
                                   text_config(model).num_attention_heads, prompt_tuning_init="RANDOM")
-
-    def peft_state(self, model: nn.Module, sites: list[Site]) -> dict[str, torch.Tensor]:
-        adapter = placed_at(model, sites[0])
-        return {PROMPT_EMBEDDINGS: encoded(adapter, adapter.prompts)}
-
-    @classmethod
-    def from_peft(cls, data: dict) -> "PromptConfig":
-        """A prompt adapter holding PEFT's saved tokens (PEFT's own init options do not matter then)."""
-        return cls(num_virtual_tokens=check_peft_prompt_config("prompt tuning", data))
-
-    peft_key_to_ours = staticmethod(peft_key_to_ours)
 
 
 def tokenize_init_text(text: str | None, tokenizer: str | None) -> list[int]:

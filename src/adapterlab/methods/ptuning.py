@@ -18,17 +18,19 @@ from ..config import AdapterConfig, one_of, positive_int
 from ..errors import AdapterError
 from ..layers import reference_tensor
 from ..sites import Placement, Site
-from .peft_prompts import PEFT_PREFIX, PROMPT_EMBEDDINGS, check_peft_prompt_config, encoded, peft_key_to_ours
+from .peft_prompts import PEFT_PREFIX, PeftVirtualTokens
 from .peft_prompts import peft_prompt_config, placed_at
 from .virtual_tokens import VirtualTokenAdapter, check_num_virtual_tokens, modality_and_blocks, text_config
 
 
 @dataclass
-class PTuningConfig(AdapterConfig):
+class PTuningConfig(PeftVirtualTokens, AdapterConfig):
     """num_virtual_tokens; encoder: "mlp" or "lstm"; encoder_hidden_size (default: the model's hidden size);
     encoder_num_layers: LSTM layers (the MLP always has 3 linear layers, as in PEFT); encoder_dropout (LSTM)."""
 
     method = "ptuning"
+    peft_kind = "P-tuning"
+    peft_tokens = "prompts"
     site_kinds = ("model",)
 
     num_virtual_tokens: int = 20
@@ -62,6 +64,14 @@ class PTuningConfig(AdapterConfig):
     peft_type = "P_TUNING"
     peft_prefix = PEFT_PREFIX
 
+    @classmethod
+    def peft_import(cls) -> type:
+        """PEFT saves a P-tuning adapter as its encoded tokens only (no encoder), so it imports as the prompt
+        adapter holding them: the same virtual tokens, the same outputs."""
+        from .prompt import PromptConfig
+
+        return PromptConfig
+
     def to_peft(self, model: nn.Module, sites: list[Site]) -> dict:
         """PEFT's PromptEncoderConfig as a dict; the file holds the encoded tokens, as PEFT saves them."""
         adapter = placed_at(model, sites[0])
@@ -70,20 +80,6 @@ class PTuningConfig(AdapterConfig):
                                   encoder_reparameterization_type=self.encoder.upper(),
                                   encoder_hidden_size=self.encoder_hidden_size or hidden,
                                   encoder_num_layers=self.encoder_num_layers, encoder_dropout=self.encoder_dropout)
-
-    def peft_state(self, model: nn.Module, sites: list[Site]) -> dict[str, torch.Tensor]:
-        adapter = placed_at(model, sites[0])
-        return {PROMPT_EMBEDDINGS: encoded(adapter, adapter.prompts)}
-
-    @classmethod
-    def from_peft(cls, data: dict) -> AdapterConfig:
-        """PEFT saves a P-tuning adapter as its encoded tokens only (no encoder), so it imports as the prompt
-        adapter holding them: the same virtual tokens, the same outputs."""
-        from .prompt import PromptConfig
-
-        return PromptConfig(num_virtual_tokens=check_peft_prompt_config("P-tuning", data))
-
-    peft_key_to_ours = staticmethod(peft_key_to_ours)
 
 
 class PromptEncoder(nn.Module):
