@@ -4,7 +4,8 @@ No pretrained AST can be downloaded here, so every run trains a randomly initial
 parameters, 4 layers, width 128): the figures compare the paper's ablations on one small model trained from
 scratch, not pretrained-AST transfer. Each (cell, seed) is one plain `adapterlab train --split fsdd-speakers
 --cross-validate` command (leave one of the 6 speakers out as the dev set; OUTPUT/cross_validation.json holds
-each fold's best dev accuracy), run in a fresh process with OMP_NUM_THREADS=1 and its log in WORK/TABLE/CELL/seed-S.log.
+each fold's best dev accuracy), run in a fresh process with the caller's OMP_NUM_THREADS (1 if unset) and its log
+in WORK/TABLE/CELL/seed-S.log.
 
 Cells (--cells): residual = {sequential (pfeiffer), parallel} x residual {true, false}, a bottleneck of 32 at
 the MLP (the sequential-vs-parallel table reuses these runs); kernels = conformer kernel_size {7, 8, 31};
@@ -132,8 +133,8 @@ def stale_settings(argv: list[str], folds: list[str]) -> list[str]:
 def run_cell_seed(argv: list[str], log: Path, resume: bool) -> float:
     """Run one `adapterlab train` command (appending to `log`); its wall time. A failure stops the benchmark."""
     argv = [*argv, *(["--resume"] if resume else [])]
-    print("$ OMP_NUM_THREADS=1 adapterlab " + shlex.join(argv), flush=True)
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+    print(f"$ OMP_NUM_THREADS={env['OMP_NUM_THREADS']} adapterlab " + shlex.join(argv), flush=True)
     start = time.perf_counter()
     log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("a") as handle:
@@ -155,11 +156,10 @@ def aggregate(seeds: dict[str, dict[str, Any]]) -> dict[str, Any]:
 
 
 def seed_result(scores: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """One seed's folds, their mean and population std of the best dev accuracy, and the training wall time."""
+    """One seed's folds, their mean and population std of the best dev accuracy, and each fold's training time."""
     values = [s["best_dev"] for s in scores.values()]
     return {"folds": {f: s["best_dev"] for f, s in scores.items()}, "fold_mean": statistics.fmean(values),
-            "fold_std": statistics.pstdev(values), "train_wall_s": round(sum(s["wall_time_s"] for s in scores.values()),
-                                                                         1)}
+            "fold_std": statistics.pstdev(values), "fold_wall_s": {f: s["wall_time_s"] for f, s in scores.items()}}
 
 
 def cell_text(entry: dict[str, Any] | None) -> str:
@@ -181,12 +181,12 @@ def markdown(cells: dict[str, dict[str, Any]]) -> str:
         lines += ["| bottleneck at the MLP | with residual | without residual |", "|---|---|---|"]
         lines += [f"| {p} | {cell_text(find('residual', placement=p, residual=True))} | "
                   f"{cell_text(find('residual', placement=p, residual=False))} |" for p in ("sequential", "parallel")]
-        lines += ["", "| placement (residual off, PETL-for-AST's default) | dev accuracy | trainable | s per fold |",
-                  "|---|---|---|---|"]
+        lines += ["", "| placement (residual off, PETL-for-AST's default) | dev accuracy | trainable "
+                      "| s per fold (median) |", "|---|---|---|---|"]
         for p in ("sequential", "parallel"):
             entry = find("residual", placement=p, residual=False)
             if entry:
-                per_fold = statistics.fmean(s["train_wall_s"] / len(s["folds"]) for s in entry["seeds"].values())
+                per_fold = statistics.median(t for s in entry["seeds"].values() for t in s["fold_wall_s"].values())
                 lines.append(f"| {p} | {cell_text(entry)} | {entry['trainable'] or '–'} | {per_fold:.0f} |")
         lines.append("")
     if "kernels" in tables:

@@ -17,10 +17,10 @@ spec.loader.exec_module(bench)
 FOLDS = ["george", "jackson"]
 
 
-def write_cross_validation(out: Path, scores: list[float]) -> None:
+def write_cross_validation(out: Path, scores: list[float], walls: tuple[float, ...] = (30.0, 30.0)) -> None:
     """A finished --cross-validate run folder as adapterlab writes it: cross_validation.json and fold summaries."""
     rows = [{"fold": f, "run": f"fold-{f}", "best_dev": {"name": "eval_accuracy", "value": v, "step": 10},
-             "test": None, "steps": 10, "wall_time_s": 30.0} for f, v in zip(FOLDS, scores)]
+             "test": None, "steps": 10, "wall_time_s": t} for f, v, t in zip(FOLDS, scores, walls)]
     out.mkdir(parents=True, exist_ok=True)
     (out / bench.SUMMARY_JSON).write_text(json.dumps({"folds": rows}))
     for f, v in zip(FOLDS, scores):
@@ -57,6 +57,15 @@ def test_table_gives_mean_and_std_over_seeds_of_fold_means(tmp_path):
     assert entry["summary"]["fold_std"] == pytest.approx(0.05) and entry["trainable"] == 1234
     table = bench.markdown({cell.name: entry})
     assert "| sequential | 0.700 ± 0.100 (folds ± 0.050) | – |" in table
+
+
+def test_time_per_fold_is_the_median_so_a_resumed_fold_does_not_skew_it(tmp_path):
+    """A fold resumed from its checkpoint records only its resumed seconds; the median over folds ignores it."""
+    cell = next(c for c in bench.study(["residual"], [], [], 1.0, 1) if c.name == "parallel-without-residual")
+    write_cross_validation(tmp_path / "residual" / cell.name / "seed-0", [0.5, 0.5], walls=(50.0, 4.0))
+    write_cross_validation(tmp_path / "residual" / cell.name / "seed-1", [0.5, 0.5], walls=(52.0, 48.0))
+    table = bench.markdown({cell.name: bench.collect(cell, [0, 1], tmp_path, None)})
+    assert "| parallel | 0.500 ± 0.000 (folds ± 0.000) | 1234 | 49 |" in table
 
 
 def test_a_fold_subset_reads_fold_summaries_and_an_unfinished_run_reads_as_missing(tmp_path):
