@@ -16,13 +16,10 @@ is read back, not rerun (after checking it was made with the same settings), and
 fold by fold, so the benchmark can be continued across sessions. --folds runs only those speakers, one
 `--fold K` command each, into the same fold-K folders a later full run reads back.
 
-Cost, from smoke runs (--epochs 0.25, --fewshot-steps 20, one seed, fold george; 2 cores shared with other
-jobs, load ~3.4, nice 19): a training step of batch 32 takes ~0.11-0.15 s, a dev evaluation (500 records)
-0.7-1.4 s, a fold ~2-5 s of loading on top (~10 s for the first fold of a process). A 10-epoch fold (790 steps)
-is then ~135 s here, ~80 s on an idle core (benchmarks/train_audio_vision.py: 850 steps in 80 s), and a 200-step
-few-shot fold ~35 s. Full run, 3 seeds x 6 folds: residual (4 cells) 72 folds ~1.6-2.7 h, kernels (3 cells)
-54 folds ~1.2-2.0 h, fewshot (3 methods x 3 K) 162 folds ~1.6 h; about 4.5-6.5 h in all on one core.
-`--folds george --seeds 0` is a ~1/18 pass.
+Cost, measured in the full run of 2026-11-27 (BENCHMARKS.md): a 10-epoch bottleneck fold ~69 s with one torch
+thread on an otherwise idle core, ~49 s with two; a conformer fold ~67 s with one thread (~90 s beside another
+one-thread job); a 200-step few-shot fold ~14 s (beside it). Residual (72 folds), kernels (54) and fewshot
+(162 folds) took about 2 h 40 min in all on the 2 cores. `--folds george --seeds 0` is a ~1/18 pass.
 
     OMP_NUM_THREADS=1 PYTHONPATH=src .venv/bin/python benchmarks/petl_fsdd.py --cells residual,kernels,fewshot \
         --seeds 0,1,2 --work runs/petl-fsdd --output benchmarks/results/petl_fsdd.json
