@@ -87,7 +87,6 @@ def peft_key_to_ours(key: str) -> str:
     return OURS if key == PROMPT_EMBEDDINGS else key
 
 
-
 class PeftVirtualTokens:
     """PEFT interop shared by the virtual-token methods: PEFT's file holds one `prompt_embeddings` tensor (what
     the adapter's `peft_tokens` attribute computes, in eval mode) and imports as `num_virtual_tokens` tokens of
