@@ -261,7 +261,7 @@ def test_export_into_an_earlier_export_needs_overwrite_which_removes_only_its_fi
     first = (out / "adapter_model.safetensors").stat().st_mtime_ns
     capsys.readouterr()
     assert main(["export", "--adapter-path", str(run), "--peft", str(out)]) == 2
-    assert "holds an earlier export; pass --overwrite" in capsys.readouterr().err
+    assert "holds the outputs of an earlier adapterlab export; pass --overwrite" in capsys.readouterr().err
     assert (out / "adapter_model.safetensors").stat().st_mtime_ns == first
     assert main(["export", "--adapter-path", str(run), "--peft", str(out), "--overwrite"]) == 0
     assert (out / "notes.txt").read_text() == "mine" and (out / "adapter_config.json").is_file()

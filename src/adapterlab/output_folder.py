@@ -42,8 +42,8 @@ def _plain(entry: object) -> bool:
 class OutputFolder:
     """The folder one command (`command`, e.g. "export") writes, named on the command line by `flag`."""
 
-    def __init__(self, path: str | Path, command: str, flag: str) -> None:
-        self.path, self.command, self.flag = Path(path), command, flag
+    def __init__(self, path: str | Path, command: str, flag: str, resumable: bool = False) -> None:
+        self.path, self.command, self.flag, self.resumable = Path(path), command, flag, resumable
         self.manifest = self.path / f".adapterlab-{command}.json"
 
     def written(self) -> set[str]:
@@ -106,8 +106,10 @@ class OutputFolder:
         entries = self.entries()
         if not overwrite:
             if ours:
-                raise RunFolderError(f"{self.flag} {self.path} holds an earlier {self.command}; pass --overwrite to "
-                                     f"replace it, or choose another {self.flag} folder.")
+                add = "--resume to add to it, " if self.resumable else ""
+                raise RunFolderError(f"{self.flag} {self.path} holds the outputs of an earlier adapterlab "
+                                     f"{self.command}; pass {add}--overwrite to replace it, or choose another "
+                                     f"{self.flag} folder.")
             if entries:
                 raise RunFolderError(f"{self.flag} {self.path} is not empty ({', '.join(entries[:3])}"
                                      f"{', ...' if len(entries) > 3 else ''}); choose a new or empty folder, or pass "
