@@ -284,7 +284,8 @@ def test_export_refuses_a_non_empty_folder_and_never_replaces_files_it_did_not_w
     assert main(["export", "--adapter-path", str(run), flag, str(out), "--overwrite"]) == 2
     err = capsys.readouterr().err
     assert "holds adapter_config.json, which no earlier export wrote" in err and len(err.strip().splitlines()) == 1
-    assert [p.name for p in out.iterdir()] == ["adapter_config.json"] and (out / "adapter_config.json").read_text() == "{}"
+    assert [p.name for p in out.iterdir()] == ["adapter_config.json"]
+    assert (out / "adapter_config.json").read_text() == "{}"
 
 
 @pytest.mark.reliability

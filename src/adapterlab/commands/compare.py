@@ -116,6 +116,7 @@ def run(args: argparse.Namespace) -> int:
                      overwrite=args.overwrite)
     for method, verdict in result["verdicts"].items():
         print(f"{method}: {verdict}")
-    written = [n for n in ("report.md", "results.json", "results.csv", "curves.png") if (Path(args.output) / n).is_file()]
+    outputs = ("report.md", "results.json", "results.csv", "curves.png")
+    written = [n for n in outputs if (Path(args.output) / n).is_file()]  # curves.png needs a finished run
     print(f"Written to {args.output}: {', '.join(written)}")
     return 0

@@ -53,7 +53,8 @@ def resumed_settings(folder: OutputFolder, old: dict[str, Any], new: dict[str, A
         diff += [f"{key} of {m}" for m in new[key] if m in old.get(key, {}) and old[key][m] != new[key][m]]
     if diff:
         raise RunFolderError(f"--resume: the comparison in {folder.path} was made with other settings "
-                             f"({', '.join(diff)} differ); resume with the same ones, or start afresh with --overwrite.")
+                             f"({', '.join(diff)} differ); resume with the same ones, or start afresh with "
+                             "--overwrite.")
     union = {k: list(dict.fromkeys([*old.get(k, []), *new[k]])) for k in ("tasks", "methods", "seeds")}
     union["methods"].sort(key=lambda m: m != "full")
     return {**new, **union, "lr": {**old.get("lr", {}), **new["lr"]},
