@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 
 import pytest
 from train_helpers import encoder_folder, write_sst
@@ -154,3 +155,102 @@ def test_known_commonsense_names_find_their_files_in_llm_adapters_layout(tmp_pat
     assert (winogrande.train.name, winogrande.dev) == ("winogrande.json", None)
     with pytest.raises(MissingPathError, match="train_openbookqa.json or commonsense/openbookqa.json"):
         resolve_task("obqa", str(tmp_path))
+
+
+# ---------------------------------------------------------------- the comparison folder
+
+
+def tiny_compare(tmp_path, *extra):
+    """argv of a seconds-long comparison (one task, one seed, two steps) into tmp_path/out."""
+    model = tmp_path / "bert"
+    if not model.is_dir():
+        encoder_folder(model)
+    data = tmp_path / "data.tsv"
+    if not data.is_file():
+        write_sst(data, 24)
+    return ["compare", "--model", str(model), "--tasks", str(data), "--seeds", "1", "--max-steps", "2",
+            "--eval-steps", "1", "--batch-size", "4", "--cutoff-len", "16", "--no-latency", "--no-isolate",
+            "--output", str(tmp_path / "out"), *extra]
+
+
+def rows(out):
+    return sorted((r["method"], r["seed"]) for r in json.loads((out / "results.json").read_text())["records"])
+
+
+@pytest.mark.reliability
+def test_a_second_comparison_into_a_folder_in_use_is_refused_naming_the_holder(tmp_path, capsys):
+    """two compare runs into one --output at once -> the second exits 2 naming the holder's PID, writing nothing"""
+    import os
+
+    from adapterlab.folder_lock import claim_run_folder
+
+    argv = tiny_compare(tmp_path, "--methods", "lora")
+    capsys.readouterr()
+    with claim_run_folder(tmp_path / "out"):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert f"in use by another adapterlab run (PID {os.getpid()})" in err and err.count("\n") == 1
+        assert [p.name for p in (tmp_path / "out").iterdir()] == [".adapterlab.lock"]
+
+
+@pytest.mark.reliability
+def test_a_comparison_into_an_earlier_ones_folder_is_refused_resumed_or_replaced(tmp_path, capsys):
+    """compare with other methods into an earlier comparison's --output -> refused, its results kept; with
+    --resume the new rows join the old (report rebuilt from all); with --overwrite it starts afresh"""
+    out = tmp_path / "out"
+    assert main(tiny_compare(tmp_path, "--methods", "lora")) == 0
+    before = (out / "results.json").read_text()
+    capsys.readouterr()
+    assert main(tiny_compare(tmp_path, "--methods", "ia3")) == 2
+    err = capsys.readouterr().err
+    assert "holds the outputs of an earlier adapterlab compare; pass --resume" in err and err.count("\n") == 1
+    assert (out / "results.json").read_text() == before
+    assert main(tiny_compare(tmp_path, "--methods", "ia3", "--resume")) == 0
+    assert rows(out) == [("ia3", 0), ("lora", 0)]
+    report = (out / "report.md").read_text()
+    assert "lora" in report and "ia3" in report
+    assert json.loads((out / "results.json").read_text())["settings"]["methods"] == ["lora", "ia3"]
+    assert main(tiny_compare(tmp_path, "--methods", "lora", "--max-steps", "3", "--resume")) == 2
+    assert "other settings (max_steps differ)" in capsys.readouterr().err
+    (out / "mine.txt").write_text("kept")
+    assert main(tiny_compare(tmp_path, "--methods", "lora", "--overwrite")) == 0
+    assert rows(out) == [("lora", 0)] and not (out / "runs" / "data" / "ia3-seed0").exists()
+    assert (out / "mine.txt").read_text() == "kept"
+
+
+@pytest.mark.reliability
+def test_compare_reuses_a_finished_run_it_did_not_start_and_refuses_one_of_other_settings(tmp_path, capsys):
+    """a finished run already at OUTPUT/runs/<task>/<method>-seed<k> -> reused when its settings match (not
+    retrained), refused naming the run and the setting when they differ, never deleted"""
+    out = tmp_path / "out"
+    assert main(tiny_compare(tmp_path, "--methods", "lora")) == 0
+    run = out / "runs" / "data" / "lora-seed0"
+    for name in ("data", "results.json", "results.csv", "report.md", "curves.png", ".adapterlab-compare.json"):
+        path = out / name
+        shutil.rmtree(path) if path.is_dir() else path.unlink()  # what is left: a run compare did not start
+    files = {p.name: p.stat().st_mtime_ns for p in run.iterdir()}
+    capsys.readouterr()
+    assert main(tiny_compare(tmp_path, "--methods", "lora", "--max-steps", "3", "--overwrite")) == 2
+    err = capsys.readouterr().err
+    assert f"{run} holds a run compare did not start, made with other settings (max_steps" in err
+    assert err.count("\n") == 1 and not (out / "results.json").exists()
+    assert main(tiny_compare(tmp_path, "--methods", "lora", "--overwrite")) == 0
+    assert {p.name: p.stat().st_mtime_ns for p in run.iterdir()} == files  # reused, not retrained
+    record = json.loads((out / "results.json").read_text())["records"][0]
+    assert record["steps"] == 2 and [p["step"] for p in record["curve"]] == [1, 2]
+    assert main(tiny_compare(tmp_path, "--methods", "ia3", "--overwrite")) == 0
+    assert {p.name: p.stat().st_mtime_ns for p in run.iterdir()} == files  # --overwrite left it alone
+
+
+@pytest.mark.reliability
+def test_a_comparison_where_every_run_is_refused_exits_2_and_names_only_files_it_wrote(tmp_path, capsys):
+    """compare where every run is refused -> exit 2 with one line naming the refusal; curves.png neither
+    written nor claimed"""
+    argv = tiny_compare(tmp_path, "--methods", "lora", "--option", "lora.targets=nowhere")
+    capsys.readouterr()
+    assert main(argv) == 2
+    captured = capsys.readouterr()
+    last = captured.err.strip().splitlines()[-1]  # (model loading draws progress bars on stderr before it)
+    assert last.startswith("adapterlab compare: error: nothing could be compared: every run was refused (e.g. "
+                           "lora on data: Target 'nowhere'") and last.endswith("fit each other.")
+    assert "curves.png" not in captured.out and not (tmp_path / "out" / "curves.png").exists()

@@ -208,3 +208,119 @@ def test_export_peft_refuses_a_method_peft_lacks_before_loading(tmp_path, capsys
                  "--peft", str(tmp_path / "p")])
     assert code == 2 and "--peft: series has no PEFT counterpart" in capsys.readouterr().err
     assert not (tmp_path / "p").exists()
+
+
+# ---------------------------------------------------------------- export's output folders
+
+
+def listing(folder: Path) -> dict[str, int]:
+    return {str(p.relative_to(folder)): p.stat().st_mtime_ns for p in sorted(folder.rglob("*"))}
+
+
+@pytest.mark.reliability
+@pytest.mark.parametrize("flag, where, named", [
+    ("--peft", "base", "is the base model's folder"),
+    ("--merged", "base", "is the base model's folder"),
+    ("--peft", "run", "is the --adapter-path folder"),
+    ("--peft", "run/peft", "lies inside the --adapter-path folder"),
+    ("--peft", ".", "contains the --adapter-path folder"),
+])
+def test_export_refuses_to_write_into_the_base_model_or_the_run(llama_run, flag, where, named, capsys) -> None:
+    """export --peft/--merged into (or around) the base model's folder or the run folder -> exit 2 in one line,
+    both folders untouched"""
+    base, run = llama_run
+    target = {"base": base, "run": run, "run/peft": run / "peft", ".": base.parent}[where]
+    before = listing(base), listing(run)
+    assert main(["export", "--adapter-path", str(run), flag, str(target)]) == 2
+    err = capsys.readouterr().err
+    assert named in err and len(err.strip().splitlines()) == 1
+    assert (listing(base), listing(run)) == before
+
+
+@pytest.mark.reliability
+def test_export_refuses_a_folder_inside_another_training_run(llama_run, tmp_path, capsys) -> None:
+    """export --peft into a folder inside some other training run's folder -> exit 2, nothing written"""
+    _, run = llama_run
+    other = tmp_path / "other-run"
+    other.mkdir()
+    (other / "train_config.yaml").write_text("model: x\n")
+    assert main(["export", "--adapter-path", str(run), "--peft", str(other / "p")]) == 2
+    assert "lies inside the training run folder" in capsys.readouterr().err
+    assert not (other / "p").exists()
+
+
+@pytest.mark.reliability
+def test_export_into_an_earlier_export_needs_overwrite_which_removes_only_its_files(llama_run, tmp_path,
+                                                                                   capsys) -> None:
+    """export --peft into a folder holding an earlier export -> refused without --overwrite; with it the export
+    is replaced and a user's file beside it stays"""
+    _, run = llama_run
+    out = tmp_path / "p"
+    assert main(["export", "--adapter-path", str(run), "--peft", str(out)]) == 0
+    (out / "notes.txt").write_text("mine")
+    first = (out / "adapter_model.safetensors").stat().st_mtime_ns
+    capsys.readouterr()
+    assert main(["export", "--adapter-path", str(run), "--peft", str(out)]) == 2
+    assert "holds the outputs of an earlier adapterlab export; pass --overwrite" in capsys.readouterr().err
+    assert (out / "adapter_model.safetensors").stat().st_mtime_ns == first
+    assert main(["export", "--adapter-path", str(run), "--peft", str(out), "--overwrite"]) == 0
+    assert (out / "notes.txt").read_text() == "mine" and (out / "adapter_config.json").is_file()
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == [
+        "adapter_config.json", "adapter_model.safetensors", "notes.txt"]
+
+
+@pytest.mark.reliability
+@pytest.mark.parametrize("flag", ["--peft", "--merged"])
+def test_export_refuses_a_non_empty_folder_and_never_replaces_files_it_did_not_write(llama_run, tmp_path, flag,
+                                                                                    capsys) -> None:
+    """export into a non-empty folder no export wrote -> refused; with --overwrite still refused where it would
+    replace a file it did not write (a user's adapter_config.json)"""
+    _, run = llama_run
+    out = tmp_path / "o"
+    out.mkdir()
+    (out / "adapter_config.json").write_text("{}")
+    assert main(["export", "--adapter-path", str(run), flag, str(out)]) == 2
+    assert "is not empty (adapter_config.json)" in capsys.readouterr().err
+    assert main(["export", "--adapter-path", str(run), flag, str(out), "--overwrite"]) == 2
+    err = capsys.readouterr().err
+    assert "holds adapter_config.json, which no earlier export wrote" in err and len(err.strip().splitlines()) == 1
+    assert [p.name for p in out.iterdir()] == ["adapter_config.json"]
+    assert (out / "adapter_config.json").read_text() == "{}"
+
+
+@pytest.mark.reliability
+def test_export_into_a_folder_another_command_holds_is_refused_naming_its_pid(llama_run, tmp_path, capsys) -> None:
+    """two exports into one folder at once -> the second exits 2 naming the holder's PID, writing nothing"""
+    import os
+
+    from adapterlab.folder_lock import claim_run_folder
+
+    _, run = llama_run
+    out = tmp_path / "p"
+    with claim_run_folder(out):
+        assert main(["export", "--adapter-path", str(run), "--peft", str(out)]) == 2
+        assert f"(PID {os.getpid()})" in capsys.readouterr().err
+        assert [p.name for p in out.iterdir()] == [".adapterlab.lock"]
+
+
+@pytest.mark.reliability
+def test_export_peft_writes_the_dtype_asked(llama_run, tmp_path) -> None:
+    """export --peft --dtype float16 -> the adapter's tensors are float16 (the float32 export's, cast)"""
+    _, run = llama_run
+    assert main(["export", "--adapter-path", str(run), "--peft", str(tmp_path / "half"), "--dtype", "float16"]) == 0
+    assert main(["export", "--adapter-path", str(run), "--peft", str(tmp_path / "full")]) == 0
+    half, full = (load_file(tmp_path / d / "adapter_model.safetensors") for d in ("half", "full"))
+    assert {t.dtype for t in half.values()} == {torch.float16} and {t.dtype for t in full.values()} == {torch.float32}
+    assert half.keys() == full.keys()
+    for key, tensor in full.items():
+        torch.testing.assert_close(half[key], tensor.half())
+
+
+@pytest.mark.reliability
+def test_export_refuses_a_task_that_is_not_the_runs(llama_run, tmp_path, capsys) -> None:
+    """export --task seq-cls of a causal-LM run -> exit 2 in one line (no random classification head written)"""
+    _, run = llama_run
+    assert main(["export", "--adapter-path", str(run), "--task", "seq-cls", "--merged", str(tmp_path / "m")]) == 2
+    err = capsys.readouterr().err
+    assert "--task seq-cls: the run in" in err and "trained a causal-lm model" in err
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "m").exists()

@@ -134,7 +134,7 @@ def test_edited_manifest_cannot_reach_outside_the_run_folder(tmp_path):
 HOLD_LOCK = textwrap.dedent("""
     import sys, time
     from pathlib import Path
-    from adapterlab.train.run_lock import claim_run_folder
+    from adapterlab.folder_lock import claim_run_folder
     with claim_run_folder(Path(sys.argv[1])):
         print("holding", flush=True)
         time.sleep(600)

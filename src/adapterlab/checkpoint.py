@@ -177,8 +177,10 @@ def load_adapter(
     return model
 
 
-def export_peft(model: nn.Module, directory: str | os.PathLike, name: str = "default") -> Path:
-    """Write adapter `name` in PEFT's format, loadable by `peft.PeftModel.from_pretrained`.
+def export_peft(model: nn.Module, directory: str | os.PathLike, name: str = "default",
+                dtype: torch.dtype | None = None) -> Path:
+    """Write adapter `name` in PEFT's format, loadable by `peft.PeftModel.from_pretrained`; `dtype` casts its
+    floating-point tensors (adapters train in float32 whatever the base model's dtype).
 
     LoRA and IA3 write their tensors; prompt tuning, P-tuning and prefix tuning write what PEFT saves for
     them, the virtual tokens or prefixes their encoders compute (`methods/peft_prompts.py`)."""
@@ -200,6 +202,8 @@ def export_peft(model: nn.Module, directory: str | os.PathLike, name: str = "def
     for head in peft_config.get("modules_to_save") or []:  # e.g. the classifier PEFT keeps beside a SEQ_CLS adapter
         for key, tensor in model.get_submodule(head).state_dict().items():
             state[f"{prefix}{head}.{key}"] = tensor.detach().cpu().contiguous()
+    if dtype is not None:
+        state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
     directory = Path(directory)
 
     def build(stage: Path) -> None:

@@ -9,6 +9,7 @@ model's state dict then has the base model's keys only, and `save_pretrained` wr
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,7 @@ from torch import nn
 
 from .engine import active_adapters, adapter_names, detach, merge
 from .errors import AdapterError, UsageError
-from .files import write_new_folder
+from .files import PENDING, replace_files, write_new_folder
 from .site_hooks import HOST_ATTR, placed
 
 # attributes the engine keeps on a model that carries adapters (engine.py, site_hooks.py, stochastic.py)
@@ -49,6 +50,26 @@ def save_merged(model: nn.Module, directory: str | os.PathLike, processor: Any =
     folder `directory` with save_pretrained, all at once: a failure leaves no folder behind."""
     directory = Path(directory)
     check_new_folder(directory, "save_merged")
+    write_new_folder(directory, _merged_files(model, processor))
+    return directory
+
+
+def save_merged_into(model: nn.Module, directory: Path, processor: Any = None,
+                     record: Callable[[list[str]], None] | None = None) -> Path:
+    """save_merged into an existing folder that the caller holds (an export's locked --merged folder), the files
+    replaced as one group; record(names) is called with their names before any is moved into place."""
+
+    def build(stage: Path) -> None:
+        _merged_files(model, processor)(stage)
+        if record is not None:
+            record([p.name for p in stage.iterdir()] + [PENDING])
+
+    replace_files(directory, build)
+    return directory
+
+
+def _merged_files(model: nn.Module, processor: Any) -> Callable[[Path], None]:
+    """The function that writes the merged model and its processor into a staging folder."""
     if adapter_names(model) or any(HOST_ATTR in n.split(".") for n, _ in model.named_modules()):
         raise AdapterError("save_merged: the model still carries adapters; call merge_and_unload(model) first.")
 
@@ -57,8 +78,7 @@ def save_merged(model: nn.Module, directory: str | os.PathLike, processor: Any =
         if processor is not None:
             processor.save_pretrained(stage)
 
-    write_new_folder(directory, build)
-    return directory
+    return build
 
 
 def check_new_folder(directory: Path, who: str) -> None:

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from ..compare import compare
 from ..compare.multitask import REPLAY
@@ -76,6 +77,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--no-isolate", action="store_true", help="train in this process (faster start; peak "
                                                                   "memory is then the largest so far)")
     parser.add_argument("--output", required=True, help="folder for runs/, results.json/.csv, report.md, curves.png")
+    parser.add_argument("--resume", action="store_true", help="add this comparison's rows to the earlier one in "
+                        "--output (same settings; finished runs are reused) and rebuild the report from all rows")
+    parser.add_argument("--overwrite", action="store_true", help="replace the earlier comparison in --output "
+                        "(only what compare wrote is removed)")
     parser.set_defaults(func=run)
 
 
@@ -107,8 +112,11 @@ def run(args: argparse.Namespace) -> int:
                      max_steps=args.max_steps, eval_steps=args.eval_steps, patience=args.patience,
                      batch_size=args.batch_size, cutoff_len=args.cutoff_len, targets=targets,
                      latency=not args.no_latency, isolate=not args.no_isolate, extend=args.extend,
-                     replay=REPLAY if args.replay is None else args.replay, done=progress)
+                     replay=REPLAY if args.replay is None else args.replay, done=progress, resume=args.resume,
+                     overwrite=args.overwrite)
     for method, verdict in result["verdicts"].items():
         print(f"{method}: {verdict}")
-    print(f"Written to {args.output}: report.md, results.json, results.csv, curves.png")
+    outputs = ("report.md", "results.json", "results.csv", "curves.png")
+    written = [n for n in outputs if (Path(args.output) / n).is_file()]  # curves.png needs a finished run
+    print(f"Written to {args.output}: {', '.join(written)}")
     return 0

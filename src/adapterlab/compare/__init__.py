@@ -20,8 +20,11 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UsageError
+from ..models import model_folder
+from ..output_folder import OutputFolder
 from ..registry import make_config, method_names
 from .analysis import FULL, all_tasks, full_targets, label, per_run, summarise, verdicts
+from .folder import OUTPUTS, comparison_folder, earlier, plan, resumed_settings, run_path
 from .multitask import EXTEND, MULTITASK, REPLAY, MultiTaskSpec
 from .report import write_outputs
 from .runs import RunSpec, run_all, run_isolated, train_config
@@ -132,13 +135,18 @@ def compare(model: str, tasks: list[str], methods: list[str], output: str, seeds
             max_eval_samples: int | None = None, max_steps: int = 300, eval_steps: int = 25, patience: int = 3,
             batch_size: int = 32, cutoff_len: int = 128, targets: tuple[float, ...] = (0.99, 0.95),
             latency: bool = True, isolate: bool = True, extend: str | None = None, replay: float = REPLAY,
-            done: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+            done: Callable[[dict[str, Any]], None] | None = None, resume: bool = False,
+            overwrite: bool = False) -> dict[str, Any]:
     """Train every method on every task for `seeds` seeds (full fine-tuning first, it sets the targets), then
     write results.json, results.csv, report.md and curves.png to `output` (rewritten after every run).
 
     `multitask-full` among the methods trains one encoder with one head per task on all tasks per seed;
     `extend` (a task name) also adds that task to a multi-task model trained on the others, with a `replay`
-    share of their training sets (multitask-extend), to set beside the adapters trained on it alone."""
+    share of their training sets (multitask-extend), to set beside the adapters trained on it alone.
+
+    `output` follows the output-folder rule (compare/folder.py): a folder holding an earlier comparison is
+    refused unless `resume` (its rows are kept and the new ones added) or `overwrite` (it is replaced); the
+    folder is locked while the comparison runs. Raises UsageError when no run at all could be compared."""
     options, lr = dict(options or {}), dict(lr or {})
     check_methods(methods, options, lr)
     for name, value in (("--seeds", seeds), ("--max-steps", max_steps), ("--eval-steps", eval_steps),
@@ -150,7 +158,26 @@ def compare(model: str, tasks: list[str], methods: list[str], output: str, seeds
     if not tasks:
         raise UsageError("--tasks is empty; give e.g. sst2,boolq.")
     check_multitask(methods, [resolve_task(t, data_dir).name for t in tasks], extend, replay)
-    out = Path(output)
+    if resume and overwrite:
+        raise UsageError("--resume adds to the comparison in --output and --overwrite replaces it; pass one.")
+    folder = comparison_folder(output)
+    folder.check_place([("the folder of --model " + model, model_folder(model))])
+    with folder.claim(overwrite, OUTPUTS, resume):
+        return _compare(folder, model, tasks, methods, seeds, data_dir, options, lr, max_train_samples,
+                        max_eval_samples, max_steps, eval_steps, patience, batch_size, cutoff_len, targets, latency,
+                        isolate, extend, replay, done, resume, overwrite)
+
+
+def _compare(folder: OutputFolder, model: str, tasks: list[str], methods: list[str], seeds: int,
+             data_dir: str | None, options: dict[str, dict[str, Any]], lr: dict[str, float],
+             max_train_samples: int | None, max_eval_samples: int | None, max_steps: int, eval_steps: int,
+             patience: int, batch_size: int, cutoff_len: int, targets: tuple[float, ...], latency: bool,
+             isolate: bool, extend: str | None, replay: float, done: Callable[[dict[str, Any]], None] | None,
+             resume: bool, overwrite: bool) -> dict[str, Any]:
+    """compare() in its claimed folder: plan the runs (refusing before anything of an earlier comparison goes),
+    then train them and write the outputs after each."""
+    out = folder.path
+    folder.record(["data"])
     prepared = prepared_tasks(tasks, data_dir, out, max_eval_samples)
     order = sorted(methods, key=lambda m: m != FULL)
     lrs = {m: lr.get(m, DEFAULT_LR.get(m, ADAPTER_LR)) for m in order}
@@ -187,24 +214,40 @@ def compare(model: str, tasks: list[str], methods: list[str], output: str, seeds
             specs.append(joint(MULTITASK, s, lrs[MULTITASK]))
         if extend:
             specs.append(joint(EXTEND, s, lrs[EXTEND]))
-    records: list[dict[str, Any]] = []
+    old_settings, records, old_serving = earlier(folder) if resume else ({}, [], [])
+    settings = resumed_settings(folder, old_settings, settings)
+    todo = plan(folder, specs, {spec_key(r) for r in records}, overwrite)
+    if overwrite:
+        folder.clear()
+    folder.record([*OUTPUTS, *(run_path(folder, s) for s in todo if not getattr(s, "reuse", False))])
 
     def finished(record: dict[str, Any]) -> None:
         records.append(record)
-        write_outputs(analyse(records, list(targets), settings), out)
+        write_outputs(analyse(records, list(targets), settings, old_serving), out)
         if done is not None:
             done(record)
 
-    run_all(specs, isolate=isolate, done=finished)
-    result = analyse(records, list(targets), settings)
+    prepared_tasks(tasks, data_dir, out, max_eval_samples)  # again: --overwrite removed the earlier data/
+    run_all(todo, isolate=isolate, done=finished)
+    result = analyse(records, list(targets), settings, old_serving)
+    if not result["records"]:
+        first = result["refused"][0] if result["refused"] else None
+        why = f" (e.g. {first['method']} on {first['task']}: {first['refused']})" if first else ""
+        raise UsageError(f"nothing could be compared: every run was refused{why}; results.json lists each "
+                         "refusal. Choose methods and tasks that fit each other.".replace("\n", " "))
     if latency and len(prepared) > 1:
         single = [m for m in order if m != MULTITASK]  # a multi-task model serves like one full model with T heads
         first = {m: {s.task: train_config(s) for s in specs if isinstance(s, RunSpec) and s.method == m and s.seed == 0}
                  for m in single}
         serving = [run_isolated(serving_throughput, isolate, first[m], m, batch_size) for m in single]
-        result = analyse(records, list(targets), settings, serving)
+        kept = [row for row in old_serving if row.get("method") not in single]
+        result = analyse(records, list(targets), settings, kept + serving)
         write_outputs(result, out)
     return result
+
+
+def spec_key(record: dict[str, Any]) -> tuple[str, str, int]:
+    return record["method"], record["task"], record["seed"]
 
 
 __all__ = ["compare", "analyse"]

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from ..errors import AdapterError
+from ..files import read_json_object
 from ..train import TrainConfig, train
 from ..train.callbacks import read_log
 from .latency import serving_latency
@@ -43,6 +44,7 @@ class RunSpec:
     settings: dict[str, Any] = field(default_factory=dict)  # TrainConfig fields
     latency: bool = False  # also time serving (once per method and task: it does not depend on the seed)
     latency_batches: tuple[int, ...] = (1, 32)
+    reuse: bool = False  # a finished run of these settings is already in `output`: record it, do not train
 
 
 def train_config(spec: RunSpec) -> TrainConfig:
@@ -76,10 +78,13 @@ def peak_memory() -> dict[str, float | None]:
 
 
 def run_one(spec: RunSpec) -> dict[str, Any]:
-    """Train one run and return its record (JSON-ready)."""
+    """Train one run (or read the finished one a `reuse` spec names) and return its record (JSON-ready)."""
     config = train_config(spec)
-    summary = train(config)
-    shutil.rmtree(Path(spec.output) / "checkpoints", ignore_errors=True)  # optimizer states: a study has many runs
+    if spec.reuse:
+        summary = read_json_object(Path(spec.output) / "summary.json", "move the run away and compare again")
+    else:
+        summary = train(config)
+        shutil.rmtree(Path(spec.output) / "checkpoints", ignore_errors=True)  # optimizer states: many runs
     metric = summary["best_metric"]["name"] if summary.get("best_metric") else "eval_accuracy"
     record = {
         "method": spec.method, "task": spec.task, "seed": spec.seed, "metric": metric,

@@ -34,7 +34,7 @@ from .config import TrainConfig
 from .multitask import MultiTaskModel, ProportionalTaskBatches, TaskCollator, TaskExamples
 from .recipe import prepare_task, resolve_precision, training_arguments
 from .run_dir import METRICS, SUMMARY, check_output, clear_run, record_outputs, run_outputs
-from .run_lock import claim_run_folder
+from ..folder_lock import claim_run_folder
 
 ENCODER_FILE = "shared-encoder.safetensors"
 

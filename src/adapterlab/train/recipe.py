@@ -38,7 +38,7 @@ from .config import TrainConfig
 from .plot import plot_metrics
 from .run_dir import (BEST, CHECKPOINTS, METRICS, PLOT, SUMMARY, check_output, check_run_dir, clear_run,
                       record_outputs, write_run_config)
-from .run_lock import claim_run_folder
+from ..folder_lock import claim_run_folder
 from .warm_start import warm_start
 
 

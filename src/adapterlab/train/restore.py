@@ -43,7 +43,11 @@ def restore_run(path: str | os.PathLike, *, model: str | None = None, task: str 
     if is_config_spec(spec):
         raise UsageError(f"The run in {folder} trained on {spec!r}, a model built from a config with random "
                          "weights that cannot be loaded again; pass --model with a saved base model.")
-    task = task or saved.get("task") or "causal-lm"
+    trained_task = saved.get("task", "causal-lm") if saved else None  # a run's config always holds its task
+    if task and trained_task and task != trained_task:
+        raise UsageError(f"--task {task}: the run in {folder} trained a {trained_task} model; its adapter and head "
+                         f"fit that task only. Drop --task, or pass --task {trained_task}.")
+    task = task or trained_task or "causal-lm"
     labels = None
     if (folder / "labels.json").is_file():
         labels = read_json_object(folder / "labels.json", "train the run again").get("labels")

@@ -1,4 +1,5 @@
-"""One run at a time in a run folder: an exclusive `flock` on RUN/.adapterlab.lock, held for the run's life.
+"""One command at a time in an output folder (a run, an export, a comparison): an exclusive `flock` on
+FOLDER/.adapterlab.lock, held for the command's life.
 
 The kernel drops the lock when its process ends, even by SIGKILL, so a crashed run never blocks the next
 one; a second run started meanwhile gets a RunFolderError naming the folder and the holder's PID.
@@ -12,7 +13,7 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-from ..errors import RunFolderError
+from .errors import RunFolderError
 
 LOCK_NAME = ".adapterlab.lock"
 
