@@ -45,6 +45,9 @@ EXPECTED["wav2vec2"] = ("wav2vec2.encoder.layers.0", dict(q="attention.q_proj", 
                                                        up="feed_forward.intermediate_dense",
                                                        down="feed_forward.output_dense", gate=None, qkv=None))
 EXPECTED["hubert"] = ("hubert.encoder.layers.0", EXPECTED["wav2vec2"][1])
+EXPECTED["swin"] = ("swin.encoder.layers.0.blocks.0", EXPECTED["vit"][1])
+# Block 1's path where it is not block 0's with the last index 1: Swin's second block opens its second stage.
+SECOND_BLOCK = {"swin": "swin.encoder.layers.1.blocks.0"}
 
 FUSED = {"bloom", "gpt2", "gpt_neox"}
 MODEL_TYPE = {"ast": "audio-spectrogram-transformer"}
@@ -77,7 +80,7 @@ def test_logical_names_resolve_to_the_right_layers(family):
         sites = resolve_sites(model, [logical])
         assert [s.layer for s in sites] == [0, 1]
         assert sites[0].path == f"{block}.{rel}" and sites[0].kind == "module"
-        assert sites[1].path == f"{block[:-1]}1.{rel}"
+        assert sites[1].path == f"{SECOND_BLOCK.get(family, block[:-1] + '1')}.{rel}"
         assert is_linear(model.get_submodule(sites[0].path))
 
 
