@@ -242,3 +242,16 @@ def test_positional_arguments_are_understood(method):
     inputs = tiny_inputs("llama")
     with torch.no_grad():
         assert torch.equal(model(inputs["input_ids"], inputs["attention_mask"]).logits, model(**inputs).logits)
+
+
+@pytest.mark.reliability
+def test_prefix_tuning_on_swin_is_refused_by_name():
+    """prefix tuning on Swin (windowed attention in stages) -> AdapterError naming the model and why, not a raw
+    TypeError on its per-stage head counts"""
+    import transformers as T
+
+    model = T.SwinForImageClassification(T.SwinConfig(**SWIN_SMALL, depths=[1, 1]))
+    with pytest.raises(AdapterError, match=r"Prefix tuning \(prefix\) cannot be added to this swin model "
+                                           r"\(SwinForImageClassification\): its blocks .* sit inside stages"):
+        al.attach(model, "prefix", num_virtual_tokens=N)
+    assert not hasattr(model, "adapterlab_configs")
