@@ -25,7 +25,7 @@ from adapterlab.registry import config_class, method_names  # noqa: E402
 
 START, END = "<!-- support-table:start -->", "<!-- support-table:end -->"
 SMALL = {"size": 8, "r": 4, "num_virtual_tokens": 3, "kernel_size": 3, "encoder_hidden_size": 16}
-LABEL = {"gpt_neox": "gpt-neox", "ast": "AST", "hubert": "HuBERT"}
+LABEL = {"gpt_neox": "gpt-neox", "ast": "AST", "hubert": "HuBERT", "swin": "Swin"}
 
 
 def options_for(method: str) -> dict:

@@ -174,3 +174,77 @@ def test_merge_raises_a_clear_error():
 def test_bad_options_name_the_option(options, option):
     with pytest.raises(al.AdapterError, match=f"`{option}`"):
         al.make_config("conformer", **options)
+
+
+# PETL for AST's configuration (umbertocappellazzo/PETL_AST), on AST-base (ASTConfig() defaults: 12 layers, d 768),
+# built on the meta device. Their counts, written from their code:
+D, LAYERS = 768, 12
+
+
+def petl_conformer(b: int, k: int) -> int:
+    """src/AST_adapters.py, Conformer_adapter.__init__: lnorm (2d), pwise_conv1 d -> 2b (bias), dwise_conv b -> b
+    groups b kernel k (Conv1d's default bias=True), bnorm (2b), pwise_conv2 b -> d (bias)."""
+    return 2 * D + (D * 2 * b + 2 * b) + (b * k + b) + 2 * b + (b * D + D)
+
+
+def petl_bottleneck(b: int) -> int:
+    """src/AST_adapters.py, Bottleneck_adapter.__init__: linear_downsample d -> b, linear_upsample b -> d."""
+    return (D * b + b) + (b * D + D)
+
+
+def ast_base_adapter_count(method: str, **options) -> int:
+    import transformers as T
+
+    with torch.device("meta"):
+        model = T.ASTForAudioClassification(T.ASTConfig(num_labels=50))
+    al.attach(model, method, **options)
+    return sum(p.numel() for name, p in model.named_parameters() if "adapterlab" in name.split("."))
+
+
+def test_petl_ast_conformer_count_on_ast_base_with_conv_bias():
+    """Their conformer (size 8 = 768 / 96, kernel 31) has a depthwise bias: conv_bias=True counts as they do."""
+    assert petl_conformer(8, 31) * LAYERS == 252_288
+    assert ast_base_adapter_count("conformer", size=8, kernel_size=31, conv_bias=True) == 252_288
+    assert ast_base_adapter_count("conformer", size=8, kernel_size=31) == 252_288 - 8 * LAYERS  # the default
+
+
+def test_petl_ast_train_norms_counts_on_ast_base():
+    """AST_adapter._unfreeze_adapters trains layernorm_after beside a Pfeiffer adapter (and layernorm_before
+    beside Houlsby's second one): 248,976 = 230,544 + 12 x 1,536 with reduction rate 64 (b = 12)."""
+    assert petl_bottleneck(12) * LAYERS == 230_544
+    assert ast_base_adapter_count("pfeiffer", size=12) == 230_544
+    assert ast_base_adapter_count("pfeiffer", size=12, train_norms=True) == 248_976 == (petl_bottleneck(12) + 2 * D) * LAYERS
+    assert ast_base_adapter_count("houlsby", size=12, train_norms=True) == (2 * petl_bottleneck(12) + 4 * D) * LAYERS
+    assert ast_base_adapter_count("conformer", size=12, kernel_size=8, conv_bias=True, train_norms=True) == \
+        (petl_conformer(12, 8) + 2 * D) * LAYERS
+
+
+def test_train_norms_trains_the_norm_in_front_of_the_adapted_sublayer_and_saves_it(tmp_path):
+    model = tiny_model("ast")
+    al.attach(model, "conformer", size=4, kernel_size=3, train_norms=True)
+    norms = {name for name, _, _ in placed(model) if name.endswith("layernorm_after")}
+    assert norms == {f"audio_spectrogram_transformer.layers.{i}.layernorm_after" for i in (0, 1)}
+    randomize_adapters(model)
+    x = tiny_inputs("ast")
+    expected = output_of(model, x)
+    with al.disabled(model):  # the trained norm runs with weight + delta: switched off with the adapter
+        assert not torch.allclose(output_of(model, x), expected)
+    al.save_adapter(model, tmp_path)
+    loaded = al.load_adapter(tiny_model("ast"), tmp_path)
+    torch.testing.assert_close(output_of(loaded, x), expected)
+
+
+@pytest.mark.reliability
+def test_train_norms_on_a_post_norm_model_is_refused():
+    """train_norms on post-norm BERT (no norm in front of a sublayer) -> AdapterError naming it, nothing attached"""
+    model = tiny_model("bert")
+    with pytest.raises(al.AdapterError, match=r"conformer: train_norms .* bert is post-norm .* drop train_norms"):
+        al.attach(model, "conformer", size=4, kernel_size=3, train_norms=True)
+    assert not list(placed(model))
+
+
+def test_conv_bias_false_is_honoured_with_layer_norm():
+    model = al.attach(tiny_model("bert"), "conformer", size=4, kernel_size=3, norm="layer", conv_bias=False)
+    assert all(adapter.depthwise.bias is None for _, _, adapter in placed(model))
+    model = al.attach(tiny_model("bert"), "conformer", size=4, kernel_size=3, norm="layer")
+    assert all(adapter.depthwise.bias is not None for _, _, adapter in placed(model))  # unset: as before

@@ -109,3 +109,39 @@ def test_training_a_linear_probe_trains_the_head_once(tmp_path):
     trainable = {n for n, p in setup.model.named_parameters() if p.requires_grad}
     assert trainable and all("adapterlab" in n for n in trainable), sorted(trainable)
     assert not any(p.requires_grad for p in setup.model.classifier.parameters(recurse=False))
+
+
+def test_petl_ast_probe_without_the_head_norm_counts_as_theirs_on_ast_base():
+    """PETL_AST src/AST.py, AST.__init__: classification_head = nn.Linear(768, classes) on the final layernorm
+    (main.py, method 'linear': model.layernorm and the head train): 2 x 768 + 768 x 50 + 50 = 39,986 on ESC-50.
+    transformers' ASTMLPHead has a LayerNorm of its own first: 41,522 by default."""
+    import transformers as T
+
+    def count(**options) -> int:
+        with torch.device("meta"):
+            model = T.ASTForAudioClassification(T.ASTConfig(num_labels=50))
+        al.attach(model, "linear_probe", **options)
+        return sum(p.numel() for name, p in model.named_parameters() if "adapterlab" in name.split("."))
+
+    assert 2 * 768 + 768 * 50 + 50 == count(head_norm=False) == 39_986
+    assert count() == 39_986 + 2 * 768 == 41_522
+
+
+def test_without_the_head_norm_the_head_reads_the_final_norm_directly():
+    model = al.attach(tiny_model("ast"), "linear_probe", head_norm=False)
+    randomize_adapters(model)
+    x = tiny_inputs("ast")
+    backbone = model.audio_spectrogram_transformer
+    with torch.no_grad():
+        hidden = backbone(**x).pooler_output  # the mean of CLS and distillation tokens, after the (trained) layernorm
+        expected = model.classifier.dense(hidden)  # their head: the linear layer alone
+    torch.testing.assert_close(output_of(model, x), expected)
+
+
+@pytest.mark.reliability
+def test_head_norm_off_on_a_head_without_a_norm_is_refused():
+    """linear_probe head_norm=False on ViT (its head is one linear layer) -> AdapterError naming head_norm"""
+    model = tiny_model("vit")
+    with pytest.raises(al.AdapterError, match=r"head_norm=False skips the head's norm, but the head of this "
+                                              r"ViTForImageClassification has none; drop head_norm"):
+        al.attach(model, "linear_probe", head_norm=False)

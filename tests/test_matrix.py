@@ -49,6 +49,8 @@ UNSUPPORTED: dict[tuple[str, str], str] = {
     # AdaptFormer reads the residual stream before the MLP's pre-norm; OPT's row names none (opt-350m is
     # post-norm, the other sizes pre-norm), so the user is asked for it. MoSA's default base is AdaptFormer.
     ("adaptformer", "opt"): "mlp_norm", ("mosa", "opt"): "mlp_norm",
+    # Swin's blocks run in stages of different widths on a fixed grid of windows: no one token sequence.
+    **{(m, "swin"): "inside stages" for m in ("prompt", "ptuning", "prefix")},
 }
 
 # Mergeable methods that refuse to merge on some families, with the words the NotMergeableError must contain.

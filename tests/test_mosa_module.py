@@ -252,3 +252,26 @@ def test_draw_context_restores_the_previous_draws():
             raise RuntimeError("a failing step")
         assert all(m.draws == Draws(SEED, 2, 2) for m in modules)
     assert modules[0].draws is outer and all(m.draws is None for m in modules[1:])
+
+
+@pytest.mark.reliability
+def test_not_mergeable_message_lists_mosa_only_with_a_lora_base():
+    """merging a non-mergeable adapter -> NotMergeableError listing bitfit, ia3, lora and 'mosa with base=lora',
+    not mosa as mergeable whatever its base"""
+    from adapterlab.engine import check_mergeable
+
+    with pytest.raises(al.NotMergeableError, match=r"Mergeable methods: bitfit, ia3, lora, mosa with base=lora\. "):
+        al.merge(al.attach(tiny_model("bert"), "series", size=4))
+    with pytest.raises(al.NotMergeableError, match=r"\(mosa\) cannot be merged"):
+        check_mergeable(al.config_class("mosa"))  # the class: its default base, adaptformer, does not merge
+
+
+def test_mosa_facts_are_read_as_every_methods():
+    """Class attributes on the class (its default base's), the base's on a config: one way for every method."""
+    cls = al.config_class("mosa")
+    base = al.config_class("adaptformer")
+    assert (cls.mergeable, cls.site_kinds, cls.default_targets) == (base.mergeable, base.site_kinds,
+                                                                    base.default_targets)
+    lora = al.make_config("mosa", base="lora")
+    assert (lora.mergeable, lora.site_kinds, lora.default_targets) == (True, ("module",), ("q", "v"))
+    assert all(not isinstance(getattr(cls, fact), property) for fact in ("mergeable", "site_kinds", "default_targets"))

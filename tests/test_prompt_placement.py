@@ -97,12 +97,14 @@ SWIN_SMALL = dict(image_size=32, patch_size=4, embed_dim=16, num_heads=[2, 2], w
 
 
 @pytest.mark.parametrize("method", ["prompt", "ptuning"])
-@pytest.mark.parametrize("config, why", [
-    ({}, "inside stages"),  # swin-tiny's defaults (depths 2, 2, 6, 2), on the meta device
-    (dict(SWIN_SMALL, depths=[1, 3]), "inside stages"),  # the longest block list is a stage's
-    (dict(SWIN_SMALL, depths=[2, 2]), "reads 16-wide hidden states, but its hidden size is 32"),  # the stage list
+@pytest.mark.parametrize("config, architecture, why", [
+    ({}, None, "inside stages"),  # swin-tiny's defaults (depths 2, 2, 6, 2), on the meta device
+    (dict(SWIN_SMALL, depths=[1, 3]), None, "inside stages"),  # the swin row: blocks across stages
+    (dict(SWIN_SMALL, depths=[2, 2]), None, "inside stages"),
+    # the stage list taken as the blocks (as discovery did before Swin had a row)
+    (dict(SWIN_SMALL, depths=[2, 2]), {"blocks": "layers"}, "reads 16-wide hidden states, but its hidden size is 32"),
 ])
-def test_virtual_tokens_refuse_hierarchical_swin(method, config, why):
+def test_virtual_tokens_refuse_hierarchical_swin(method, config, architecture, why):
     """Prompt tuning on Swin -> an AdapterError naming the model and why, not a tensor-size error at forward."""
     import transformers as T
 
@@ -110,7 +112,7 @@ def test_virtual_tokens_refuse_hierarchical_swin(method, config, why):
         model = T.SwinForImageClassification(T.SwinConfig(**config))
     with pytest.raises(AdapterError, match=rf"cannot be added to this swin model \(SwinForImageClassification\): "
                                            rf".*{why}.*hierarchical models such as Swin"):
-        al.attach(model, method, num_virtual_tokens=N)
+        al.attach(model, method, num_virtual_tokens=N, architecture=architecture)
     assert not hasattr(model, "adapterlab_configs")
 
 
@@ -240,3 +242,16 @@ def test_positional_arguments_are_understood(method):
     inputs = tiny_inputs("llama")
     with torch.no_grad():
         assert torch.equal(model(inputs["input_ids"], inputs["attention_mask"]).logits, model(**inputs).logits)
+
+
+@pytest.mark.reliability
+def test_prefix_tuning_on_swin_is_refused_by_name():
+    """prefix tuning on Swin (windowed attention in stages) -> AdapterError naming the model and why, not a raw
+    TypeError on its per-stage head counts"""
+    import transformers as T
+
+    model = T.SwinForImageClassification(T.SwinConfig(**SWIN_SMALL, depths=[1, 1]))
+    with pytest.raises(AdapterError, match=r"Prefix tuning \(prefix\) cannot be added to this swin model "
+                                           r"\(SwinForImageClassification\): its blocks .* sit inside stages"):
+        al.attach(model, "prefix", num_virtual_tokens=N)
+    assert not hasattr(model, "adapterlab_configs")

@@ -6,7 +6,7 @@ import pytest
 import torch
 import transformers as T
 from probes import ProbeConfig
-from tiny_models import ALL, tiny_inputs, tiny_model
+from tiny_models import ALL, randomize_adapters, tiny_inputs, tiny_model
 
 import adapterlab as al
 from adapterlab.architectures import ARCHITECTURES, LOGICAL_PROJECTIONS
@@ -45,6 +45,9 @@ EXPECTED["wav2vec2"] = ("wav2vec2.encoder.layers.0", dict(q="attention.q_proj", 
                                                        up="feed_forward.intermediate_dense",
                                                        down="feed_forward.output_dense", gate=None, qkv=None))
 EXPECTED["hubert"] = ("hubert.encoder.layers.0", EXPECTED["wav2vec2"][1])
+EXPECTED["swin"] = ("swin.encoder.layers.0.blocks.0", EXPECTED["vit"][1])
+# Block 1's path where it is not block 0's with the last index 1: Swin's second block opens its second stage.
+SECOND_BLOCK = {"swin": "swin.encoder.layers.1.blocks.0"}
 
 FUSED = {"bloom", "gpt2", "gpt_neox"}
 MODEL_TYPE = {"ast": "audio-spectrogram-transformer"}
@@ -77,7 +80,7 @@ def test_logical_names_resolve_to_the_right_layers(family):
         sites = resolve_sites(model, [logical])
         assert [s.layer for s in sites] == [0, 1]
         assert sites[0].path == f"{block}.{rel}" and sites[0].kind == "module"
-        assert sites[1].path == f"{block[:-1]}1.{rel}"
+        assert sites[1].path == f"{SECOND_BLOCK.get(family, block[:-1] + '1')}.{rel}"
         assert is_linear(model.get_submodule(sites[0].path))
 
 
@@ -232,3 +235,52 @@ def test_architecture_dict_override_on_a_discovered_family():
     model = DISCOVERED["falcon"][0]()
     arch = architecture_of(model, {"up": "mlp.dense_4h_to_h"})  # the rest comes from discovery
     assert arch.blocks == "transformer.h" and arch.up == "mlp.dense_4h_to_h" and arch.qkv.endswith("query_key_value")
+
+
+SWIN_BOTTLENECKS = ["adaptformer", "mosa", "parallel", "scaled_parallel", "series", "houlsby", "pfeiffer"]
+
+
+@pytest.mark.reliability
+@pytest.mark.parametrize("method", ["adaptformer", "mosa"])
+def test_adaptformer_and_mosa_train_on_swin_from_the_cli(method, tmp_path):
+    """--adapter adaptformer / mosa on a Swin model -> trains (one adapter per Swin block, across stages), no
+    'SwinStage has no attribute layernorm_after'"""
+    import json
+
+    from test_image import image_folder
+
+    from adapterlab.cli import main
+
+    checkpoint = tmp_path / "swin"  # a Swin checkpoint (two stages, blocks 1 + 2) with its image processor
+    T.SwinForImageClassification(T.SwinConfig(image_size=32, patch_size=4, embed_dim=16, depths=[1, 2],
+                                              num_heads=[2, 2], window_size=4)).save_pretrained(checkpoint)
+    T.ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(checkpoint)
+    data = image_folder(tmp_path / "train", ["cat", "dog"], 4)
+    assert main(["train", "--task", "image-cls", "--model", str(checkpoint), "--data", str(data), "--adapter",
+                 method, "--size", "4", "--max-steps", "1", "--batch-size", "4", "--micro-batch-size", "4",
+                 "--warmup-steps", "0", "--output", str(tmp_path / "run")]) == 0
+    saved = json.loads((tmp_path / "run" / "adapter_config.json").read_text())
+    assert saved["method"] == "adaptformer"  # MoSA saves its merged adapter as its base
+
+
+@pytest.mark.parametrize("method", SWIN_BOTTLENECKS)
+def test_bottleneck_methods_sit_on_every_swin_block_at_its_width(method):
+    """MoSA's swin_mosa.py (Theia-4869/MoSA, MoSASwinTransformerBlock): one adapter on each block's MLP, as wide
+    as its stage (here 16, then 32 after the patch merging)."""
+    model = tiny_model("swin")
+    al.attach(model, method, size=4, **({"targets": ["attn", "mlp"]} if method == "houlsby" else {}))
+    widths = {path: adapter.down.in_features for path, _, adapter in placed(model)}  # mosa splits only up
+    expected = {"swin.encoder.layers.0.blocks.0": 16, "swin.encoder.layers.1.blocks.0": 32}
+    sublayers = ["attention.o_proj", "mlp.fc2"] if method == "houlsby" else ["mlp.fc2"]
+    assert widths == {f"{block}.{s}": width for block, width in expected.items() for s in sublayers}
+    randomize_adapters(model)
+    with torch.no_grad():
+        assert torch.isfinite(model(**tiny_inputs("swin")).logits).all()
+
+
+def test_blocks_across_stages_are_numbered_in_order():
+    model = T.SwinForImageClassification(T.SwinConfig(image_size=32, patch_size=4, embed_dim=16, depths=[2, 1],
+                                                      num_heads=[2, 2], window_size=4))
+    sites = resolve_sites(model, ["q"], layers=[1, 2])
+    assert [(s.layer, s.path) for s in sites] == [(1, "swin.encoder.layers.0.blocks.1.attention.q_proj"),
+                                                  (2, "swin.encoder.layers.1.blocks.0.attention.q_proj")]

@@ -37,6 +37,9 @@ def tiny_config(family: str) -> T.PretrainedConfig:
                                                   pad_token_id=1, **common),
         "vit": lambda: T.ViTConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
                                    image_size=16, patch_size=8, num_labels=3),
+        # two stages of one block each (16 then 32 wide after patch merging): blocks are numbered across stages
+        "swin": lambda: T.SwinConfig(image_size=32, patch_size=4, embed_dim=16, depths=[1, 1], num_heads=[2, 2],
+                                     window_size=4, num_labels=3),
         "ast": lambda: T.ASTConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
                                    max_length=32, num_mel_bins=16, num_labels=3),
         # 3 convolutions (strides 5, 4, 4): 1,600 samples -> 19 frames. No LayerDrop, so that every layer runs in
@@ -53,7 +56,7 @@ def tiny_config(family: str) -> T.PretrainedConfig:
 
 CAUSAL = ["llama", "mistral", "qwen2", "bloom", "opt", "gptj", "gpt2", "gpt_neox"]
 ENCODERS = ["bert", "roberta", "xlm-roberta"]
-VISION_AUDIO = ["vit", "ast", "wav2vec2", "hubert"]
+VISION_AUDIO = ["vit", "swin", "ast", "wav2vec2", "hubert"]
 ALL = CAUSAL + ENCODERS + VISION_AUDIO
 
 
@@ -68,6 +71,8 @@ def tiny_model(family: str, seed: int = 0) -> torch.nn.Module:
         model = T.AutoModelForSequenceClassification.from_config(config)
     elif family == "vit":
         model = T.ViTForImageClassification(config)
+    elif family == "swin":
+        model = T.SwinForImageClassification(config)
     elif family == "ast":
         model = T.ASTForAudioClassification(config)
     else:
@@ -80,6 +85,8 @@ def tiny_inputs(family: str, batch: int = 2, length: int = 7, seed: int = 1) -> 
     g = torch.Generator().manual_seed(seed)
     if family == "vit":
         return {"pixel_values": torch.randn(batch, 3, 16, 16, generator=g)}
+    if family == "swin":
+        return {"pixel_values": torch.randn(batch, 3, 32, 32, generator=g)}
     if family == "ast":
         return {"input_values": torch.randn(batch, 32, 16, generator=g)}
     if family in ("wav2vec2", "hubert"):

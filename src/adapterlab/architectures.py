@@ -15,7 +15,7 @@ class Architecture:
     """The layout of one model family. `blocks` is the name (suffix) of the ModuleList of blocks."""
 
     name: str
-    blocks: str
+    blocks: str  # "stages.*.blocks": the block lists of every stage, in order (Swin)
     q: str | None = None
     k: str | None = None
     v: str | None = None
@@ -122,6 +122,9 @@ ARCHITECTURES: dict[str, Architecture] = {
     "audio-spectrogram-transformer": replace(
         VIT, name="audio-spectrogram-transformer", leading_tokens=2, modality="audio"
     ),
+    # Swin: blocks inside stages (the width doubles at each stage's patch merging), pre-norm, no CLS token.
+    # Blocks are numbered across stages (swin-tiny: 0..11). MoSA's second backbone (their swin_mosa.py).
+    "swin": replace(VIT, name="swin", blocks="encoder.layers.*.blocks", leading_tokens=0),
     "wav2vec2": WAV2VEC2,
     "hubert": replace(WAV2VEC2, name="hubert"),
 }

@@ -28,6 +28,8 @@ class AdapterConfig:
     method: ClassVar[str] = ""
     default_targets: ClassVar[tuple[str, ...]] = ()
     mergeable: ClassVar[bool] = False
+    # options under which a method that is not mergeable in general merges (MoSA: "base=lora"), for messages
+    mergeable_when: ClassVar[str] = ""
     # site kinds the method can use: "module" (one layer), "sublayer" (attn/mlp), "model" (the forward call)
     site_kinds: ClassVar[tuple[str, ...]] = ("module",)
     # option values that an adapter saved before the option existed implies (its behaviour then)

@@ -199,7 +199,7 @@ def check_mergeable(config: AdapterConfig | type[AdapterConfig], name: str = "de
     """Raise NotMergeableError, with the reason and the mergeable methods, unless the method of `config` (a
     config or its class: `mergeable` is a class attribute) merges."""
     if not config.mergeable:
-        mergeable = sorted(m for m in METHODS if _is_mergeable(m))
+        mergeable = sorted(_mergeable(m) for m in METHODS if _mergeable(m))
         raise NotMergeableError(
             f"Adapter {name!r} ({config.method}) cannot be merged into the base weights: its modules are "
             f"not linear in the layer they adapt. Mergeable methods: {', '.join(mergeable)}. Keep it "
@@ -207,10 +207,13 @@ def check_mergeable(config: AdapterConfig | type[AdapterConfig], name: str = "de
         )
 
 
-def _is_mergeable(method: str) -> bool:
+def _mergeable(method: str) -> str:
+    """The method's name where it merges, with the options it needs for that where it merges only with some
+    ("mosa with base=lora"); "" where it does not merge."""
     from .registry import config_class
 
-    return config_class(method).mergeable
+    cls = config_class(method)
+    return method if cls.mergeable else f"{method} with {cls.mergeable_when}" if cls.mergeable_when else ""
 
 
 def merge(model: nn.Module, names: str | list[str] | None = None) -> nn.Module:

@@ -70,14 +70,30 @@ def architecture_of(model: nn.Module, override: Architecture | dict[str, Any] | 
 
 
 def block_paths(model: nn.Module, arch: Architecture) -> list[str]:
-    """Full names of the model's blocks, in order."""
+    """Full names of the model's blocks, in order. `blocks` names one ModuleList, or, for models built in stages
+    (Swin), "stages.*.blocks": the block lists of every stage, one after the other."""
+    outer, _, inner = arch.blocks.partition(".*.")
     for name, module in model.named_modules():
-        if isinstance(module, nn.ModuleList) and (name == arch.blocks or name.endswith("." + arch.blocks)):
-            return [f"{name}.{i}" for i in range(len(module))]
+        if isinstance(module, nn.ModuleList) and (name == outer or name.endswith("." + outer)):
+            if not inner:
+                return [f"{name}.{i}" for i in range(len(module))]
+            lists = [(f"{name}.{i}.{inner}", _child_list(stage, inner)) for i, stage in enumerate(module)]
+            if all(blocks is not None for _, blocks in lists):
+                return [f"{path}.{j}" for path, blocks in lists for j in range(len(blocks))]
     raise AdapterError(
         f"No block list named {arch.blocks!r} in this {model_type_of(model)} model; pass "
-        "architecture={'blocks': '<name of the ModuleList of blocks>', ...}."
+        "architecture={'blocks': '<name of the ModuleList of blocks>', ...} (or 'stages.*.blocks' for blocks "
+        "inside stages)."
     )
+
+
+def _child_list(module: nn.Module, path: str) -> nn.ModuleList | None:
+    """The ModuleList at `path` inside `module`, or None."""
+    try:
+        found = module.get_submodule(path)
+    except AttributeError:
+        return None
+    return found if isinstance(found, nn.ModuleList) else None
 
 
 def _needs_architecture(targets: list[str], layers: list[int] | None) -> bool:

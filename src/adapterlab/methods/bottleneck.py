@@ -64,6 +64,8 @@ from ..config import AdapterConfig, one_of, positive_int
 from ..errors import AdapterError
 from ..layers import is_linear, reference_tensor
 from ..sites import Placement, Site
+from .base import Adapter
+from .block_norms import BlockNorms
 from .bottleneck_module import BottleneckAdapter
 from .sublayer_sites import input_features, residual_site, site_features
 from .bottleneck_peft import fork_key_to_ours, from_fork
@@ -86,14 +88,15 @@ def parse_scaling(method: str, value: float | int | str) -> float | str:
 
 
 @dataclass
-class BottleneckOptions(AdapterConfig):
+class BottleneckOptions(BlockNorms, AdapterConfig):
     """size: bottleneck width; activation: a transformers ACT2FN name; bias: biases in down/up;
     init: "bert" (N(0, 0.02) weights, as LLM-Adapters) or "zero" (up-projection zero, down Kaiming-uniform,
     as LoRA / LLM-Adapters' "mam_adapter": the model is unchanged at init); scaling: float or "learned";
     dropout: its rate; dropout_at: "input" (LLM-Adapters) or "hidden" (after the activation, AdaptFormer);
     layer_norm: a LayerNorm on what the adapter reads (AdaptFormer and Pfeiffer in MoSA's code);
     drop_layers / drop_training: AdapterDrop; residual: the identity term beside the adapter (the module
-    docstring: its four cells; series defaults to True, parallel to False)."""
+    docstring: its four cells; series defaults to True, parallel to False); train_norms: also train the norm
+    in front of each adapted sublayer (`block_norms.py`)."""
 
     site_kinds = ("module", "sublayer")
 
@@ -124,6 +127,22 @@ class BottleneckOptions(AdapterConfig):
         if not 0.0 <= float(self.dropout) < 1.0:
             raise AdapterError(f"{self.method}: `dropout` must be in [0, 1), got {self.dropout!r}.")
         check_drop(self.method, self.drop_layers, self.drop_training)
+        self.check_train_norms(self.method)
+
+    def sites(self, model: nn.Module, placement: Placement) -> list[Site]:
+        return self.with_norms(self.adapter_sites(model, placement), model, placement)
+
+    def adapter_sites(self, model: nn.Module, placement: Placement) -> list[Site]:
+        """The adapter's own sites (its targets'), without the norms `train_norms` adds."""
+        return super().sites(model, placement)
+
+    def build(self, site: Site, model: nn.Module, placement: Placement) -> Adapter:
+        norm = self.build_norm(site, model)
+        return norm if norm is not None else self.build_adapter(site, model, placement)
+
+    def build_adapter(self, site: Site, model: nn.Module, placement: Placement) -> BottleneckAdapter:
+        """The bottleneck module at one of the adapter's own sites (each placement builds its own)."""
+        raise NotImplementedError
 
     peft_type = "BOTTLENECK"  # LLM-Adapters' fork of PEFT: load_peft imports its checkpoints (bottleneck_peft.py)
     peft_key_to_ours = staticmethod(fork_key_to_ours)
@@ -176,7 +195,7 @@ class SeriesConfig(BottleneckOptions):
                                "sublayer. Name linear layers (e.g. up_proj, or mlp_in for the MLP's inputs).")
         return {s.path for s in sites}
 
-    def build(self, site: Site, model: nn.Module, placement: Placement) -> BottleneckAdapter:
+    def build_adapter(self, site: Site, model: nn.Module, placement: Placement) -> BottleneckAdapter:
         host = model.get_submodule(site.path)
         if site.path in self.input_paths(placement) and site.kind == "module":
             width = input_features(host)
@@ -202,13 +221,13 @@ class ParallelConfig(BottleneckOptions):
         super().validate()
         one_of(self.method, "source", self.source, SOURCES)
 
-    def sites(self, model: nn.Module, placement: Placement) -> list[Site]:
-        sites = super().sites(model, placement)
+    def adapter_sites(self, model: nn.Module, placement: Placement) -> list[Site]:
+        sites = super().adapter_sites(model, placement)
         if self.source == "sublayer":
             return sites
         return [residual_site(site, model, placement, self.method) for site in sites]
 
-    def build(self, site: Site, model: nn.Module, placement: Placement) -> BottleneckAdapter:
+    def build_adapter(self, site: Site, model: nn.Module, placement: Placement) -> BottleneckAdapter:
         in_features, out_features = site_features(site, model, self.method)
         if self.residual and in_features != out_features:
             raise AdapterError(f"{self.method}: residual=True adds the adapter's input x to the output, but at "

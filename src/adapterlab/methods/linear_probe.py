@@ -17,7 +17,10 @@ a causal LM the head is often tied to the input embeddings.
 
 The transformers head reads what the model class reads (AST: the mean of the CLS and distillation tokens; ViT,
 BERT: the first token); their mean pooling over all tokens (`final_output: ALL`) is `--pooling mean` of
-`--task audio-cls` (tasks/audio_models.py).
+`--task audio-cls` (tasks/audio_models.py). Their head is one linear layer on the final norm, whereas AST's
+transformers head runs a LayerNorm of its own first, which trains here (AST-base, 50 classes: 41,522 parameters
+against their 39,986); head_norm=False skips it, their probe (a pretrained checkpoint's head norm is kept by
+default: it is part of the model as transformers builds it).
 """
 
 from __future__ import annotations
@@ -35,28 +38,43 @@ from ..layers import is_linear, is_norm
 from ..sites import ADAPTER_SLOT, Placement, Site, block_paths
 from .base import Adapter, in_dtype_of
 
+SKIPPED = "skipped_head_norm"  # the target name of a head norm that head_norm=False skips
 HEAD_NAMES = ("classifier", "score", "classification_head", "projector")  # wav2vec2/HuBERT: projector, classifier
 
 
 @dataclass
 class LinearProbeConfig(AdapterConfig):
-    """No options: the head and the final norm are found on the model (the module docstring says how)."""
+    """The head and the final norm are found on the model (the module docstring says how). head_norm: False
+    skips the head's own norms (AST's classifier.layernorm), so the probe is the final norm and a linear layer,
+    as PETL for AST's (their AST.classification_head is one nn.Linear)."""
 
     method = "linear_probe"
     trains_head = True  # its deltas on the head are what trains; the recipe leaves the head's own weights frozen
+
+    head_norm: bool = True
 
     def validate(self) -> None:
         for option in ("targets", "layers"):
             if getattr(self, option) is not None:
                 raise AdapterError(f"linear_probe trains the task head and the final norm, which it finds itself; "
                                    f"leave `{option}` unset (use bitfit, lora, ... to adapt chosen layers).")
+        if not isinstance(self.head_norm, bool):
+            raise AdapterError(f"linear_probe: `head_norm` must be true or false, got {self.head_norm!r}.")
 
     def sites(self, model: nn.Module, placement: Placement) -> list[Site]:
-        paths = head_paths(model) + final_norm_paths(model, placement)
-        return [Site("module", p, p, p.rsplit(".", 1)[-1], None) for p in paths]
+        head = head_paths(model)
+        norms = [p for p in head if is_norm(model.get_submodule(p))]
+        if not self.head_norm and not norms:
+            raise AdapterError(f"linear_probe: head_norm=False skips the head's norm, but the head of this "
+                               f"{type(model).__name__} has none; drop head_norm.")
+        sites = [Site("module", p, p, SKIPPED if p in norms and not self.head_norm else p.rsplit(".", 1)[-1], None)
+                 for p in head]
+        return sites + [Site("module", p, p, p.rsplit(".", 1)[-1], None) for p in final_norm_paths(model, placement)]
 
     def build(self, site: Site, model: nn.Module, placement: Placement) -> Adapter:
         host = model.get_submodule(site.path)
+        if site.target == SKIPPED:
+            return SkipNorm()
         if is_linear(host) and isinstance(host, nn.Linear):
             return LinearDelta(host)
         return NormDelta(host)
@@ -142,3 +160,10 @@ class NormDelta(Adapter):
             return functional_call(self.host, params, (x,))
         finally:
             self.running = False
+
+
+class SkipNorm(Adapter):
+    """No parameters: the norm's output is replaced by its input (head_norm=False: a head without the norm)."""
+
+    def adapt_output(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return x.to(y.dtype)

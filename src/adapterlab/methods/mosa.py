@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 from ..config import AdapterConfig, one_of
 from ..errors import AdapterError
 from ..objectives import ConsistencyObjective
+from .block_norms import NORM_TARGET
 from .split import SplitLinear
 
 if TYPE_CHECKING:
@@ -42,6 +43,7 @@ if TYPE_CHECKING:
 BASES = ("lora", "series", "pfeiffer", "houlsby", "parallel", "scaled_parallel", "adaptformer")
 SPLITS = {"up": ("up",), "down": ("down",), "both": ("down", "up")}
 INIT = {"down": "kaiming", "up": "zeros"}
+FACTS = ("mergeable", "site_kinds", "default_targets")  # the method facts a MoSA config takes from its base
 
 
 @dataclass
@@ -52,6 +54,12 @@ class MosaConfig(AdapterConfig):
     base_options: the base method's options (any option not listed here lands there too)."""
 
     method = "mosa"
+    # Method facts, read as class attributes like every method's: the class has those of its default base
+    # (adaptformer), a config those of its own base (set in `validate`); mergeable only with base="lora".
+    mergeable = False
+    mergeable_when = "base=lora"
+    site_kinds = ("module", "sublayer")
+    default_targets = ("mlp",)
 
     base: str = "adaptformer"
     modules: int = 4
@@ -111,22 +119,12 @@ class MosaConfig(AdapterConfig):
             if getattr(self, name) is not None:
                 options[name] = getattr(self, name)
         self._base = make_config(self.base, **options)
+        for fact in FACTS:  # this config's facts are its base's; the class keeps those of the default base
+            setattr(self, fact, getattr(self._base, fact))
 
     @property
     def base_config(self) -> AdapterConfig:
         return self._base
-
-    @property
-    def mergeable(self) -> bool:  # type: ignore[override]
-        return self._base.mergeable
-
-    @property
-    def site_kinds(self) -> tuple[str, ...]:  # type: ignore[override]
-        return self._base.site_kinds
-
-    @property
-    def default_targets(self) -> tuple[str, ...]:  # type: ignore[override]
-        return self._base.default_targets
 
     def sites(self, model: "nn.Module", placement: "Placement") -> list["Site"]:
         return self._base.sites(model, placement)
@@ -134,6 +132,8 @@ class MosaConfig(AdapterConfig):
     def build(self, site: "Site", model: "nn.Module", placement: "Placement") -> "Adapter":
         """The base's module at this site, with the chosen projections replaced by SplitLinear layers."""
         adapter = self._base.build(site, model, placement)
+        if site.target == NORM_TARGET:  # a norm the base trains beside its adapter (train_norms): not split
+            return adapter
         points = getattr(adapter, "split_points", None)
         if not points:
             raise AdapterError(f"mosa: the {self.base} module has no down/up projections to split.")

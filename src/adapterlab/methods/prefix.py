@@ -26,7 +26,7 @@ from transformers import DynamicCache
 from ..config import AdapterConfig, positive_int
 from ..errors import AdapterError
 from ..layers import reference_tensor
-from ..sites import Placement, Site
+from ..sites import Placement, Site, block_paths
 from .base import Adapter
 from .peft_prompts import PEFT_PREFIX, PeftVirtualTokens
 from .peft_prompts import peft_prompt_config, placed_at
@@ -34,7 +34,9 @@ from .prefix_attention import AttentionSite, PrefixAttentionHooks, attention_sit
 from .virtual_tokens import (
     as_keywords,
     check_num_virtual_tokens,
+    check_one_token_sequence,
     extend_mask,
+    input_embeddings,
     modality_and_blocks,
     past_length,
     sequence_length,
@@ -66,8 +68,10 @@ class PrefixConfig(PeftVirtualTokens, AdapterConfig):
 
     def build(self, site: Site, model: nn.Module, placement: Placement) -> "PrefixAdapter":
         config = text_config(model)
-        heads = config.num_attention_heads
         if has_bidirectional_attention(model):  # encoders: no KV cache, hooks join the prefix to k and v
+            if not isinstance(input_embeddings(model), nn.Embedding):  # vision/audio: one sequence, not stages
+                check_one_token_sequence(model, block_paths(model, placement.architecture), "Prefix tuning (prefix)")
+            heads = config.num_attention_heads
             sites = attention_sites(model, placement.architecture)
             kv_dim = kv_width(model, sites[0])
             ref = reference_tensor(model.get_submodule(sites[0].key))
@@ -82,6 +86,7 @@ class PrefixConfig(PeftVirtualTokens, AdapterConfig):
         modality, _, _ = modality_and_blocks(model, placement, need_blocks=False)
         if modality != "text":
             raise AdapterError(f"prefix tuning needs a text model with a KV cache; use method='prompt' for {modality}.")
+        heads = config.num_attention_heads
         kv_heads = getattr(config, "num_key_value_heads", None) or heads
         head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
         ref = reference_tensor(model.get_input_embeddings())

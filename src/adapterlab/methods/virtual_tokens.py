@@ -70,10 +70,12 @@ def input_embeddings(model: nn.Module) -> nn.Module | None:
         return None
 
 
-def check_one_token_sequence(model: nn.Module, blocks: list[str]) -> None:
-    """Refuse a vision/audio model whose blocks do not all read one sequence of hidden-size tokens.
+def check_one_token_sequence(model: nn.Module, blocks: list[str],
+                             what: str = "Virtual tokens (prompt, ptuning)") -> None:
+    """Refuse a vision/audio model whose blocks do not all read one sequence of hidden-size tokens; `what`
+    names the method(s) refused.
 
-    Virtual tokens are inserted at the first block's input. Hierarchical models (Swin, ConvNeXt) run stages
+    Virtual tokens are inserted at the first block's input (prefixes join every block's attention). Hierarchical models (Swin, ConvNeXt) run stages
     of blocks on a fixed grid of patches and change the width between stages, so the sequence cannot grow.
     """
     stack = blocks[0].rsplit(".", 1)[0]
@@ -91,7 +93,7 @@ def check_one_token_sequence(model: nn.Module, blocks: list[str]) -> None:
     else:
         return
     raise AdapterError(
-        f"Virtual tokens (prompt, ptuning) cannot be added to this {model_type_of(model)} model "
+        f"{what} cannot be added to this {model_type_of(model)} model "
         f"({type(model).__name__}): {why}. They need one sequence of hidden-size tokens through one stack of "
         "blocks, and hierarchical models such as Swin work in stages on a fixed grid of patches. Use lora, ia3, "
         "bitfit or a bottleneck adapter (series, parallel) on it."
