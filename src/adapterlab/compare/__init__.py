@@ -100,7 +100,8 @@ def analyse(records: list[dict[str, Any]], fractions: list[float], settings: dic
     latency = method_latency(records)
     serving = serving or []
     every_task = all_tasks(rows, names)
-    signals = task_signal(summary, settings.get("baselines") or {}, {r["task"]: r.get("metric") for r in records})
+    metrics = {r["task"]: r.get("metric") for r in records if r["method"] == FULL}
+    signals = task_signal(summary, settings.get("baselines") or {}, metrics)
     return {"settings": settings, "target_names": names, "targets": targets, "records": records, "rows": rows,
             "summary": summary, "latency": latency, "all_tasks": every_task, "serving": serving, "refused": refused,
             "baselines": signals, "verdicts": verdicts(summary, latency, names, every_task, serving, no_signal(signals))}

@@ -18,7 +18,11 @@ from ..data.choices import read_choice_items
 from ..data.classification import read_labelled
 from .tasks import CompareTask
 
-ACCURACY = "eval_accuracy"  # the metric these floors are scores of
+
+def is_accuracy(metric: str | None) -> bool:
+    """Whether a run's dev metric is an accuracy (eval_accuracy, or eval_<task>_accuracy in a multi-task run),
+    the score these floors are in; None (not recorded) is taken as accuracy."""
+    return metric is None or metric.endswith("accuracy")
 
 
 def task_baselines(task: CompareTask) -> dict[str, Any]:
@@ -45,15 +49,15 @@ def margin(baseline: dict[str, Any]) -> float:
 
 
 def task_signal(summary: list[dict[str, Any]], baselines: dict[str, dict[str, Any]],
-                metrics: dict[str, str]) -> dict[str, dict[str, Any]]:
+                metrics: dict[str, str | None]) -> dict[str, dict[str, Any]]:
     """Per task with a baseline: the baseline plus full fine-tuning's mean best dev, the margin, and `signal`
     (False where full did not beat the majority class by the margin; None where it cannot be told: no full
-    run, or a metric other than accuracy)."""
+    run, or full's dev metric, `metrics[task]`, is not an accuracy)."""
     full = {s["task"]: s["best_dev"]["mean"] for s in summary if s["method"] == "full"}
     out = {}
     for task, baseline in baselines.items():
         best = full.get(task)
-        known = best is not None and metrics.get(task) in (None, ACCURACY)
+        known = best is not None and is_accuracy(metrics.get(task))
         out[task] = {**baseline, "full_best": best, "margin": margin(baseline),
                      "signal": best > baseline["majority"] + margin(baseline) if known else None}
     return out
