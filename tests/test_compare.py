@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import csv
 import json
+import random
 import shutil
 
 import pytest
-from train_helpers import encoder_folder, write_sst
+from train_helpers import encoder_folder, write_json, write_sst
 
 from adapterlab.cli import main
 from adapterlab.compare import analyse, compare
@@ -36,15 +37,139 @@ def test_targets_come_from_full_fine_tunings_mean_best_and_runs_reach_them_at_th
 
 
 def test_verdict_is_derived_from_the_numbers():
-    full_latency = {"b1": {"unmerged_ms": 10.0, "merged_ms": None}}
+    full_latency = {"b1": {"unmerged_ms": 10.0, "merged_ms": None, "repeats": {"unmerged": [10.0, 10.1, 9.9]}}}
+    houlsby_latency = {"b1": {"unmerged_ms": 13.0, "merged_ms": None,  # full's model timed beside it
+                              "repeats": {"full": [10.0, 10.0, 10.0], "unmerged": [12.8, 13.0, 13.2]}}}
     records = [record("full", 0, [(1, 0.80), (2, 0.90)], stored=1000, latency=full_latency),
-               record("houlsby", 0, [(2, 0.85), (4, 0.90)], stored=10,
-                      latency={"b1": {"unmerged_ms": 13.0, "merged_ms": None}})]
+               record("houlsby", 0, [(2, 0.85), (4, 0.90)], stored=10, latency=houlsby_latency)]
     verdict = analyse(records, [0.99], {})["verdicts"]["houlsby"]
     assert "+0.0 points" in verdict
     assert "1/1 runs, 2.00x full's training time when it did (slower than full)" in verdict
-    assert "latency at batch 1: +30% unmerged, cannot merge" in verdict
+    assert "latency at batch 1 against full's model timed interleaved: unmerged +30% (+28% to +32% over 3 repeats), " \
+           "cannot merge" in verdict
     assert "stores 1% of full's bytes" in verdict
+
+
+def loaded_models(costs: dict[str, float], monkeypatch) -> dict:
+    """Fake models of the given ms per forward on a fake clock under machine load: the first forward of each is
+    5x (warm-up), and every forward is slowed by load that rises steeply over the run, plus seeded jitter of up to 10%."""
+    rng, now, calls = random.Random(0), [0.0], []
+    monkeypatch.setattr("adapterlab.compare.latency.time.perf_counter", lambda: now[0] / 1000)
+
+    def model(name):
+        def forward(**batch):
+            load = (1 + len(calls) / 5) * rng.uniform(1.0, 1.1) * (5 if name not in calls else 1)
+            calls.append(name)
+            now[0] += costs[name] * load
+        return forward
+
+    return {name: model(name) for name in costs}
+
+
+@pytest.mark.reliability
+def test_equal_computations_timed_interleaved_read_no_measurable_difference(monkeypatch):
+    """merged LoRA against full fine-tuning (the same computation) timed under warm-up, rising load and jitter -> the verdict says "no measurable difference", while a 1.3x slower model still reads about +30%"""
+    from adapterlab.compare.latency import size_result, time_interleaved
+
+    models = loaded_models({"full": 10.0, "unmerged": 13.0, "merged": 10.0}, monkeypatch)
+    per_repeat = time_interleaved(models, [{"x": None}] * 4, repeats=7)
+    assert all(len(v) == 7 for v in per_repeat.values())  # every repeat is kept, for results.json
+    lora = {"b1": size_result(per_repeat, 3, 1)}
+    records = [record("full", 0, [(1, 0.80)], stored=1000), record("lora", 0, [(1, 0.80)], stored=10, latency=lora)]
+    result = analyse(records, [0.99], {})
+    verdict = result["verdicts"]["lora"]
+    assert "merged no measurable difference (" in verdict
+    ratio = result["latency"]["lora"]["b1"]["unmerged_vs_full"]
+    assert ratio["low"] > 1 and ratio["median"] == pytest.approx(1.3, abs=0.1)
+    assert f"unmerged {100 * (ratio['median'] - 1):+.0f}% (" in verdict
+
+
+def test_interleaved_timing_warms_every_model_up_untimed_and_rotates_the_order(monkeypatch):
+    from adapterlab.compare.latency import time_interleaved
+
+    order = []
+    models = {name: (lambda name: lambda **batch: order.append(name))(name) for name in "ABC"}
+    time_interleaved(models, [{}] * 3, repeats=2)
+    assert order[:3] == list("ABC")  # warm-up on the first batch
+    assert order[3:] == list("ABC" "BCA" "CAB" "ABC")  # 2 repeats x 2 timed batches, each batch in a new order
+
+
+def baseline(majority, dev_records=200, chance=0.5):
+    return {"majority": majority, "majority_label": "true", "chance": chance, "dev_records": dev_records}
+
+
+@pytest.mark.reliability
+def test_a_task_where_full_never_beats_the_majority_class_gives_no_verdict(tmp_path):
+    """a task where full fine-tuning never leaves the majority class (BoolQ at 64.0%) -> marked "no signal" beside its majority and chance scores, and no score or time verdict drawn from it"""
+    from adapterlab.compare.report import markdown
+
+    records = [record("full", s, [(1, 0.70), (4, 0.85)]) for s in (0, 1)]
+    records += [record("lora", s, [(2, 0.70), (6, 0.845)]) for s in (0, 1)]
+    records += [record("full", s, [(5, 0.64), (9, 0.64)], task="boolq") for s in (0, 1)]
+    records += [record("lora", s, [(1, 0.64), (2, 0.64)], task="boolq") for s in (0, 1)]
+    settings = {"model": "tiny", "seeds": [0, 1], "baselines": {"sst2": baseline(0.51), "boolq": baseline(0.64)}}
+    result = analyse(records, [0.99], settings)
+    assert result["baselines"]["boolq"]["signal"] is False and result["baselines"]["sst2"]["signal"] is True
+    verdict = result["verdicts"]["lora"]
+    assert "(median over 1 task(s))" in verdict and "in 2/2 runs" in verdict  # sst2's two runs alone
+    assert "1.50x full's training time" in verdict and "faster" not in verdict  # boolq's 0.2x is left out
+    assert "no verdict from boolq (no signal" in verdict
+    report = markdown(result)
+    assert "## boolq (targets: 99% = 63.4) - no signal" in report and "## sst2 (targets: 99% = 84.2)\n" in report
+    assert "majority class ('true' from training) 64.0, chance 50.0 (200 dev records). **No signal**" in report
+
+
+def test_full_must_clear_the_majority_class_by_two_standard_errors():
+    """A best-of-evaluations score a point above the majority class on 200 records is noise, not learning."""
+    from adapterlab.compare.baselines import task_signal
+
+    summary = [{"method": "full", "task": t, "best_dev": {"mean": m}} for t, m in (("piqa", 0.52), ("arc", 0.60))]
+    signals = task_signal(summary, {"piqa": baseline(0.51), "arc": baseline(0.51)}, {})
+    assert signals["piqa"]["margin"] == pytest.approx(2 * (0.51 * 0.49 / 200) ** 0.5)
+    assert (signals["piqa"]["signal"], signals["arc"]["signal"]) == (False, True)
+    other_metric = task_signal(summary, {"piqa": baseline(0.51)}, {"piqa": "eval_f1"})
+    assert other_metric["piqa"]["signal"] is None  # a majority-class accuracy says nothing about F1
+
+
+def test_majority_class_comes_from_training_labels_and_is_scored_on_dev(tmp_path):
+    from adapterlab.compare.baselines import task_baselines
+    from adapterlab.compare.tasks import CompareTask
+
+    train = tmp_path / "train.tsv"
+    train.write_text("label\tsentence\n" + "".join(f"{label}\tfilm {i}\n" for i, label in enumerate("1110101011")))
+    dev = tmp_path / "dev.tsv"
+    dev.write_text("label\tsentence\n" + "".join(f"{label}\tfilm {i}\n" for i, label in enumerate("10100")))
+    got = task_baselines(CompareTask("t", "seq-cls", train, dev))
+    assert got == {"majority": 0.4, "majority_label": "1", "chance": 0.5, "dev_records": 5}
+    questions = [{"question": "q", "choices": list("abc" if i % 2 else "ab"), "label": gold}
+                 for i, gold in enumerate("ABBBA")]
+    choice_train, choice_dev = write_json(tmp_path / "mc.json", questions), write_json(tmp_path / "mcdev.json",
+                                                                                        questions[:2])
+    got = task_baselines(CompareTask("m", "multiple-choice", choice_train, choice_dev))
+    assert (got["majority"], got["majority_label"]) == (0.5, "1")  # gold B (index 1) is the most frequent
+    assert got["chance"] == pytest.approx((1 / 2 + 1 / 3) / 2)  # mean of 1 / choices over dev questions
+
+
+@pytest.mark.reliability
+def test_curves_draw_a_labelled_majority_line_and_do_not_zoom_a_flat_line():
+    """curves.png of a task whose runs sit flat at the majority class -> the majority and target lines are drawn and labelled, and the score axis runs from below chance to 100 (a flat line stays flat)"""
+    import matplotlib.pyplot as plt
+
+    from adapterlab.compare.report import curves_figure
+
+    records = [record(m, 0, [(1, 0.64), (2, 0.64), (3, 0.64)], task="boolq") for m in ("full", "lora")]
+    result = analyse(records, [0.99, 0.95], {"baselines": {"boolq": baseline(0.64)}})
+    fig = curves_figure(result)
+    try:
+        ax = fig.axes[0]
+        labels = {line.get_label(): line for line in ax.get_lines()}
+        assert labels["majority class (64.0)"].get_ydata()[0] == pytest.approx(64.0)
+        assert {"99% of full's best (63.4)", "95% of full's best (60.8)", "full", "lora"} <= set(labels)
+        assert "majority class (64.0)" in [t.get_text() for t in ax.get_legend().get_texts()]
+        assert ax.get_ylim() == (45.0, 100.0)  # chance 50 - 5 to 100, not 60.8-64.0
+        assert ax.get_title() == "boolq (no signal)"
+    finally:
+        plt.close(fig)
 
 
 def test_training_clock_leaves_out_evaluation_and_saving(monkeypatch, tmp_path):
@@ -89,6 +214,10 @@ def test_a_tiny_comparison_writes_its_report(tmp_path):
         assert not (tmp_path / "out" / "runs" / "data" / f"{r['method']}-seed{r['seed']}" / "checkpoints").exists()
     latency = {r["method"]: r["latency"] for r in result["records"] if r["seed"] == 0}
     assert latency["lora"]["b1"]["merged_ms"] > 0 and latency["full"]["b1"]["merged_ms"] is None
+    assert set(latency["lora"]["b1"]["repeats"]) == {"full", "unmerged", "merged"}  # timed side by side
+    assert len(latency["lora"]["b1"]["repeats"]["full"]) == 7 and set(latency["full"]["b1"]["repeats"]) == {"unmerged"}
+    saved = json.loads((out / "results.json").read_text())
+    assert {task: b["dev_records"] for task, b in saved["baselines"].items()} == {"data": 16, "other": 8}
     assert "**lora**" in (out / "report.md").read_text()
     # the dev set is held out once, so every run is scored on the same records
     assert (out / "data" / "data" / "dev.tsv").is_file()

@@ -14,7 +14,6 @@ adapters default to lr 1e-3 (at 3e-5 they barely move within a few hundred steps
 
 from __future__ import annotations
 
-import statistics
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -24,7 +23,9 @@ from ..models import model_folder
 from ..output_folder import OutputFolder
 from ..registry import make_config, method_names
 from .analysis import FULL, all_tasks, full_targets, label, per_run, summarise, verdicts
+from .baselines import no_signal, task_baselines, task_signal
 from .folder import OUTPUTS, comparison_folder, earlier, plan, resumed_settings, run_path
+from .latency_summary import method_latency
 from .multitask import EXTEND, MULTITASK, REPLAY, MultiTaskSpec
 from .report import write_outputs
 from .runs import RunSpec, run_all, run_isolated, train_config
@@ -89,28 +90,6 @@ def prepared_tasks(specs: list[str], data_dir: str | None, out: Path, max_eval_s
     return tasks
 
 
-def method_latency(records: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """Per method and batch size: the median over tasks of unmerged and merged milliseconds per batch, and the
-    median over the tasks full fine-tuning was timed on too of the per-task ratio to full's (tasks differ in
-    input length and choices, so only ratios on the same task are compared)."""
-    timed = {(r["method"], r["task"]): r["latency"] for r in records if r.get("latency")}
-    out: dict[str, dict[str, Any]] = {}
-    for (method, task), lat in timed.items():
-        for size, v in lat.items():
-            row = out.setdefault(method, {}).setdefault(size, {"unmerged": [], "merged": [], "unmerged_ratio": [],
-                                                               "merged_ratio": []})
-            base = timed.get((FULL, task), {}).get(size, {}).get("unmerged_ms")
-            for kind in ("unmerged", "merged"):
-                if v.get(f"{kind}_ms") is not None:
-                    row[kind].append(v[f"{kind}_ms"])
-                    if base:
-                        row[f"{kind}_ratio"].append(v[f"{kind}_ms"] / base)
-    names = {"unmerged": "unmerged_ms", "merged": "merged_ms", "unmerged_ratio": "unmerged_vs_full",
-             "merged_ratio": "merged_vs_full"}
-    return {method: {size: {names[k]: statistics.median(v) if v else None for k, v in row.items()}
-                     for size, row in sizes.items()} for method, sizes in out.items()}
-
-
 def analyse(records: list[dict[str, Any]], fractions: list[float], settings: dict[str, Any],
             serving: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     """Everything the report shows, from the run records and serving rows alone (so a report can be rebuilt
@@ -124,9 +103,11 @@ def analyse(records: list[dict[str, Any]], fractions: list[float], settings: dic
     latency = method_latency(records)
     serving = serving or []
     every_task = all_tasks(rows, names)
+    metrics = {r["task"]: r.get("metric") for r in records if r["method"] == FULL}
+    signals = task_signal(summary, settings.get("baselines") or {}, metrics)
     return {"settings": settings, "target_names": names, "targets": targets, "records": records, "rows": rows,
             "summary": summary, "latency": latency, "all_tasks": every_task, "serving": serving, "refused": refused,
-            "verdicts": verdicts(summary, latency, names, every_task, serving)}
+            "baselines": signals, "verdicts": verdicts(summary, latency, names, every_task, serving, no_signal(signals))}
 
 
 def compare(model: str, tasks: list[str], methods: list[str], output: str, seeds: int = 3,
@@ -187,7 +168,8 @@ def _compare(folder: OutputFolder, model: str, tasks: list[str], methods: list[s
                 "max_train_samples": max_train_samples, "max_eval_samples": max_eval_samples,
                 "max_steps": max_steps, "eval_steps": eval_steps, "patience": patience, "batch_size": batch_size,
                 "cutoff_len": cutoff_len, "lr": lrs, "options": options, "targets": list(targets),
-                "extend": extend, "replay": replay if extend else None}
+                "extend": extend, "replay": replay if extend else None,
+                "baselines": {t.name: task_baselines(t) for t in prepared}}
 
     def spec(method: str, task: CompareTask, seed: int) -> RunSpec:
         return RunSpec(method=method, task=task.name, task_type=task.task, seed=seed, train=str(task.train),

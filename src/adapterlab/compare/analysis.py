@@ -13,6 +13,8 @@ from __future__ import annotations
 import statistics
 from typing import Any
 
+from .latency_summary import percent_words
+
 FULL = "full"
 MULTITASK = "multitask-full"
 
@@ -111,11 +113,13 @@ def _ratio(a: float | None, b: float | None) -> float | None:
 
 
 def verdicts(summary: list[dict[str, Any]], latency: dict[str, dict[str, Any]], names: list[str],
-             every_task: list[dict[str, Any]] | None = None,
-             serving: list[dict[str, Any]] | None = None) -> dict[str, str]:
+             every_task: list[dict[str, Any]] | None = None, serving: list[dict[str, Any]] | None = None,
+             without: list[str] | tuple[str, ...] = ()) -> dict[str, str]:
     """A sentence or two per method, built only from the numbers: score against full, time to the first target
     against full (and, for a run that trains all tasks at once, until every task reached it), serving latency
-    against full, throughput serving every task, storage per task."""
+    against full (within the spread of its interleaved repeats: no measurable difference), throughput serving
+    every task, storage per task. Tasks in `without` (full fine-tuning never beat the majority class there)
+    give no score or time verdict."""
     joint = {e["method"]: e for e in every_task or []}
     served = {row["method"]: row for row in serving or [] if "examples_per_s" in row}
     full = {s["task"]: s for s in summary if s["method"] == FULL}
@@ -123,51 +127,61 @@ def verdicts(summary: list[dict[str, Any]], latency: dict[str, dict[str, Any]], 
     for method in dict.fromkeys(s["method"] for s in summary):
         if method == FULL:
             continue
-        mine = [s for s in summary if s["method"] == method]
-        parts = []
-        gaps = [100 * (s["best_dev"]["mean"] - full[s["task"]]["best_dev"]["mean"]) for s in mine
-                if s["task"] in full and s["best_dev"]["mean"] is not None and full[s["task"]]["best_dev"]["mean"]]
-        if gaps:
-            parts.append(f"best dev score {statistics.median(gaps):+.1f} points against full fine-tuning "
-                         f"(median over {len(gaps)} task(s))")
-        for name in names[:1]:
-            key = f"time_to_{name}_s"
-            reached = [s for s in mine if s[key]["n"]]
-            ratios = [_ratio(s[key]["mean"], full[s["task"]][key]["mean"]) for s in reached if s["task"] in full]
-            ratios = [r for r in ratios if r is not None]
-            runs, hits = sum(s[key]["of"] for s in mine), sum(s[key]["n"] for s in mine)
-            if ratios:
-                median = statistics.median(ratios)
-                pace = "faster than" if median < 0.95 else "slower than" if median > 1.05 else "as fast as"
-                parts.append(f"reached {name} of full's score in {hits}/{runs} runs, {median:.2f}x full's training "
-                             f"time when it did ({pace} full)")
-            else:
-                parts.append(f"reached {name} of full's score in {hits}/{runs} runs")
+        every = [s for s in summary if s["method"] == method]
+        mine = [s for s in every if s["task"] not in without]
+        parts = learning_parts(mine, full, names)
+        if without and any(s["task"] in without for s in every):
+            skipped = sorted({s["task"] for s in every if s["task"] in without})
+            parts.append(f"no verdict from {', '.join(skipped)} (no signal: full fine-tuning did not beat the "
+                         "majority class)")
         for name in names[:1]:
             key = f"time_to_{name}_s"
             mine_all, full_all = joint.get(method, {}).get(key), joint.get(FULL, {}).get(key)
-            if mine_all and mine_all["mean"] is not None and joint[method]["one_run_for_all"]:
-                words = (f"one run serves all {len(mine)} tasks: every task reached {name} after "
+            if mine_all and mine_all["mean"] is not None and joint[method]["one_run_for_all"] and not without:
+                words = (f"one run serves all {len(every)} tasks: every task reached {name} after "
                          f"{mine_all['mean']:.3g} s of its shared clock")
                 if full_all and full_all["mean"]:
-                    words += f", {mine_all['mean'] / full_all['mean']:.2f}x the sum over full's {len(mine)} runs"
+                    words += f", {mine_all['mean'] / full_all['mean']:.2f}x the sum over full's {len(every)} runs"
                 parts.append(words)
-        lat = latency.get(method, {})
-        for size in ("b1", "b32"):
-            if lat.get(size, {}).get("unmerged_vs_full") is not None:  # per-task ratios to full, median over tasks
-                unmerged, merged = lat[size]["unmerged_vs_full"], lat[size].get("merged_vs_full")
-                words = f"{100 * (unmerged - 1):+.0f}% unmerged" if unmerged else ""
-                words += f", {100 * (merged - 1):+.0f}% merged" if merged else ", cannot merge"
-                parts.append(f"latency at batch {size[1:]}: {words}")
+        for size, lat in sorted(latency.get(method, {}).items(), key=lambda item: int(item[0][1:])):
+            if lat.get("unmerged_vs_full"):
+                merged = lat.get("merged_vs_full")
+                parts.append(f"latency at batch {size[1:]} against full's model timed interleaved: unmerged "
+                             f"{percent_words(lat['unmerged_vs_full'])}, "
+                             + (f"merged {percent_words(merged)}" if merged else "cannot merge"))
         if method in served and FULL in served:
             mine_s, full_s = served[method], served[FULL]
             parts.append(f"serving all {mine_s['tasks']} tasks from one base: "
                          f"{_ratio(mine_s['examples_per_s'], full_s['examples_per_s']):.2f}x the throughput of "
                          f"{full_s['tasks']} full models in {_ratio(mine_s['parameter_mb'], full_s['parameter_mb']):.2f}x"
                          " their parameter memory")
-        stored = [_ratio(s["stored_bytes"], full[s["task"]]["stored_bytes"]) for s in mine if s["task"] in full]
+        stored = [_ratio(s["stored_bytes"], full[s["task"]]["stored_bytes"]) for s in every if s["task"] in full]
         stored = [r for r in stored if r is not None]
         if stored:
             parts.append(f"stores {100 * statistics.median(stored):.2g}% of full's bytes per task")
         text[method] = "; ".join(parts) + "." if parts else "no comparable numbers (was full fine-tuning run?)."
     return text
+
+
+def learning_parts(mine: list[dict[str, Any]], full: dict[str, dict[str, Any]], names: list[str]) -> list[str]:
+    """The verdict's words on learning: best dev score against full, and time to full's first target."""
+    parts = []
+    gaps = [100 * (s["best_dev"]["mean"] - full[s["task"]]["best_dev"]["mean"]) for s in mine
+            if s["task"] in full and s["best_dev"]["mean"] is not None and full[s["task"]]["best_dev"]["mean"]]
+    if gaps:
+        parts.append(f"best dev score {statistics.median(gaps):+.1f} points against full fine-tuning "
+                     f"(median over {len(gaps)} task(s))")
+    for name in names[:1] if mine else []:
+        key = f"time_to_{name}_s"
+        reached = [s for s in mine if s[key]["n"]]
+        ratios = [_ratio(s[key]["mean"], full[s["task"]][key]["mean"]) for s in reached if s["task"] in full]
+        ratios = [r for r in ratios if r is not None]
+        runs, hits = sum(s[key]["of"] for s in mine), sum(s[key]["n"] for s in mine)
+        if ratios:
+            median = statistics.median(ratios)
+            pace = "faster than" if median < 0.95 else "slower than" if median > 1.05 else "as fast as"
+            parts.append(f"reached {name} of full's score in {hits}/{runs} runs, {median:.2f}x full's training "
+                         f"time when it did ({pace} full)")
+        else:
+            parts.append(f"reached {name} of full's score in {hits}/{runs} runs")
+    return parts

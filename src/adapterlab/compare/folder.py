@@ -45,7 +45,8 @@ def earlier(folder: OutputFolder) -> tuple[dict[str, Any], list[dict[str, Any]],
 
 def resumed_settings(folder: OutputFolder, old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
     """The settings of the comparison `new` adds rows to: refused where a shared setting, or the learning rate or
-    options of a method both compare, differ; methods, tasks, seeds, lr and options are the union."""
+    options of a method both compare, differ; methods, tasks, seeds, lr, options and
+    the tasks' baselines are the union."""
     if not old:
         return new
     diff = [k for k in SHARED if old.get(k) != new.get(k)]
@@ -58,7 +59,8 @@ def resumed_settings(folder: OutputFolder, old: dict[str, Any], new: dict[str, A
     union = {k: list(dict.fromkeys([*old.get(k, []), *new[k]])) for k in ("tasks", "methods", "seeds")}
     union["methods"].sort(key=lambda m: m != "full")
     return {**new, **union, "lr": {**old.get("lr", {}), **new["lr"]},
-            "options": {**old.get("options", {}), **new["options"]}}
+            "options": {**old.get("options", {}), **new["options"]},
+            "baselines": {**old.get("baselines", {}), **new.get("baselines", {})}}
 
 
 def spec_keys(spec: Any) -> list[tuple[str, str, int]]:

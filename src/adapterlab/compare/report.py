@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from ..files import write_atomic
+from .latency_summary import ratio_cell
 
 FULL = "full"
 MULTITASK = "multitask-full"
@@ -23,9 +24,24 @@ def _fmt(stat: dict[str, Any], scale: float = 1.0, digits: int = 1) -> str:
 
 
 def _ms(latency: dict[str, Any], kind: str) -> str:
-    """Milliseconds, with the median per-task ratio to full fine-tuning's unmerged time where there is one."""
+    """Milliseconds, with the median and range of the per-repeat ratios to full fine-tuning's model where timed."""
     ms, ratio = latency.get(f"{kind}_ms"), latency.get(f"{kind}_vs_full")
-    return "" if ms is None else f"{ms:.1f}" + (f" ({ratio:.2f}x)" if ratio is not None else "")
+    return "" if ms is None else f"{ms:.1f}" + (f" ({ratio_cell(ratio)})" if ratio else "")
+
+
+def baseline_lines(result: dict[str, Any], task: str) -> list[str]:
+    """Under a task's heading: its majority-class and chance scores, and "no signal" where full fine-tuning did
+    not beat the majority class (no verdict is drawn from that task)."""
+    b = result.get("baselines", {}).get(task)
+    if not b:
+        return []
+    line = (f"Without learning: majority class ({b['majority_label']!r} from training) {100 * b['majority']:.1f}, "
+            f"chance {100 * b['chance']:.1f} ({b['dev_records']} dev records).")
+    if b["signal"] is False:
+        line += (f" **No signal**: full fine-tuning's best {100 * b['full_best']:.1f} does not beat the majority class "
+                 f"by more than {100 * b['margin']:.1f} points (two standard errors), so no verdict is drawn from "
+                 "this task.")
+    return [line, ""]
 
 
 def markdown(result: dict[str, Any]) -> str:
@@ -39,7 +55,9 @@ def markdown(result: dict[str, Any]) -> str:
     for task in dict.fromkeys(s["task"] for s in result["summary"]):
         target = result["targets"].get(task, {})
         marks = ", ".join(f"{n} = {100 * v:.1f}" for n, v in target.items())
-        lines += [f"## {task}" + (f" (targets: {marks})" if marks else ""), "",
+        signal = result.get("baselines", {}).get(task, {}).get("signal")
+        lines += [f"## {task}" + (f" (targets: {marks})" if marks else "") + (" - no signal" if signal is False
+                                                                             else ""), "", *baseline_lines(result, task),
                   "| method | best dev | s to best | steps to best | " + " | ".join(f"s to {n}" for n in names)
                   + " | trainable | stored per task | peak RSS MB |",
                   "|---|---|---|---|" + "---|" * len(names) + "---|---|---|"]
@@ -53,8 +71,9 @@ def markdown(result: dict[str, Any]) -> str:
     lines += multitask_sections(result)
     if result["latency"]:
         sizes = sorted({k for v in result["latency"].values() for k in v}, key=lambda k: int(k[1:]))
-        lines += ["## Serving latency (ms per batch, median over tasks and batches of real dev inputs; in brackets the "
-                  "median over tasks of the ratio to full fine-tuning on the same task)", "",
+        lines += ["## Serving latency (ms per batch, median over tasks of each task's median over repeats; in brackets "
+                  "the ratio to full fine-tuning's model timed interleaved with it on the same dev batches: median, "
+                  "then min-max over every task's repeats)", "",
                   "| method | " + " | ".join(f"batch {s[1:]} unmerged | batch {s[1:]} merged" for s in sizes) + " |",
                   "|---|" + "---|---|" * len(sizes)]
         for method, lat in result["latency"].items():
@@ -137,8 +156,10 @@ def csv_text(rows: list[dict[str, Any]]) -> str:
     return buffer.getvalue()
 
 
-def plot_curves(result: dict[str, Any], path: Path) -> None:
-    """One panel per task: each run's dev score against training seconds, coloured by method; targets dashed."""
+def curves_figure(result: dict[str, Any]) -> Any:
+    """One panel per task: each run's dev score against training seconds, coloured by method; full's targets
+    dashed and the majority class dotted, each labelled; the score axis runs from below chance to 100, so that a
+    flat line stays flat."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -147,19 +168,36 @@ def plot_curves(result: dict[str, Any], path: Path) -> None:
     tasks = list(dict.fromkeys(r["task"] for r in result["records"]))
     methods = list(dict.fromkeys(r["method"] for r in result["records"]))
     colours = {m: plt.get_cmap("tab10")(i % 10) for i, m in enumerate(methods)}
+    first_seed = min(x["seed"] for x in result["records"])
     fig, axes = plt.subplots(1, len(tasks), figsize=(5 * len(tasks), 4), squeeze=False)
     for ax, task in zip(axes[0], tasks):
+        lowest = 100.0
         for r in (r for r in result["records"] if r["task"] == task):
             xs = [p["train_time_s"] for p in r["curve"]]
             ys = [100 * p["score"] for p in r["curve"]]
+            lowest = min([lowest, *ys])
             ax.plot(xs, ys, marker=".", color=colours[r["method"]], alpha=0.8,
-                    label=r["method"] if r["seed"] == min(x["seed"] for x in result["records"]) else None)
+                    label=r["method"] if r["seed"] == first_seed else None)
         for name, value in result["targets"].get(task, {}).items():
-            ax.axhline(100 * value, linestyle="--", color="grey", linewidth=0.8)
-            ax.annotate(name, (0, 100 * value), fontsize=7, color="grey")
-        ax.set(title=task, xlabel="training seconds", ylabel="dev score (%)")
+            ax.axhline(100 * value, linestyle="--", color="grey", linewidth=0.8,
+                       label=f"{name} of full's best ({100 * value:.1f})")
+        baseline = result.get("baselines", {}).get(task)
+        if baseline:
+            ax.axhline(100 * baseline["majority"], linestyle=":", color="black", linewidth=1.2,
+                       label=f"majority class ({100 * baseline['majority']:.1f})")
+            lowest = min(lowest, 100 * baseline["chance"])
+        title = task + (" (no signal)" if baseline and baseline["signal"] is False else "")
+        ax.set(title=title, xlabel="training seconds", ylabel="dev score (%)", ylim=(max(0.0, lowest - 5), 100))
         ax.legend(fontsize=7)
     fig.tight_layout()
+    return fig
+
+
+def plot_curves(result: dict[str, Any], path: Path) -> None:
+    """curves.png: the curves figure, written atomically."""
+    fig = curves_figure(result)  # sets the Agg backend before pyplot is imported
+    import matplotlib.pyplot as plt
+
     write_atomic(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
     plt.close(fig)
 
