@@ -237,3 +237,48 @@ def test_single_label_audio_is_refused(tmp_path: Path, tiny_ast_config: str, lab
         r"--label-pattern '\^\(\[\^_\]\+\)_' reads from the file names in .*one holds only the label '7'"
     with pytest.raises(ValueError, match=source + "; a classifier needs at least two classes"):
         audio.prepare(TaskOptions(model=tiny_ast_config, data=[str(root)], options=options))
+
+
+def write_bad_clip(path: Path, fault: str) -> None:
+    """A clip that cannot be scored: float samples with a NaN and an inf, or no samples at all."""
+    if fault == "nan":
+        samples = (0.5 * np.sin(np.arange(2000) / 3)).astype(np.float32)
+        samples[[100, 900]] = [np.nan, np.inf]
+        soundfile.write(str(path), samples, 8000, subtype="FLOAT")
+    else:
+        soundfile.write(str(path), np.zeros(0, dtype=np.float32), 8000, subtype="PCM_16")
+
+
+@pytest.mark.reliability
+@pytest.mark.parametrize("fault, message", [("nan", "holds 2 NaN or infinite sample"), ("empty", "holds no samples")])
+def test_unusable_clip_is_refused_in_train_and_eval(fsdd_like: Path, tiny_ast_config: str, tmp_path: Path, capsys,
+                                                    fault: str, message: str) -> None:
+    """audio clip with NaN/inf samples, or with none -> train and eval refuse it naming the file, nothing written"""
+    from adapterlab.cli import main
+
+    run = tmp_path / "run"
+    assert main(["train", "--task", "audio-cls", "--model", tiny_ast_config, "--data", str(fsdd_like),
+                 "--split", "fsdd", "--adapter", "lora", "--r", "2", "--max-steps", "1", "--batch-size", "2",
+                 "--micro-batch-size", "2", "--warmup-steps", "0", "--output", str(run)]) == 0
+    bad = fsdd_like / f"1_ann_{fault}.wav"
+    write_bad_clip(bad, fault)
+    capsys.readouterr()
+    for argv, out in ((["train", "--task", "audio-cls", "--model", tiny_ast_config, "--data", str(fsdd_like),
+                        "--max-steps", "1", "--output", str(tmp_path / "again")], tmp_path / "again"),
+                      (["eval", "--adapter-path", str(run), "--datasets", str(fsdd_like), "--output",
+                        str(tmp_path / "eval"), "--no-progress"], tmp_path / "eval")):
+        assert main(argv) == 2
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert len(lines) == 1 and f"{bad} {message}" in lines[0], lines
+        assert not out.exists()
+
+
+def test_reading_a_clip_refuses_what_listing_would(tmp_path: Path) -> None:
+    """read_audio (a file changed after it was listed) refuses NaN / inf and empty clips as list_audio does."""
+    for fault in ("nan", "empty"):
+        write_bad_clip(tmp_path / f"{fault}.wav", fault)
+        with pytest.raises(ValueError, match=f"{fault}.wav holds"):
+            read_audio(tmp_path / f"{fault}.wav", 16000)
+        with pytest.raises(ValueError, match=f"{fault}.wav holds"):
+            list_audio(tmp_path)
+        (tmp_path / f"{fault}.wav").unlink()

@@ -260,3 +260,33 @@ def test_full_fine_tuning_run_is_evaluated_with_its_pooling(tmp_path, recordings
     with torch.no_grad():
         logits = model(input_values=default_data_collator([dataset[i] for i in range(12)])["input_values"]).logits
     assert torch.allclose(eval_probabilities(tmp_path / "eval"), logits.softmax(-1), atol=1e-5)
+
+
+@pytest.mark.reliability
+@pytest.mark.parametrize("model_type", ["wav2vec2", "hubert"])
+def test_max_length_too_short_for_the_feature_encoder_is_refused(tmp_path, recordings, model_type, capsys):
+    """--max-length 10 on wav2vec2 / HuBERT -> one-line refusal naming the smallest length the model takes, before
+    the run folder is written"""
+    # TINY_WAVEFORM's encoder (kernels 10, 4, 4; strides 5, 4, 4) needs 85 samples for a frame, its time masking
+    # (10 frames) 805
+    argv = ["train", "--task", "audio-cls", "--model", spec(tmp_path, model_type), "--data", str(recordings),
+            "--max-length", "10", "--max-steps", "1", "--output", str(tmp_path / "run")]
+    assert main(argv) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "needs at least 85 samples for one frame" in lines[0], lines
+    assert "(mask_time_length 10) 805 samples; pass --max-length 805 or more" in lines[0]
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("mask_time_prob, smallest", [(0.05, 805), (0.0, 85)])
+def test_smallest_waveform_length_is_exact(tmp_path, recordings, mask_time_prob, smallest):
+    """The length named is the model's own bound: a training step runs at it, and transformers fails one sample
+    below it (what the refusal spares the user, mid-run)."""
+    model_spec = spec(tmp_path, "wav2vec2", mask_time_prob=mask_time_prob)
+    with pytest.raises(UserError, match=f"pass --max-length {smallest} or more"):
+        audio.prepare(TaskOptions(model=model_spec, data=[str(recordings)], options={"max_length": smallest - 1}))
+    setup = audio.prepare(TaskOptions(model=model_spec, data=[str(recordings)], options={"max_length": smallest}))
+    batch = default_data_collator([setup.train_dataset[i] for i in range(2)])
+    assert torch.isfinite(setup.model.train()(**batch).loss)
+    with pytest.raises((ValueError, RuntimeError)):
+        setup.model(input_values=batch["input_values"][:, :smallest - 1], labels=batch["labels"])

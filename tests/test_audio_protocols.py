@@ -348,3 +348,67 @@ def test_single_fold_run_scores_its_test_set(fsdd, speech_commands, tiny_ast, tm
 def test_two_roots_and_a_user_error_base(esc50: Path) -> None:
     with pytest.raises(UserError, match="reads one dataset root"):
         split_roles("esc50", [str(esc50), str(esc50)], "1")
+
+
+def escape_esc50(root: Path) -> tuple[str, str]:
+    """An esc50.csv row naming a real audio file two folders above the dataset."""
+    tone(root.parent / "outside.wav")
+    with (root / "meta" / "esc50.csv").open("a") as handle:
+        handle.write("../../outside.wav,2,0,dog,False,999,A\n")
+    return "esc50", r"esc50.csv line 22: '\.\./\.\./outside\.wav' is an absolute path or climbs out with '\.\.'"
+
+
+def escape_us8k(root: Path) -> tuple[str, str]:
+    tone(root.parent / "outside.wav")
+    with (root / "metadata" / "UrbanSound8K.csv").open("a") as handle:
+        handle.write("../../../outside.wav,99,0.0,0.1,1,1,1,car_horn\n")
+    return "urbansound8k", r"UrbanSound8K.csv line 22: '\.\./\.\./\.\./outside\.wav' is an absolute path"
+
+
+def escape_fluent(root: Path) -> tuple[str, str]:
+    outside = root.parent / "outside.wav"
+    tone(outside)
+    with (root / "data" / "train_data.csv").open("a") as handle:
+        handle.write(f"9,{outside},x,Go,activate,lights,kitchen\n")
+    return "fluent-speech", f"train_data.csv line 4: '{re.escape(str(outside))}' is an absolute path"
+
+
+def escape_speech_commands(root: Path) -> tuple[str, str]:
+    tone(root.parent / "outside.wav")
+    with (root / "testing_list.txt").open("a") as handle:
+        handle.write("../outside.wav\n")
+    return "speech-commands", r"testing_list.txt line 3: '\.\./outside\.wav' is an absolute path or climbs out"
+
+
+@pytest.mark.reliability
+@pytest.mark.parametrize("fixture, escape", [("esc50", escape_esc50), ("urbansound", escape_us8k),
+                                             ("fluent_speech", escape_fluent),
+                                             ("speech_commands", escape_speech_commands)])
+def test_metadata_naming_a_file_outside_the_dataset_is_refused(fixture, escape, request, tiny_ast, tmp_path,
+                                                               capsys) -> None:
+    """protocol metadata naming a file outside the dataset folder (../.. or an absolute path) -> one-line refusal
+    naming the row, nothing written"""
+    root = request.getfixturevalue(fixture)
+    split, expected = escape(root)
+    fold = ["--fold", "1"] if split in ("esc50", "urbansound8k") else []
+    assert main(["train", "--task", "audio-cls", "--model", tiny_ast, "--data", str(root), "--split", split, *fold,
+                 *FAST, "--output", str(tmp_path / "run")]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and re.search(expected, lines[0]), lines
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.reliability
+def test_cross_validate_refuses_a_nan_clip_before_any_fold(esc50: Path, tiny_ast: str, tmp_path: Path, capsys) -> None:
+    """--cross-validate on a dataset holding a clip with NaN samples -> one-line refusal naming the file and its
+    metadata row, before any fold folder is written"""
+    clip = esc50 / "audio" / "4-104-A-0.wav"
+    samples = soundfile.read(str(clip), dtype="float32")[0]
+    samples[10] = np.nan
+    soundfile.write(str(clip), samples, 8000, subtype="FLOAT")
+    out = tmp_path / "cv"
+    assert main(["train", "--task", "audio-cls", "--model", tiny_ast, "--data", str(esc50), "--split", "esc50",
+                 "--cross-validate", *FAST, "--output", str(out)]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and re.search(r"4-104-A-0\.wav, listed in .*esc50\.csv line \d+, holds 1 NaN", lines[0])
+    assert not out.exists()

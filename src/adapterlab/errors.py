@@ -56,3 +56,7 @@ class ModelPullError(UserError, RuntimeError):
 
 class CorruptFileError(UserError, ValueError):
     """A file adapterlab wrote or reads is truncated, empty or of another format; the message names it."""
+
+
+class TrainingDivergedError(UserError, FloatingPointError):
+    """Training reached a NaN or inf loss or gradient norm; the message names the step and the last good checkpoint."""

@@ -21,15 +21,53 @@ from ..errors import DataError
 from .reading import check_folder, read_text
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg")
+# Sample formats that can store NaN or inf (integer PCM cannot): such a clip is read whole when it is listed.
+FLOAT_SUBTYPES = ("FLOAT", "DOUBLE")
 DEFAULT_LABEL_PATTERN = r"^([^_]+)_"  # label = file-name prefix before the first "_", e.g. FSDD "7_theo_12.wav"
 
 
+def unusable_samples(path: str | Path, waveform: np.ndarray, listed_in: str | None = None) -> DataError | None:
+    """The error for a clip whose samples cannot be scored (none at all, or NaN / inf ones); None if they can."""
+    where = f"{path}, listed in {listed_in}," if listed_in else str(path)
+    if waveform.size == 0:
+        return DataError(f"{where} holds no samples (0 frames), so it has no features; replace or remove it.")
+    bad = int(np.count_nonzero(~np.isfinite(waveform)))
+    if bad:
+        return DataError(f"{where} holds {bad} NaN or infinite sample(s), which would train the adapter to NaN; "
+                         "replace or remove it.")
+    return None
+
+
+def check_clip(path: str | Path, listed_in: str | None = None) -> None:
+    """Refuse a clip that cannot be scored: not readable audio, no samples, or NaN / inf samples (read whole only
+    for float formats, the ones that can hold them; ~0.1 ms for the header of the others). `listed_in` names the
+    metadata that listed the file, for the message."""
+    where = f"{path}, listed in {listed_in}," if listed_in else str(path)
+    try:
+        info = soundfile.info(str(path))
+        if info.frames == 0:
+            samples = np.zeros(0, dtype=np.float32)
+        elif info.subtype in FLOAT_SUBTYPES:
+            samples = soundfile.read(str(path), dtype="float32")[0]
+        else:
+            return  # integer samples are finite
+    except soundfile.SoundFileError as exc:
+        raise DataError(f"{where} is not a readable audio file ({exc}); replace or remove it.") from exc
+    error = unusable_samples(path, samples, listed_in)
+    if error is not None:
+        raise error
+
+
 def read_audio(path: str | Path, sampling_rate: int) -> np.ndarray:
-    """A mono float32 waveform in [-1, 1] at `sampling_rate` Hz (channels averaged, polyphase resampling)."""
+    """A mono float32 waveform in [-1, 1] at `sampling_rate` Hz (channels averaged, polyphase resampling); a clip
+    without samples or with NaN / inf ones is refused (`check_clip` names it before a run; this, if it changed)."""
     try:
         waveform, rate = soundfile.read(str(path), dtype="float32", always_2d=True)
     except soundfile.SoundFileError as exc:
         raise DataError(f"{path} cannot be read as audio ({exc}); replace or remove it.") from exc
+    error = unusable_samples(path, waveform)
+    if error is not None:
+        raise error
     waveform = waveform.mean(axis=1)
     if rate != sampling_rate:
         from scipy.signal import resample_poly  # ~0.4 s to import; the CLI lists the tasks without it
@@ -40,17 +78,15 @@ def read_audio(path: str | Path, sampling_rate: int) -> np.ndarray:
 
 
 def list_audio(root: str | Path) -> list[Path]:
-    """Audio files under `root` (recursively), sorted by path; each file's header is read (~0.1 ms), so a file
-    that is not audio is named now rather than mid-training, after the run folder was written."""
+    """Audio files under `root` (recursively), sorted by path; each is checked (`check_clip`), so a file that is not
+    audio, is empty or holds NaN / inf samples is named now rather than mid-training, after the run folder was
+    written."""
     root = check_folder(root, "Audio folder", "pass a folder of .wav files")
     files = sorted(p for p in root.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES)
     if not files:
         raise DataError(f"No {'/'.join(AUDIO_SUFFIXES)} files under {root}.")
     for path in files:
-        try:
-            soundfile.info(str(path))
-        except soundfile.SoundFileError as exc:
-            raise DataError(f"{path} is not a readable audio file ({exc}); replace or remove it.") from exc
+        check_clip(path)
     return files
 
 

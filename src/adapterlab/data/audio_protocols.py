@@ -13,12 +13,11 @@ import csv
 import io
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 
-import soundfile
 
 from ..errors import DataError, MissingPathError, UsageError
-from .audio import list_audio
+from .audio import check_clip, list_audio
 from .reading import check_folder, read_text
 
 TRAIN, DEV, TEST = "train", "dev", "test"
@@ -72,15 +71,23 @@ def official(**roles: str) -> Roles:
     return lambda fold, folds: dict(roles)
 
 
+def inside(root: Path, folder: Path, name: str, where: str) -> Path:
+    """`folder / name` for a file `name` that metadata at `where` lists; a name that leaves the dataset root `root`
+    (absolute, a drive, or a `..` part; judged on the name itself, so a symlinked audio/ folder still works) is
+    refused naming the row, so metadata never makes a run read files from elsewhere."""
+    parts = PurePosixPath(name.replace("\\", "/"))
+    if parts.is_absolute() or ".." in parts.parts or PureWindowsPath(name).drive:
+        raise DataError(f"{where}: {name!r} is an absolute path or climbs out with '..'; metadata must name files "
+                        f"inside the dataset folder {root}: restore the dataset's original file.")
+    return folder / name
+
+
 def checked_audio(path: Path, listed_in: str, layout: str) -> Path:
-    """`path` if it is a readable audio file (its header is read, ~0.1 ms, so a bad file is named before any run
-    folder is written); else a one-line error naming it and where it was listed."""
+    """`path` if it is a usable audio file (`check_clip`: readable, with samples, none NaN or inf; so a bad file is
+    named before any run folder is written); else a one-line error naming it and where it was listed."""
     if not path.is_file():
         raise MissingPathError(f"{path}, listed in {listed_in}, does not exist; --data must be {layout}, complete.")
-    try:
-        soundfile.info(str(path))
-    except soundfile.SoundFileError as exc:
-        raise DataError(f"{path}, listed in {listed_in}, is not a readable audio file ({exc}); replace it.") from exc
+    check_clip(path, listed_in)
     return path
 
 
@@ -113,7 +120,7 @@ def fold_value(text: str, count: int, where: str) -> str:
 def read_esc50(root: Path, layout: str) -> Catalog:
     """ESC-50: meta/esc50.csv rows (filename, fold, category), audio in audio/; label = category."""
     rows = metadata_rows(root / "meta" / "esc50.csv", ("filename", "fold", "category"), layout)
-    return Catalog([checked_audio(root / "audio" / r["filename"], w, layout) for w, r in rows],
+    return Catalog([checked_audio(inside(root, root / "audio", r["filename"], w), w, layout) for w, r in rows],
                    [r["category"] for _, r in rows], [fold_value(r["fold"], 5, w) for w, r in rows])
 
 
@@ -121,7 +128,7 @@ def read_urbansound8k(root: Path, layout: str) -> Catalog:
     """UrbanSound8K: metadata/UrbanSound8K.csv rows (slice_file_name, fold, class), audio in audio/foldN/."""
     rows = metadata_rows(root / "metadata" / "UrbanSound8K.csv", ("slice_file_name", "fold", "class"), layout)
     groups = [fold_value(r["fold"], 10, w) for w, r in rows]
-    return Catalog([checked_audio(root / "audio" / f"fold{g}" / r["slice_file_name"], w, layout)
+    return Catalog([checked_audio(inside(root, root / "audio" / f"fold{g}", r["slice_file_name"], w), w, layout)
                     for g, (w, r) in zip(groups, rows)], [r["class"] for _, r in rows], groups)
 
 
@@ -135,6 +142,8 @@ def read_speech_commands(root: Path, layout: str) -> Catalog:
             raise MissingPathError(f"{path} does not exist; --data must be {layout}.")
         for number, line in enumerate(read_text(path, "File list").splitlines(), 1):
             name = line.strip()
+            if name:
+                inside(root, root, name, f"{path} line {number}")
             if name and name.count("/") != 1:
                 raise DataError(f"{path} line {number}: {name!r} is not WORD/FILE.wav; restore the original list.")
             if name and listed.setdefault(name, group) != group:
@@ -159,7 +168,7 @@ def read_fluent_speech(root: Path, layout: str) -> Catalog:
     for group in ("train", "valid", "test"):
         for where, row in metadata_rows(root / "data" / f"{group}_data.csv", ("path", "action", "object", "location"),
                                         layout):
-            files.append(checked_audio(root / row["path"], where, layout))
+            files.append(checked_audio(inside(root, root, row["path"], where), where, layout))
             labels.append(row["action"] + row["object"] + row["location"])
             groups.append(group)
     return Catalog(files, labels, groups)

@@ -85,9 +85,34 @@ def fit(model: nn.Module, extractor: Any, settings: dict[str, Any], spec: str) -
             raise UsageError(f"{spec!r} sets use_weighted_layer_sum: its head's layer_weights are a bare parameter "
                              "that adapterlab neither trains nor saves with the head; set it to false in the config.")
         extractor.max_length = int(max_length or getattr(extractor, "max_length", None) or DEFAULT_SAMPLES)
+        check_waveform_length(model.config, extractor.max_length, spec)
         model.freeze_feature_encoder()  # also stops the backward pass at the frozen convolutions
     set_pooling(model, settings.get("pooling") or family.pooling, family)
     return model
+
+
+def encoder_min_samples(config: Any, frames: int = 1) -> int:
+    """The fewest input samples from which a wav2vec2/HuBERT convolutional feature encoder yields `frames` frames:
+    a layer of kernel k and stride s turns n samples into floor((n - k) / s) + 1, so needs (frames - 1) * s + k."""
+    for kernel, stride in reversed(list(zip(config.conv_kernel, config.conv_stride))):
+        frames = (frames - 1) * stride + kernel
+    return frames
+
+
+def check_waveform_length(config: Any, samples: int, spec: str) -> None:
+    """Refuse an input length (--max-length, in samples) too short for the feature encoder to give one frame, or
+    for the time masking that training applies (`mask_time_length` frames, when `mask_time_prob` > 0)."""
+    encoder = encoder_min_samples(config)
+    masking = getattr(config, "apply_spec_augment", True) and config.mask_time_prob > 0
+    needed = max(encoder, encoder_min_samples(config, config.mask_time_length)) if masking else encoder
+    if samples >= needed:
+        return
+    convs = f"kernels {tuple(config.conv_kernel)}, strides {tuple(config.conv_stride)}"
+    why = f"its feature encoder ({convs}) needs at least {encoder:,} samples for one frame"
+    if needed > encoder:
+        why += f", and its training-time masking (mask_time_length {config.mask_time_length}) {needed:,} samples"
+    raise UsageError(f"--max-length {samples}: {spec!r} reads that many samples of audio, but {why}; pass "
+                     f"--max-length {needed} or more.")
 
 
 def set_pooling(model: nn.Module, pooling: str, family: AudioFamily) -> None:

@@ -18,7 +18,6 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from transformers import Trainer
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from ..errors import IncompatibleAdapterError
@@ -26,6 +25,7 @@ from ..files import (check_safetensors, check_torch_archive, group_file, read_sa
                      write_safetensors)
 from ..objectives import training_objective
 from ..stochastic import draw_context
+from .divergence import DivergenceGuard
 
 TRAINABLE_NAME = "trainable.safetensors"
 HEAD_NAME = "head.safetensors"
@@ -164,8 +164,9 @@ def declared_adapted(model: nn.Module | None) -> Iterator[None]:
             del model._hf_peft_config_loaded  # back to the class default
 
 
-class AdapterTrainer(Trainer):
-    """HF Trainer whose checkpoints hold the trainable parameters only (unless the whole model trains)."""
+class AdapterTrainer(DivergenceGuard):
+    """HF Trainer whose checkpoints hold the trainable parameters only (unless the whole model trains), and which
+    stops at the first step whose loss or gradient norm is NaN or inf (`DivergenceGuard`)."""
 
     def __init__(self, *args, full_model: bool = False, **kwargs) -> None:
         with declared_adapted(kwargs.get("model", args[0] if args else None)):
