@@ -24,6 +24,7 @@ from ..evaluate.class_run import read_classification_run
 from ..evaluate.llm_adapters_flags import THEIR_ADAPTERS, check_adapter_label, check_model_label, read_their_flags
 from ..evaluate.runner import check_counts
 from ..models import load_model, resolve_model
+from ..models.devices import check_device
 from ..models.quantize import check_bitsandbytes
 from ..peft_files import load_any_adapter
 
@@ -135,6 +136,7 @@ def run(args: argparse.Namespace) -> int:
     the table."""
     if (args.resume or args.overwrite) and not args.output:
         raise UsageError("--resume and --overwrite need --output (the folder of the run).")
+    check_device(args.device)  # for a classification run too, before any model loads
     classification = read_classification_run(args.adapter_path) if args.adapter_path else None
     if classification is not None:
         from .eval_classification import run_classification

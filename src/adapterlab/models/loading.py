@@ -25,6 +25,7 @@ from torch import nn
 from ..errors import CorruptFileError, ModelError, UsageError
 from ..files import check_safetensors, read_json_object
 from .choices import add_choice_scoring
+from .devices import check_device
 from .cache import is_cached, model_dir, model_path, pull
 from .known import KNOWN_MODELS, UnknownModelError
 from .quantize import describe, keep_trainable_layout, quantization_config
@@ -281,6 +282,7 @@ def load_model(spec: str, task: str = "causal-lm", *, num_labels: int | None = N
     """
     if task not in TASKS:
         raise UsageError(f"Unknown task {task!r}; choose one of {', '.join(TASKS)}.")
+    check_device(device, "device")  # before any download
     model_class, processor_class = TASKS[task]
     source = resolve_model(spec, log=log)
     options = {**_label_kwargs(task, num_labels, label_names), **kwargs}
