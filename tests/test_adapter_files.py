@@ -208,3 +208,19 @@ def test_prompt_adapter_naming_a_tokenizer_loads_nothing_from_outside(tmp_path, 
                                 "init_token_ids": [5, 6]}))
     al.load_adapter(tiny_model("llama"), tmp_path)  # with its ids it loads, still without the tokenizer
     assert fetched == []
+
+
+@pytest.mark.reliability
+@pytest.mark.parametrize("where", ["file", "file/inside"])
+def test_save_adapter_onto_a_file_is_refused(where, tmp_path):
+    """save_adapter / export_peft to a path that is a file, or lies inside one -> RunFolderError (a FileExistsError)
+    naming the path and saying to pass a folder; the file is left as it was"""
+    from adapterlab.errors import RunFolderError
+
+    (tmp_path / "file").write_text("keep me")
+    model = lora(alpha=8.0, seed=1)
+    for save in (al.save_adapter, al.export_peft):
+        with pytest.raises(RunFolderError, match="is not a folder.*pass the path of a new or existing folder") as err:
+            save(model, tmp_path / where)
+        assert isinstance(err.value, FileExistsError) and "\n" not in str(err.value)
+    assert (tmp_path / "file").read_text() == "keep me" and sorted(p.name for p in tmp_path.iterdir()) == ["file"]

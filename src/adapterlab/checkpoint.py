@@ -264,7 +264,12 @@ def _peft_patterns_to_paths(model: nn.Module, saved: dict[str, Any], where: str)
     for key in ("target_modules", "feedforward_modules"):
         pattern = saved.get(key)
         if isinstance(pattern, str):
-            out[key] = [n for n in names if re.fullmatch(pattern, n)]
+            try:
+                regex = re.compile(pattern)
+            except re.error as exc:
+                raise CorruptFileError(f"{Path(where) / CONFIG_NAME}: {key} {pattern!r} is not a valid regular "
+                                       f"expression ({exc}); fix it in the file, or save the adapter again with peft.") from exc
+            out[key] = [n for n in names if regex.fullmatch(n)]
             if key == "target_modules" and not out[key]:
                 raise IncompatibleAdapterError(
                     f"The PEFT adapter in {where} targets modules matching {pattern!r}, and no module of this "

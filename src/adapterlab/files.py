@@ -24,7 +24,7 @@ from typing import Any
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
-from .errors import CorruptFileError
+from .errors import CorruptFileError, RunFolderError
 
 PENDING = ".adapterlab-pending"
 _TEMP = re.compile(r"^\..+\.(?P<pid>\d+)\.[0-9a-f]{8}\.tmp$")
@@ -139,9 +139,21 @@ def finish_pending(folder: Path) -> None:
         pending.rmdir()
 
 
+def check_folder_path(folder: Path) -> None:
+    """Refuse a folder path that is a file or lies inside one (mkdir would raise a bare FileExistsError)."""
+    for path in (folder, *folder.parents):
+        if path.exists() or path.is_symlink():
+            if not path.is_dir():
+                inside = "" if path == folder else f" (inside {path}, which is a file)"
+                raise RunFolderError(f"{folder} is not a folder{inside}; these files are written into a folder, so "
+                                     "pass the path of a new or existing folder.")
+            return
+
+
 def replace_files(folder: Path, build: Callable[[Path], Any]) -> None:
     """Replace the files build(stage) writes into a fresh staging folder, as one group (see the module doc)."""
     folder = Path(folder)
+    check_folder_path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     sweep_stale(folder)
     finish_pending(folder)
