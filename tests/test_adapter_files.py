@@ -220,7 +220,7 @@ def test_save_adapter_onto_a_file_is_refused(where, tmp_path):
     (tmp_path / "file").write_text("keep me")
     model = lora(alpha=8.0, seed=1)
     for save in (al.save_adapter, al.export_peft):
-        with pytest.raises(RunFolderError, match="is not a folder.*pass the path of a new or existing folder") as err:
+        with pytest.raises(RunFolderError, match="is a file.*pass the path of a new or existing folder") as err:
             save(model, tmp_path / where)
         assert isinstance(err.value, FileExistsError) and "\n" not in str(err.value)
     assert (tmp_path / "file").read_text() == "keep me" and sorted(p.name for p in tmp_path.iterdir()) == ["file"]

@@ -139,14 +139,19 @@ def finish_pending(folder: Path) -> None:
         pending.rmdir()
 
 
-def check_folder_path(folder: Path) -> None:
-    """Refuse a folder path that is a file or lies inside one (mkdir would raise a bare FileExistsError)."""
+def check_folder_path(folder: Path, flag: str | None = None) -> None:
+    """Refuse a folder path that is a file or lies inside one (mkdir would raise a bare FileExistsError);
+    `flag` names the option that gave it (e.g. "--output")."""
+    folder = Path(folder)
     for path in (folder, *folder.parents):
         if path.exists() or path.is_symlink():
             if not path.is_dir():
-                inside = "" if path == folder else f" (inside {path}, which is a file)"
-                raise RunFolderError(f"{folder} is not a folder{inside}; these files are written into a folder, so "
-                                     "pass the path of a new or existing folder.")
+                where = "is a file" if path == folder else f"lies inside {path}, which is a file"
+                if flag:
+                    raise RunFolderError(f"{flag} {folder} {where}; {flag} must be a folder (new or existing), so "
+                                         "pass another path.")
+                raise RunFolderError(f"{folder} {where}; these files are written into a folder, so pass the path "
+                                     "of a new or existing folder.")
             return
 
 
