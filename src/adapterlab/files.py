@@ -212,6 +212,15 @@ def check_safetensors(path: Path, fix: str) -> None:
         raise CorruptFileError(f"{path} is not a complete safetensors file ({exc}); {fix}.") from exc
 
 
+def safetensors_shapes(path: Path, fix: str) -> dict[str, tuple[int, ...]]:
+    """The shape of every tensor in `path`, read from its header alone (no tensor is loaded)."""
+    try:
+        with safe_open(str(path), "pt") as file:
+            return {key: tuple(file.get_slice(key).get_shape()) for key in file.keys()}
+    except SafetensorError as exc:
+        raise CorruptFileError(f"{path} is not a complete safetensors file ({exc}); {fix}.") from exc
+
+
 def read_json_object(path: Path, fix: str) -> dict[str, Any]:
     """The JSON object in `path`; empty, torn or non-object content is a CorruptFileError naming it and `fix`."""
     try:
