@@ -208,3 +208,43 @@ def test_prompt_adapter_naming_a_tokenizer_loads_nothing_from_outside(tmp_path, 
                                 "init_token_ids": [5, 6]}))
     al.load_adapter(tiny_model("llama"), tmp_path)  # with its ids it loads, still without the tokenizer
     assert fetched == []
+
+
+@pytest.mark.reliability
+@pytest.mark.parametrize("where", ["file", "file/inside"])
+def test_save_adapter_onto_a_file_is_refused(where, tmp_path):
+    """save_adapter / export_peft to a path that is a file, or lies inside one -> RunFolderError (a FileExistsError)
+    naming the path and saying to pass a folder; the file is left as it was"""
+    from adapterlab.errors import RunFolderError
+
+    (tmp_path / "file").write_text("keep me")
+    model = lora(alpha=8.0, seed=1)
+    for save in (al.save_adapter, al.export_peft):
+        with pytest.raises(RunFolderError, match="is a file.*pass the path of a new or existing folder") as err:
+            save(model, tmp_path / where)
+        assert isinstance(err.value, FileExistsError) and "\n" not in str(err.value)
+    assert (tmp_path / "file").read_text() == "keep me" and sorted(p.name for p in tmp_path.iterdir()) == ["file"]
+
+
+@pytest.mark.reliability
+@pytest.mark.parametrize("method, options, field", [
+    ("lora", {"targets": ["q", "v"], "r": 4}, "r"),
+    ("series", {"size": 8}, "size"),
+    ("prompt", {"num_virtual_tokens": 4}, "num_virtual_tokens"),
+])
+def test_config_sizes_that_disagree_with_the_weights_are_refused_before_allocating(method, options, field, tmp_path):
+    """adapter_config.json with r (or size, or num_virtual_tokens) = 10**9 beside small weights -> one-line
+    IncompatibleAdapterError from the safetensors header's shapes, at once, before any module is allocated"""
+    import time
+
+    model = tiny_model("llama")
+    al.attach(model, method, **options)
+    al.save_adapter(model, tmp_path)
+    path = tmp_path / "adapter_config.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), field: 10**9}))
+    fresh = tiny_model("llama")
+    start = time.perf_counter()
+    with pytest.raises(al.IncompatibleAdapterError, match=r"of shape .* needs .*1000000000.*does not match its weights"):
+        al.load_adapter(fresh, tmp_path)  # allocating 10**9 x 32 float32 would take 128 GB
+    assert time.perf_counter() - start < 5
+    assert al.adapter_names(fresh) == [] and not any("adapterlab" in name for name, _ in fresh.named_modules())

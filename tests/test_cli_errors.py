@@ -124,3 +124,63 @@ def test_warnings_are_one_line(monkeypatch, capsys):
     monkeypatch.setattr(models_command, "list_models", warn)
     assert main(["models", "list"]) == 0
     assert capsys.readouterr().err == "adapterlab models: warning: metrics.jsonl: dropped 1 torn line\n"
+
+
+def no_cuda_build(monkeypatch) -> None:
+    """Make torch look like a CPU-only build (as it is on this test machine, but also on a GPU machine)."""
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.version, "cuda", None)
+
+
+DEVICE_COMMANDS = {
+    "eval": ["eval", "--model", "{model}", "--datasets", "{tmp}/data.json", "--output", "{tmp}/out"],
+    "measure": ["measure", "--model", "{model}", "--methods", "lora", "--output", "{tmp}/m"],
+}
+
+
+@pytest.mark.reliability
+@pytest.mark.parametrize("case", sorted(DEVICE_COMMANDS))
+def test_device_cuda_without_cuda_is_one_line(case, folder, tmp_path, monkeypatch, capsys):
+    """--device cuda on a build of torch without CUDA (eval, measure) -> one line naming --device and the fix
+    (--device cpu), exit 2, nothing written, no AssertionError from torch"""
+    no_cuda_build(monkeypatch)
+    argv = [a.format(model=folder, tmp=tmp_path) for a in DEVICE_COMMANDS[case]]
+    (tmp_path / "data.json").write_text('[{"instruction": "1+1?", "input": "", "output": "2", "answer": "2"}]')
+    before = sorted(tmp_path.rglob("*"))
+    assert main([*argv, "--device", "cuda", "--no-progress"]) == 2
+    line = one_line_error(capsys, argv[0])
+    assert "--device cuda" in line and "no CUDA" in line and "--device cpu" in line
+    assert sorted(tmp_path.rglob("*")) == before, "nothing half-written"
+
+
+@pytest.mark.reliability
+@pytest.mark.parametrize("device, named", [("cuda:3", "must be below 1"), ("gpu0", "not a device"),
+                                           ("mps", "no MPS"), ("meta", "cpu, cuda")])
+def test_device_torch_cannot_use_is_one_line(device, named, folder, tmp_path, monkeypatch, capsys):
+    """eval --device with a CUDA index past the GPUs, a malformed string, mps without MPS or an unsupported kind
+    -> one line naming --device and what to give, exit 2"""
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    (tmp_path / "data.json").write_text('[{"instruction": "1+1?", "input": "", "output": "2", "answer": "2"}]')
+    assert main(["eval", "--model", str(folder), "--datasets", str(tmp_path / "data.json"), "--device", device,
+                 "--no-progress"]) == 2
+    line = one_line_error(capsys, "eval")
+    assert f"--device {device}" in line and named in line
+
+
+@pytest.mark.reliability
+def test_load_model_device_without_cuda_is_a_usage_error(folder, monkeypatch):
+    """load_model(device='cuda') on a build of torch without CUDA -> UsageError naming device='cuda', not torch's
+    AssertionError"""
+    from adapterlab.errors import UsageError
+    from adapterlab.models import load_model
+
+    no_cuda_build(monkeypatch)
+    with pytest.raises(UsageError, match=r"device='cuda': this build of torch has no CUDA") as err:
+        load_model(str(folder), device="cuda")
+    assert "\n" not in str(err.value)

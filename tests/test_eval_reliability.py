@@ -262,3 +262,37 @@ def test_eval_reads_jsonl_and_names_bad_bytes(tmp_path):
     bad.write_bytes(b'[{"instruction": "caf\xe9?", "answer": "1"}]')
     with pytest.raises(DataError, match=r"bad.json is not UTF-8 text: byte 0xe9 at offset 21"):
         read_records(bad)
+
+
+@pytest.mark.reliability
+def test_datasets_folder_says_it_is_a_folder(model_dir, tmp_path, capsys):  # noqa: F811
+    """eval --datasets FOLDER -> one line saying it is a folder and to pass the file inside it (as train does), exit 2"""
+    folder = tmp_path / "math"
+    folder.mkdir()
+    assert eval_cli(model_dir, folder, tmp_path / "out") == 2
+    err = error_of(capsys)
+    assert f"{folder} is a folder, not a file" in err and "pass the file inside it" in err and "No data file" not in err
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.reliability
+def test_output_that_is_a_file_is_refused(model_dir, data, tmp_path, capsys):  # noqa: F811
+    """eval --output FILE -> one line saying --output must be a folder, exit 2, the file untouched"""
+    out = tmp_path / "results.txt"
+    out.write_text("keep")
+    assert eval_cli(model_dir, data, out) == 2
+    err = error_of(capsys)
+    assert f"--output {out} is a file; --output must be a folder" in err and "File exists" not in err
+    assert out.read_text() == "keep"
+
+
+@pytest.mark.reliability
+def test_evaluate_output_dir_that_is_a_file_is_refused(model42, tokenizer, tmp_path):  # noqa: F811
+    """evaluate(output_dir=FILE) in Python -> RunFolderError (a FileExistsError) naming output_dir, not mkdir's error"""
+    from adapterlab.errors import RunFolderError
+
+    out = tmp_path / "file"
+    out.write_text("keep")
+    with pytest.raises(RunFolderError, match="output_dir .* is a file; output_dir must be a folder"):
+        evaluate(model42, tokenizer, RECORDS[:2], output_dir=out, progress=False)
+    assert out.read_text() == "keep"

@@ -8,6 +8,7 @@ view/permute of the saved prompt_embeddings into per-layer keys and values)."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -193,6 +194,51 @@ def test_truncated_bin_is_refused(tmp_path):
     data = (folder / "adapter_model.bin").read_bytes()
     (folder / "adapter_model.bin").write_bytes(data[: len(data) // 2])
     with pytest.raises(CorruptFileError, match="adapter_model.bin is not a complete") as err:
+        al.load_peft(tiny_llama(), folder)
+    assert "\n" not in str(err.value)
+
+
+class Hostile:
+    """A pickle that would run a command when unpickled (what a malicious checkpoint holds)."""
+
+    def __reduce__(self):
+        return (os.system, ("touch PWNED",))
+
+
+@pytest.mark.reliability
+def test_hostile_bin_is_refused_as_holding_objects(tmp_path, monkeypatch):
+    """adapter_model.bin whose pickle calls os.system (__reduce__) -> one line: it holds objects other than tensors,
+    which adapterlab never unpickles; nothing runs"""
+    monkeypatch.chdir(tmp_path)
+    folder, state = lora_folder(tiny_llama(), tmp_path / "hostile")
+    torch.save({**state, "payload": Hostile()}, folder / "adapter_model.bin")
+    with pytest.raises(CorruptFileError) as err:
+        al.load_peft(tiny_llama(), folder)
+    message = str(err.value)
+    assert "\n" not in message and str(folder / "adapter_model.bin") in message
+    assert "objects other than tensors" in message and "never unpickles" in message
+    assert "not a complete" not in message and not (tmp_path / "PWNED").exists()
+
+
+@pytest.mark.reliability
+def test_bin_that_is_a_text_file_is_refused(tmp_path):
+    """adapter_model.bin that is a symlink to a text file (no pickle at all) -> one line: not a PyTorch weight file"""
+    folder, _ = lora_folder(tiny_llama(), tmp_path / "text")
+    text = tmp_path / "notes.txt"
+    text.write_text("hello, these are notes\nnot weights at all\n")
+    (folder / "adapter_model.bin").unlink()
+    (folder / "adapter_model.bin").symlink_to(text)
+    with pytest.raises(CorruptFileError, match="adapter_model.bin is not a PyTorch weight file") as err:
+        al.load_peft(tiny_llama(), folder)
+    assert "\n" not in str(err.value) and "save the adapter again" in str(err.value)
+
+
+@pytest.mark.reliability
+def test_bin_with_a_damaged_pickle_is_refused(tmp_path):
+    """adapter_model.bin with pickle bytes cut after the opening -> one line: not a complete PyTorch weight file"""
+    folder, _ = lora_folder(tiny_llama(), tmp_path / "cut")
+    (folder / "adapter_model.bin").write_bytes(b"\x80\x02}q\x00(X")
+    with pytest.raises(CorruptFileError, match="adapter_model.bin is not a complete PyTorch weight file") as err:
         al.load_peft(tiny_llama(), folder)
     assert "\n" not in str(err.value)
 

@@ -129,3 +129,24 @@ def test_few_shot_keeps_k_questions_per_gold_position(models, data, tmp_path, mo
     golds = sorted(x["labels"] for x in setup.train_dataset)
     assert golds == sorted(g for g in set(golds) for _ in range(2))
     assert setup.info["train_records"] == len(golds) and multiple_choice.TRAIN_FIELDS >= {"few_shot"}
+
+
+@pytest.mark.reliability
+@pytest.mark.parametrize("family, head_class, key", [("bert", "BertForSequenceClassification", "classifier.weight"),
+                                                     ("llama", "LlamaForSequenceClassification", "score.weight")])
+def test_checkpoint_with_a_two_way_head_gets_a_fresh_choice_head(family, head_class, key, models, data, tmp_path,
+                                                                  capsys, single_thread):
+    """train --task multiple-choice on a checkpoint that already has a 2-way classification head -> its head is
+    replaced by a fresh choice head, said in one line (not a raw RuntimeError), and the run trains and saves it"""
+    import shutil
+
+    import transformers as T
+
+    folder = shutil.copytree(models[family], tmp_path / "two-way")
+    getattr(T, head_class).from_pretrained(folder, num_labels=2).save_pretrained(folder)
+    code = main(["train", "--task", "multiple-choice", "--model", str(folder), "--data", str(data),
+                 "--output", str(tmp_path / "run"), "--adapter", "lora", "--max-steps", "1", "--val-size", "0"])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "is replaced by a fresh multiple-choice head" in out and f"{key} (2, 32)" in out
+    assert tuple(load_file(str(tmp_path / "run" / "head.safetensors"))[key].shape) == (1, 32)

@@ -199,3 +199,21 @@ def test_mosa_lora_exports_its_merged_lora_to_peft(tmp_path) -> None:
     loaded = peft.PeftModel.from_pretrained(tiny_model("llama"), str(tmp_path))
     inputs = tiny_inputs("llama")
     assert_close(outputs(model, inputs), outputs(loaded, inputs), outputs(tiny_model("llama"), inputs))
+
+
+@pytest.mark.reliability
+def test_load_peft_with_an_invalid_target_regex_is_one_line(tmp_path) -> None:
+    """load_peft of an adapter_config.json whose target_modules is an invalid regex -> CorruptFileError naming the
+    file, the pattern and the fix; nothing attached"""
+    import json
+
+    from adapterlab.errors import CorruptFileError
+
+    adapterlab.export_peft(ours("lora", "llama"), tmp_path)
+    config = json.loads((tmp_path / "adapter_config.json").read_text())
+    (tmp_path / "adapter_config.json").write_text(json.dumps({**config, "target_modules": "(q_proj|v_proj"}))
+    model = tiny_model("llama")
+    with pytest.raises(CorruptFileError, match=r"target_modules '\(q_proj\|v_proj' is not a valid regular") as err:
+        adapterlab.load_peft(model, tmp_path)
+    assert "\n" not in str(err.value) and "adapter_config.json" in str(err.value)
+    assert adapterlab.adapter_names(model) == []

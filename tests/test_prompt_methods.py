@@ -138,3 +138,20 @@ def test_manual_cache_continuation_equals_full_forward():
         step = model(input_ids=ids[:, 3:], attention_mask=torch.ones(1, 4, dtype=torch.long),
                      past_key_values=first.past_key_values).logits
     assert (step[:, -1] - full[:, -1]).abs().max() < 1e-5
+
+
+@pytest.mark.reliability
+@pytest.mark.parametrize("options, named", [
+    ({"init": "text", "init_token_ids": [1, 999]}, "holds id 999, but this model's vocabulary has 64 tokens"),
+    ({"init": "text", "init_token_ids": [3, -1]}, "integers >= 0"),
+    ({"init": "text", "init_token_ids": []}, "non-empty list"),
+    ({"init": "random", "init_token_ids": [1, 2]}, "read by init='text' only"),
+])
+def test_prompt_init_token_ids_out_of_the_vocabulary_are_refused(options, named):
+    """prompt init_token_ids past the vocabulary, negative, empty, or given without init='text' -> AdapterError
+    naming init_token_ids and the fix, not an IndexError (or a silent wrap-around); nothing attached"""
+    model = tiny_model("llama")
+    with pytest.raises(al.AdapterError, match=named) as err:
+        al.attach(model, "prompt", num_virtual_tokens=N, **options)
+    assert "init_token_ids" in str(err.value) and "\n" not in str(err.value)
+    assert al.adapter_names(model) == []

@@ -17,10 +17,11 @@ import torch
 from torch import nn
 
 from . import __name__ as _pkg  # noqa: F401
-from .engine import HOST_ATTR, attach, get_config, placed, set_active
+from .adapter_fit import check_fit
+from .engine import HOST_ATTR, attach, get_config, placed, planned_shapes, set_active
 from .errors import AdapterError, CorruptFileError, IncompatibleAdapterError
 from .files import group_file, read_json_object, read_safetensors, replace_files, write_atomic, write_json
-from .files import write_safetensors
+from .files import safetensors_shapes, write_safetensors
 from .peft_files import PEFT_WEIGHTS_NAME, read_peft_weights
 from .registry import config_from_dict
 from .sites import model_type_of
@@ -131,20 +132,7 @@ def _check_base(saved: dict[str, Any], model: nn.Module, where: str) -> None:
 def load_state(model: nn.Module, name: str, state: dict[str, torch.Tensor], where: str) -> None:
     """Copy saved tensors into adapter `name`, refusing missing, extra or mis-shaped entries."""
     expected = adapter_state_dict(model, name)
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    if missing or unexpected:
-        raise IncompatibleAdapterError(
-            f"The adapter in {where} does not fit this model: {len(missing)} missing entries "
-            f"(e.g. {missing[:2]}) and {len(unexpected)} unexpected ones (e.g. {unexpected[:2]}). "
-            "It was probably made for another architecture or with other targets."
-        )
-    for key, tensor in state.items():
-        if tensor.shape != expected[key].shape:
-            raise IncompatibleAdapterError(
-                f"The adapter in {where} has {key} of shape {tuple(tensor.shape)}, but this model needs "
-                f"{tuple(expected[key].shape)}: it was made for a model of another size."
-            )
+    check_fit({k: t.shape for k, t in expected.items()}, {k: t.shape for k, t in state.items()}, where)
     with torch.no_grad():
         for key, target in expected.items():
             if target.is_meta:
@@ -164,7 +152,11 @@ def load_adapter(
     _check_base(saved.get("base_model", {}), model, str(path))
     _refuse_outside_reads(saved, path)
     config = config_from_dict(saved, source=str(Path(path) / CONFIG_NAME))
-    state = read_safetensors(_locate(path, WEIGHTS_NAME), RESAVE)
+    weights = _locate(path, WEIGHTS_NAME)
+    # the header's shapes against what the config builds on the meta device, before any module is allocated
+    check_fit(planned_shapes(model, config, attach_options.get("architecture")),
+              safetensors_shapes(weights, RESAVE), str(path))
+    state = read_safetensors(weights, RESAVE)
     attach(model, config, name=name, **attach_options)
     try:
         load_state(model, name, state, str(path))
@@ -268,7 +260,12 @@ def _peft_patterns_to_paths(model: nn.Module, saved: dict[str, Any], where: str)
     for key in ("target_modules", "feedforward_modules"):
         pattern = saved.get(key)
         if isinstance(pattern, str):
-            out[key] = [n for n in names if re.fullmatch(pattern, n)]
+            try:
+                regex = re.compile(pattern)
+            except re.error as exc:
+                raise CorruptFileError(f"{Path(where) / CONFIG_NAME}: {key} {pattern!r} is not a valid regular "
+                                       f"expression ({exc}); fix it in the file, or save the adapter again with peft.") from exc
+            out[key] = [n for n in names if regex.fullmatch(n)]
             if key == "target_modules" and not out[key]:
                 raise IncompatibleAdapterError(
                     f"The PEFT adapter in {where} targets modules matching {pattern!r}, and no module of this "

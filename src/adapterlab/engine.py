@@ -9,6 +9,7 @@ on the model itself (`model.adapterlab_configs`, `model.adapterlab_active`), nev
 from __future__ import annotations
 
 import contextlib
+import warnings
 from collections.abc import Iterator
 from typing import Any
 
@@ -18,6 +19,7 @@ from .adapterdrop import LayerDrop, drop_sites
 from .architectures import Architecture
 from .config import AdapterConfig
 from .errors import AdapterError, NotMergeableError
+from .layers import building_on_meta
 from .methods.base import Adapter, check_adapter_dtype, keep_dtype
 from .registry import METHODS, make_config
 from .site_hooks import HOST_ATTR, install_hooks, placed, track_drops
@@ -87,14 +89,7 @@ def attach(
     configs: dict[str, AdapterConfig] = getattr(model, "adapterlab_configs", {})
     if name in configs:
         raise AdapterError(f"An adapter named {name!r} is already attached; pick another name or detach it first.")
-    placement = Placement(model, architecture)
-    placement.sites = _sites_for(model, config, placement)
-    drop = config.adapter_drop()
-    blocks = block_paths(model, placement.architecture) if drop else []
-    if drop:
-        placement.sites = drop_sites(drop, placement.sites, blocks)
-    # build all before touching the model; every build sees the one resolved architecture and all the sites
-    modules = [(site, config.build(site, model, placement)) for site in placement.sites]
+    modules, drop, blocks = _build(model, config, architecture)
     if not configs:
         model.adapterlab_guard = model.register_forward_pre_hook(_refuse_adapter_names, with_kwargs=True, prepend=True)
     for site, adapter in modules:
@@ -117,6 +112,33 @@ def attach(
         parameter.requires_grad_(False)
     set_active(model, name)
     return model
+
+
+def _build(model: nn.Module, config: AdapterConfig, architecture: Architecture | dict[str, Any] | None):
+    """(site, adapter module) pairs for `config` on `model`, the AdapterDrop setting and the block paths it needs;
+    all built before the model is touched, every build seeing the one resolved architecture and all the sites."""
+    placement = Placement(model, architecture)
+    placement.sites = _sites_for(model, config, placement)
+    drop = config.adapter_drop()
+    blocks = block_paths(model, placement.architecture) if drop else []
+    if drop:
+        placement.sites = drop_sites(drop, placement.sites, blocks)
+    return [(site, config.build(site, model, placement)) for site in placement.sites], drop, blocks
+
+
+def planned_shapes(model: nn.Module, config: AdapterConfig,
+                   architecture: Architecture | dict[str, Any] | None = None) -> dict[str, tuple[int, ...]]:
+    """The shape of every entry `adapter_state_dict` would hold once `config` is attached to `model`, keyed the
+    same way; the modules are built on the meta device, so nothing is allocated and the model is left as it is."""
+    with building_on_meta(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a build's warnings (e.g. a bottleneck wider than its layer) come at attach
+        modules, _, _ = _build(model, config, architecture)
+    shapes = {}
+    for site, adapter in modules:
+        path = "" if site.kind == "model" else site.path
+        for key, tensor in adapter.state_dict().items():
+            shapes[f"{path}.{key}" if path else key] = tuple(tensor.shape)
+    return shapes
 
 
 def detach(model: nn.Module, name: str = "default") -> nn.Module:

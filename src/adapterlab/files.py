@@ -24,7 +24,7 @@ from typing import Any
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
-from .errors import CorruptFileError
+from .errors import CorruptFileError, RunFolderError
 
 PENDING = ".adapterlab-pending"
 _TEMP = re.compile(r"^\..+\.(?P<pid>\d+)\.[0-9a-f]{8}\.tmp$")
@@ -139,9 +139,26 @@ def finish_pending(folder: Path) -> None:
         pending.rmdir()
 
 
+def check_folder_path(folder: Path, flag: str | None = None) -> None:
+    """Refuse a folder path that is a file or lies inside one (mkdir would raise a bare FileExistsError);
+    `flag` names the option that gave it (e.g. "--output")."""
+    folder = Path(folder)
+    for path in (folder, *folder.parents):
+        if path.exists() or path.is_symlink():
+            if not path.is_dir():
+                where = "is a file" if path == folder else f"lies inside {path}, which is a file"
+                if flag:
+                    raise RunFolderError(f"{flag} {folder} {where}; {flag} must be a folder (new or existing), so "
+                                         "pass another path.")
+                raise RunFolderError(f"{folder} {where}; these files are written into a folder, so pass the path "
+                                     "of a new or existing folder.")
+            return
+
+
 def replace_files(folder: Path, build: Callable[[Path], Any]) -> None:
     """Replace the files build(stage) writes into a fresh staging folder, as one group (see the module doc)."""
     folder = Path(folder)
+    check_folder_path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     sweep_stale(folder)
     finish_pending(folder)
@@ -191,6 +208,15 @@ def check_safetensors(path: Path, fix: str) -> None:
     try:
         with safe_open(str(path), "pt"):
             pass
+    except SafetensorError as exc:
+        raise CorruptFileError(f"{path} is not a complete safetensors file ({exc}); {fix}.") from exc
+
+
+def safetensors_shapes(path: Path, fix: str) -> dict[str, tuple[int, ...]]:
+    """The shape of every tensor in `path`, read from its header alone (no tensor is loaded)."""
+    try:
+        with safe_open(str(path), "pt") as file:
+            return {key: tuple(file.get_slice(key).get_shape()) for key in file.keys()}
     except SafetensorError as exc:
         raise CorruptFileError(f"{path} is not a complete safetensors file ({exc}); {fix}.") from exc
 

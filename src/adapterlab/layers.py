@@ -3,13 +3,30 @@ nn.Linear such as bitsandbytes' Linear8bitLt / Linear4bit, whose weight is store
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import re
+from collections.abc import Iterator
 
 import torch
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
 from .errors import NotMergeableError
+
+_ON_META = contextvars.ContextVar("adapterlab_build_on_meta", default=False)
+
+
+@contextlib.contextmanager
+def building_on_meta() -> Iterator[None]:
+    """Within: adapter modules are built on the meta device (`reference_tensor` says meta, and so does torch's
+    default device), so their shapes can be known without allocating them, e.g. to check a saved adapter first."""
+    token = _ON_META.set(True)
+    try:
+        with torch.device("meta"):
+            yield
+    finally:
+        _ON_META.reset(token)
 
 
 def is_linear(module: nn.Module) -> bool:
@@ -59,9 +76,10 @@ def reference_tensor(module: nn.Module) -> torch.Tensor:
     parameters = list(module.parameters())
     for p in parameters:
         if p.is_floating_point():
-            return p
+            return torch.empty(0, device="meta", dtype=p.dtype) if _ON_META.get() else p
     if parameters:
-        return torch.empty(0, device=parameters[0].device, dtype=compute_dtype(module))
+        device = "meta" if _ON_META.get() else parameters[0].device
+        return torch.empty(0, device=device, dtype=compute_dtype(module))
     raise ValueError(f"{type(module).__name__} has no parameters to take a device and dtype from")
 
 

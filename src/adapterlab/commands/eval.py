@@ -17,6 +17,7 @@ import yaml
 from ..errors import MissingPathError, UsageError
 from ..checkpoint import CONFIG_NAME, read_adapter_config
 from ..data.templates import TEMPLATES
+from ..files import check_folder_path
 from ..evaluate import KNOWN, MODES, evaluate, load_dataset, markdown_table
 from ..evaluate.choice import evaluate_choice, load_choice_dataset
 from ..evaluate.fingerprint import model_files
@@ -24,6 +25,7 @@ from ..evaluate.class_run import read_classification_run
 from ..evaluate.llm_adapters_flags import THEIR_ADAPTERS, check_adapter_label, check_model_label, read_their_flags
 from ..evaluate.runner import check_counts
 from ..models import load_model, resolve_model
+from ..models.devices import check_device
 from ..models.quantize import check_bitsandbytes
 from ..peft_files import load_any_adapter
 
@@ -135,6 +137,9 @@ def run(args: argparse.Namespace) -> int:
     the table."""
     if (args.resume or args.overwrite) and not args.output:
         raise UsageError("--resume and --overwrite need --output (the folder of the run).")
+    check_device(args.device)  # for a classification run too, before any model loads
+    if args.output:
+        check_folder_path(Path(args.output), "--output")
     classification = read_classification_run(args.adapter_path) if args.adapter_path else None
     if classification is not None:
         from .eval_classification import run_classification

@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 from ..checkpoint import write_json
 from ..data.choices import ChoiceItem, read_choice_items
 from ..errors import UsageError
+from ..files import check_folder_path
 from .datasets import KNOWN, NUMBER, canonical_name, find_file
 from .fingerprint import fingerprint
 from .loglikelihood import loglikelihoods
@@ -102,6 +103,7 @@ def evaluate_choice(model: Any, tokenizer: Any, datasets: Sequence[ChoiceDataset
     identity = {**{k: settings[k] for k in ("protocol", "prompt", "continuation")}, **made_by, **(metadata or {})}
     out = Path(output_dir) if output_dir is not None else None
     if out is not None:
+        check_folder_path(out, "output_dir")  # a file there is one line, not mkdir's FileExistsError
         out.mkdir(parents=True, exist_ok=True)
         check_resume(out, identity, names, resume=resume, overwrite=overwrite)
         write_json(out / CONFIG_FILE, {**settings, **identity})

@@ -14,7 +14,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..errors import UsageError
-from ..files import write_json
+from ..files import check_folder_path, write_json
 from ..tasks.classification import head_modules
 from .class_metrics import classification_scores
 from .class_report import confusion_png_path, markdown_report, plot_confusion
@@ -82,6 +82,7 @@ def evaluate_classifier(
     identity = {**made_by, **(metadata or {}), "labels": list(labels)}
     out = Path(output_dir) if output_dir is not None else None
     if out is not None:
+        check_folder_path(out, "output_dir")  # a file there is one line, not mkdir's FileExistsError
         out.mkdir(parents=True, exist_ok=True)
         check_resume(out, identity, names, resume=resume, overwrite=overwrite)
         write_json(out / CONFIG_FILE, {"batch_size": batch_size, **identity})

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from ..data.reading import read_json_records
+from ..data.reading import check_file, read_json_records
 from ..errors import DataError, MissingPathError
 
 NUMBER, LETTER, LABEL = "number", "letter", "label"
@@ -197,6 +197,8 @@ def load_dataset(
     if Path(name_or_path).is_file():
         path = Path(name_or_path)
         name = path.stem
+    elif Path(name_or_path).is_dir() and (known is None or os.sep in name_or_path):
+        check_file(name_or_path)  # a folder: says so and to pass the file inside it, as train does
     elif name_or_path.endswith(".json") or os.sep in name_or_path:
         raise MissingPathError(f"No data file {name_or_path}; check the path.")
     elif known is None:

@@ -12,6 +12,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from ..errors import UsageError
+from ..files import check_folder_path
 from ..checkpoint import write_json
 from ..data.templates import build_prompt
 from .datasets import EvalDataset, check_answers, check_record, infer_answer_type, labels_for, load_dataset
@@ -133,6 +134,7 @@ def evaluate(
     identity = {**{k: settings[k] for k in GENERATION_KEYS}, **made_by, **metadata}
     out = Path(output_dir) if output_dir is not None else None
     if out is not None:
+        check_folder_path(out, "output_dir")  # a file there is one line, not mkdir's FileExistsError
         out.mkdir(parents=True, exist_ok=True)
         check_resume(out, identity, list(prompts), resume=resume, overwrite=overwrite)
         write_json(out / CONFIG_FILE, {**settings, **identity})

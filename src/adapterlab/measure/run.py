@@ -25,6 +25,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..errors import UsageError, UserError
+from ..models.devices import check_device
 from ..registry import config_class, make_config, method_names
 from .costs import FULL, Settings, measure_method
 from .report import add_relative, measured, refused_row, write_outputs
@@ -110,9 +111,7 @@ def measure(
     settings.validate()
     if task not in TASKS:
         raise UsageError(f"Unknown task {task!r}; choose one of {', '.join(TASKS)}.")
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if torch.device(device).type == "cuda" and not torch.cuda.is_available():
-        raise UsageError("--device cuda was asked for but torch sees no CUDA device; use --device cpu.")
+    device = check_device(device) or ("cuda" if torch.cuda.is_available() else "cpu")
     jobs = [(m, options.get(m, {})) for m in methods]
     name = model_spec if isinstance(model_spec, str) else getattr(model_spec, "__name__", repr(model_spec))
 

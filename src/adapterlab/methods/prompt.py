@@ -58,6 +58,8 @@ class PromptConfig(PeftVirtualTokens, AdapterConfig):
             raise AdapterError("prompt: the prompt goes at the model's input; leave `targets` and `layers` unset.")
         if self.init == "text" and self.init_token_ids is None:
             self.init_token_ids = tokenize_init_text(self.init_text, self.tokenizer)
+        elif self.init_token_ids is not None:
+            check_token_ids(self.init, self.init_token_ids)
 
     def build(self, site: Site, model: nn.Module, placement: Placement) -> "PromptAdapter":
         modality, leading, blocks = modality_and_blocks(model, placement, need_blocks=self.deep)
@@ -77,6 +79,10 @@ class PromptConfig(PeftVirtualTokens, AdapterConfig):
         if self.init != "random" and not ref.is_meta:  # data-dependent: only over real weights
             if self.init == "text":
                 ids = self.init_token_ids
+                if max(ids) >= embeddings.num_embeddings:
+                    raise AdapterError(f"prompt: init_token_ids holds id {max(ids)}, but this model's vocabulary has "
+                                       f"{embeddings.num_embeddings} tokens (ids 0 to {embeddings.num_embeddings - 1}); "
+                                       "give ids of this model's tokenizer, or init_text with its tokenizer.")
             else:
                 ids = torch.randint(0, embeddings.num_embeddings, (self.num_virtual_tokens,)).tolist()
             adapter.init_from_vocabulary(embeddings, ids)
@@ -93,6 +99,17 @@ class PromptConfig(PeftVirtualTokens, AdapterConfig):
                                "block), which PEFT's prompt tuning has no counterpart for. Use save_adapter.")
         return peft_prompt_config(model, adapter, self.peft_type, adapter.embedding.embedding_dim,
                                   text_config(model).num_attention_heads, prompt_tuning_init="RANDOM")
+
+
+def check_token_ids(init: str, ids: object) -> None:
+    """init_token_ids, used by init='text' only, must be a non-empty list of token ids (ints >= 0)."""
+    if init != "text":
+        raise AdapterError(f"prompt: init_token_ids is read by init='text' only, and init is {init!r}; drop it or "
+                           "set init='text'.")
+    if (not isinstance(ids, (list, tuple)) or not ids
+            or not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in ids)):
+        raise AdapterError(f"prompt: init_token_ids must be a non-empty list of token ids (integers >= 0), got "
+                           f"{ids!r:.80}; give the ids of this model's tokenizer, or init_text with its tokenizer.")
 
 
 def tokenize_init_text(text: str | None, tokenizer: str | None) -> list[int]:

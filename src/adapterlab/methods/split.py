@@ -49,8 +49,9 @@ class SplitLinear(Stochastic):
         # masks and initial values: a function of (seed, key) alone, so a resumed or distributed run rebuilds them
         self.seed = zlib.crc32(f"{seed}|{key}".encode())
         generator = torch.Generator().manual_seed(self.seed)
-        owner = torch.empty(numel, dtype=torch.uint8)
-        owner[torch.randperm(numel, generator=generator)] = (torch.arange(numel) % modules).to(torch.uint8)
+        owner = torch.empty(numel, dtype=torch.uint8, device="cpu")  # on the CPU even when built on meta
+        order = torch.randperm(numel, generator=generator, device="cpu")
+        owner[order] = (torch.arange(numel, device="cpu") % modules).to(torch.uint8)
         device, dtype = linear.weight.device, linear.weight.dtype
         self.register_buffer("owner", owner.to(device), persistent=False)
         initial = self.initial(device=torch.device("cpu"), dtype=dtype).flatten()
@@ -66,7 +67,7 @@ class SplitLinear(Stochastic):
         dtype = dtype or self.parts[0].dtype
         if self.init == "zeros":
             return torch.zeros(self.shape, device=device, dtype=dtype)
-        weight = torch.empty(self.shape)
+        weight = torch.empty(self.shape, device="cpu")
         nn.init.kaiming_uniform_(weight, a=math.sqrt(5), generator=torch.Generator().manual_seed(self.seed + 1))
         return weight.to(device=device, dtype=dtype)
 

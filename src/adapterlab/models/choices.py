@@ -11,6 +11,7 @@ set to the dtype's minimum, so it takes no share of the softmax and never wins t
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -72,3 +73,16 @@ def choice_loss(outputs: Any, labels: torch.Tensor, num_items_in_batch: Any = No
     if num_items_in_batch is None:
         return losses.mean()
     return losses.sum() / num_items_in_batch
+
+
+def note_replaced_head(loading_info: dict[str, Any], log: Callable[[str], None]) -> None:
+    """Say (one line) that the checkpoint's own head, e.g. a 2-way classifier, had another shape than a choice
+    head and was replaced by a fresh one. Replacing rather than refusing: a multiple-choice head is always trained
+    anew beside the adapter, and the checkpoint's head was trained for another task (transformers'
+    ignore_mismatched_sizes); the rest of the checkpoint is kept."""
+    mismatched = sorted(loading_info.get("mismatched_keys") or [], key=lambda entry: (not str(entry[0]).endswith("weight"), str(entry[0])))
+    if mismatched:
+        key, saved, new = mismatched[0][:3]
+        modules = sorted({str(entry[0]).rsplit(".", 1)[0] for entry in mismatched})
+        log(f"The checkpoint's head ({', '.join(modules)}: {key} {tuple(saved)}, a choice head needs {tuple(new)}) "
+            "is replaced by a fresh multiple-choice head, trained beside the adapter.")

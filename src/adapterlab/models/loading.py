@@ -24,7 +24,8 @@ from torch import nn
 
 from ..errors import CorruptFileError, ModelError, UsageError
 from ..files import check_safetensors, read_json_object
-from .choices import add_choice_scoring
+from .choices import add_choice_scoring, note_replaced_head
+from .devices import check_device
 from .cache import is_cached, model_dir, model_path, pull
 from .known import KNOWN_MODELS, UnknownModelError
 from .quantize import describe, keep_trainable_layout, quantization_config
@@ -281,6 +282,7 @@ def load_model(spec: str, task: str = "causal-lm", *, num_labels: int | None = N
     """
     if task not in TASKS:
         raise UsageError(f"Unknown task {task!r}; choose one of {', '.join(TASKS)}.")
+    check_device(device, "device")  # before any download
     model_class, processor_class = TASKS[task]
     source = resolve_model(spec, log=log)
     options = {**_label_kwargs(task, num_labels, label_names), **kwargs}
@@ -299,8 +301,13 @@ def load_model(spec: str, task: str = "causal-lm", *, num_labels: int | None = N
     if one_per_pair:  # a decoder: one score per (question, choice) row from a one-output classifier
         model_class = "AutoModelForSequenceClassification"
         options.update(num_labels=1, ignore_mismatched_sizes=True)
+    if task == "multiple-choice":  # a checkpoint's own head of another shape (a 2-way classifier) is replaced
+        options["ignore_mismatched_sizes"] = True
     if quantize is not None and source.kind == "gguf":
         model = _requantized_gguf(model_class, source, spec, options, log)
+    elif task == "multiple-choice":
+        model, info = _from_pretrained(model_class, source, spec, output_loading_info=True, **options)
+        note_replaced_head(info, log)
     else:
         model = _from_pretrained(model_class, source, spec, **options)
     model.config._name_or_path = source.name
