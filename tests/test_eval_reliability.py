@@ -296,3 +296,43 @@ def test_evaluate_output_dir_that_is_a_file_is_refused(model42, tokenizer, tmp_p
     with pytest.raises(RunFolderError, match="output_dir .* is a file; output_dir must be a folder"):
         evaluate(model42, tokenizer, RECORDS[:2], output_dir=out, progress=False)
     assert out.read_text() == "keep"
+
+
+# --- #19: one output-folder rule for eval (nothing an earlier evaluation wrote is lost) ----------------------------
+
+
+@pytest.mark.reliability
+def test_eval_of_another_data_set_into_an_earlier_evaluation(model_dir, data, tmp_path, capsys):  # noqa: F811
+    """eval of data set B into a folder holding an evaluation of A -> refused (A's summary would be replaced);
+    --resume adds B and keeps A in summary.json; --overwrite removes A's outputs and only them"""
+    other = write(tmp_path / "others.json", RECORDS[:2])
+    out = tmp_path / "out"
+    assert eval_cli(model_dir, data, out) == 0
+    (out / "notes.txt").write_text("mine")
+    capsys.readouterr()
+    assert eval_cli(model_dir, other, out) == 2
+    err = error_of(capsys)
+    assert "earlier evaluation of numbers" in err and "--resume" in err and "--overwrite" in err
+    assert set(json.loads((out / "summary.json").read_text())["datasets"]) == {"numbers"}
+    assert eval_cli(model_dir, other, out, "--resume") == 0
+    assert set(json.loads((out / "summary.json").read_text())["datasets"]) == {"numbers", "others"}
+    assert (out / PREDICTIONS).is_file()
+    assert eval_cli(model_dir, other, out, "--overwrite") == 0
+    assert set(json.loads((out / "summary.json").read_text())["datasets"]) == {"others"}
+    assert not (out / PREDICTIONS).exists() and (out / "notes.txt").read_text() == "mine"
+
+
+@pytest.mark.reliability
+@pytest.mark.parametrize("where", ["model", "inside-model", "run"])
+def test_eval_output_in_the_model_or_a_run_folder_is_refused(own_model, data, tmp_path, capsys, where):
+    """eval --output that is or lies inside the model's folder, or is a training run's folder -> one line naming
+    it, nothing written there"""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "train_config.yaml").write_text("model: x\n")
+    out = {"model": own_model, "inside-model": own_model / "evals", "run": run}[where]
+    before = sorted(p.name for p in out.parent.rglob("*"))
+    assert eval_cli(own_model, data, out) == 2
+    err = error_of(capsys)
+    assert "--output" in err and ("model's folder" in err or "training run folder" in err)
+    assert sorted(p.name for p in out.parent.rglob("*")) == before

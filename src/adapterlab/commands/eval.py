@@ -18,15 +18,17 @@ from ..errors import MissingPathError, UsageError
 from ..checkpoint import CONFIG_NAME, read_adapter_config
 from ..data.templates import TEMPLATES
 from ..files import check_folder_path
+from ..folder_lock import claim_run_folder
 from ..evaluate import KNOWN, MODES, evaluate, load_dataset, markdown_table
 from ..evaluate.choice import evaluate_choice, load_choice_dataset
 from ..evaluate.fingerprint import model_files
 from ..evaluate.class_run import read_classification_run
 from ..evaluate.llm_adapters_flags import THEIR_ADAPTERS, check_adapter_label, check_model_label, read_their_flags
 from ..evaluate.runner import check_counts
-from ..models import load_model, resolve_model
+from ..models import load_model, model_folder, resolve_model
 from ..models.devices import check_device
 from ..models.quantize import check_bitsandbytes
+from ..output_folder import OutputFolder
 from ..peft_files import load_any_adapter
 
 TRAIN_CONFIG_FILES = ("train_config.yaml", "train_config.json", "summary.json")
@@ -133,13 +135,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """A classification run is evaluated as a classifier; otherwise load the model (and adapter), generate, print
-    the table."""
+    """Check --output under the one output-folder rule and hold it for the evaluation's life, then evaluate."""
     if (args.resume or args.overwrite) and not args.output:
         raise UsageError("--resume and --overwrite need --output (the folder of the run).")
     check_device(args.device)  # for a classification run too, before any model loads
-    if args.output:
-        check_folder_path(Path(args.output), "--output")
+    if not args.output:
+        return evaluate_run(args)
+    check_folder_path(Path(args.output), "--output")
+    protected = [("the base model's folder", model_folder(args.model) if args.model else None),
+                 ("the adapter's folder", Path(args.adapter_path) if args.adapter_path else None)]
+    OutputFolder(args.output, "eval", "--output").check_place(protected)
+    with claim_run_folder(Path(args.output)):  # two evaluations never write one folder at once
+        return evaluate_run(args)
+
+
+def evaluate_run(args: argparse.Namespace) -> int:
+    """A classification run is evaluated as a classifier; otherwise load the model (and adapter), generate, print
+    the table."""
     classification = read_classification_run(args.adapter_path) if args.adapter_path else None
     if classification is not None:
         from .eval_classification import run_classification

@@ -22,12 +22,11 @@ from tqdm.auto import tqdm
 from ..checkpoint import write_json
 from ..data.choices import ChoiceItem, read_choice_items
 from ..errors import UsageError
-from ..files import check_folder_path
 from .datasets import KNOWN, NUMBER, canonical_name, find_file
 from .fingerprint import fingerprint
 from .loglikelihood import loglikelihoods
 from .report import markdown_table, wilson_interval
-from .resume import CONFIG_FILE, RowStream, check_resume, predictions_path, read_done
+from .resume import RowStream, open_output, predictions_path, read_done
 
 PROMPT = "Question: {question}\nAnswer:"
 CONTINUATION = " {choice}"
@@ -101,14 +100,9 @@ def evaluate_choice(model: Any, tokenizer: Any, datasets: Sequence[ChoiceDataset
                 "normalisation": "utf-8 bytes of the continuation", "batch_size": batch_size, "limit": limit}
     made_by = fingerprint(model)
     identity = {**{k: settings[k] for k in ("protocol", "prompt", "continuation")}, **made_by, **(metadata or {})}
-    out = Path(output_dir) if output_dir is not None else None
-    if out is not None:
-        check_folder_path(out, "output_dir")  # a file there is one line, not mkdir's FileExistsError
-        out.mkdir(parents=True, exist_ok=True)
-        check_resume(out, identity, names, resume=resume, overwrite=overwrite)
-        write_json(out / CONFIG_FILE, {**settings, **identity})
+    out, kept = open_output(output_dir, identity, names, {**settings, **identity}, resume=resume, overwrite=overwrite)
     model.eval()
-    summary: dict[str, Any] = {"datasets": {}, "settings": settings,
+    summary: dict[str, Any] = {"datasets": dict(kept), "settings": settings,
                                "metadata": {k: v for k, v in (metadata or {}).items() if k not in made_by},
                                "fingerprint": {k: identity[k] for k in made_by}}
     for dataset in datasets:

@@ -14,13 +14,13 @@ import torch
 from tqdm.auto import tqdm
 
 from ..errors import UsageError
-from ..files import check_folder_path, write_json
+from ..files import write_json
 from ..tasks.classification import head_modules
 from .class_metrics import classification_scores
 from .class_report import confusion_png_path, markdown_report, plot_confusion
 from .class_run import LabelledSet
 from .fingerprint import fingerprint, module_weights
-from .resume import CONFIG_FILE, RowStream, check_resume, predictions_path, read_done
+from .resume import RowStream, open_output, predictions_path, read_done
 from .runner import check_counts
 
 # A predictions row: the example's number, what it is, its gold and predicted label, and the class probabilities.
@@ -80,14 +80,9 @@ def evaluate_classifier(
                          "Rename a file or folder.")
     made_by = {**fingerprint(model), "head_weights": module_weights(model, head_modules(model))}
     identity = {**made_by, **(metadata or {}), "labels": list(labels)}
-    out = Path(output_dir) if output_dir is not None else None
-    if out is not None:
-        check_folder_path(out, "output_dir")  # a file there is one line, not mkdir's FileExistsError
-        out.mkdir(parents=True, exist_ok=True)
-        check_resume(out, identity, names, resume=resume, overwrite=overwrite)
-        write_json(out / CONFIG_FILE, {"batch_size": batch_size, **identity})
+    out, kept = open_output(output_dir, identity, names, {"batch_size": batch_size, **identity}, resume=resume, overwrite=overwrite)
     model.eval()
-    summary: dict[str, Any] = {"datasets": {}, "settings": {"batch_size": batch_size},
+    summary: dict[str, Any] = {"datasets": dict(kept), "settings": {"batch_size": batch_size},
                                "metadata": {k: v for k, v in identity.items() if k not in made_by},
                                "fingerprint": made_by}
     for data in datasets:

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ..files import write_atomic
+from ..files import check_folder_path, write_atomic, write_json
 from ..errors import CorruptFileError, RunFolderError
 from .fingerprint import MEANINGS
 
@@ -80,23 +80,48 @@ def _describe(key: str, was: Any, now: Any) -> str:
     return f"{meaning}{key} was {was!r}, now {now!r}"
 
 
+def earlier_datasets(output_dir: Path) -> dict[str, Any]:
+    """The per-data-set results an earlier evaluation left in `output_dir/summary.json` ({} when none)."""
+    path = output_dir / "summary.json"
+    try:
+        datasets = json.loads(path.read_text(encoding="utf-8")).get("datasets") if path.is_file() else None
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+        datasets = None
+    return datasets if isinstance(datasets, dict) else {}
+
+
+def _earlier_outputs(output_dir: Path, names: list[str]) -> list[Path]:
+    """What an earlier evaluation wrote here: its settings, summaries and each data set's predictions and plot."""
+    sets = dict.fromkeys([*earlier_datasets(output_dir), *names])
+    per_set = [output_dir / f"{n}{suffix}" for n in sets for suffix in (".predictions.jsonl", ".confusion.png")]
+    paths = [output_dir / CONFIG_FILE, output_dir / "summary.json", output_dir / "summary.md", *per_set]
+    return [p for p in paths if p.is_file()]
+
+
 def check_resume(output_dir: Path, identity: dict[str, Any], names: list[str], *, resume: bool,
                  overwrite: bool) -> None:
-    """Refuse to write into `output_dir` where earlier predictions would be lost (without resume or overwrite) or
-    mixed with this run's (resume, when the model, adapter or a generation setting changed); overwrite removes them."""
+    """Refuse to write into `output_dir` where an earlier evaluation's results would be lost (without resume or
+    overwrite) or mixed with this run's (resume, when the model, adapter or a generation setting changed);
+    overwrite removes what the earlier evaluation wrote, and nothing else."""
     config_file = output_dir / CONFIG_FILE
-    existing = [path for path in (predictions_path(output_dir, n) for n in names) if holds_predictions(path)]
     if overwrite:
-        for name in names:
-            predictions_path(output_dir, name).unlink(missing_ok=True)
+        for path in _earlier_outputs(output_dir, names):
+            path.unlink()
         return
-    if not existing:
+    existing = [path for path in (predictions_path(output_dir, n) for n in names) if holds_predictions(path)]
+    others = sorted({*earlier_datasets(output_dir), *(p.name.removesuffix(".predictions.jsonl") for p in
+                                                      output_dir.glob("*.predictions.jsonl") if holds_predictions(p))}
+                    - set(names))
+    if not existing and not others:  # nothing an earlier evaluation made would be lost or mixed
         return
     if not resume:
-        raise RunFolderError(f"{existing[0]} already holds predictions. Pass --resume to continue that run, "
-                             "--overwrite to start again, or choose another --output folder.")
+        what = f"{existing[0]} already holds predictions" if existing else \
+            f"{output_dir} holds an earlier evaluation of {', '.join(others)}, whose settings and summary this one " \
+            "would replace"
+        raise RunFolderError(f"{what}. Pass --resume to continue or add to it, --overwrite to start again, or "
+                             "choose another --output folder.")
     if not config_file.is_file():
-        raise RunFolderError(f"{existing[0]} holds predictions but {config_file} is missing, so nothing says which "
+        raise RunFolderError(f"{output_dir} holds predictions but {config_file} is missing, so nothing says which "
                              f"model, adapter and settings made them; {FIX}.")
     try:
         saved = json.loads(config_file.read_text(encoding="utf-8"))
@@ -107,7 +132,22 @@ def check_resume(output_dir: Path, identity: dict[str, Any], names: list[str], *
     changed = [_describe(k, saved.get(k), v) for k, v in identity.items() if saved.get(k) != v]
     if changed:
         raise RunFolderError(f"Cannot resume in {output_dir}: the predictions there were made differently "
-                         f"({'; '.join(changed)}), and this run's rows would mix with them; {FIX}.")
+                             f"({'; '.join(changed)}), and this run's rows would mix with them; {FIX}.")
+
+
+def open_output(output_dir: str | os.PathLike | None, identity: dict[str, Any], names: list[str], config: dict[str, Any],
+                *, resume: bool, overwrite: bool) -> tuple[Path | None, dict[str, Any]]:
+    """Prepare an evaluation's output folder (every protocol the same way): refuse a file, check resume/overwrite,
+    record the settings; returns the folder and, on resume, the earlier data sets' results to keep in the summary."""
+    if output_dir is None:
+        return None, {}
+    out = Path(output_dir)
+    check_folder_path(out, "output_dir")  # a file there is one line, not mkdir's FileExistsError
+    out.mkdir(parents=True, exist_ok=True)
+    check_resume(out, identity, names, resume=resume, overwrite=overwrite)
+    kept = {k: v for k, v in earlier_datasets(out).items() if k not in names} if resume else {}
+    write_json(out / CONFIG_FILE, config)
+    return out, kept
 
 
 class RowStream:

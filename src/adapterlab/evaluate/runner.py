@@ -12,7 +12,6 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from ..errors import UsageError
-from ..files import check_folder_path
 from ..checkpoint import write_json
 from ..data.templates import build_prompt
 from .datasets import EvalDataset, check_answers, check_record, infer_answer_type, labels_for, load_dataset
@@ -20,7 +19,7 @@ from .extract import MODES, extract_answer, is_correct
 from .fingerprint import fingerprint
 from .generate import generate_batches
 from .report import markdown_table, score
-from .resume import CONFIG_FILE, RowStream, check_resume, predictions_path, read_done
+from .resume import RowStream, open_output, predictions_path, read_done
 from .stopping import STOP_STRINGS
 
 # Settings that change generations: a resumed run must use the same ones, or its predictions would mix two runs.
@@ -132,14 +131,9 @@ def evaluate(
     metadata = dict(metadata or {})
     made_by = fingerprint(model)
     identity = {**{k: settings[k] for k in GENERATION_KEYS}, **made_by, **metadata}
-    out = Path(output_dir) if output_dir is not None else None
-    if out is not None:
-        check_folder_path(out, "output_dir")  # a file there is one line, not mkdir's FileExistsError
-        out.mkdir(parents=True, exist_ok=True)
-        check_resume(out, identity, list(prompts), resume=resume, overwrite=overwrite)
-        write_json(out / CONFIG_FILE, {**settings, **identity})
+    out, kept = open_output(output_dir, identity, list(prompts), {**settings, **identity}, resume=resume, overwrite=overwrite)
     model.eval()
-    summary: dict[str, Any] = {"datasets": {}, "settings": settings,
+    summary: dict[str, Any] = {"datasets": dict(kept), "settings": settings,
                                "metadata": {k: v for k, v in metadata.items() if k not in made_by},
                                "fingerprint": {k: identity[k] for k in made_by}}
     for dataset in data:
