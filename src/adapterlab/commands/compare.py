@@ -52,7 +52,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "(default %(default)s)")
     parser.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 per method and task (default %(default)s)")
     parser.add_argument("--data-dir", default=None, help="folder holding sst2/ and commonsense/ "
-                                                         "(default ../shared/datasets)")
+                                                         "(default: $ADAPTERLAB_DATA, then the data cache)")
     parser.add_argument("--option", action="append", default=[], metavar="METHOD.KEY=VALUE",
                         help="an adapter option, repeatable: --option lora.r=16")
     parser.add_argument("--lr", action="append", default=[], metavar="[METHOD=]LR",

@@ -96,7 +96,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                              "classification run, labelled files (seq-cls) or folders (audio-cls, image-cls) in the "
                              "format the run was trained on")
     parser.add_argument("--data-dir", action="append", default=None,
-                        help="folder holding the data files (repeatable); default ../shared/datasets/{math,commonsense}")
+                        help="folder holding the data files (repeatable); default: math/ and commonsense/ under "
+                             "$ADAPTERLAB_DATA, then the cache `adapterlab data pull` fills")
     parser.add_argument("--protocol", choices=PROTOCOLS, default="generate",
                         help="generate (default): generate an answer and read it; choice: score each option of a "
                              "multiple-choice set by its log-likelihood (acc and length-normalised acc_norm)")
