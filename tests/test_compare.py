@@ -154,3 +154,16 @@ def test_known_commonsense_names_find_their_files_in_llm_adapters_layout(tmp_pat
     assert (winogrande.train.name, winogrande.dev) == ("winogrande.json", None)
     with pytest.raises(MissingPathError, match="train_openbookqa.json or commonsense/openbookqa.json"):
         resolve_task("obqa", str(tmp_path))
+
+
+def test_help_suggests_a_small_first_run_that_parses(capsys):
+    """`compare --help` ends with a small first run; that command is one the parser accepts as written."""
+    from adapterlab.cli import build_parser
+
+    with pytest.raises(SystemExit):
+        main(["compare", "--help"])
+    epilog = " ".join(build_parser().commands["compare"].epilog.split())
+    command = epilog.split("; adapterlab ")[1].split(". Then")[0].split()
+    args = build_parser().parse_args(command)
+    assert (args.tasks, args.methods, args.seeds, args.max_steps) == ("boolq", "full,lora", 1, 60)
+    assert "small first run" in " ".join(capsys.readouterr().out.split())

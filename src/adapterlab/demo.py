@@ -32,7 +32,7 @@ from .train.plot import plot_metrics
 
 @dataclass
 class DemoConfig:
-    """What the demo runs. The defaults are tuned to finish in under 10 minutes on 2 CPU cores."""
+    """What the demo runs. The defaults take about 5 minutes on an idle 2-core CPU (BENCHMARKS.md, "make demo")."""
 
     model: str = "smollm2-135m"
     output: str = "runs/demo"

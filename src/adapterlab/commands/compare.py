@@ -42,6 +42,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "parameters, bytes stored per task, and serving latency on real dev inputs at batch 1 and 32 "
                     "unmerged and merged. Writes results.json, results.csv, report.md (with verdicts) and "
                     "curves.png, rewritten after every run.",
+        epilog="A small first run (one task, one seed, two methods, 60 steps of a small model on CPU): "
+               "adapterlab data pull boolq; adapterlab compare --model minilm-l6 --tasks boolq --methods full,lora "
+               "--seeds 1 --max-train-samples 500 --max-eval-samples 200 --max-steps 60 --eval-steps 20 "
+               "--output compare/first. Then widen --tasks, --methods, --seeds and --max-steps.",
     )
     parser.add_argument("--model", required=True, help="model spec: known short name, folder or hub id")
     parser.add_argument("--tasks", required=True, help="comma-separated: sst2, boolq, arc-e, arc-c, piqa, siqa, obqa, "
