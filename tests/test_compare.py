@@ -383,3 +383,16 @@ def test_a_comparison_where_every_run_is_refused_exits_2_and_names_only_files_it
     assert last.startswith("adapterlab compare: error: nothing could be compared: every run was refused (e.g. "
                            "lora on data: Target 'nowhere'") and last.endswith("fit each other.")
     assert "curves.png" not in captured.out and not (tmp_path / "out" / "curves.png").exists()
+
+
+def test_help_suggests_a_small_first_run_that_parses(capsys):
+    """`compare --help` ends with a small first run; that command is one the parser accepts as written."""
+    from adapterlab.cli import build_parser
+
+    with pytest.raises(SystemExit):
+        main(["compare", "--help"])
+    epilog = " ".join(build_parser().commands["compare"].epilog.split())
+    command = epilog.split("; adapterlab ")[1].split(". Then")[0].split()
+    args = build_parser().parse_args(command)
+    assert (args.tasks, args.methods, args.seeds, args.max_steps) == ("boolq", "full,lora", 1, 60)
+    assert "small first run" in " ".join(capsys.readouterr().out.split())

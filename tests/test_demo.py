@@ -122,3 +122,25 @@ def test_demo_overwrite_replaces_a_foreign_folder_but_never_a_repository(tiny, t
     (out / "old.txt").write_text("old")
     run_demo(tiny_config(tiny, out, overwrite=True, steps=1, test_problems=2), log=lambda _: None)
     assert not (out / "old.txt").exists() and (out / "summary.json").is_file()
+
+
+def test_loss_png_shows_the_before_and_after_accuracy(tmp_path, monkeypatch):
+    """The demo's loss.png has a second panel: base and adapter accuracy as bars with their 95% intervals."""
+    from matplotlib.figure import Figure
+
+    from adapterlab.train.plot import plot_metrics
+
+    metrics = tmp_path / "metrics.jsonl"
+    metrics.write_text("".join(json.dumps({"step": s, "loss": 2.0 / s}) + "\n" for s in range(1, 6)))
+    drawn: list[Figure] = []
+    real = Figure.savefig
+    monkeypatch.setattr(Figure, "savefig", lambda fig, *a, **k: (drawn.append(fig), real(fig, *a, **k))[1])
+    plot_metrics(metrics, tmp_path / "loss.png", "demo",
+                 accuracy={"base model": (0.1, (0.05, 0.17)), "with adapter": (0.71, (0.61, 0.79))})
+    loss, bars = drawn[0].axes
+    assert [line.get_label() for line in loss.get_lines()] == ["train loss"]
+    assert [round(p.get_height(), 1) for p in bars.patches] == [10.0, 71.0]
+    assert [t.get_text() for t in bars.get_xticklabels()] == ["base model", "with adapter"]
+    assert (tmp_path / "loss.png").stat().st_size > 0
+    plot_metrics(metrics, tmp_path / "plain.png")  # a training run's own plot keeps one panel
+    assert len(drawn[1].axes) == 1

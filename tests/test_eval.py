@@ -304,3 +304,29 @@ def test_real_model_batched_equals_single_and_scores(tmp_path):
     summary = evaluate(model, tok, records, max_new_tokens=24, output_dir=tmp_path, progress=False)
     assert summary["datasets"]["records"]["n"] == 4
     assert len((tmp_path / "records.predictions.jsonl").read_text().splitlines()) == 4
+
+
+def test_overlap_note_only_for_the_math_training_data_the_adapter_saw(tmp_path):
+    """The train/test overlap note speaks of LLM-Adapters' math training data only when the adapter was trained on
+    it, and names only the evaluated math sets its training data was not decontaminated against."""
+    from adapterlab.commands.eval import training_files
+    from adapterlab.evaluate import markdown_table
+
+    row = {"n": 10, "correct": 5, "accuracy": 0.5, "ci95": [0.2, 0.8], "no_answer": 0}
+
+    def table(**meta) -> str:
+        return markdown_table({"datasets": {"svamp": row, "gsm8k": row, "boolq": row}, "settings": {"mode": "default"},
+                               "metadata": {"model": "m", **meta}})
+
+    assert "Note:" not in table()  # the base model
+    assert "Note:" not in table(trained_on=["runs/demo/data/train.json"])  # the demo's own arithmetic problems
+    note = table(trained_on=["/d/math/train_math_3k.json"]).split("Note: ")[1]
+    assert "trained on train_math_3k.json" in note and "overlap gsm8k, svamp:" in note and "boolq" not in note
+    note = table(trained_on=["math_10k.json"], decontaminated_against=["/d/math/gsm8k.json"]).split("Note: ")[1]
+    assert "overlap svamp:" in note
+    assert "trained_on" not in table(trained_on=["x.json"])  # recorded, not listed among the settings
+    run = tmp_path / "run"
+    (run / "adapter").mkdir(parents=True)
+    (run / "train_config.yaml").write_text("data: [/d/math/train_math_3k.json]\ndecontaminate: [/d/math/gsm8k.json]\n")
+    assert training_files(run / "adapter") == {"data": ["/d/math/train_math_3k.json"],
+                                               "decontaminate": ["/d/math/gsm8k.json"]}

@@ -25,6 +25,7 @@ SUBCOMMANDS = [
     "adapterlab.commands.export",
     "adapterlab.commands.measure",
     "adapterlab.commands.compare",
+    "adapterlab.commands.data",
     "adapterlab.commands.models",
     "adapterlab.commands.train",
 ]

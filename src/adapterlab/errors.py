@@ -54,6 +54,10 @@ class ModelPullError(UserError, RuntimeError):
     """A known model could not be fetched or extracted."""
 
 
+class DataPullError(UserError, RuntimeError):
+    """A published data set could not be fetched, or what came is not the file its recorded digest names."""
+
+
 class CorruptFileError(UserError, ValueError):
     """A file adapterlab wrote or reads is truncated, empty or of another format; the message names it."""
 

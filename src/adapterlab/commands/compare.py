@@ -43,6 +43,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "parameters, bytes stored per task, and serving latency on real dev inputs at batch 1 and 32 "
                     "unmerged and merged. Writes results.json, results.csv, report.md (with verdicts) and "
                     "curves.png, rewritten after every run.",
+        epilog="A small first run (one task, one seed, two methods, 60 steps of a small model on CPU): "
+               "adapterlab data pull boolq; adapterlab compare --model minilm-l6 --tasks boolq --methods full,lora "
+               "--seeds 1 --max-train-samples 500 --max-eval-samples 200 --max-steps 60 --eval-steps 20 "
+               "--output compare/first. Then widen --tasks, --methods, --seeds and --max-steps.",
     )
     parser.add_argument("--model", required=True, help="model spec: known short name, folder or hub id")
     parser.add_argument("--tasks", required=True, help="comma-separated: sst2, boolq, arc-e, arc-c, piqa, siqa, obqa, "
@@ -53,7 +57,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "(default %(default)s)")
     parser.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 per method and task (default %(default)s)")
     parser.add_argument("--data-dir", default=None, help="folder holding sst2/ and commonsense/ "
-                                                         "(default ../shared/datasets)")
+                                                         "(default: $ADAPTERLAB_DATA, then the data cache)")
     parser.add_argument("--option", action="append", default=[], metavar="METHOD.KEY=VALUE",
                         help="an adapter option, repeatable: --option lora.r=16")
     parser.add_argument("--lr", action="append", default=[], metavar="[METHOD=]LR",

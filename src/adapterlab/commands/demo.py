@@ -1,6 +1,6 @@
 """`adapterlab demo`: a small model before and after a few minutes of LoRA training on arithmetic word problems.
 
-    adapterlab demo                      # what `make demo` runs: SmolLM2-135M-Instruct, < 10 minutes on 2 CPU cores
+    adapterlab demo                      # what `make demo` runs: SmolLM2-135M-Instruct, about 5 minutes on 2 CPU cores
     adapterlab demo --steps 300 --output runs/demo-long
 """
 

@@ -58,8 +58,8 @@ def find_adapter(path: str) -> Path:
     raise UsageError(f"--adapter-path {path}: several adapters inside ({', '.join(map(str, found))}); pass one of them.")
 
 
-def training_template(adapter_dir: Path) -> str | None:
-    """The prompt template the adapter was trained with, read from the run's config next to or above it."""
+def run_config(adapter_dir: Path) -> dict[str, Any]:
+    """The training run's config next to or above the adapter (train_config.yaml, ...), or {} when none reads."""
     for folder in (adapter_dir, adapter_dir.parent):
         for name in TRAIN_CONFIG_FILES:
             file = folder / name
@@ -68,10 +68,22 @@ def training_template(adapter_dir: Path) -> str | None:
                     data: Any = yaml.safe_load(file.read_text()) if file.suffix == ".yaml" else json.loads(file.read_text())
                 except (yaml.YAMLError, json.JSONDecodeError):
                     continue
-                template = data.get("template") if isinstance(data, dict) else None
-                if isinstance(template, str):
-                    return template
-    return None
+                if isinstance(data, dict):
+                    return data
+    return {}
+
+
+def training_template(adapter_dir: Path) -> str | None:
+    """The prompt template the adapter was trained with, read from the run's config next to or above it."""
+    template = run_config(adapter_dir).get("template")
+    return template if isinstance(template, str) else None
+
+
+def training_files(adapter_dir: Path) -> dict[str, list[str]]:
+    """The files the adapter was trained on and those its training data was decontaminated against (for the
+    report's train/test overlap note: said only of data the adapter saw)."""
+    config = run_config(adapter_dir)
+    return {key: [str(f) for f in config.get(key) or [] if isinstance(f, str)] for key in ("data", "decontaminate")}
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -100,7 +112,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                              "classification run, labelled files (seq-cls) or folders (audio-cls, image-cls) in the "
                              "format the run was trained on")
     parser.add_argument("--data-dir", action="append", default=None,
-                        help="folder holding the data files (repeatable); default ../shared/datasets/{math,commonsense}")
+                        help="folder holding the data files (repeatable); default: math/ and commonsense/ under "
+                             "$ADAPTERLAB_DATA, then the cache `adapterlab data pull` fills")
     parser.add_argument("--protocol", choices=PROTOCOLS, default="generate",
                         help="generate (default): generate an answer and read it; choice: score each option of a "
                              "multiple-choice set by its log-likelihood (acc and length-normalised acc_norm)")
@@ -207,8 +220,10 @@ def load_for_eval(args: argparse.Namespace, adapter_dir: Path | None) -> tuple[A
     weights = resolve_model(args.model, log=lambda _: None).location  # a short name's cache folder
     if adapter_dir is not None:
         load_any_adapter(model, adapter_dir)  # adapterlab's or PEFT's (LLM-Adapters' fork too)
+    trained = training_files(adapter_dir) if adapter_dir is not None else {"data": [], "decontaminate": []}
     return model, tokenizer, {"model": args.model, "model_files": model_files(weights),
-                              "adapter": str(adapter_dir) if adapter_dir else None}
+                              "adapter": str(adapter_dir) if adapter_dir else None,
+                              "trained_on": trained["data"], "decontaminated_against": trained["decontaminate"]}
 
 
 def report(summary: dict[str, Any], args: argparse.Namespace) -> int:

@@ -1,5 +1,6 @@
 """The tasks a comparison runs: known names (sst2, boolq and the commonsense sets arc-e, arc-c, piqa, siqa, obqa,
-hellaswag, winogrande) read ../shared/datasets (or --data-dir) in LLM-Adapters' layout, or any file.
+hellaswag, winogrande) read --data-dir, else $ADAPTERLAB_DATA, else the data cache (data/locations.py), in
+LLM-Adapters' layout; or any file.
 
 A known name gives the training task, the training file and the dev file; a set without a training file (PIQA
 here) has its dev records held out of its test file. A file is given as PATH (text classification) or TYPE:PATH, with
@@ -16,7 +17,8 @@ from typing import Any
 
 from ..data.reading import check_file
 from ..errors import MissingPathError, UsageError
-from ..evaluate.datasets import KNOWN as EVAL_SETS, default_data_dirs
+from ..data.locations import data_roots
+from ..evaluate.datasets import KNOWN as EVAL_SETS
 from ..tasks import TASKS
 
 # The commonsense sets as multiple choice, by eval's names and files (arc-e -> arc-easy.json, siqa ->
@@ -46,10 +48,8 @@ class CompareTask:
 
 
 def dataset_roots(data_dir: str | None) -> list[Path]:
-    """Folders that hold sst2/, commonsense/, ...: --data-dir, else ../shared/datasets as eval finds it."""
-    if data_dir:
-        return [Path(data_dir)]
-    return list(dict.fromkeys(d.parent for d in default_data_dirs()))
+    """Folders that hold sst2/, commonsense/, ...: --data-dir, else the roots eval searches (data/locations.py)."""
+    return [Path(data_dir)] if data_dir else data_roots()
 
 
 def resolve_task(spec: str, data_dir: str | None = None) -> CompareTask:
@@ -62,8 +62,10 @@ def resolve_task(spec: str, data_dir: str | None = None) -> CompareTask:
                 if (root / train).is_file():
                     return CompareTask(spec, task, root / train, root / dev if dev else None)
         wanted = " or ".join(train for train, _ in files)
-        raise MissingPathError(f"Task {spec!r} reads {wanted} under {', '.join(map(str, roots)) or '../shared/datasets'}"
-                               ", which is not there; pass --data-dir with the folder that holds it.")
+        fix = ("pass --data-dir with the folder that holds it" if spec == "sst2" or data_dir else
+               f"run `adapterlab data pull {spec}`, or pass --data-dir with the folder that holds it")
+        raise MissingPathError(f"Task {spec!r} reads {wanted} under {', '.join(map(str, roots))}, which is not "
+                               f"there; {fix}.")
     kind, sep, path = spec.partition(":")
     if not sep or kind not in TASKS:
         kind, path = "seq-cls", spec

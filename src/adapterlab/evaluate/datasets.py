@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from ..data.locations import default_data_dirs, where_searched
 from ..data.reading import check_file, read_json_records
 from ..errors import DataError, MissingPathError
 
@@ -60,17 +61,6 @@ ALIASES = {
 }
 
 
-def default_data_dirs() -> list[Path]:
-    """Where known data sets are looked for when no --data-dir is given: ../shared/datasets/{math,commonsense}."""
-    dirs: list[Path] = []
-    beside_repo = Path(__file__).resolve().parents[3].parent  # the checkout's parent, for an editable install
-    for root in (Path.cwd() / ".." / "shared" / "datasets", beside_repo / "shared" / "datasets"):
-        for sub in ("math", "commonsense"):
-            if (root / sub).is_dir() and (root / sub).resolve() not in [d.resolve() for d in dirs]:
-                dirs.append(root / sub)
-    return dirs
-
-
 @dataclass
 class EvalDataset:
     """A data set ready to evaluate: its name, records and how to read answers to it."""
@@ -91,19 +81,21 @@ def canonical_name(name: str) -> str | None:
 
 
 def find_file(name: str, data_dirs: list[str | os.PathLike] | None = None) -> Path:
-    """The file of known data set `name` in one of `data_dirs` (default: the shared math/commonsense folders)."""
-    known = KNOWN[canonical_name(name)]
+    """The file of known data set `name` in one of `data_dirs` (default: math/ and commonsense/ under
+    $ADAPTERLAB_DATA, then under the cache `adapterlab data pull` fills)."""
+    canonical = canonical_name(name)
+    known = KNOWN[canonical]
     dirs = [Path(d) for d in data_dirs] if data_dirs else default_data_dirs()
     candidates = [known.file, f"{name}.json", f"{name.lower()}.json", f"{name}/test.json"]
     for d in dirs:
         for candidate in candidates:
             if (d / candidate).is_file():
                 return d / candidate
-    where = ", ".join(str(d) for d in dirs) or "(no folder: ../shared/datasets/{math,commonsense} does not exist)"
-    raise MissingPathError(
-        f"Data set {name!r} needs {known.file}, which is in none of: {where}. "
-        "Pass the folder holding it with --data-dir (may be repeated), or give the file's path instead of the name."
-    )
+    if data_dirs:
+        raise MissingPathError(f"Data set {name!r} needs {known.file}, which is in none of the --data-dir folders "
+                               f"({', '.join(map(str, dirs))}); pass the folder holding it, or the file's path.")
+    raise MissingPathError(f"Data set {name!r} needs {known.file}, found under none of {where_searched()}; run "
+                           f"`adapterlab data pull {canonical}`, or pass --data-dir (or the file's path).")
 
 
 def read_records(path: str | os.PathLike) -> list[dict[str, Any]]:

@@ -4,14 +4,29 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 Z95 = 1.959963984540054  # two-sided 95% normal quantile
 MATH_SETS = {"gsm8k", "svamp", "multiarith", "addsub", "singleeq", "mawps", "aqua"}
-OVERLAP_NOTE = (
-    "The LLM-Adapters math training set (train_math_3k.json / math_data.json) overlaps most math test sets; "
-    "scores of adapters trained on it are inflated on those sets."
-)
+# LLM-Adapters' math training files (as `adapterlab data pull` names them): their questions overlap MATH_SETS.
+MATH_TRAINING = {"train_math_3k", "math_data", "math_7k", "math_10k", "math_14k", "math_50k"}
+# Metadata recorded for the overlap note, not shown among the settings.
+NOT_SETTINGS = ("trained_on", "decontaminated_against")
+
+
+def overlap_note(summary: dict[str, Any]) -> str | None:
+    """A note that scores are inflated, only when the adapter was trained on an LLM-Adapters math training file
+    and evaluated on a math test set its training data was not decontaminated against."""
+    meta = summary.get("metadata", {})
+    trained = sorted({Path(f).name for f in meta.get("trained_on") or [] if Path(f).stem in MATH_TRAINING})
+    cleaned = {Path(f).stem for f in meta.get("decontaminated_against") or []}
+    sets = sorted(set(summary["datasets"]) & MATH_SETS - cleaned)
+    if not trained or not sets:
+        return None
+    return (f"This adapter was trained on {', '.join(trained)} (LLM-Adapters' math training data), whose questions "
+            f"overlap {', '.join(sets)}: its scores there are inflated. Train with --decontaminate <test file> to "
+            "drop the overlap.")
 
 
 def wilson_interval(correct: int, total: int, z: float = Z95) -> tuple[float, float]:
@@ -57,10 +72,12 @@ def markdown_table(summary: dict[str, Any]) -> str:
         other = f"{100 * s['alt_accuracy']:.1f}% ({s['alt_mode']})" if "alt_accuracy" in s else "-"
         lines.append(f"| {name} | {s['n']} | {accuracy} | {interval} | {s['no_answer']} | {other} |")
     meta = summary.get("metadata", {})
-    described = ", ".join(f"{k}={v}" for k, v in {**meta, **settings}.items() if v is not None)
+    shown = {k: v for k, v in {**meta, **settings}.items() if v is not None and k not in NOT_SETTINGS}
+    described = ", ".join(f"{k}={v}" for k, v in shown.items())
     lines += ["", f"Settings: {described}."]
-    if MATH_SETS & set(summary["datasets"]):
-        lines += ["", f"Note: {OVERLAP_NOTE}"]
+    note = overlap_note(summary)
+    if note:
+        lines += ["", f"Note: {note}"]
     return "\n".join(lines) + "\n"
 
 

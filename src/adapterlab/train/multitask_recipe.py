@@ -30,6 +30,7 @@ from ..errors import AdapterError, RunFolderError
 from ..files import replace_files, write_json, write_safetensors
 from ..tasks.base import TaskSetup
 from .callbacks import MetricsLog
+from .progress import use_readable_progress
 from .config import TrainConfig
 from .multitask import MultiTaskModel, ProportionalTaskBatches, TaskCollator, TaskExamples
 from .recipe import prepare_task, resolve_precision, training_arguments
@@ -166,6 +167,7 @@ def _train(model: MultiTaskModel, setups: dict[str, TaskSetup], config: TrainCon
                                data_collator=TaskCollator({t: s.data_collator for t, s in setups.items()}),
                                callbacks=[MetricsLog(out / METRICS)], setups=setups, sampler=sampler,
                                patience=config.early_stopping)
+    use_readable_progress(trainer)
     clear_run(out)
     record_outputs(out, [METRICS, SUMMARY])
     start = time.perf_counter()

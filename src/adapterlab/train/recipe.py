@@ -32,6 +32,7 @@ from ..stochastic import stochastic_modules
 from ..tasks import TASKS
 from ..tasks.base import TaskOptions, TaskSetup
 from .callbacks import BestKeeper, MetricsLog
+from .progress import use_readable_progress
 from .checkpointing import (TRAINABLE_NAME, AdapterTrainer, check_checkpoint, last_checkpoint, load_trainable,
                             save_head, save_trainable)
 from .config import TrainConfig
@@ -215,6 +216,7 @@ def _train(config: TrainConfig, out: Path, main: bool, callbacks: Sequence[Train
                    *callbacks],
         full_model=config.adapter == "full",
     )
+    use_readable_progress(trainer)
     tokens_before = json.loads((checkpoint / "trainer_state.json").read_text()).get("num_input_tokens_seen", 0) \
         if checkpoint else 0
     start = time.perf_counter()
