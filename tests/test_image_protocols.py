@@ -158,7 +158,7 @@ def absolute_path(root: Path) -> str:
 
 def json_list(root: Path) -> str:
     (root / "val.json").write_text(json.dumps([{"path": "001.class1/img_4.png", "label": 1}]))
-    return "val.json holds list; VPT's file is a non-empty JSON object"
+    return r"val.json holds a JSON list; VPT's file is a non-empty JSON object \{image path: class id\}"
 
 
 def broken_image(root: Path) -> str:

@@ -72,8 +72,9 @@ def read_fgvc_json(path: Path, root: Path, layout: str) -> Examples:
         raise DataError(f"{path} is not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}; restore "
                         "VPT's file.") from exc
     if not isinstance(annotations, dict) or not annotations:
-        raise DataError(f"{path} holds {'no images' if annotations in ({}, []) else type(annotations).__name__}; "
-                        "VPT's file is a non-empty JSON object {image path: class id} (restore it).")
+        held = "no images" if annotations in ({}, []) else f"a JSON {type(annotations).__name__}"
+        raise DataError(f"{path} holds {held}; VPT's file is a non-empty JSON object {{image path: class id}} "
+                        "(restore it).")
     base, files, labels = fgvc_images(root), [], []
     for name, label in annotations.items():
         if isinstance(label, bool) or not isinstance(label, (int, str)) or not str(label).strip():

@@ -69,8 +69,9 @@ def protocol_examples(split: str, options: TaskOptions) -> tuple[Examples, tuple
 def folder_examples(options: TaskOptions) -> tuple[Examples, tuple[str, str], None, Examples | None, Examples]:
     """(class-folder examples of --data, where their labels come from, no marks, --eval-data's, no test set)."""
     source = (f"The class sub-folders of {', '.join(options.data)}", "give each class its own sub-folder")
+    examples = read_examples(options.data, options)
     dev = read_examples(options.eval_data, options) if options.eval_data else None
-    return read_examples(options.data, options), source, None, dev, ([], [])
+    return examples, source, None, dev, ([], [])
 
 
 def prepare(options: TaskOptions) -> TaskSetup:
