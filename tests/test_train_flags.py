@@ -94,6 +94,15 @@ def write_images(root: Path, seed: int = 0) -> Path:
     return root
 
 
+def write_fgvc(root: Path) -> Path:
+    """An FGVC root as VPT prepares it: images/<class>/ and train/val/test.json of {path: class id}."""
+    write_images(root / "images", seed=3)
+    for split, takes in (("train", range(4)), ("val", [4]), ("test", [5])):
+        (root / f"{split}.json").write_text(json.dumps({f"{c}/{i}.png": k for k, c in ((1, "a"), (2, "b"))
+                                                        for i in takes}))
+    return root
+
+
 @pytest.fixture(scope="module")
 def files(tmp_path_factory) -> dict[str, dict[str, Any]]:
     """Per task: model, data, dev data and a second model / data set, plus the files some flags name."""
@@ -128,7 +137,8 @@ def files(tmp_path_factory) -> dict[str, dict[str, Any]]:
                           cross_validate=["--split", "fsdd-speakers", "--cross-validate"]),
         "image-cls": dict(model=f"config:{root / 'vit.json'}", model2=f"config:{root / 'vit2.json'}",
                           data=write_images(root / "images"), data2=write_images(root / "images2", seed=1),
-                          dev=write_images(root / "images-dev", seed=2)),
+                          dev=write_images(root / "images-dev", seed=2),
+                          split=["--split", "fgvc", "--data", str(write_fgvc(root / "fgvc"))]),
     }
 
 
@@ -166,7 +176,7 @@ ALTERNATIVES: dict[str, Callable[[dict[str, Any]], list[str]]] = {
     "pooling": lambda fx: ["--pooling", "mean"],
     "labels_csv": lambda fx: ["--labels-csv", str(fx.get("labels_csv", "labels.csv"))],
     "label_pattern": lambda fx: ["--label-pattern", r"_(\w+?)_"],
-    "split": lambda fx: ["--split", "fsdd", "--val-size", "0"],
+    "split": lambda fx: fx.get("split", ["--split", "fsdd", "--val-size", "0"]),  # image-cls: an FGVC root
     "fold": lambda fx: fx.get("fold", ["--fold", "1"]),  # audio: a speaker held out of the FSDD-like tones
     "cross_validate": lambda fx: fx.get("cross_validate", ["--cross-validate"]),  # audio: the first fold's training
     "decontaminate": lambda fx: ["--decontaminate", str(fx.get("contaminated", "test.json"))],

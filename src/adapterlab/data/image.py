@@ -26,12 +26,20 @@ def list_images(root: str | Path) -> tuple[list[Path], list[str]]:
                 labels.append(class_dir.name)
     if not files:
         raise DataError(f"No images under {root}/<class>/; expected files ending in {', '.join(IMAGE_SUFFIXES)}.")
-    for path in files:  # the header only (lazy), so a file that is not an image is named before training starts
-        try:
-            Image.open(path).close()
-        except (UnidentifiedImageError, OSError) as exc:
-            raise DataError(f"{path} is not a readable image ({exc}); replace or remove it.") from exc
+    for path in files:
+        check_image(path)
     return files, labels
+
+
+def check_image(path: Path, listed_in: str = "") -> Path:
+    """`path` if its image header reads (lazy, so a bad file is named before the run folder is written); else a
+    one-line error naming it and, where given, the list that named it."""
+    where = f", listed in {listed_in}," if listed_in else ""
+    try:
+        Image.open(path).close()
+    except (UnidentifiedImageError, OSError) as exc:
+        raise DataError(f"{path}{where} is not a readable image ({exc}); replace or remove it.") from exc
+    return path
 
 
 class ImageClassificationDataset(torch.utils.data.Dataset):

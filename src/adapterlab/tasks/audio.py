@@ -27,11 +27,11 @@ from ..data.audio import (
 )
 from ..data.specaugment import masked_training_set, masking_info
 from ..data.audio_protocols import PROTOCOLS
-from .audio_protocol import folds, label_test, protocol_examples  # noqa: F401 (folds: for --cross-validate)
+from .audio_protocol import folds, protocol_examples  # noqa: F401 (folds: for --cross-validate)
 from .audio_models import audio_dataset, check_pooling, fit, frozen_modules, pooling_of
 from .base import TaskOptions, TaskSetup
 from .classification import accuracy, head_modules
-from .labelled import load_classifier, select
+from .labelled import label_test, load_classifier, select
 from .scratch import is_config_spec
 
 SPLITS = ("random", "fsdd", *PROTOCOLS)  # the protocols: --data is the dataset's root (data/audio_protocols.py)

@@ -6,9 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..data.audio_protocols import DEV, PROTOCOLS, TEST, fold_names, split_roles
-from ..errors import DataError, UsageError
+from ..errors import UsageError
 from .base import TaskOptions
-from .labelled import natural_key
 
 Examples = tuple[list[Path], list[str]]
 
@@ -26,16 +25,6 @@ def protocol_examples(split: str, options: TaskOptions) -> tuple[list[Path], lis
     source = (f"The {PROTOCOLS[split].dataset} metadata in {options.data[0]}", "check that --data is the whole dataset")
     return ([catalog.files[i] for i in pool], [catalog.labels[i] for i in pool], source,
             [roles[i] == DEV for i in pool], ([catalog.files[i] for i in test], [catalog.labels[i] for i in test]))
-
-
-def label_test(test: Examples, labels: list[str]) -> tuple[list[Path], list[int]]:
-    """The test files with the label ids of the training labels; a test label never trained on is refused."""
-    to_id = {name: i for i, name in enumerate(labels)}
-    unknown = sorted(set(test[1]) - set(to_id), key=natural_key)
-    if unknown:
-        raise DataError(f"The test set has labels {unknown} that never occur in the training and dev data {labels}; "
-                        "check that --data is the whole dataset.")
-    return test[0], [to_id[name] for name in test[1]]
 
 
 def folds(options: TaskOptions) -> list[str]:

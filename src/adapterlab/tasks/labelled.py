@@ -64,6 +64,16 @@ def select(files: list[Path], names: list[str], options: TaskOptions, source: tu
             "dev": (dev_files, dev_ids)}
 
 
+def label_test(test: tuple[list[Path], list[str]], labels: list[str]) -> tuple[list[Path], list[int]]:
+    """The test files with the label ids of the training labels; a test label never trained on is refused."""
+    to_id = {name: i for i, name in enumerate(labels)}
+    unknown = sorted(set(test[1]) - set(to_id), key=natural_key)
+    if unknown:
+        raise DataError(f"The test set has labels {unknown} that never occur in the training and dev data {labels}; "
+                        "check that --data is the whole dataset.")
+    return test[0], [to_id[name] for name in test[1]]
+
+
 def load_classifier(options: TaskOptions, task: str, labels: list[str],
                     **overrides: Any) -> tuple[nn.Module, Any, bool]:
     """(model with a fresh `len(labels)`-way head, its processor, whether it came from pretrained weights).

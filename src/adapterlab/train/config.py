@@ -96,8 +96,10 @@ class TrainConfig:
     split: str = flag("dev set: random (--val-size of every class), fsdd (file takes 0-4), or a dataset's own "
                       "protocol, --data being its root: esc50 (fold K tests, fold K-1 is dev, three train), "
                       "urbansound8k (fold K is dev, nine train), fsdd-speakers (speaker K is dev), speech-commands "
-                      "and fluent-speech (official train/validation/test lists; validation is dev). A test set is "
-                      "scored after training with the best dev weights", per_task=True, default="random")
+                      "and fluent-speech (official train/validation/test lists; validation is dev); image-cls: fgvc "
+                      "(VPT's train/val/test.json), vtab-1k (train800val200 trains, val200 is dev, as MoSA's final "
+                      "runs) or vtab-1k-tune (train800 / val200). A test set is scored after training with the "
+                      "best dev weights", per_task=True, default="random")
     fold: str | None = flag("the fold of --split esc50 / urbansound8k (1-5 / 1-10) or fsdd-speakers (a speaker name)",
                             per_task=True, default=None)
     cross_validate: bool = flag("train once per fold of --split into OUTPUT/fold-K (ordinary run folders) and write "
