@@ -109,8 +109,9 @@ def test_demo_refuses_a_folder_that_holds_no_demo(tmp_path):
 
 
 @pytest.mark.reliability
-def test_demo_overwrite_replaces_a_foreign_folder_but_never_a_repository(tiny, tmp_path, single_thread):
-    """demo --overwrite into a folder holding a git repository -> refused, the repository untouched"""
+def test_demo_overwrite_writes_beside_foreign_files_but_never_into_a_repository(tiny, tmp_path, single_thread):
+    """demo --overwrite into a folder holding a git repository -> refused, the repository untouched; into a folder
+    holding other files -> the demo is written beside them, nothing of theirs removed (#19: one output-folder rule)"""
     repo = tmp_path / "repo"
     (repo / ".git").mkdir(parents=True)
     (repo / "code.py").write_text("x = 1")
@@ -121,7 +122,15 @@ def test_demo_overwrite_replaces_a_foreign_folder_but_never_a_repository(tiny, t
     out.mkdir()
     (out / "old.txt").write_text("old")
     run_demo(tiny_config(tiny, out, overwrite=True, steps=1, test_problems=2), log=lambda _: None)
-    assert not (out / "old.txt").exists() and (out / "summary.json").is_file()
+    assert (out / "old.txt").read_text() == "old" and (out / "summary.json").is_file()
+    run_demo(tiny_config(tiny, out, steps=1, test_problems=2), log=lambda _: None)  # an earlier demo: replaced
+    assert (out / "old.txt").read_text() == "old" and (out / "summary.json").is_file()
+    (out / "summary.json").unlink()
+    (out / ".adapterlab-demo.json").unlink()
+    (out / "summary.json").write_text("mine")
+    with pytest.raises(RunFolderError, match="which no earlier demo wrote"):
+        run_demo(tiny_config(tiny, out, overwrite=True, steps=1, test_problems=2), log=lambda _: None)
+    assert (out / "summary.json").read_text() == "mine"
 
 
 def test_loss_png_shows_the_before_and_after_accuracy(tmp_path, monkeypatch):

@@ -24,7 +24,8 @@ from .data.arith import write_problems
 from .data.templates import TEMPLATES
 from .errors import AdapterError, RunFolderError
 from .evaluate import evaluate, load_dataset
-from .models import load_model, resolve_model
+from .models import load_model, model_folder, resolve_model
+from .output_folder import OutputFolder
 from .report import demo_markdown, results_table
 from .train import TrainConfig, train
 from .train.plot import plot_metrics
@@ -68,7 +69,10 @@ class DemoConfig:
 # Seconds measured for the default demo on an idle 2-core CPU (BENCHMARKS.md, "make demo"), to tell the user
 # up front how long it will take: model load, evaluation per test problem (base and adapter), training per step.
 REFERENCE_SECONDS = {"load": 37.0, "eval_per_problem": 0.24, "train_per_step": 2.7}
-MARKER = ".adapterlab-demo"  # written first into the output folder: the folder holds a demo and may be replaced
+# What a demo writes into --output: the next demo there replaces these, and nothing else.
+DEMO_OUTPUTS = ("adapter", "data", "predictions_before.jsonl", "predictions_after.jsonl", "loss.png", "report.md",
+                "summary.json", ".eval_before", ".eval_after")
+LEGACY_MARKER = ".adapterlab-demo"  # what demos before the output-folder rule wrote first into --output
 
 
 def expected_minutes(config: DemoConfig) -> float | None:
@@ -80,22 +84,26 @@ def expected_minutes(config: DemoConfig) -> float | None:
     return (ref["load"] + 2 * ref["eval_per_problem"] * config.test_problems + train) / 60
 
 
-def prepare_output(out: Path, overwrite: bool) -> None:
-    """Empty `out` for a new demo: an earlier demo's folder is replaced; any other non-empty folder only with
-    `overwrite` (never a folder holding a git repository, the current folder or the home folder)."""
-    if out.exists() and not out.is_dir():
-        raise RunFolderError(f"--output {out} is a file; choose a folder.")
-    if out.is_dir() and any(out.iterdir()):
-        if not (out / MARKER).is_file() and not overwrite:
-            raise RunFolderError(f"--output {out} is not empty and holds no earlier demo; choose an empty or new "
-                                 "folder, or pass --overwrite to replace what it holds.")
-        resolved = out.resolve()
-        if (resolved / ".git").exists() or resolved in (Path.cwd().resolve(), Path.home().resolve()):
-            raise RunFolderError(f"--output {out} is a repository, the current folder or the home folder; the "
-                                 "demo will not empty it. Choose another folder.")
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / MARKER).write_text("This folder holds an `adapterlab demo` run; the next demo into it replaces it.\n")
+@contextmanager
+def demo_folder(out: Path, overwrite: bool, model: str) -> Iterator[None]:
+    """Hold `out` for the demo under the one output-folder rule: never a model's or a run's folder, a
+    repository, the current or the home folder; an earlier demo's outputs are replaced (the demo's contract:
+    run it again, get a fresh one); a folder holding anything else needs `overwrite`, and even then the demo
+    replaces only what a demo wrote."""
+    folder = OutputFolder(out, "demo", "--output")
+    folder.check_place([("the model's folder", model_folder(model))])
+    resolved = out.resolve()
+    if out.is_dir() and any(out.iterdir()) and (
+            (resolved / ".git").exists() or resolved in (Path.cwd().resolve(), Path.home().resolve())):
+        raise RunFolderError(f"--output {out} is a repository, the current folder or the home folder; the demo "
+                             "will not write into it. Choose another folder.")
+    if (out / LEGACY_MARKER).is_file() and not folder.written():
+        folder.record([*DEMO_OUTPUTS, LEGACY_MARKER])  # an earlier version's demo: its outputs are the demo's
+    earlier = bool(folder.written())
+    with folder.claim(overwrite=overwrite or earlier, writes=DEMO_OUTPUTS):
+        folder.clear()
+        folder.record(DEMO_OUTPUTS)
+        yield
 
 
 class TimeLimit(TrainerCallback):
@@ -138,13 +146,18 @@ def run_demo(config: DemoConfig | None = None, log: Callable[[str], None] = prin
     """Run the demo as `config` says (defaults: SmolLM2-135M-Instruct, a few minutes on CPU); return its summary.
 
     Writes into `config.output`: adapter/ (the training run folder, with the adapter), data/, predictions_before.jsonl,
-    predictions_after.jsonl, loss.png, report.md and summary.json. An earlier demo in that folder is replaced; any
-    other non-empty folder is refused unless `config.overwrite`.
+    predictions_after.jsonl, loss.png, report.md and summary.json. An earlier demo's outputs there are replaced; a
+    folder holding anything else is refused unless `config.overwrite`, which still replaces only the demo's files.
     """
     config = config or DemoConfig()
     config.validate()
     out = Path(config.output)
-    prepare_output(out, config.overwrite)
+    with demo_folder(out, config.overwrite, config.model):
+        return _run_demo(config, out, log)
+
+
+def _run_demo(config: DemoConfig, out: Path, log: Callable[[str], None]) -> dict[str, Any]:
+    """The demo's steps in its held --output folder."""
     times: dict[str, float] = {}
     total_start = time.perf_counter()
     minutes = expected_minutes(config)

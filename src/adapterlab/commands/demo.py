@@ -22,7 +22,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--model", default=DEFAULTS.model, help="model spec (default %(default)s, pulled via pip)")
     parser.add_argument("--output", default=DEFAULTS.output, help="output folder, replaced if it holds an earlier "
                                                                   "demo (default %(default)s)")
-    parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --output that holds no demo")
+    parser.add_argument("--overwrite", action="store_true", help="write into a non-empty --output that holds no earlier demo (only a demo's own files are ever replaced)")
     parser.add_argument("--steps", type=int, default=DEFAULTS.steps, help="optimizer steps (default %(default)s)")
     parser.add_argument("--train-minutes", type=float, default=DEFAULTS.train_minutes,
                         help="also stop training after this many minutes; the result then depends on the machine's "
