@@ -2,7 +2,8 @@
 
 from .cache import ModelPullError, adapterlab_home, cached_size, is_cached, model_dir, model_path, pull
 from .known import KNOWN_MODELS, KnownModel, UnknownModelError, known_model
-from .loading import TASKS, ModelSource, load_model, load_tokenizer, model_folder, resolve_model
+from .loading import TASKS, load_model, load_tokenizer
+from .sources import ModelSource, model_folder, resolve_model
 
 __all__ = [
     "KNOWN_MODELS", "KnownModel", "ModelPullError", "ModelSource", "TASKS", "UnknownModelError",
