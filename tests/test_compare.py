@@ -396,3 +396,17 @@ def test_help_suggests_a_small_first_run_that_parses(capsys):
     args = build_parser().parse_args(command)
     assert (args.tasks, args.methods, args.seeds, args.max_steps) == ("boolq", "full,lora", 1, 60)
     assert "small first run" in " ".join(capsys.readouterr().out.split())
+
+
+def test_a_finished_run_is_reused_whichever_way_output_is_spelled(tmp_path, monkeypatch):
+    """--output given relative once and absolute the next time names the same runs: a finished run is reused."""
+    monkeypatch.chdir(tmp_path)
+    relative = [a if a != str(tmp_path / "out") else "out" for a in tiny_compare(tmp_path, "--methods", "lora")]
+    assert main(relative) == 0
+    run = tmp_path / "out" / "runs" / "data" / "lora-seed0"
+    for name in ("data", "results.json", "results.csv", "report.md", "curves.png", ".adapterlab-compare.json"):
+        path = tmp_path / "out" / name
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+    files = {p.name: p.stat().st_mtime_ns for p in run.iterdir()}
+    assert main(tiny_compare(tmp_path, "--methods", "lora", "--overwrite")) == 0
+    assert {p.name: p.stat().st_mtime_ns for p in run.iterdir()} == files

@@ -141,7 +141,7 @@ def compare(model: str, tasks: list[str], methods: list[str], output: str, seeds
     check_multitask(methods, [resolve_task(t, data_dir).name for t in tasks], extend, replay)
     if resume and overwrite:
         raise UsageError("--resume adds to the comparison in --output and --overwrite replaces it; pass one.")
-    folder = comparison_folder(output)
+    folder = comparison_folder(Path(output).absolute())  # run settings record data paths: one spelling for all
     folder.check_place([("the folder of --model " + model, model_folder(model))])
     with folder.claim(overwrite, OUTPUTS, resume):
         return _compare(folder, model, tasks, methods, seeds, data_dir, options, lr, max_train_samples,
