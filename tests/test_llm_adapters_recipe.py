@@ -12,7 +12,7 @@ import yaml
 from safetensors.torch import load_file
 
 import adapterlab
-from adapterlab.checkpoint import adapter_state_dict
+from adapterlab.core.checkpoint import adapter_state_dict
 from adapterlab.cli import build_parser, main
 from adapterlab.commands.train import config_and_notes
 from adapterlab.data.instruction import tokenize_example

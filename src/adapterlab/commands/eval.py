@@ -15,7 +15,7 @@ from typing import Any
 import yaml
 
 from ..errors import MissingPathError, UsageError
-from ..checkpoint import CONFIG_NAME, read_adapter_config
+from ..core.checkpoint import CONFIG_NAME, read_adapter_config
 from ..data.templates import TEMPLATES
 from ..files import check_folder_path
 from ..folder_lock import claim_run_folder
@@ -29,7 +29,7 @@ from ..models import load_model, model_folder, resolve_model
 from ..models.devices import check_device
 from ..models.quantize import check_bitsandbytes
 from ..output_folder import OutputFolder
-from ..peft_files import load_any_adapter
+from ..interop.peft_files import load_any_adapter
 
 TRAIN_CONFIG_FILES = ("train_config.yaml", "train_config.json", "summary.json")
 # Flags of generative evaluation only, with their defaults (None on the parser, so that a classification run can

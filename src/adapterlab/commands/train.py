@@ -17,7 +17,7 @@ import yaml
 
 from ..data.reading import read_text
 from ..errors import AdapterError, UsageError
-from ..registry import METHODS, config_class
+from ..core.registry import METHODS, config_class
 from ..tasks import tasks_reading
 from ..train import TrainConfig, cross_validate, train
 from ..train.llm_adapters import WANDB_FLAGS, flag_notes, is_theirs, their_recipe

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from ..engine import merge
+from ..core.engine import merge
 from ..errors import NotMergeableError
 from ..train.recipe import make_trainable, prepare_task
 

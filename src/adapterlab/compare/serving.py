@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from ..engine import attach, set_active
+from ..core.engine import attach, set_active
 from ..train.recipe import prepare_task
 
 BATCHES_PER_TASK = 6
@@ -91,6 +91,6 @@ def _serve(models: dict[str, torch.nn.Module], method: str, task: str, batch: di
 
 
 def _adapters(module: torch.nn.Module) -> list[Any]:
-    from ..engine import placed
+    from ..core.engine import placed
 
     return [adapter for _, _, adapter in placed(module)]

@@ -19,7 +19,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from ..checkpoint import write_json
+from ..core.checkpoint import write_json
 from ..data.choices import ChoiceItem, read_choice_items
 from ..errors import UsageError
 from .datasets import KNOWN, NUMBER, canonical_name, find_file

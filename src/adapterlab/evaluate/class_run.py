@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..checkpoint import CONFIG_NAME, load_adapter
+from ..core.checkpoint import CONFIG_NAME, load_adapter
 from ..errors import DataError, MissingPathError, RunFolderError, UsageError
 from ..files import read_json_object
 from ..tasks import CLASSIFICATION, task_module

@@ -12,7 +12,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from ..errors import UsageError
-from ..checkpoint import write_json
+from ..core.checkpoint import write_json
 from ..data.templates import build_prompt
 from .datasets import EvalDataset, check_answers, check_record, infer_answer_type, labels_for, load_dataset
 from .extract import MODES, extract_answer, is_correct

@@ -18,10 +18,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..engine import attach, count_parameters, get_config, merge
+from ..core.engine import attach, count_parameters, get_config, merge
 from ..errors import NotMergeableError, UsageError
-from ..objectives import training_objective
-from ..stochastic import draw_context
+from ..core.objectives import training_objective
+from ..core.stochastic import draw_context
 
 FULL = "full"
 _CLEAR_REFS = Path("/proc/self/clear_refs")

@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 from ..errors import UsageError, UserError
 from ..models.devices import check_device
-from ..registry import config_class, make_config, method_names
+from ..core.registry import config_class, make_config, method_names
 from .costs import FULL, Settings, measure_method
 from .report import add_relative, measured, refused_row, write_outputs
 

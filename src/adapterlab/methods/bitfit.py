@@ -24,11 +24,11 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..config import AdapterConfig
+from ..core.config import AdapterConfig
 from ..errors import AdapterError, NotMergeableError
-from ..layers import is_linear, is_norm, linear_features, reference_tensor
-from ..sites import ADAPTER_SLOT, Placement, Site, block_paths
-from .base import Adapter
+from ..core.layers import is_linear, is_norm, linear_features, reference_tensor
+from ..core.sites import ADAPTER_SLOT, Placement, Site, block_paths
+from ..core.adapter import Adapter
 
 # Normalisation layers whose output is (batch, channels, ...): their bias is added along dimension 1.
 CHANNELS_FIRST = (nn.GroupNorm, nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._InstanceNorm)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from ..errors import AdapterError
-from ..sites import Placement, Site, block_paths
+from ..core.sites import Placement, Site, block_paths
 from .linear_probe import NormDelta
 
 if TYPE_CHECKING:

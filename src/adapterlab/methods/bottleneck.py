@@ -59,16 +59,16 @@ from dataclasses import dataclass
 from torch import nn
 from transformers.activations import ACT2FN
 
-from ..adapterdrop import AdapterDrop, check_drop
-from ..config import AdapterConfig, one_of, positive_int
+from .adapterdrop import AdapterDrop, check_drop
+from ..core.config import AdapterConfig, one_of, positive_int
 from ..errors import AdapterError
-from ..layers import is_linear, reference_tensor
-from ..sites import Placement, Site
-from .base import Adapter
+from ..core.layers import is_linear, reference_tensor
+from ..core.sites import Placement, Site
+from ..core.adapter import Adapter
 from .block_norms import BlockNorms
 from .bottleneck_module import BottleneckAdapter
 from .sublayer_sites import input_features, residual_site, site_features
-from .bottleneck_peft import fork_key_to_ours, from_fork
+from ..interop.llm_adapters_fork import fork_key_to_ours, from_fork
 
 INITS = ("bert", "zero")
 DROPOUT_AT = ("input", "hidden")

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 from transformers.activations import ACT2FN
 
-from .base import Adapter, in_dtype_of
+from ..core.adapter import Adapter, in_dtype_of
 
 if TYPE_CHECKING:
     from .bottleneck import BottleneckOptions

@@ -53,11 +53,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import AdapterConfig, one_of, positive_int
+from ..core.config import AdapterConfig, one_of, positive_int
 from ..errors import AdapterError
-from ..layers import reference_tensor
-from ..sites import Placement, Site
-from .base import Adapter, in_dtype_of
+from ..core.layers import reference_tensor
+from ..core.sites import Placement, Site
+from ..core.adapter import Adapter, in_dtype_of
 from .block_norms import BlockNorms
 from .sublayer_sites import site_features
 

@@ -12,11 +12,11 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..config import AdapterConfig
+from ..core.config import AdapterConfig
 from ..errors import AdapterError, NotMergeableError
-from ..layers import linear_features, reference_tensor, weight_as_out_in
-from ..sites import ADAPTER_SLOT, Placement, Site, model_type_of
-from .base import Adapter, linear_host
+from ..core.layers import linear_features, reference_tensor, weight_as_out_in
+from ..core.sites import ADAPTER_SLOT, Placement, Site, model_type_of
+from ..core.adapter import Adapter, linear_host
 from .lora import peft_heads, peft_targets, peft_task_type, refuse_peft_options, regex_of_paths
 
 DEFAULT_FEEDFORWARD = ("down",)

@@ -32,11 +32,11 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
-from ..config import AdapterConfig
+from ..core.config import AdapterConfig
 from ..errors import AdapterError
-from ..layers import is_linear, is_norm
-from ..sites import ADAPTER_SLOT, Placement, Site, block_paths
-from .base import Adapter, in_dtype_of
+from ..core.layers import is_linear, is_norm
+from ..core.sites import ADAPTER_SLOT, Placement, Site, block_paths
+from ..core.adapter import Adapter, in_dtype_of
 
 SKIPPED = "skipped_head_norm"  # the target name of a head norm that head_norm=False skips
 HEAD_NAMES = ("classifier", "score", "classification_head", "projector")  # wav2vec2/HuBERT: projector, classifier

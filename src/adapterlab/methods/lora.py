@@ -9,11 +9,11 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..config import AdapterConfig, positive_int
+from ..core.config import AdapterConfig, positive_int
 from ..errors import AdapterError
-from ..layers import linear_features, reference_tensor, weight_as_out_in
-from ..sites import Placement, Site
-from .base import Adapter, in_dtype_of, linear_host
+from ..core.layers import linear_features, reference_tensor, weight_as_out_in
+from ..core.sites import Placement, Site
+from ..core.adapter import Adapter, in_dtype_of, linear_host
 
 
 @dataclass

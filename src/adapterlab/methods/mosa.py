@@ -28,17 +28,17 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from ..config import AdapterConfig, one_of
+from ..core.config import AdapterConfig, one_of
 from ..errors import AdapterError
-from ..objectives import ConsistencyObjective
+from ..core.objectives import ConsistencyObjective
 from .block_norms import NORM_TARGET
 from .split import SplitLinear
 
 if TYPE_CHECKING:
     from torch import nn
 
-    from ..sites import Placement, Site
-    from .base import Adapter
+    from ..core.sites import Placement, Site
+    from ..core.adapter import Adapter
 
 BASES = ("lora", "series", "pfeiffer", "houlsby", "parallel", "scaled_parallel", "adaptformer")
 SPLITS = {"up": ("up",), "down": ("down",), "both": ("down", "up")}
@@ -80,13 +80,13 @@ class MosaConfig(AdapterConfig):
 
     @classmethod
     def accepted_options(cls, options: dict[str, Any]) -> set[str]:
-        from ..registry import config_class
+        from ..core.registry import config_class
 
         base = options.get("base", cls.base)
         return set(cls.option_names()) | (set(config_class(base).option_names()) if base in BASES else set())
 
     def validate(self) -> None:
-        from ..registry import config_class, make_config
+        from ..core.registry import config_class, make_config
 
         if self.base not in BASES:
             raise AdapterError(f"mosa: `base` {self.base!r} cannot be split into sparse modules; choose one of "

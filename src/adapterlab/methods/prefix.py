@@ -23,13 +23,13 @@ import torch
 from torch import nn
 from transformers import DynamicCache
 
-from ..config import AdapterConfig, positive_int
+from ..core.config import AdapterConfig, positive_int
 from ..errors import AdapterError
-from ..layers import reference_tensor
-from ..sites import Placement, Site, block_paths
-from .base import Adapter
-from .peft_prompts import PEFT_PREFIX, PeftVirtualTokens
-from .peft_prompts import peft_prompt_config, placed_at
+from ..core.layers import reference_tensor
+from ..core.sites import Placement, Site, block_paths
+from ..core.adapter import Adapter
+from ..interop.peft_prompts import PEFT_PREFIX, PeftVirtualTokens
+from ..interop.peft_prompts import peft_prompt_config, placed_at
 from .prefix_attention import AttentionSite, PrefixAttentionHooks, attention_sites, has_bidirectional_attention, kv_width
 from .virtual_tokens import (
     as_keywords,

@@ -27,10 +27,10 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from ..architectures import Architecture
+from ..core.architectures import Architecture
 from ..errors import AdapterError
-from ..layers import is_linear, linear_features
-from ..sites import block_paths, model_type_of
+from ..core.layers import is_linear, linear_features
+from ..core.sites import block_paths, model_type_of
 
 if TYPE_CHECKING:
     from .prefix import PrefixAdapter

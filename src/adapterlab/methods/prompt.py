@@ -15,12 +15,12 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..config import AdapterConfig, one_of
+from ..core.config import AdapterConfig, one_of
 from ..errors import AdapterError
-from ..layers import reference_tensor
-from ..sites import Placement, Site
-from .peft_prompts import PEFT_PREFIX, PeftVirtualTokens
-from .peft_prompts import peft_prompt_config, placed_at
+from ..core.layers import reference_tensor
+from ..core.sites import Placement, Site
+from ..interop.peft_prompts import PEFT_PREFIX, PeftVirtualTokens
+from ..interop.peft_prompts import peft_prompt_config, placed_at
 from .virtual_tokens import (VirtualTokenAdapter, check_num_virtual_tokens, input_embeddings, modality_and_blocks,
                              text_config)
 

@@ -25,11 +25,11 @@ import torch
 from torch import nn
 from transformers import Cache
 
-from ..config import positive_int
+from ..core.config import positive_int
 from ..errors import AdapterError
-from ..layers import is_linear, linear_features
-from ..sites import Placement, block_paths, model_type_of
-from .base import Adapter
+from ..core.layers import is_linear, linear_features
+from ..core.sites import Placement, block_paths, model_type_of
+from ..core.adapter import Adapter
 
 
 def check_num_virtual_tokens(method: str, value: Any) -> None:

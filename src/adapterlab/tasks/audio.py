@@ -4,7 +4,7 @@
 Labels come from a `file,label` CSV or from a regex on the file names (default: the prefix before the
 first "_", which is the digit in the Free Spoken Digit Dataset). Audio is resampled to the feature
 extractor's rate and cut or padded to `max_length` frames; a checkpoint used at another length gets its
-position embeddings interpolated to the new patch grid (`adapterlab.posembed`). `--split` may instead name a
+position embeddings interpolated to the new patch grid (`adapterlab.models.posembed`). `--split` may instead name a
 dataset's own protocol (ESC-50, UrbanSound8K, Speech Commands, Fluent Speech Commands, FSDD speakers; see
 `adapterlab.data.audio_protocols`), --data then being the dataset's root.
 """

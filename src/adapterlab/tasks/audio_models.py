@@ -32,7 +32,7 @@ from transformers import Wav2Vec2FeatureExtractor
 from ..data.audio import AudioClassificationDataset
 from ..data.waveform import WaveformClassificationDataset
 from ..errors import UsageError
-from ..posembed import resize_ast_positions
+from ..models.posembed import resize_ast_positions
 from .scratch import SAMPLING_RATE
 
 POOLINGS = ("cls", "mean")

@@ -23,8 +23,8 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from ..errors import IncompatibleAdapterError
 from ..files import (check_safetensors, check_torch_archive, group_file, read_safetensors, write_atomic,
                      write_safetensors)
-from ..objectives import training_objective
-from ..stochastic import draw_context
+from ..core.objectives import training_objective
+from ..core.stochastic import draw_context
 from .divergence import DivergenceGuard
 
 TRAINABLE_NAME = "trainable.safetensors"

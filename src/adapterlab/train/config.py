@@ -18,8 +18,8 @@ from typing import Any
 
 from ..errors import AdapterError, MissingPathError, UsageError
 from ..models.quantize import check_bitsandbytes
-from ..coerce import Mismatch, coerce, describe
-from ..registry import config_class, make_config, method_names
+from ..core.coerce import Mismatch, coerce, describe
+from ..core.registry import config_class, make_config, method_names
 from ..tasks import task_module, tasks_reading
 from ..tasks.base import quantization
 

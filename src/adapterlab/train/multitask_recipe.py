@@ -25,7 +25,7 @@ import torch
 from torch.utils.data import DataLoader
 from transformers import Trainer, set_seed
 
-from ..engine import count_parameters
+from ..core.engine import count_parameters
 from ..errors import AdapterError, RunFolderError
 from ..files import replace_files, write_json, write_safetensors
 from ..tasks.base import TaskSetup

@@ -22,13 +22,13 @@ import torch
 from transformers import TrainerCallback, TrainingArguments, set_seed
 
 from .. import __version__
-from ..checkpoint import write_adapter_files
-from ..engine import attach, check_inputs, count_parameters
+from ..core.checkpoint import write_adapter_files
+from ..core.engine import attach, check_inputs, count_parameters
 from ..errors import AdapterError, UsageError
 from ..files import group_file, read_json_object, replace_files, write_json
 from ..models.quantize import is_quantized, prepare_for_kbit_training
-from ..registry import config_class
-from ..stochastic import stochastic_modules
+from ..core.registry import config_class
+from ..core.stochastic import stochastic_modules
 from ..tasks import TASKS
 from ..tasks.base import TaskOptions, TaskSetup
 from .callbacks import BestKeeper, MetricsLog

@@ -10,7 +10,7 @@ from typing import Any
 
 from torch import nn
 
-from ..checkpoint import CONFIG_NAME, load_peft, read_adapter_config
+from ..core.checkpoint import CONFIG_NAME, load_peft, read_adapter_config
 from ..errors import MissingPathError, UsageError
 from ..files import read_json_object
 from ..models import load_model

@@ -16,8 +16,8 @@ from typing import Any
 from torch import nn
 
 from .engine import active_adapters, adapter_names, detach, merge
-from .errors import AdapterError, UsageError
-from .files import PENDING, replace_files, write_new_folder
+from ..errors import AdapterError, UsageError
+from ..files import PENDING, replace_files, write_new_folder
 from .site_hooks import HOST_ATTR, placed
 
 # attributes the engine keeps on a model that carries adapters (engine.py, site_hooks.py, stochastic.py)

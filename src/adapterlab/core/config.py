@@ -8,12 +8,12 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from .coerce import Mismatch, coerce, describe
-from .errors import AdapterError
+from ..errors import AdapterError
 
 if TYPE_CHECKING:
     from torch import nn
 
-    from .methods.base import Adapter
+    from .adapter import Adapter
     from .sites import Placement, Site
 
 

@@ -19,8 +19,8 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from .errors import AdapterError
-from .stochastic import Stochastic
+from ..errors import AdapterError
+from ..core.stochastic import Stochastic
 
 DROP_TRAINING = ("fixed", "robust")
 
@@ -101,8 +101,8 @@ def layer_drops(model: nn.Module) -> list[LayerDrop]:
 def set_drop_layers(model: nn.Module, layers: int, name: str = "default") -> nn.Module:
     """Choose k for a robust AdapterDrop adapter after training: its adapters in blocks 0..k-1 stop running
     at inference (no hooks); the adapter's config, and so `save_adapter`, records the new drop_layers."""
-    from .engine import get_config
-    from .site_hooks import placed, sync_site_hooks
+    from ..core.engine import get_config
+    from ..core.site_hooks import placed, sync_site_hooks
 
     config = get_config(model, name)
     plan = config.adapter_drop()

@@ -16,7 +16,7 @@ from torch import nn
 
 from .architectures import ARCHITECTURES, GROUPS, LOGICAL_PROJECTIONS, SUBLAYERS, Architecture
 from .discovery import discover
-from .errors import AdapterError, TargetNotFoundError
+from ..errors import AdapterError, TargetNotFoundError
 from .layers import is_linear
 
 ADAPTER_SLOT = "adapterlab"  # name of the ModuleDict that holds a layer's adapters (engine.HOST_ATTR)

@@ -15,12 +15,12 @@ from typing import Any
 
 from torch import nn
 
-from .adapterdrop import LayerDrop, drop_sites
+from ..methods.adapterdrop import LayerDrop, drop_sites
 from .architectures import Architecture
 from .config import AdapterConfig
-from .errors import AdapterError, NotMergeableError
+from ..errors import AdapterError, NotMergeableError
 from .layers import building_on_meta
-from .methods.base import Adapter, check_adapter_dtype, keep_dtype
+from .adapter import Adapter, check_adapter_dtype, keep_dtype
 from .registry import METHODS, make_config
 from .site_hooks import HOST_ATTR, install_hooks, placed, track_drops
 from .sites import Placement, Site, block_paths

@@ -16,13 +16,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from . import __name__ as _pkg  # noqa: F401
+from .. import __name__ as _pkg  # noqa: F401
 from .adapter_fit import check_fit
 from .engine import HOST_ATTR, attach, get_config, placed, planned_shapes, set_active
-from .errors import AdapterError, CorruptFileError, IncompatibleAdapterError
-from .files import group_file, read_json_object, read_safetensors, replace_files, write_atomic, write_json
-from .files import safetensors_shapes, write_safetensors
-from .peft_files import PEFT_WEIGHTS_NAME, read_peft_weights
+from ..errors import AdapterError, CorruptFileError, IncompatibleAdapterError
+from ..files import group_file, read_json_object, read_safetensors, replace_files, write_atomic, write_json
+from ..files import safetensors_shapes, write_safetensors
+from ..interop.peft_files import PEFT_WEIGHTS_NAME, read_peft_weights
 from .registry import config_from_dict
 from .sites import model_type_of
 

@@ -16,9 +16,9 @@ import torch
 from torch import nn
 
 from ..errors import AdapterError
-from .ia3 import placed_at
-from .lora import peft_heads, peft_task_type
-from .virtual_tokens import text_config
+from ..methods.ia3 import placed_at
+from ..methods.lora import peft_heads, peft_task_type
+from ..methods.virtual_tokens import text_config
 
 __all__ = ["placed_at", "peft_prompt_config", "encoded", "check_peft_prompt_config", "peft_key_to_ours",
            "PeftVirtualTokens"]

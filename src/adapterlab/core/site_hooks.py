@@ -10,8 +10,8 @@ from typing import Any
 
 from torch import nn
 
-from .adapterdrop import layer_drops
-from .methods.base import Adapter
+from ..methods.adapterdrop import layer_drops
+from .adapter import Adapter
 from .sites import ADAPTER_SLOT, Site
 
 HOST_ATTR = ADAPTER_SLOT

@@ -6,7 +6,7 @@ import importlib
 from typing import Any
 
 from .config import AdapterConfig
-from .errors import AdapterError
+from ..errors import AdapterError
 
 # name: ("module:ConfigClass", preset options applied before the user's options)
 METHODS: dict[str, tuple[str, dict[str, Any]]] = {

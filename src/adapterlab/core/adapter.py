@@ -15,10 +15,10 @@ import torch
 from torch import nn
 
 from ..errors import AdapterError, NotMergeableError
-from ..layers import is_linear
+from .layers import is_linear
 
 if TYPE_CHECKING:
-    from ..sites import Site
+    from .sites import Site
 
 
 class Adapter(nn.Module):

@@ -30,7 +30,7 @@ KEYS = {"adapter_down": "down", "adapter_up": "up", "adapter_scaling": "scaling"
 def from_fork(data: dict[str, Any]) -> Any:
     """The adapterlab config that computes what their BottleneckConfig `data` built (target_modules already
     turned into this model's module names where it was a regex)."""
-    from .bottleneck import ParallelConfig, PfeifferConfig, SeriesConfig
+    from ..methods.bottleneck import ParallelConfig, PfeifferConfig, SeriesConfig
 
     if data.get("bias", "none") != "none":
         raise AdapterError(f"This LLM-Adapters bottleneck adapter trains the base model's biases (bias="
