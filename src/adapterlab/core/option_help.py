@@ -1,4 +1,4 @@
-"""Help text of method options: `option()` declares a config field with its help (PEFT's `metadata={"help"}`),
+"""Help text of method options: `option_field()` declares a config field with its help (PEFT's `metadata={"help"}`),
 `documented` ends a config class's docstring with its options, and `describe` renders one option."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 T = TypeVar("T", bound=type)
 
 
-def option(default: Any = dataclasses.MISSING, help: str = "", *, paper: str = "",
+def option_field(default: Any = dataclasses.MISSING, help: str = "", *, paper: str = "",
            default_factory: Any = dataclasses.MISSING) -> Any:
     """A config field carrying its help text (what it is) and, where it differs, the paper's or reference
     code's value (`paper`); the default is read from the field, so the help never restates it."""

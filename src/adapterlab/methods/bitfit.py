@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from ..core.config import AdapterConfig
-from ..core.option_help import documented, option
+from ..core.option_help import documented, option_field
 from ..errors import AdapterError, NotMergeableError
 from ..core.layers import is_linear, is_norm, linear_features, reference_tensor
 from ..core.sites import ADAPTER_SLOT, Placement, Site, block_paths
@@ -46,9 +46,9 @@ class BitFitConfig(AdapterConfig):
     mergeable = True
     legacy_defaults = {"norms": False}  # adapters saved before `norms` existed trained no norm biases
 
-    norms: bool = option(True, "also train the bias of every normalisation layer (of the `layers` blocks, if "
+    norms: bool = option_field(True, "also train the bias of every normalisation layer (of the `layers` blocks, if "
                                "given); false trains the targets' biases only",
-                         paper="adapters saved before this option existed load with false")
+                               paper="adapters saved before this option existed load with false")
 
     def validate(self) -> None:
         if not isinstance(self.norms, bool):

@@ -61,7 +61,7 @@ from transformers.activations import ACT2FN
 
 from .adapterdrop import AdapterDrop, check_drop
 from ..core.config import AdapterConfig, one_of, positive_int
-from ..core.option_help import documented, option
+from ..core.option_help import documented, option_field
 from ..errors import AdapterError
 from ..core.layers import is_linear, reference_tensor
 from ..core.sites import Placement, Site
@@ -95,25 +95,26 @@ class BottleneckOptions(BlockNorms, AdapterConfig):
 
     site_kinds = ("module", "sublayer")
 
-    size: int = option(256, "the bottleneck width (down projects to it, up back from it)")
-    activation: str = option("tanh", "the nonlinearity between down and up, a transformers ACT2FN name (relu, gelu, "
-                                     "tanh, silu, ...)")
-    bias: bool = option(True, "biases in the down and up projections",
-                        paper="LLM-Adapters' recipe: false (their projections have none)")
-    init: str = option("bert", "the initial weights: bert (N(0, 0.02) on both projections, as LLM-Adapters) or zero "
-                               "(up zero, down Kaiming-uniform: the model is unchanged at init)")
-    scaling: float | str = option(1.0, "the factor s on the adapter's output: a number, or learned (a scalar "
-                                       "parameter starting at 1.0)")
-    dropout: float = option(0.0, "the adapter's dropout rate")
-    dropout_at: str = option("input", "where the dropout acts: input (on what the adapter reads, LLM-Adapters) or "
-                                      "hidden (after the activation, AdaptFormer)")
-    layer_norm: bool = option(False, "a LayerNorm on what the adapter reads (AdaptFormer, and Pfeiffer in MoSA's code)")
-    drop_layers: int = option(0, "AdapterDrop: the adapters of the lowest k blocks do not run at inference")
-    drop_training: str = option("fixed", "AdapterDrop in training: fixed (no adapter in the lowest drop_layers blocks) "
-                                         "or robust (each step skips the lowest j blocks, j drawn per step)")
-    residual: bool = option(False, "the identity term beside the adapter (series: y + s*f(y) or s*f(y) alone; "
-                                   "parallel: adds the adapter's input x)",
-                            paper="PETL for AST's --apply_residual defaults to false everywhere")
+    size: int = option_field(256, "the bottleneck width (down projects to it, up back from it)")
+    activation: str = option_field("tanh", "the nonlinearity between down and up, a transformers ACT2FN name (relu, "
+                                   "gelu, tanh, silu, ...)")
+    bias: bool = option_field(True, "biases in the down and up projections",
+                              paper="LLM-Adapters' recipe: false (their projections have none)")
+    init: str = option_field("bert", "the initial weights: bert (N(0, 0.02) on both projections, as LLM-Adapters) or "
+                             "zero (up zero, down Kaiming-uniform: the model is unchanged at init)")
+    scaling: float | str = option_field(1.0, "the factor s on the adapter's output: a number, or learned (a scalar "
+                                        "parameter starting at 1.0)")
+    dropout: float = option_field(0.0, "the adapter's dropout rate")
+    dropout_at: str = option_field("input", "where the dropout acts: input (on what the adapter reads, LLM-Adapters) "
+                                   "or hidden (after the activation, AdaptFormer)")
+    layer_norm: bool = option_field(False, "a LayerNorm on what the adapter reads (AdaptFormer, and Pfeiffer in "
+                                    "MoSA's code)")
+    drop_layers: int = option_field(0, "AdapterDrop: the adapters of the lowest k blocks do not run at inference")
+    drop_training: str = option_field("fixed", "AdapterDrop in training: fixed (no adapter in the lowest drop_layers "
+                                      "blocks) or robust (each step skips the lowest j blocks, j drawn per step)")
+    residual: bool = option_field(False, "the identity term beside the adapter (series: y + s*f(y) or s*f(y) alone; "
+                                  "parallel: adds the adapter's input x)",
+                                  paper="PETL for AST's --apply_residual defaults to false everywhere")
 
     def validate(self) -> None:
         positive_int(self.method, "size", self.size)
@@ -177,9 +178,9 @@ class SeriesConfig(BottleneckOptions):
     method = "series"
     default_targets = ("down",)
 
-    input_targets: list[str] | None = option(None, "those of the targets' linear layers (suffixes, logical names, "
-                                                   "mlp_in) whose input the adapter adapts instead: the layer reads "
-                                                   "x + s*f(x)", paper="LLM-Adapters' recipe: mlp_in")
+    input_targets: list[str] | None = option_field(None, "those of the targets' linear layers (suffixes, logical "
+                                                   "names, mlp_in) whose input the adapter adapts instead: the layer "
+                                                   "reads x + s*f(x)", paper="LLM-Adapters' recipe: mlp_in")
     residual: bool = True
 
     def validate(self) -> None:
@@ -219,8 +220,8 @@ class ParallelConfig(BottleneckOptions):
     method = "parallel"
     default_targets = ("mlp",)
 
-    source: str = option("sublayer", "what the adapter reads: sublayer (its input) or residual (the block's residual "
-                                     "stream before the sublayer's pre-norm, as AdaptFormer)")
+    source: str = option_field("sublayer", "what the adapter reads: sublayer (its input) or residual (the block's "
+                               "residual stream before the sublayer's pre-norm, as AdaptFormer)")
 
     def validate(self) -> None:
         super().validate()

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from ..core.config import AdapterConfig
-from ..core.option_help import documented, option
+from ..core.option_help import documented, option_field
 from ..errors import AdapterError, NotMergeableError
 from ..core.layers import linear_features, reference_tensor, weight_as_out_in
 from ..core.sites import ADAPTER_SLOT, Placement, Site, model_type_of
@@ -33,9 +33,9 @@ class IA3Config(AdapterConfig):
     default_targets = ("k", "v", "down")
     mergeable = True
 
-    feedforward: list[str] | None = option(None, "the targets whose input is scaled (logical names or module-name "
-                                                 "suffixes, PEFT's feedforward_modules); every other target has its "
-                                                 "output scaled; unset: the down projection")
+    feedforward: list[str] | None = option_field(None, "the targets whose input is scaled (logical names or "
+                                                 "module-name suffixes, PEFT's feedforward_modules); every other "
+                                                 "target has its output scaled; unset: the down projection")
 
     peft_type = "IA3"
 

@@ -33,7 +33,7 @@ from torch import nn
 from torch.func import functional_call
 
 from ..core.config import AdapterConfig
-from ..core.option_help import documented, option
+from ..core.option_help import documented, option_field
 from ..errors import AdapterError
 from ..core.layers import is_linear, is_norm
 from ..core.sites import ADAPTER_SLOT, Placement, Site, block_paths
@@ -52,9 +52,9 @@ class LinearProbeConfig(AdapterConfig):
     method = "linear_probe"
     trains_head = True  # its deltas on the head are what trains; the recipe leaves the head's own weights frozen
 
-    head_norm: bool = option(True, "also train the head's own norms (AST's classifier.layernorm); false makes the "
-                                   "probe the final norm and one linear layer",
-                             paper="PETL for AST's probe: false (their classification_head is one nn.Linear)")
+    head_norm: bool = option_field(True, "also train the head's own norms (AST's classifier.layernorm); false makes "
+                                   "the probe the final norm and one linear layer",
+                                   paper="PETL for AST's probe: false (their classification_head is one nn.Linear)")
 
     def validate(self) -> None:
         for option in ("targets", "layers"):

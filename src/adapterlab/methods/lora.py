@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from ..core.config import AdapterConfig, positive_int
-from ..core.option_help import documented, option
+from ..core.option_help import documented, option_field
 from ..errors import AdapterError
 from ..core.layers import linear_features, reference_tensor, weight_as_out_in
 from ..core.sites import Placement, Site
@@ -27,10 +27,10 @@ class LoraConfig(AdapterConfig):
     default_targets = ("q", "v")
     mergeable = True
 
-    r: int = option(8, "the rank of the update (the inner width of B A)")
-    alpha: float = option(16.0, "the scale numerator: the update is scaled by alpha / r",
-                          paper="PEFT's LoraConfig: 8; LLM-Adapters' finetune.py: 16")
-    dropout: float = option(0.0, "dropout on the LoRA branch's input", paper="LLM-Adapters' recipe: 0.05")
+    r: int = option_field(8, "the rank of the update (the inner width of B A)")
+    alpha: float = option_field(16.0, "the scale numerator: the update is scaled by alpha / r",
+                                paper="PEFT's LoraConfig: 8; LLM-Adapters' finetune.py: 16")
+    dropout: float = option_field(0.0, "dropout on the LoRA branch's input", paper="LLM-Adapters' recipe: 0.05")
 
     peft_type = "LORA"
 

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ..core.config import AdapterConfig, one_of
-from ..core.option_help import documented, option
+from ..core.option_help import documented, option_field
 from ..errors import AdapterError
 from ..core.objectives import ConsistencyObjective
 from .block_norms import NORM_TARGET
@@ -61,17 +61,18 @@ class MosaConfig(AdapterConfig):
     site_kinds = ("module", "sublayer")
     default_targets = ("mlp",)
 
-    base: str = option("adaptformer", "the adapter that is split: adaptformer (their STYLE=AdaptFormer), lora, "
-                                      "series, pfeiffer, houlsby, parallel or scaled_parallel")
-    modules: int = option(4, "the number of sparse modules per split projection (2 to 255)")
-    split: str = option("up", "which projections are split: up (their SHARE=down), down (SHARE=up) or both "
+    base: str = option_field("adaptformer", "the adapter that is split: adaptformer (their STYLE=AdaptFormer), lora, "
+                             "series, pfeiffer, houlsby, parallel or scaled_parallel")
+    modules: int = option_field(4, "the number of sparse modules per split projection (2 to 255)")
+    split: str = option_field("up", "which projections are split: up (their SHARE=down), down (SHARE=up) or both "
                               "(SHARE=none); on the command line --mosa-split")
-    consistency: float = option(1.0, "the weight of the second forward's symmetric KL (their REG_WEIGHT)")
-    additional: float = option(0.0, "the weight of the second forward's cross entropy (their ADD_WEIGHT)")
-    seed: int = option(0, "the seed of the masks and the split projections' initial values (with the layer's "
-                          "name; independent of the training seed); on the command line --mosa-seed")
-    base_options: dict[str, Any] = option(default_factory=dict, help="the base method's options (any option "
-                                                                     "not MoSA's own lands here too)")
+    consistency: float = option_field(1.0, "the weight of the second forward's symmetric KL (their REG_WEIGHT)")
+    additional: float = option_field(0.0, "the weight of the second forward's cross entropy (their ADD_WEIGHT)")
+    seed: int = option_field(0, "the seed of the masks and the split projections' initial values (with the layer's "
+                             "name; independent of the training seed); on the command line --mosa-seed")
+    base_options: dict[str, Any] = option_field(default_factory=dict,
+                                                help="the base method's options (any option not MoSA's own lands "
+                                                     "here too)")
 
     @classmethod
     def from_options(cls, options: dict[str, Any], source: str | None = None) -> "MosaConfig":

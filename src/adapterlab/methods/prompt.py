@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from ..core.config import AdapterConfig, one_of
-from ..core.option_help import documented, option
+from ..core.option_help import documented, option_field
 from ..errors import AdapterError
 from ..core.layers import reference_tensor
 from ..core.sites import Placement, Site
@@ -44,14 +44,15 @@ class PromptConfig(PeftVirtualTokens, AdapterConfig):
     peft_tokens = "prompts"
     site_kinds = ("model",)
 
-    num_virtual_tokens: int = option(20, "the prompt's length in virtual tokens")
-    deep: bool = option(False, "own virtual tokens at every block (VPT-deep), not only at the input")
-    init: str = option("random", "the prompt's initial values: random (N(0, 1), PEFT's default), vocab (embeddings of "
-                                 "random vocabulary tokens) or text (embeddings of init_text, repeated or cut to length)")
-    init_text: str | None = option(None, "the text whose token embeddings start the prompt (with init=text)")
-    tokenizer: str | None = option(None, "the tokenizer (a hub name or path) that tokenizes init_text")
-    init_token_ids: list[int] | None = option(None, "the token ids that start the prompt (set from init_text when "
-                                                    "the config is made; saved, so a reload needs no tokenizer)")
+    num_virtual_tokens: int = option_field(20, "the prompt's length in virtual tokens")
+    deep: bool = option_field(False, "own virtual tokens at every block (VPT-deep), not only at the input")
+    init: str = option_field("random", "the prompt's initial values: random (N(0, 1), PEFT's default), vocab "
+                             "(embeddings of random vocabulary tokens) or text (embeddings of init_text, repeated or "
+                             "cut to length)")
+    init_text: str | None = option_field(None, "the text whose token embeddings start the prompt (with init=text)")
+    tokenizer: str | None = option_field(None, "the tokenizer (a hub name or path) that tokenizes init_text")
+    init_token_ids: list[int] | None = option_field(None, "the token ids that start the prompt (set from init_text "
+                                                    "when the config is made; saved, so a reload needs no tokenizer)")
 
     def validate(self) -> None:
         check_num_virtual_tokens(self.method, self.num_virtual_tokens)

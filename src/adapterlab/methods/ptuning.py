@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from ..core.config import AdapterConfig, one_of, positive_int
-from ..core.option_help import documented, option
+from ..core.option_help import documented, option_field
 from ..errors import AdapterError
 from ..core.layers import reference_tensor
 from ..core.sites import Placement, Site
@@ -35,11 +35,12 @@ class PTuningConfig(PeftVirtualTokens, AdapterConfig):
     peft_tokens = "prompts"
     site_kinds = ("model",)
 
-    num_virtual_tokens: int = option(20, "the prompt's length in virtual tokens")
-    encoder: str = option("mlp", "the prompt encoder: mlp (always 3 linear layers, as PEFT's) or lstm")
-    encoder_hidden_size: int | None = option(None, "the prompt encoder's hidden size; unset: the model's hidden size")
-    encoder_num_layers: int = option(2, "the LSTM encoder's layers (the MLP's are fixed)")
-    encoder_dropout: float = option(0.0, "dropout inside the LSTM encoder")
+    num_virtual_tokens: int = option_field(20, "the prompt's length in virtual tokens")
+    encoder: str = option_field("mlp", "the prompt encoder: mlp (always 3 linear layers, as PEFT's) or lstm")
+    encoder_hidden_size: int | None = option_field(None, "the prompt encoder's hidden size; unset: the model's "
+                                                   "hidden size")
+    encoder_num_layers: int = option_field(2, "the LSTM encoder's layers (the MLP's are fixed)")
+    encoder_dropout: float = option_field(0.0, "dropout inside the LSTM encoder")
 
     def validate(self) -> None:
         check_num_virtual_tokens(self.method, self.num_virtual_tokens)
