@@ -13,7 +13,7 @@ T = TypeVar("T", bound=type)
 
 
 def option_field(default: Any = dataclasses.MISSING, help: str = "", *, paper: str = "",
-           default_factory: Any = dataclasses.MISSING) -> Any:
+                 default_factory: Any = dataclasses.MISSING) -> Any:
     """A config field carrying its help text (what it is) and, where it differs, the paper's or reference
     code's value (`paper`); the default is read from the field, so the help never restates it."""
     metadata = {"help": help, **({"paper": paper} if paper else {})}
