@@ -18,6 +18,7 @@ import yaml
 from ..data.reading import read_text
 from ..errors import AdapterError, UsageError
 from ..core.registry import METHODS, config_class
+from .method_flags import add_method_groups
 from ..tasks import tasks_reading
 from ..train import TrainConfig, cross_validate, train
 from ..train.llm_adapters import WANDB_FLAGS, flag_notes, is_theirs, their_recipe
@@ -128,22 +129,11 @@ def list_options() -> set[str]:
 
 
 def add_adapter_flags(parser: argparse.ArgumentParser) -> None:
-    """One flag per option of every registered method (e.g. --r, --alpha, --targets, --size)."""
-    group = parser.add_argument_group("adapter options (each applies to the methods named)")
-    options, lists = adapter_option_names(), list_options()
-    taken = {s for a in parser._actions for s in a.option_strings}
-    for name, methods in options.items():
-        aliases = tuple(f"--{form}" for alias, target in OPTION_ALIASES.items() if target == name
-                        for form in (alias.replace("_", "-"), alias))
-        flags = [s for s in names(name, aliases) if s not in taken]
-        note = ""
-        if len(flags) < len(names(name, aliases)):  # a training flag has this name (--split): prefix the method
-            flags += [f"--{method}-{name.replace('_', '-')}" for method in methods]
-            note = f"; --{name.replace('_', '-')} is the training flag of that name"
-        group.add_argument(*flags, dest=OPTION_PREFIX + name, default=argparse.SUPPRESS, nargs="?", const=True,
-                           action=Spelled,
-                           type=parse_list_value if name in lists else parse_value, metavar="VALUE",
-                           help=f"({', '.join(methods)}{note})")
+    """One flag per option of every registered method (e.g. --r, --alpha, --targets, --size), one group per method."""
+    lists = list_options()
+    add_method_groups(parser, OPTION_ALIASES, lambda name: dict(
+        dest=OPTION_PREFIX + name, default=argparse.SUPPRESS, nargs="?", const=True, action=Spelled,
+        type=parse_list_value if name in lists else parse_value))
     legacy = parser.add_argument_group("LLM-Adapters finetune.py compatibility")
     legacy.add_argument("--adapter_name", dest="adapter_name", default=argparse.SUPPRESS, action=Spelled,
                         help="lora | bottleneck | prefix-tuning (or any method name)")
@@ -163,6 +153,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     """Add `adapterlab train`."""
     parser = subparsers.add_parser(
         "train", help="fine-tune a model with an adapter (or in full)",
+        usage="%(prog)s --model MODEL --data FILE [FILE ...] --output DIR [--task TASK] [--adapter METHOD] "
+              "[FLAG VALUE ...]",
         description="Fine-tune a model with an adapter (or --adapter full). Every flag can also come from a "
                     "YAML file given with --config; flags on the command line win.",
     )

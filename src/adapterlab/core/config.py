@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from .coerce import Mismatch, coerce, describe
+from .option_help import documented, option_field
 from ..errors import AdapterError
 
 if TYPE_CHECKING:
@@ -17,13 +18,10 @@ if TYPE_CHECKING:
     from .sites import Placement, Site
 
 
+@documented
 @dataclass
 class AdapterConfig:
-    """Options shared by every method.
-
-    targets: module-name suffixes (``"q_proj"``) or logical names (``q k v o up gate down attn mlp``);
-    ``None`` means the method's ``default_targets``. layers: restrict to these block indices.
-    """
+    """Options shared by every method; each method's config class adds its own (see `option_help.py`)."""
 
     method: ClassVar[str] = ""
     default_targets: ClassVar[tuple[str, ...]] = ()
@@ -37,8 +35,10 @@ class AdapterConfig:
     # the method adapts the task head itself (linear_probe), so training does not also train the head in full
     trains_head: ClassVar[bool] = False
 
-    targets: list[str] | None = None
-    layers: list[int] | None = None
+    targets: list[str] | None = option_field(None, "the layers to adapt: module-name suffixes (q_proj) or logical "
+                                             "names (q k v o up gate down attn mlp), comma-separated; unset: the "
+                                             "method's default targets")
+    layers: list[int] | None = option_field(None, "only these block indices (0,1,2); unset: every block")
 
     def __post_init__(self) -> None:
         if isinstance(self.targets, str):

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from ..core.config import AdapterConfig
+from ..core.option_help import documented, option_field
 from ..errors import AdapterError, NotMergeableError
 from ..core.layers import is_linear, is_norm, linear_features, reference_tensor
 from ..core.sites import ADAPTER_SLOT, Placement, Site, block_paths
@@ -34,18 +35,20 @@ from ..core.adapter import Adapter
 CHANNELS_FIRST = (nn.GroupNorm, nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._InstanceNorm)
 
 
+@documented
 @dataclass
 class BitFitConfig(AdapterConfig):
-    """Default targets: every projection of every block (gate is skipped on families without one).
-    norms: also the bias of every normalisation layer of the base model (of the `layers` blocks, if given);
-    norms=False trains the targets' biases only."""
+    """BitFit (Ben Zaken et al., 2022): trains only biases, by default of every projection of every block (gate is
+    skipped on families without one); mergeable where each target has a bias."""
 
     method = "bitfit"
     default_targets = ("q", "k", "v", "o", "up", "gate", "down")
     mergeable = True
     legacy_defaults = {"norms": False}  # adapters saved before `norms` existed trained no norm biases
 
-    norms: bool = True
+    norms: bool = option_field(True, "also train the bias of every normalisation layer (of the `layers` blocks, if "
+                               "given); false trains the targets' biases only",
+                               paper="adapters saved before this option existed load with false")
 
     def validate(self) -> None:
         if not isinstance(self.norms, bool):

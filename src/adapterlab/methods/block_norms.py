@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from ..core.option_help import option_field
 from ..errors import AdapterError
 from ..core.sites import Placement, Site, block_paths
 from .linear_probe import NormDelta
@@ -24,9 +25,11 @@ NORM_TARGET = "train_norms"  # the target name of a norm site, which tells `buil
 
 @dataclass
 class BlockNorms:
-    """train_norms: also train the norm in front of every adapted sublayer (attn_norm / mlp_norm of the row)."""
+    """The `train_norms` option of the bottleneck and conformer adapters (the module docstring says how)."""
 
-    train_norms: bool = False
+    train_norms: bool = option_field(False, "also train the norm in front of each adapted sublayer (attn_norm / "
+                                     "mlp_norm of the architecture row)",
+                                     paper="PETL for AST's code trains them: pass true")
 
     def check_train_norms(self, method: str) -> None:
         if not isinstance(self.train_norms, bool):

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from ..core.config import AdapterConfig
+from ..core.option_help import documented, option_field
 from ..errors import AdapterError, NotMergeableError
 from ..core.layers import linear_features, reference_tensor, weight_as_out_in
 from ..core.sites import ADAPTER_SLOT, Placement, Site, model_type_of
@@ -22,16 +23,19 @@ from .lora import peft_heads, peft_targets, peft_task_type, refuse_peft_options,
 DEFAULT_FEEDFORWARD = ("down",)
 
 
+@documented
 @dataclass
 class IA3Config(AdapterConfig):
-    """feedforward: the targets whose input is scaled (logical names or module-name suffixes, like PEFT's
-    feedforward_modules); every other target has its output scaled. None means the down projection."""
+    """IA3 (Liu et al., 2022): learned vectors that rescale the targets' outputs (the feedforward targets' inputs);
+    mergeable into the weights."""
 
     method = "ia3"
     default_targets = ("k", "v", "down")
     mergeable = True
 
-    feedforward: list[str] | None = None
+    feedforward: list[str] | None = option_field(None, "the targets whose input is scaled (logical names or "
+                                                 "module-name suffixes, PEFT's feedforward_modules); every other "
+                                                 "target has its output scaled; unset: the down projection")
 
     peft_type = "IA3"
 

@@ -10,23 +10,27 @@ import torch
 from torch import nn
 
 from ..core.config import AdapterConfig, positive_int
+from ..core.option_help import documented, option_field
 from ..errors import AdapterError
 from ..core.layers import linear_features, reference_tensor, weight_as_out_in
 from ..core.sites import Placement, Site
 from ..core.adapter import Adapter, in_dtype_of, linear_host
 
 
+@documented
 @dataclass
 class LoraConfig(AdapterConfig):
-    """r: rank; alpha: scale numerator (scaling = alpha / r); dropout on the LoRA branch's input."""
+    """LoRA (Hu et al., 2021): a low-rank update W + (alpha / r) * B A beside each target linear layer, B zero at
+    init; mergeable into the weights."""
 
     method = "lora"
     default_targets = ("q", "v")
     mergeable = True
 
-    r: int = 8
-    alpha: float = 16.0
-    dropout: float = 0.0
+    r: int = option_field(8, "the rank of the update (the inner width of B A)")
+    alpha: float = option_field(16.0, "the scale numerator: the update is scaled by alpha / r",
+                                paper="PEFT's LoraConfig: 8; LLM-Adapters' finetune.py: 16")
+    dropout: float = option_field(0.0, "dropout on the LoRA branch's input", paper="LLM-Adapters' recipe: 0.05")
 
     peft_type = "LORA"
 

@@ -25,10 +25,11 @@ global `random`.
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ..core.config import AdapterConfig, one_of
+from ..core.option_help import documented, option_field
 from ..errors import AdapterError
 from ..core.objectives import ConsistencyObjective
 from .block_norms import NORM_TARGET
@@ -46,12 +47,11 @@ INIT = {"down": "kaiming", "up": "zeros"}
 FACTS = ("mergeable", "site_kinds", "default_targets")  # the method facts a MoSA config takes from its base
 
 
+@documented
 @dataclass
 class MosaConfig(AdapterConfig):
-    """base: the adapter that is split; modules: N sparse modules per split projection; split: up | down |
-    both; consistency / additional: weights of the second forward's symmetric KL / cross entropy; seed: of the
-    masks and the split projections' initial values (with the layer's name; independent of the training seed);
-    base_options: the base method's options (any option not listed here lands there too)."""
+    """MoSA (Zhang et al., 2023): the base adapter's projections split into sparse modules, one drawn per step, merged
+    back into one adapter of the base method; every option not MoSA's own goes to the base (size, r, ...)."""
 
     method = "mosa"
     # Method facts, read as class attributes like every method's: the class has those of its default base
@@ -61,13 +61,18 @@ class MosaConfig(AdapterConfig):
     site_kinds = ("module", "sublayer")
     default_targets = ("mlp",)
 
-    base: str = "adaptformer"
-    modules: int = 4
-    split: str = "up"
-    consistency: float = 1.0
-    additional: float = 0.0
-    seed: int = 0
-    base_options: dict[str, Any] = field(default_factory=dict)
+    base: str = option_field("adaptformer", "the adapter that is split: adaptformer (their STYLE=AdaptFormer), lora, "
+                             "series, pfeiffer, houlsby, parallel or scaled_parallel")
+    modules: int = option_field(4, "the number of sparse modules per split projection (2 to 255)")
+    split: str = option_field("up", "which projections are split: up (their SHARE=down), down (SHARE=up) or both "
+                              "(SHARE=none); on the command line --mosa-split")
+    consistency: float = option_field(1.0, "the weight of the second forward's symmetric KL (their REG_WEIGHT)")
+    additional: float = option_field(0.0, "the weight of the second forward's cross entropy (their ADD_WEIGHT)")
+    seed: int = option_field(0, "the seed of the masks and the split projections' initial values (with the layer's "
+                             "name; independent of the training seed); on the command line --mosa-seed")
+    base_options: dict[str, Any] = option_field(default_factory=dict,
+                                                help="the base method's options (any option not MoSA's own lands "
+                                                     "here too)")
 
     @classmethod
     def from_options(cls, options: dict[str, Any], source: str | None = None) -> "MosaConfig":

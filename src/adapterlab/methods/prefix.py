@@ -24,6 +24,7 @@ from torch import nn
 from transformers import DynamicCache
 
 from ..core.config import AdapterConfig, positive_int
+from ..core.option_help import documented, option_field
 from ..errors import AdapterError
 from ..core.layers import reference_tensor
 from ..core.sites import Placement, Site, block_paths
@@ -45,19 +46,22 @@ from .virtual_tokens import (
 )
 
 
+@documented
 @dataclass
 class PrefixConfig(PeftVirtualTokens, AdapterConfig):
-    """num_virtual_tokens: prefix length; prefix_projection: learn the prefixes through an MLP of hidden
-    size encoder_hidden_size (default: the key/value width)."""
+    """Prefix tuning (Li and Liang, 2021): learned keys and values in front of every layer's attention (the KV
+    cache on decoders, attention hooks on encoders); `targets` and `layers` stay unset."""
 
     method = "prefix"
     peft_kind = "prefix tuning"
     peft_tokens = "flat_prefixes"
     site_kinds = ("model",)
 
-    num_virtual_tokens: int = 20
-    prefix_projection: bool = False
-    encoder_hidden_size: int | None = None
+    num_virtual_tokens: int = option_field(20, "the prefix length: keys and values per layer (PETL for AST's prefix "
+                                           "size p is p/2 here)", paper="LLM-Adapters' recipe: 30")
+    prefix_projection: bool = option_field(False, "learn the prefixes through an MLP (PEFT's prefix_projection)")
+    encoder_hidden_size: int | None = option_field(None, "the hidden size of the prefix MLP; unset: the key/value "
+                                                   "width")
 
     def validate(self) -> None:
         check_num_virtual_tokens(self.method, self.num_virtual_tokens)
