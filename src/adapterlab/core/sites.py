@@ -212,6 +212,11 @@ class Placement:
         """The override, the family's row or what discovery finds; an AdapterError when there is none."""
         return architecture_of(self._model, self.override)
 
+    @functools.cached_property
+    def blocks(self) -> list[str]:
+        """The paths of the model's transformer blocks, in order (AdapterDrop counts them)."""
+        return block_paths(self._model, self.architecture)
+
     def resolve(self, targets: list[str], layers: list[int] | None = None, defaults: bool = False) -> list[Site]:
         """Every site named by `targets` (see `resolve_sites`), with this placement's architecture."""
         model = self._model

@@ -37,7 +37,7 @@ at the attention): here the input of the sublayer's entry layer, the same on AST
 placement (`input_targets`), residual=False makes the layer read s * f(x) instead of x + s * f(x). Without the
 residual the series adapter is not the identity at init: zero init makes the sublayer output zero.
 
-AdapterDrop (Rücklé et al., EMNLP 2021), an option of every method here (the engine does it, `adapterdrop.py`):
+AdapterDrop (Rücklé et al., EMNLP 2021), an option of every method here (its sites and gates, `adapterdrop.py`):
 
 * `drop_layers=k` (default 0: none): the adapters of the lowest k blocks (0..k-1) do not run at inference.
 * `drop_training="fixed"` (default): the paper's *specialised* AdapterDrop, k fixed in training too: no adapter
@@ -59,7 +59,7 @@ from dataclasses import dataclass
 from torch import nn
 from transformers.activations import ACT2FN
 
-from .adapterdrop import AdapterDrop, check_drop
+from .adapterdrop import AdapterDrop, LayerDrop, check_drop, drop_sites, layer_drop
 from ..core.config import AdapterConfig, one_of, positive_int
 from ..errors import AdapterError
 from ..core.layers import is_linear, reference_tensor
@@ -130,7 +130,14 @@ class BottleneckOptions(BlockNorms, AdapterConfig):
         self.check_train_norms(self.method)
 
     def sites(self, model: nn.Module, placement: Placement) -> list[Site]:
-        return self.with_norms(self.adapter_sites(model, placement), model, placement)
+        """The adapter's sites and the norms `train_norms` adds, less those AdapterDrop removes ("fixed")."""
+        sites = self.with_norms(self.adapter_sites(model, placement), model, placement)
+        plan = self.adapter_drop()
+        return sites if plan is None else drop_sites(plan, sites, placement.blocks)
+
+    def gate(self, site: Site, name: str, placement: Placement) -> LayerDrop | None:
+        """Robust AdapterDrop's per-step skip of the module at `site` (`adapterdrop.py`), or None."""
+        return layer_drop(self.adapter_drop(), site, name, placement)
 
     def adapter_sites(self, model: nn.Module, placement: Placement) -> list[Site]:
         """The adapter's own sites (its targets'), without the norms `train_norms` adds."""

@@ -15,7 +15,8 @@ from torch import nn
 from ..core.config import AdapterConfig
 from ..errors import AdapterError, NotMergeableError
 from ..core.layers import linear_features, reference_tensor, weight_as_out_in
-from ..core.sites import ADAPTER_SLOT, Placement, Site, model_type_of
+from ..core.site_hooks import placed_at
+from ..core.sites import Placement, Site, model_type_of
 from ..core.adapter import Adapter, linear_host
 from .lora import peft_heads, peft_targets, peft_task_type, refuse_peft_options, regex_of_paths
 
@@ -102,11 +103,6 @@ class IA3Config(AdapterConfig):
         return cls(targets=targets, feedforward=feedforward)
 
 
-def placed_at(model: nn.Module, site: Site) -> "IA3Adapter":
-    """The IA3 adapter placed at `site` (the very Site object attach gave it)."""
-    return next(a for a in model.get_submodule(site.path)._modules[ADAPTER_SLOT].values() if a._site is site)
-
-
 class IA3Adapter(Adapter):
     """One (IA)^3 vector: scales the host's output features, or its input features if `feedforward`."""
 
@@ -127,7 +123,7 @@ class IA3Adapter(Adapter):
         return (y.to(self.ia3_l.dtype) * self.ia3_l.flatten()).to(y.dtype)
 
     @torch.no_grad()
-    def merge(self, host: nn.Module) -> None:
+    def merge_into(self, host: nn.Module) -> None:
         """Scale the weight's rows (and the bias, which the output scaling also multiplies) or columns by l.
 
         Refuses a vector with exact zeros: those rows or columns would be erased and unmerge could not
@@ -141,7 +137,7 @@ class IA3Adapter(Adapter):
         self._rescale(host, torch.mul)
 
     @torch.no_grad()
-    def unmerge(self, host: nn.Module) -> None:
+    def unmerge_from(self, host: nn.Module) -> None:
         """Divide the merged scaling back out. (w * l) / l equals w only to rounding (about one ulp of the
         weight's dtype per merge/unmerge cycle), so many cycles in half precision drift slightly."""
         self._rescale(host, torch.div)

@@ -164,11 +164,11 @@ class LoraAdapter(Adapter):
         return (self.lora_B.weight @ self.lora_A.weight) * self.scaling
 
     @torch.no_grad()
-    def merge(self, host: nn.Module) -> None:
+    def merge_into(self, host: nn.Module) -> None:
         weight = weight_as_out_in(host)
         weight += self.delta_weight().to(weight.dtype)
 
     @torch.no_grad()
-    def unmerge(self, host: nn.Module) -> None:
+    def unmerge_from(self, host: nn.Module) -> None:
         weight = weight_as_out_in(host)
         weight -= self.delta_weight().to(weight.dtype)
