@@ -23,13 +23,13 @@ from ..evaluate import KNOWN, MODES, evaluate, load_dataset, markdown_table
 from ..evaluate.choice import evaluate_choice, load_choice_dataset
 from ..evaluate.fingerprint import model_files
 from ..evaluate.class_run import read_classification_run
-from ..evaluate.llm_adapters_flags import THEIR_ADAPTERS, check_adapter_label, check_model_label, read_their_flags
+from ..interop.llm_adapters.evaluate import THEIR_ADAPTERS, check_adapter_label, check_model_label, read_their_flags
 from ..evaluate.runner import check_counts
 from ..models import load_model, model_folder, resolve_model
 from ..models.devices import check_device
 from ..models.quantize import check_bitsandbytes
 from ..output_folder import OutputFolder
-from ..interop.peft_files import load_any_adapter
+from ..interop.peft import load_any_adapter
 
 TRAIN_CONFIG_FILES = ("train_config.yaml", "train_config.json", "summary.json")
 # Flags of generative evaluation only, with their defaults (None on the parser, so that a classification run can

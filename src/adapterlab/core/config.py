@@ -116,9 +116,9 @@ class AdapterConfig:
         where = f" in {source}" if source else ""
         known = set(cls.option_names())
         unknown = sorted(set(options) - known)
-        if unknown:
-            raise AdapterError(f"{cls.method}: unknown option(s) {unknown}{where}. Valid options: {sorted(known)}."
-                               f"{_taken_elsewhere(cls.method, unknown)}")
+        if unknown:  # the registry adds which other methods take them (`registry.make_config`)
+            raise UnknownOptionError(f"{cls.method}: unknown option(s) {unknown}{where}. Valid options: "
+                                     f"{sorted(known)}.", unknown)
         hints = typing.get_type_hints(cls)
         values = {}
         for key, value in options.items():
@@ -160,16 +160,12 @@ def facts_of(config: Union[AdapterConfig, type[AdapterConfig]]) -> MethodFacts:
                        tuple(config.default_targets), bool(config.trains_head), getattr(config, "peft_type", None))
 
 
-def _taken_elsewhere(method: str, unknown: list[str]) -> str:
-    """' `x` is an option of m1, m2; <method> does not take it.' for each unknown option another method has."""
-    from .registry import config_class, method_names
+class UnknownOptionError(AdapterError):
+    """Options a method does not take; `unknown` names them, so that the registry can say who takes them."""
 
-    notes = []
-    for option in unknown:
-        owners = [m for m in method_names() if m != method and option in config_class(m).option_names()]
-        if owners:
-            notes.append(f" `{option}` is an option of {', '.join(owners)}; {method} does not take it.")
-    return "".join(notes)
+    def __init__(self, message: str, unknown: list[str]) -> None:
+        super().__init__(message)
+        self.unknown = unknown
 
 
 def positive_int(method: str, name: str, value: Any) -> None:
@@ -184,4 +180,4 @@ def one_of(method: str, name: str, value: Any, allowed: tuple) -> None:
         raise AdapterError(f"{method}: `{name}` must be one of {list(allowed)}, got {value!r}.")
 
 
-__all__ = ["AdapterConfig", "MethodFacts", "facts_of", "field", "positive_int", "one_of"]
+__all__ = ["AdapterConfig", "MethodFacts", "UnknownOptionError", "facts_of", "field", "positive_int", "one_of"]

@@ -195,6 +195,14 @@ def resolve_sites(
     return Placement(model, architecture).resolve(targets, layers, defaults)
 
 
+def text_config(model: nn.Module) -> Any:
+    """The model's (text) config, where layer counts and head sizes live."""
+    config = getattr(model, "config", None)
+    if config is None:
+        raise AdapterError(f"{type(model).__name__} has no `.config`; virtual-token methods need a transformers model.")
+    return config.get_text_config() if hasattr(config, "get_text_config") else config
+
+
 class Placement:
     """What `attach` resolves once for one adapter and hands to every `build`: the model's architecture
     (the user's override honoured) and all the adapter's sites, so that no method re-resolves on its own.

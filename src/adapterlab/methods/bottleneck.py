@@ -68,7 +68,8 @@ from ..core.adapter import Adapter
 from .block_norms import BlockNorms
 from .bottleneck_module import BottleneckAdapter
 from .sublayer_sites import input_features, residual_site, site_features
-from ..interop.llm_adapters_fork import fork_key_to_ours, from_fork
+from ..interop.llm_adapters.fork import fork_key_to_ours, fork_options
+from ..interop.peft.protocol import PeftMethod
 
 INITS = ("bert", "zero")
 DROPOUT_AT = ("input", "hidden")
@@ -88,7 +89,7 @@ def parse_scaling(method: str, value: float | int | str) -> float | str:
 
 
 @dataclass
-class BottleneckOptions(BlockNorms, AdapterConfig):
+class BottleneckOptions(PeftMethod, BlockNorms, AdapterConfig):
     """size: bottleneck width; activation: a transformers ACT2FN name; bias: biases in down/up;
     init: "bert" (N(0, 0.02) weights, as LLM-Adapters) or "zero" (up-projection zero, down Kaiming-uniform,
     as LoRA / LLM-Adapters' "mam_adapter": the model is unchanged at init); scaling: float or "learned";
@@ -151,13 +152,14 @@ class BottleneckOptions(BlockNorms, AdapterConfig):
         """The bottleneck module at one of the adapter's own sites (each placement builds its own)."""
         raise NotImplementedError
 
-    peft_type = "BOTTLENECK"  # LLM-Adapters' fork of PEFT: load_peft imports its checkpoints (bottleneck_peft.py)
+    peft_type = "BOTTLENECK"  # LLM-Adapters' fork of PEFT: load_peft imports its checkpoints (import only)
     peft_key_to_ours = staticmethod(fork_key_to_ours)
 
     @classmethod
     def from_peft(cls, data: dict) -> "BottleneckOptions":
-        """The series / pfeiffer / parallel adapter their BottleneckConfig `data` describes."""
-        return from_fork(data)
+        """The series / pfeiffer / parallel adapter their BottleneckConfig `data` describes (`llm_adapters/fork.py`)."""
+        method, options = fork_options(data)
+        return {"series": SeriesConfig, "pfeiffer": PfeifferConfig, "parallel": ParallelConfig}[method](**options)
 
     def adapter_drop(self) -> AdapterDrop | None:
         if self.drop_layers == 0 and self.drop_training == "fixed":

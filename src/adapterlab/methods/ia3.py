@@ -18,13 +18,14 @@ from ..core.layers import linear_features, reference_tensor, weight_as_out_in
 from ..core.site_hooks import placed_at
 from ..core.sites import Placement, Site, model_type_of
 from ..core.adapter import Adapter, linear_host
-from .lora import peft_heads, peft_targets, peft_task_type, refuse_peft_options, regex_of_paths
+from ..interop.peft.protocol import PeftMethod, peft_heads, peft_targets, peft_task_type, refuse_peft_options
+from ..interop.peft.protocol import regex_of_paths
 
 DEFAULT_FEEDFORWARD = ("down",)
 
 
 @dataclass
-class IA3Config(AdapterConfig):
+class IA3Config(PeftMethod, AdapterConfig):
     """feedforward: the targets whose input is scaled (logical names or module-name suffixes, like PEFT's
     feedforward_modules); every other target has its output scaled. None means the down projection."""
 
