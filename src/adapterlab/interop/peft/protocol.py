@@ -61,6 +61,13 @@ class PeftMethod(ABC):
         """Refuse a model PEFT runs this adapter on differently from adapterlab (prefix tuning of an encoder)."""
 
 
+def exports_to_peft(config: Any) -> bool:
+    """Whether a config (or config class) can be written in PEFT's format: it implements `PeftMethod.to_peft`
+    (their fork's BOTTLENECK only imports)."""
+    cls = config if isinstance(config, type) else type(config)
+    return issubclass(cls, PeftMethod) and cls.to_peft is not PeftMethod.to_peft
+
+
 def refuse_peft_options(kind: str, data: dict, names: tuple[str, ...]) -> None:
     """Raise AdapterError naming every option in `names` that a PEFT config sets (non-empty, non-false)."""
     used = [name for name in names if data.get(name)]
@@ -117,5 +124,5 @@ def peft_task_type(model: nn.Module) -> str | None:
     return None
 
 
-__all__ = ["PEFT_MODEL_PREFIX", "PeftMethod", "peft_heads", "peft_targets", "peft_task_type", "refuse_peft_options",
+__all__ = ["PEFT_MODEL_PREFIX", "PeftMethod", "exports_to_peft", "peft_heads", "peft_targets", "peft_task_type", "refuse_peft_options",
            "regex_of_paths"]

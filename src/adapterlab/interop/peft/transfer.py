@@ -18,7 +18,7 @@ from ...core.registry import METHODS, config_class
 from ...errors import AdapterError, CorruptFileError, IncompatibleAdapterError
 from ...files import replace_files, write_json, write_safetensors
 from .files import PEFT_WEIGHTS_NAME, read_peft_weights
-from .protocol import PeftMethod
+from .protocol import PeftMethod, exports_to_peft
 
 
 def export_peft(model: nn.Module, directory: str | os.PathLike, name: str = "default",
@@ -29,7 +29,7 @@ def export_peft(model: nn.Module, directory: str | os.PathLike, name: str = "def
     LoRA and IA3 write their tensors; prompt tuning, P-tuning and prefix tuning write what PEFT saves for
     them, the virtual tokens or prefixes their encoders compute (`prompts.py`)."""
     config = get_config(model, name).saved_as()  # MoSA-LoRA exports its merged LoRA
-    if not isinstance(config, PeftMethod):
+    if not exports_to_peft(config):
         raise AdapterError(f"{config.method} has no PEFT counterpart to export to; use save_adapter instead.")
     sites = [a._site for _, _, a in placed(model, name)]
     peft_config = config.to_peft(model, sites)
