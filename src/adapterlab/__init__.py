@@ -1,8 +1,7 @@
 """adapterlab: attach, train, evaluate and measure parameter-efficient adapters on transformers models."""
 
-from .methods.adapterdrop import set_drop_layers
 from .core.architectures import ARCHITECTURES, Architecture
-from .core.checkpoint import export_peft, load_adapter, load_peft, save_adapter
+from .core.checkpoint import load_adapter, save_adapter
 from .core.config import AdapterConfig
 from .core.engine import (
     active_adapters,
@@ -19,6 +18,8 @@ from .core.engine import (
 from .errors import AdapterError, IncompatibleAdapterError, NotMergeableError, TargetNotFoundError
 from .core.merging import merge_and_unload, save_merged
 from .core.registry import config_class, make_config, method_names
+from .interop.peft import export_peft, load_peft
+from .methods.adapterdrop import set_drop_layers
 
 __version__ = "0.1.0"
 

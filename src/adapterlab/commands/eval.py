@@ -23,7 +23,7 @@ from ..evaluate import KNOWN, MODES, evaluate, markdown_table
 from ..evaluate.choice import Choice, evaluate_choice
 from ..evaluate.fingerprint import model_files
 from ..evaluate.class_run import read_classification_run
-from ..evaluate.llm_adapters_flags import THEIR_ADAPTERS, check_adapter_label, check_model_label, read_their_flags
+from ..interop.llm_adapters.evaluate import THEIR_ADAPTERS, check_adapter_label, check_model_label, read_their_flags
 from ..evaluate.loop import check_counts
 from ..evaluate.protocols import flag, protocol_options
 from ..evaluate.runner import Generate
@@ -31,7 +31,7 @@ from ..models import load_model, model_folder, resolve_model
 from ..models.devices import check_device
 from ..models.quantize import check_bitsandbytes
 from ..output_folder import OutputFolder
-from ..interop.peft_files import load_any_adapter
+from ..interop.peft import load_any_adapter
 from .eval_classification import run_classification
 
 TRAIN_CONFIG_FILES = ("train_config.yaml", "train_config.json", "summary.json")

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from ..core.checkpoint import CONFIG_NAME, export_peft, read_adapter_config
+from ..core.checkpoint import CONFIG_NAME, read_adapter_config
 from ..core.engine import check_mergeable
 from ..errors import UsageError
 from ..files import PENDING
@@ -20,7 +20,8 @@ from ..core.merging import merge_and_unload, save_merged_into
 from ..models import model_folder
 from ..models.loading import TASKS, parse_dtype
 from ..output_folder import OutputFolder, relation
-from ..interop.peft_files import PEFT_WEIGHTS_NAME
+from ..interop.peft import export_peft, exports_to_peft
+from ..interop.peft.files import PEFT_WEIGHTS_NAME
 from ..core.registry import config_class
 
 PEFT_FILES = (CONFIG_NAME, PEFT_WEIGHTS_NAME, PENDING)  # what --peft writes (the pending folder while replacing)
@@ -73,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
         method = config_class(str(saved["method"]))
         if args.merged:
             check_mergeable(method)
-        if args.peft and not hasattr(method, "to_peft"):
+        if args.peft and not exports_to_peft(method):
             raise UsageError(f"--peft: {method.method} has no PEFT counterpart (PEFT's format holds LoRA, IA3, "
                              "prompt tuning, P-tuning and prefix tuning); keep the adapter folder as it is.")
     dtype = parse_dtype(args.dtype)

@@ -2,7 +2,7 @@
 
 Settings come from (lowest first) the dataclass defaults, a `--config` YAML file, and the command line.
 The flag names of LLM-Adapters' finetune.py are accepted as aliases so its published commands run; a command
-that spells a flag as only finetune.py does runs their recipe (their defaults; see train/llm_adapters.py).
+that spells a flag as only finetune.py does runs their recipe (their defaults; see interop/llm_adapters/finetune.py).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from ..core.registry import METHODS, config_class
 from .method_flags import add_method_groups
 from ..tasks import tasks_reading
 from ..train import TrainConfig, cross_validate, train
-from ..train.llm_adapters import WANDB_FLAGS, flag_notes, is_theirs, their_recipe
+from ..interop.llm_adapters.finetune import WANDB_FLAGS, flag_notes, is_theirs, their_recipe
 
 OPTION_PREFIX = "adapter_option:"
 # LLM-Adapters finetune.py option names -> our adapter option names

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import typing
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Union
 
 from .coerce import Mismatch, coerce, describe
 from .option_help import documented, option_field
@@ -14,7 +14,7 @@ from ..errors import AdapterError
 if TYPE_CHECKING:
     from torch import nn
 
-    from .adapter import Adapter
+    from .adapter import Adapter, Gate
     from .sites import Placement, Site
 
 
@@ -67,10 +67,16 @@ class AdapterConfig:
         """
         raise NotImplementedError
 
-    def adapter_drop(self) -> Any:
-        """This adapter's AdapterDrop plan (`adapterdrop.AdapterDrop`), or None; methods whose options include
-        `drop_layers` and `drop_training` return one."""
+    def gate(self, site: "Site", name: str, placement: "Placement") -> "Gate | None":
+        """The gate deciding per forward whether the module at `site` of adapter `name` runs (AdapterDrop's
+        skip of the lower blocks, `methods/adapterdrop.py`), or None: it always runs."""
         return None
+
+    def take_facts_of(self, other: "AdapterConfig") -> None:
+        """Give this config the instance facts (`INSTANCE_FACTS`) of `other`: a wrapper (MoSA) is placed, merged and
+        targeted as the method it wraps, while its class keeps those of its default base."""
+        for fact in INSTANCE_FACTS:
+            setattr(self, fact, getattr(other, fact))
 
     def objective(self) -> Any:
         """A training-loss term to use instead of the model's own loss (see `objectives.py`), or None."""
@@ -110,9 +116,9 @@ class AdapterConfig:
         where = f" in {source}" if source else ""
         known = set(cls.option_names())
         unknown = sorted(set(options) - known)
-        if unknown:
-            raise AdapterError(f"{cls.method}: unknown option(s) {unknown}{where}. Valid options: {sorted(known)}."
-                               f"{_taken_elsewhere(cls.method, unknown)}")
+        if unknown:  # the registry adds which other methods take them (`registry.make_config`)
+            raise UnknownOptionError(f"{cls.method}: unknown option(s) {unknown}{where}. Valid options: "
+                                     f"{sorted(known)}.", unknown)
         hints = typing.get_type_hints(cls)
         values = {}
         for key, value in options.items():
@@ -131,16 +137,35 @@ class AdapterConfig:
             raise
 
 
-def _taken_elsewhere(method: str, unknown: list[str]) -> str:
-    """' `x` is an option of m1, m2; <method> does not take it.' for each unknown option another method has."""
-    from .registry import config_class, method_names
+@dataclass(frozen=True)
+class MethodFacts:
+    """What a method is, as the engine, merge messages and PEFT export read it (`facts_of`)."""
 
-    notes = []
-    for option in unknown:
-        owners = [m for m in method_names() if m != method and option in config_class(m).option_names()]
-        if owners:
-            notes.append(f" `{option}` is an option of {', '.join(owners)}; {method} does not take it.")
-    return "".join(notes)
+    method: str
+    mergeable: bool
+    mergeable_when: str
+    site_kinds: tuple[str, ...]
+    default_targets: tuple[str, ...]
+    trains_head: bool
+    peft_type: str | None
+
+
+# the facts a config may hold for itself (a wrapper takes them from what it wraps, `take_facts_of`)
+INSTANCE_FACTS = ("mergeable", "site_kinds", "default_targets")
+
+
+def facts_of(config: Union[AdapterConfig, type[AdapterConfig]]) -> MethodFacts:
+    """The method facts of a config, or of a config class (those its defaults give): one way for every method."""
+    return MethodFacts(config.method, bool(config.mergeable), config.mergeable_when, tuple(config.site_kinds),
+                       tuple(config.default_targets), bool(config.trains_head), getattr(config, "peft_type", None))
+
+
+class UnknownOptionError(AdapterError):
+    """Options a method does not take; `unknown` names them, so that the registry can say who takes them."""
+
+    def __init__(self, message: str, unknown: list[str]) -> None:
+        super().__init__(message)
+        self.unknown = unknown
 
 
 def positive_int(method: str, name: str, value: Any) -> None:
@@ -155,4 +180,4 @@ def one_of(method: str, name: str, value: Any, allowed: tuple) -> None:
         raise AdapterError(f"{method}: `{name}` must be one of {list(allowed)}, got {value!r}.")
 
 
-__all__ = ["AdapterConfig", "field", "positive_int", "one_of"]
+__all__ = ["AdapterConfig", "MethodFacts", "UnknownOptionError", "facts_of", "field", "positive_int", "one_of"]

@@ -126,11 +126,11 @@ class BitFitAdapter(Adapter):
         return bias
 
     @torch.no_grad()
-    def merge(self, host: nn.Module) -> None:
+    def merge_into(self, host: nn.Module) -> None:
         bias = self._host_bias(host)
         bias += self.bias_delta.to(bias.dtype)
 
     @torch.no_grad()
-    def unmerge(self, host: nn.Module) -> None:
+    def unmerge_from(self, host: nn.Module) -> None:
         bias = self._host_bias(host)
         bias -= self.bias_delta.to(bias.dtype)

@@ -37,7 +37,7 @@ at the attention): here the input of the sublayer's entry layer, the same on AST
 placement (`input_targets`), residual=False makes the layer read s * f(x) instead of x + s * f(x). Without the
 residual the series adapter is not the identity at init: zero init makes the sublayer output zero.
 
-AdapterDrop (Rücklé et al., EMNLP 2021), an option of every method here (the engine does it, `adapterdrop.py`):
+AdapterDrop (Rücklé et al., EMNLP 2021), an option of every method here (its sites and gates, `adapterdrop.py`):
 
 * `drop_layers=k` (default 0: none): the adapters of the lowest k blocks (0..k-1) do not run at inference.
 * `drop_training="fixed"` (default): the paper's *specialised* AdapterDrop, k fixed in training too: no adapter
@@ -59,7 +59,7 @@ from dataclasses import dataclass
 from torch import nn
 from transformers.activations import ACT2FN
 
-from .adapterdrop import AdapterDrop, check_drop
+from .adapterdrop import AdapterDrop, LayerDrop, check_drop, drop_sites, layer_drop
 from ..core.config import AdapterConfig, one_of, positive_int
 from ..core.option_help import documented, option_field
 from ..errors import AdapterError
@@ -69,7 +69,8 @@ from ..core.adapter import Adapter
 from .block_norms import BlockNorms
 from .bottleneck_module import BottleneckAdapter
 from .sublayer_sites import input_features, residual_site, site_features
-from ..interop.llm_adapters_fork import fork_key_to_ours, from_fork
+from ..interop.llm_adapters.fork import fork_key_to_ours, fork_options
+from ..interop.peft.protocol import PeftMethod
 
 INITS = ("bert", "zero")
 DROPOUT_AT = ("input", "hidden")
@@ -90,7 +91,7 @@ def parse_scaling(method: str, value: float | int | str) -> float | str:
 
 @documented
 @dataclass
-class BottleneckOptions(BlockNorms, AdapterConfig):
+class BottleneckOptions(PeftMethod, BlockNorms, AdapterConfig):
     """The options of every bottleneck adapter, one module up(act(down(dropout(x)))) (the module docstring)."""
 
     site_kinds = ("module", "sublayer")
@@ -134,7 +135,14 @@ class BottleneckOptions(BlockNorms, AdapterConfig):
         self.check_train_norms(self.method)
 
     def sites(self, model: nn.Module, placement: Placement) -> list[Site]:
-        return self.with_norms(self.adapter_sites(model, placement), model, placement)
+        """The adapter's sites and the norms `train_norms` adds, less those AdapterDrop removes ("fixed")."""
+        sites = self.with_norms(self.adapter_sites(model, placement), model, placement)
+        plan = self.adapter_drop()
+        return sites if plan is None else drop_sites(plan, sites, placement.blocks)
+
+    def gate(self, site: Site, name: str, placement: Placement) -> LayerDrop | None:
+        """Robust AdapterDrop's per-step skip of the module at `site` (`adapterdrop.py`), or None."""
+        return layer_drop(self.adapter_drop(), site, name, placement)
 
     def adapter_sites(self, model: nn.Module, placement: Placement) -> list[Site]:
         """The adapter's own sites (its targets'), without the norms `train_norms` adds."""
@@ -148,13 +156,14 @@ class BottleneckOptions(BlockNorms, AdapterConfig):
         """The bottleneck module at one of the adapter's own sites (each placement builds its own)."""
         raise NotImplementedError
 
-    peft_type = "BOTTLENECK"  # LLM-Adapters' fork of PEFT: load_peft imports its checkpoints (bottleneck_peft.py)
+    peft_type = "BOTTLENECK"  # LLM-Adapters' fork of PEFT: load_peft imports its checkpoints (import only)
     peft_key_to_ours = staticmethod(fork_key_to_ours)
 
     @classmethod
     def from_peft(cls, data: dict) -> "BottleneckOptions":
-        """The series / pfeiffer / parallel adapter their BottleneckConfig `data` describes."""
-        return from_fork(data)
+        """The series / pfeiffer / parallel adapter their BottleneckConfig `data` describes (`llm_adapters/fork.py`)."""
+        method, options = fork_options(data)
+        return {"series": SeriesConfig, "pfeiffer": PfeifferConfig, "parallel": ParallelConfig}[method](**options)
 
     def adapter_drop(self) -> AdapterDrop | None:
         if self.drop_layers == 0 and self.drop_training == "fixed":

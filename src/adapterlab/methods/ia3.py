@@ -16,16 +16,18 @@ from ..core.config import AdapterConfig
 from ..core.option_help import documented, option_field
 from ..errors import AdapterError, NotMergeableError
 from ..core.layers import linear_features, reference_tensor, weight_as_out_in
-from ..core.sites import ADAPTER_SLOT, Placement, Site, model_type_of
+from ..core.site_hooks import placed_at
+from ..core.sites import Placement, Site, model_type_of
 from ..core.adapter import Adapter, linear_host
-from .lora import peft_heads, peft_targets, peft_task_type, refuse_peft_options, regex_of_paths
+from ..interop.peft.protocol import PeftMethod, peft_heads, peft_targets, peft_task_type, refuse_peft_options
+from ..interop.peft.protocol import regex_of_paths
 
 DEFAULT_FEEDFORWARD = ("down",)
 
 
 @documented
 @dataclass
-class IA3Config(AdapterConfig):
+class IA3Config(PeftMethod, AdapterConfig):
     """IA3 (Liu et al., 2022): learned vectors that rescale the targets' outputs (the feedforward targets' inputs);
     mergeable into the weights."""
 
@@ -106,11 +108,6 @@ class IA3Config(AdapterConfig):
         return cls(targets=targets, feedforward=feedforward)
 
 
-def placed_at(model: nn.Module, site: Site) -> "IA3Adapter":
-    """The IA3 adapter placed at `site` (the very Site object attach gave it)."""
-    return next(a for a in model.get_submodule(site.path)._modules[ADAPTER_SLOT].values() if a._site is site)
-
-
 class IA3Adapter(Adapter):
     """One (IA)^3 vector: scales the host's output features, or its input features if `feedforward`."""
 
@@ -131,7 +128,7 @@ class IA3Adapter(Adapter):
         return (y.to(self.ia3_l.dtype) * self.ia3_l.flatten()).to(y.dtype)
 
     @torch.no_grad()
-    def merge(self, host: nn.Module) -> None:
+    def merge_into(self, host: nn.Module) -> None:
         """Scale the weight's rows (and the bias, which the output scaling also multiplies) or columns by l.
 
         Refuses a vector with exact zeros: those rows or columns would be erased and unmerge could not
@@ -145,7 +142,7 @@ class IA3Adapter(Adapter):
         self._rescale(host, torch.mul)
 
     @torch.no_grad()
-    def unmerge(self, host: nn.Module) -> None:
+    def unmerge_from(self, host: nn.Module) -> None:
         """Divide the merged scaling back out. (w * l) / l equals w only to rounding (about one ulp of the
         weight's dtype per merge/unmerge cycle), so many cycles in half precision drift slightly."""
         self._rescale(host, torch.div)

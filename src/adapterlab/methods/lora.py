@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass
 
 import torch
@@ -15,11 +14,13 @@ from ..errors import AdapterError
 from ..core.layers import linear_features, reference_tensor, weight_as_out_in
 from ..core.sites import Placement, Site
 from ..core.adapter import Adapter, in_dtype_of, linear_host
+from ..interop.peft.protocol import PeftMethod, peft_heads, peft_targets, peft_task_type, refuse_peft_options
+from ..interop.peft.protocol import regex_of_paths
 
 
 @documented
 @dataclass
-class LoraConfig(AdapterConfig):
+class LoraConfig(PeftMethod, AdapterConfig):
     """LoRA (Hu et al., 2021): a low-rank update W + (alpha / r) * B A beside each target linear layer, B zero at
     init; mergeable into the weights."""
 
@@ -88,62 +89,6 @@ PEFT_LORA_UNSUPPORTED = (
 )
 
 
-def refuse_peft_options(kind: str, data: dict, names: tuple[str, ...]) -> None:
-    """Raise AdapterError naming every option in `names` that a PEFT config sets (non-empty, non-false)."""
-    used = [name for name in names if data.get(name)]
-    if used:
-        raise AdapterError(
-            f"This PEFT {kind} adapter uses {', '.join(used)}, which adapterlab does not import (the result "
-            f"would compute something else). Load it with peft itself, or retrain it without those options."
-        )
-
-
-def regex_of_paths(paths) -> str:
-    """A PEFT target_modules regex (PEFT full-matches it) naming exactly these module paths."""
-    return "(" + "|".join(re.escape(p) for p in paths) + ")"
-
-
-def peft_targets(value: str | list[str]) -> list[str]:
-    """adapterlab targets from PEFT's target_modules: a list of name suffixes, or a regex of the plain
-    alternation form `(a\\.b|c\\.d)` that `regex_of_paths` writes. Other regexes are refused by name."""
-    if not isinstance(value, str):
-        return list(value)
-    body = value.strip()
-    body = body[1:] if body.startswith("^") else body
-    body = body[:-1] if body.endswith("$") else body
-    if body.startswith("(") and body.endswith(")"):
-        body = body[1:-1]
-    if not body:
-        return []
-    names = [re.sub(r"\\(.)", r"\1", part) for part in body.split("|")]
-    if not all(re.fullmatch(r"[\w.\-]+", name) for name in names):
-        raise AdapterError(
-            f"PEFT target_modules {value!r} is a general regular expression; adapterlab imports a list of "
-            "module names or an alternation of exact module paths. Rewrite it as a list of names."
-        )
-    return names
-
-
-def peft_heads(model: nn.Module) -> list[str] | None:
-    """The classifier head PEFT saves beside a SEQ_CLS adapter (its modules_to_save), or None.
-
-    PEFT always restores a sequence classifier's head from the adapter file, so the export carries the
-    head this model computes with (trained or not)."""
-    if peft_task_type(model) != "SEQ_CLS":
-        return None
-    heads = [name for name in ("classifier", "score") if isinstance(getattr(model, name, None), nn.Module)]
-    return heads or None
-
-
-def peft_task_type(model: nn.Module) -> str | None:
-    """PEFT's task_type for a transformers model class, or None for a bare model."""
-    name = type(model).__name__
-    for suffix, task in (("ForCausalLM", "CAUSAL_LM"), ("ForSequenceClassification", "SEQ_CLS")):
-        if name.endswith(suffix):
-            return task
-    return None
-
-
 class LoraAdapter(Adapter):
     """The low-rank update B A of one linear layer."""
 
@@ -168,11 +113,11 @@ class LoraAdapter(Adapter):
         return (self.lora_B.weight @ self.lora_A.weight) * self.scaling
 
     @torch.no_grad()
-    def merge(self, host: nn.Module) -> None:
+    def merge_into(self, host: nn.Module) -> None:
         weight = weight_as_out_in(host)
         weight += self.delta_weight().to(weight.dtype)
 
     @torch.no_grad()
-    def unmerge(self, host: nn.Module) -> None:
+    def unmerge_from(self, host: nn.Module) -> None:
         weight = weight_as_out_in(host)
         weight -= self.delta_weight().to(weight.dtype)

@@ -44,7 +44,6 @@ if TYPE_CHECKING:
 BASES = ("lora", "series", "pfeiffer", "houlsby", "parallel", "scaled_parallel", "adaptformer")
 SPLITS = {"up": ("up",), "down": ("down",), "both": ("down", "up")}
 INIT = {"down": "kaiming", "up": "zeros"}
-FACTS = ("mergeable", "site_kinds", "default_targets")  # the method facts a MoSA config takes from its base
 
 
 @documented
@@ -124,8 +123,7 @@ class MosaConfig(AdapterConfig):
             if getattr(self, name) is not None:
                 options[name] = getattr(self, name)
         self._base = make_config(self.base, **options)
-        for fact in FACTS:  # this config's facts are its base's; the class keeps those of the default base
-            setattr(self, fact, getattr(self._base, fact))
+        self.take_facts_of(self._base)  # this config's facts are its base's; the class keeps the default base's
 
     @property
     def base_config(self) -> AdapterConfig:

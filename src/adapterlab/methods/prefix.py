@@ -29,8 +29,8 @@ from ..errors import AdapterError
 from ..core.layers import reference_tensor
 from ..core.sites import Placement, Site, block_paths
 from ..core.adapter import Adapter
-from ..interop.peft_prompts import PEFT_PREFIX, PeftVirtualTokens
-from ..interop.peft_prompts import peft_prompt_config, placed_at
+from ..core.site_hooks import placed_at
+from ..interop.peft.prompts import PeftVirtualTokens, peft_prompt_config
 from .prefix_attention import AttentionSite, PrefixAttentionHooks, attention_sites, has_bidirectional_attention, kv_width
 from .virtual_tokens import (
     as_keywords,
@@ -102,7 +102,6 @@ class PrefixConfig(PeftVirtualTokens, AdapterConfig):
         return (self.encoder_hidden_size or kv_dim) if self.prefix_projection else None
 
     peft_type = "PREFIX_TUNING"
-    peft_prefix = PEFT_PREFIX
 
     def check_peft_model(self, model: nn.Module) -> None:
         """Refuse a bidirectional (encoder) model: PEFT feeds it the prefix as past_key_values, which e.g. shifts

@@ -20,8 +20,8 @@ from ..core.option_help import documented, option_field
 from ..errors import AdapterError
 from ..core.layers import reference_tensor
 from ..core.sites import Placement, Site
-from ..interop.peft_prompts import PEFT_PREFIX, PeftVirtualTokens
-from ..interop.peft_prompts import peft_prompt_config, placed_at
+from ..core.site_hooks import placed_at
+from ..interop.peft.prompts import PeftVirtualTokens, peft_prompt_config
 from .virtual_tokens import (VirtualTokenAdapter, check_num_virtual_tokens, input_embeddings, modality_and_blocks,
                              text_config)
 
@@ -92,7 +92,6 @@ class PromptConfig(PeftVirtualTokens, AdapterConfig):
         return adapter
 
     peft_type = "PROMPT_TUNING"
-    peft_prefix = PEFT_PREFIX
 
     def to_peft(self, model: nn.Module, sites: list[Site]) -> dict:
         """PEFT's PromptTuningConfig as a dict (init RANDOM: the tokens themselves are saved)."""

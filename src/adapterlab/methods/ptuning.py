@@ -19,8 +19,8 @@ from ..core.option_help import documented, option_field
 from ..errors import AdapterError
 from ..core.layers import reference_tensor
 from ..core.sites import Placement, Site
-from ..interop.peft_prompts import PEFT_PREFIX, PeftVirtualTokens
-from ..interop.peft_prompts import peft_prompt_config, placed_at
+from ..core.site_hooks import placed_at
+from ..interop.peft.prompts import PeftVirtualTokens, peft_prompt_config
 from .virtual_tokens import VirtualTokenAdapter, check_num_virtual_tokens, modality_and_blocks, text_config
 
 
@@ -65,7 +65,6 @@ class PTuningConfig(PeftVirtualTokens, AdapterConfig):
         return PTuningAdapter(encoder, self.num_virtual_tokens, modality, leading, blocks)
 
     peft_type = "P_TUNING"
-    peft_prefix = PEFT_PREFIX
 
     @classmethod
     def peft_import(cls) -> type:

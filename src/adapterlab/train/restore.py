@@ -10,7 +10,8 @@ from typing import Any
 
 from torch import nn
 
-from ..core.checkpoint import CONFIG_NAME, load_peft, read_adapter_config
+from ..core.checkpoint import CONFIG_NAME, read_adapter_config
+from ..interop.peft import load_peft
 from ..errors import MissingPathError, UsageError
 from ..files import read_json_object
 from ..models import load_model
