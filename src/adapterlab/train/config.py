@@ -19,9 +19,9 @@ from typing import Any
 from ..errors import AdapterError, MissingPathError, UsageError
 from ..models.quantize import check_bitsandbytes
 from ..core.coerce import Mismatch, coerce, describe
-from ..core.registry import config_class, make_config, method_names
 from ..tasks import task_module, tasks_reading
 from ..tasks.base import quantization
+from .trainable import Trainable, trainable_for
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 RECIPES = ("adapterlab", "llm-adapters")
@@ -164,8 +164,7 @@ class TrainConfig:
             raise AdapterError("No run folder given: pass --output DIR.")
         self.check_task_fields()
         self.check_adapter_options()
-        if self.adapter != "full":  # the option values too (MoSA's --base prompt), before the model is loaded
-            make_config(self.adapter, **self.adapter_options)
+        self.trainable.check_values(self.adapter_options)  # before the model is loaded
         if self.template not in TEMPLATES:
             raise AdapterError(f"--template must be one of {TEMPLATES}, got {self.template!r}.")
         if self.recipe not in RECIPES:
@@ -190,6 +189,11 @@ class TrainConfig:
             raise UsageError(f"--fold {self.fold} picks one fold and --cross-validate runs every fold; pass one.")
 
     @property
+    def trainable(self) -> Trainable:
+        """What the run trains: the adapter method, or every weight (`--adapter full`)."""
+        return trainable_for(self.adapter)
+
+    @property
     def quantize(self) -> str | None:
         """The quantization the base is loaded with: "8bit", "4bit" or None."""
         return quantization(vars(self))
@@ -200,10 +204,7 @@ class TrainConfig:
             raise UsageError("--load-8bit and --load-4bit pick different quantizations of the base; pass one.")
         if self.quantize is None:
             return
-        flag_given = "--load-8bit" if self.load_8bit else "--load-4bit"
-        if self.adapter == "full":
-            raise UsageError(f"--adapter full trains every base weight, which {flag_given} stores quantized and "
-                             "frozen; pick an adapter method (e.g. --adapter lora) or drop the flag.")
+        self.trainable.check_quantized("--load-8bit" if self.load_8bit else "--load-4bit")
         check_bitsandbytes(self.quantize)
 
     def check_start_folder(self) -> None:
@@ -239,19 +240,7 @@ class TrainConfig:
 
     def check_adapter_options(self) -> None:
         """Refuse adapter options that the chosen method does not have, naming the methods that do."""
-        if self.adapter == "full":
-            if self.adapter_options:
-                given = ", ".join(flag_name(k) for k in sorted(self.adapter_options))
-                raise AdapterError(f"--adapter full trains every weight and takes no adapter options; drop {given}.")
-            return
-        accepted = config_class(self.adapter).accepted_options(self.adapter_options)
-        for name in sorted(set(self.adapter_options) - accepted):
-            having = [m for m in method_names() if name in config_class(m).option_names()]
-            owners = f"an option of {', '.join(having)}" if having else "not an option of any method"
-            given = " / ".join(dict.fromkeys(option_flag(name, m) for m in having or [self.adapter]))
-            raise AdapterError(f"{given} is {owners}, not of --adapter {self.adapter} (its options: "
-                               f"{', '.join(option_flag(o, self.adapter) for o in sorted(accepted))}); drop it or "
-                               "change --adapter.")
+        self.trainable.check_options(self.adapter_options, option_flag)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
