@@ -20,7 +20,7 @@ from ..errors import AdapterError, MissingPathError, UsageError
 from ..models.quantize import check_bitsandbytes
 from ..core.coerce import Mismatch, coerce, describe
 from ..tasks import task_module, tasks_reading
-from ..tasks.base import quantization
+from ..tasks.base import TaskOptions, quantization
 from .trainable import Trainable, trainable_for
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -241,6 +241,12 @@ class TrainConfig:
     def check_adapter_options(self) -> None:
         """Refuse adapter options that the chosen method does not have, naming the methods that do."""
         self.trainable.check_options(self.adapter_options, option_flag)
+
+    def task_options(self) -> TaskOptions:
+        """What the run's task receives: the model, data, dev-set settings and the per-task settings."""
+        keys = [f.name for f in dataclasses.fields(self) if f.metadata.get("per_task")]
+        return TaskOptions(model=self.model, data=list(self.data), eval_data=list(self.eval_data) or None,
+                           val_size=self.val_size, seed=self.seed, options={k: getattr(self, k) for k in keys})
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

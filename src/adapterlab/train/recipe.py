@@ -8,7 +8,6 @@ what a checkpoint holds (see `checkpointing`), and what the run folder ends up w
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import importlib
 import json
 import os
@@ -27,14 +26,14 @@ from ..errors import AdapterError, UsageError
 from ..files import group_file, read_json_object, replace_files, write_json
 from ..core.stochastic import stochastic_modules
 from ..tasks import TASKS
-from ..tasks.base import TaskOptions, TaskSetup
+from ..tasks.base import TaskSetup
 from .callbacks import BestKeeper, MetricsLog
 from .progress import use_readable_progress
 from .checkpointing import TRAINABLE_NAME, check_checkpoint, last_checkpoint, load_trainable, save_trainable
 from .config import TrainConfig
+from .run_folder import RunFolder
 from .plot import plot_metrics
-from .run_dir import (BEST, CHECKPOINTS, METRICS, PLOT, SUMMARY, check_output, check_run_dir, clear_run,
-                      record_outputs, write_run_config)
+from .run_dir import BEST, CHECKPOINTS, METRICS, PLOT, SUMMARY, check_output, clear_run, record_outputs, write_run_config
 from ..folder_lock import claim_run_folder
 from .trainer import AdapterTrainer
 from .warm_start import warm_start
@@ -57,18 +56,11 @@ def resolve_precision(precision: str) -> str:
     return "fp32"
 
 
-def task_options(config: TrainConfig) -> TaskOptions:
-    """The options a task receives, from the run config."""
-    keys = [f.name for f in dataclasses.fields(TrainConfig) if f.metadata.get("per_task")]
-    return TaskOptions(model=config.model, data=list(config.data), eval_data=list(config.eval_data) or None,
-                       val_size=config.val_size, seed=config.seed, options={k: getattr(config, k) for k in keys})
-
-
 def prepare_task(config: TrainConfig) -> TaskSetup:
     """Run the task's `prepare` (data, model with head, collator, metric)."""
     if config.task not in TASKS:
         raise AdapterError(f"Unknown task {config.task!r}; known tasks: {', '.join(sorted(TASKS))}.")
-    return importlib.import_module(TASKS[config.task]).prepare(task_options(config))
+    return importlib.import_module(TASKS[config.task]).prepare(config.task_options())
 
 
 def make_trainable(model: torch.nn.Module, config: TrainConfig, head_modules: list[str],
@@ -164,7 +156,7 @@ def train(config: TrainConfig, callbacks: Sequence[TrainerCallback] = ()) -> dic
 def _train(config: TrainConfig, out: Path, main: bool, callbacks: Sequence[TrainerCallback]) -> dict[str, Any]:
     """`train` once the run folder is ours (the main process holds its lock)."""
     # Only the main process judges the folder (the others would race with its writes); all resume alike.
-    checkpoint = check_run_dir(out, config) if main else (last_checkpoint(out / CHECKPOINTS) if config.resume else None)
+    checkpoint = RunFolder(out).check(config) if main else (last_checkpoint(out / CHECKPOINTS) if config.resume else None)
     if checkpoint is not None:
         check_checkpoint(checkpoint, full_model=config.trainable.full)
     set_seed(config.seed)
