@@ -24,8 +24,8 @@ from ..files import read_json_object
 from ..train import TrainConfig, train
 from ..train.callbacks import read_log
 from .latency import serving_latency
+from ..train.trainable import FULL
 
-FULL = "full"
 
 
 @dataclass
