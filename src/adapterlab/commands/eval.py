@@ -73,9 +73,11 @@ def run_config(adapter_dir: Path) -> dict[str, Any]:
 
 
 def training_template(adapter_dir: Path) -> str | None:
-    """The prompt template the adapter was trained with, read from the run's config next to or above it."""
-    template = run_config(adapter_dir).get("template")
-    return template if isinstance(template, str) else None
+    """The prompt template the adapter was trained with, read from the run folder at or above it."""
+    from ..train.run_folder import RunFolder
+
+    run = RunFolder.around(adapter_dir)
+    return run.template if run is not None else None
 
 
 def training_files(adapter_dir: Path) -> dict[str, list[str]]:

@@ -64,11 +64,10 @@ def run(args: argparse.Namespace) -> int:
     """Check the outputs and the method first, then load once, export PEFT (unmerged), then merge and save."""
     if not args.merged and not args.peft:
         raise UsageError("nothing to write: pass --merged DIR (a merged transformers model) and/or --peft DIR.")
-    from ..train.run_dir import read_run_config
+    from ..train.run_folder import RunFolder
 
     adapter = Path(args.adapter_path)
-    run_config = (read_run_config(adapter) if adapter.is_dir() else None) or {}
-    folders = output_folders(args, adapter, args.model or run_config.get("model"))
+    folders = output_folders(args, adapter, args.model or RunFolder(adapter).model)
     saved = read_adapter_config(adapter) if (adapter / CONFIG_NAME).is_file() else {}
     if "method" in saved:  # refuse what cannot be written before loading the model (a PEFT folder can be)
         method = config_class(str(saved["method"]))

@@ -19,8 +19,9 @@ from ..data.reading import read_text
 from ..errors import AdapterError, UsageError
 from ..core.registry import METHODS, config_class
 from .method_flags import add_method_groups
-from ..tasks import tasks_reading
+from ..tasks import TASKS, task_module, tasks_reading
 from ..train import TrainConfig, cross_validate, train
+from ..train.config import flag_name
 from ..interop.llm_adapters.finetune import WANDB_FLAGS, flag_notes, is_theirs, their_recipe
 
 OPTION_PREFIX = "adapter_option:"
@@ -89,9 +90,24 @@ def names(name: str, aliases: tuple[str, ...] = ()) -> list[str]:
     return list(dict.fromkeys(flags))
 
 
+def task_groups(parser: argparse.ArgumentParser) -> dict[str, argparse._ArgumentGroup]:
+    """One argument group per task (from its options class); a flag several tasks read sits in the first one's
+    group, and the others' descriptions name it."""
+    owner = {f.name: tasks_reading(f.name)[0] for f in dataclasses.fields(TrainConfig) if f.metadata.get("per_task")}
+    groups = {}
+    for task in TASKS:
+        options = task_module(task).OPTIONS
+        shared = [flag_name(n) for n in sorted(options.names()) if owner[n] != task]
+        note = f" Also reads {', '.join(shared)} (listed above)." if shared else ""
+        groups[task] = parser.add_argument_group(f"--task {task} options", f"{options.__doc__}{note}")
+    return {name: groups[task] for name, task in owner.items()}
+
+
 def add_config_flags(parser: argparse.ArgumentParser) -> None:
-    """One flag per TrainConfig field; only flags the user gives land in the namespace."""
+    """One flag per TrainConfig field, the per-task ones in their task's group; only flags the user gives land in
+    the namespace."""
     group = parser.add_argument_group("training")
+    per_task = task_groups(parser)
     for f in dataclasses.fields(TrainConfig):
         if f.name == "adapter_options":
             continue
@@ -110,7 +126,7 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
             kwargs.update(type=int)
         elif kind.startswith("float"):
             kwargs.update(type=float)
-        group.add_argument(*names(f.name, f.metadata.get("aliases", ())), **kwargs)
+        per_task.get(f.name, group).add_argument(*names(f.name, f.metadata.get("aliases", ())), **kwargs)
 
 
 def adapter_option_names() -> dict[str, list[str]]:

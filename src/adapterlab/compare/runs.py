@@ -22,8 +22,8 @@ from ..measure.fresh_process import run_isolated
 from ..train import TrainConfig, train
 from ..train.callbacks import read_log
 from .latency import serving_latency
+from ..train.trainable import FULL
 
-FULL = "full"
 
 
 @dataclass

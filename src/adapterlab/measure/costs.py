@@ -22,8 +22,8 @@ from ..core.engine import attach, count_parameters, get_config, merge
 from ..errors import NotMergeableError, UsageError
 from ..core.objectives import training_objective
 from ..core.stochastic import draw_context
+from ..train.trainable import FULL
 
-FULL = "full"
 _CLEAR_REFS = Path("/proc/self/clear_refs")
 _STATUS = Path("/proc/self/status")
 
