@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 from train_helpers import causal_folder
 
 from adapterlab.cli import main

@@ -135,7 +135,7 @@ def in_dtype_of(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return x
 
 
-def linear_host(site: "Site", model: nn.Module, does: str, examples: str) -> nn.Module:
+def linear_host(site: Site, model: nn.Module, does: str, examples: str) -> nn.Module:
     """The linear layer at `site`, or an AdapterError saying what matched instead and what to target."""
     host = model.get_submodule(site.path)
     if not is_linear(host):

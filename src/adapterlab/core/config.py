@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import typing
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar, Union
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from .coerce import Mismatch, coerce, describe
 from .option_help import documented, option_field
@@ -54,12 +54,12 @@ class AdapterConfig:
     def validate(self) -> None:
         """Check option values; methods override and raise AdapterError naming the option."""
 
-    def sites(self, model: "nn.Module", placement: "Placement") -> list["Site"]:
+    def sites(self, model: nn.Module, placement: Placement) -> list[Site]:
         """Where this adapter goes: its targets' sites. A method that also adapts layers no target names
         (BitFit's normalisation layers) extends this."""
         return placement.resolve(self.resolved_targets, self.layers, defaults=self.targets is None)
 
-    def build(self, site: "Site", model: "nn.Module", placement: "Placement") -> "Adapter":
+    def build(self, site: Site, model: nn.Module, placement: Placement) -> Adapter:
         """The adapter module for one site; must not read weight values (attach works on meta models).
 
         `placement` holds the model's architecture (the user's override honoured) and all the sites: use
@@ -67,12 +67,12 @@ class AdapterConfig:
         """
         raise NotImplementedError
 
-    def gate(self, site: "Site", name: str, placement: "Placement") -> "Gate | None":
+    def gate(self, site: Site, name: str, placement: Placement) -> Gate | None:
         """The gate deciding per forward whether the module at `site` of adapter `name` runs (AdapterDrop's
         skip of the lower blocks, `methods/adapterdrop.py`), or None: it always runs."""
         return None
 
-    def take_facts_of(self, other: "AdapterConfig") -> None:
+    def take_facts_of(self, other: AdapterConfig) -> None:
         """Give this config the instance facts (`INSTANCE_FACTS`) of `other`: a wrapper (MoSA) is placed, merged and
         targeted as the method it wraps, while its class keeps those of its default base."""
         for fact in INSTANCE_FACTS:
@@ -82,7 +82,7 @@ class AdapterConfig:
         """A training-loss term to use instead of the model's own loss (see `objectives.py`), or None."""
         return None
 
-    def saved_as(self) -> "AdapterConfig":
+    def saved_as(self) -> AdapterConfig:
         """The config `save_adapter` writes: this one, or the plain method a trained adapter collapses into
         (MoSA saves its merged adapter as its base method). Modules that collapse provide `collapsed_state`."""
         return self
@@ -106,7 +106,7 @@ class AdapterConfig:
         return [f.name for f in dataclasses.fields(cls)]
 
     @classmethod
-    def from_options(cls, options: dict[str, Any], source: str | None = None) -> "AdapterConfig":
+    def from_options(cls, options: dict[str, Any], source: str | None = None) -> AdapterConfig:
         """Build from options (attach keywords, or a saved adapter_config.json named by `source`).
 
         Unknown names are refused with the valid ones. Each value is coerced to its field's annotated type
@@ -154,7 +154,7 @@ class MethodFacts:
 INSTANCE_FACTS = ("mergeable", "site_kinds", "default_targets")
 
 
-def facts_of(config: Union[AdapterConfig, type[AdapterConfig]]) -> MethodFacts:
+def facts_of(config: AdapterConfig | type[AdapterConfig]) -> MethodFacts:
     """The method facts of a config, or of a config class (those its defaults give): one way for every method."""
     return MethodFacts(config.method, bool(config.mergeable), config.mergeable_when, tuple(config.site_kinds),
                        tuple(config.default_targets), bool(config.trains_head), getattr(config, "peft_type", None))

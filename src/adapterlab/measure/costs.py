@@ -152,7 +152,6 @@ def _train_costs(model: nn.Module, batch: dict[str, torch.Tensor], settings: Set
     memory.start()  # before warmup: the optimizer's state is created on the first step and counts
     step_ms = _median_ms(step, settings, device)
     memory.stop()
-    del optimizer
     model.eval()
     return {"step_time_ms": step_ms, **memory.result()}
 

@@ -61,7 +61,7 @@ class BitFitConfig(AdapterConfig):
                 sites.setdefault(site.path, site)
         return list(sites.values())
 
-    def build(self, site: Site, model: nn.Module, placement: Placement) -> "BitFitAdapter":
+    def build(self, site: Site, model: nn.Module, placement: Placement) -> BitFitAdapter:
         host = model.get_submodule(site.path)
         features, ref = output_features(host, site)
         return BitFitAdapter(features, ref.device, ref.dtype, channels_first=isinstance(host, CHANNELS_FIRST))

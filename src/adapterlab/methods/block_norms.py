@@ -35,19 +35,19 @@ class BlockNorms:
         if not isinstance(self.train_norms, bool):
             raise AdapterError(f"{method}: `train_norms` must be true or false, got {self.train_norms!r}.")
 
-    def with_norms(self, sites: list[Site], model: "nn.Module", placement: Placement) -> list[Site]:
+    def with_norms(self, sites: list[Site], model: nn.Module, placement: Placement) -> list[Site]:
         """`sites`, plus one site per block norm in front of an adapted sublayer where train_norms is on."""
         if not self.train_norms:
             return sites
         norms = {site.path: site for site in (norm_site(s, model, placement, self.method) for s in sites)}
         return sites + list(norms.values())
 
-    def build_norm(self, site: Site, model: "nn.Module") -> NormDelta | None:
+    def build_norm(self, site: Site, model: nn.Module) -> NormDelta | None:
         """The trained-norm module for a norm site; None for the method's own sites."""
         return NormDelta(model.get_submodule(site.path)) if site.target == NORM_TARGET else None
 
 
-def norm_site(site: Site, model: "nn.Module", placement: Placement, method: str) -> Site:
+def norm_site(site: Site, model: nn.Module, placement: Placement, method: str) -> Site:
     """The site of the norm in front of the sublayer (attention or MLP) that `site` adapts."""
     arch = placement.architecture
     if arch.post_norm:

@@ -160,7 +160,7 @@ class BottleneckOptions(PeftMethod, BlockNorms, AdapterConfig):
     peft_key_to_ours = staticmethod(fork_key_to_ours)
 
     @classmethod
-    def from_peft(cls, data: dict) -> "BottleneckOptions":
+    def from_peft(cls, data: dict) -> BottleneckOptions:
         """The series / pfeiffer / parallel adapter their BottleneckConfig `data` describes (`llm_adapters/fork.py`)."""
         method, options = fork_options(data)
         return {"series": SeriesConfig, "pfeiffer": PfeifferConfig, "parallel": ParallelConfig}[method](**options)

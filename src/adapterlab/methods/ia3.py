@@ -75,7 +75,7 @@ class IA3Config(PeftMethod, AdapterConfig):
             "Name them with feedforward=[...] (feedforward=[] for none), or pass architecture={'down': ...}."
         )
 
-    def build(self, site: Site, model: nn.Module, placement: Placement) -> "IA3Adapter":
+    def build(self, site: Site, model: nn.Module, placement: Placement) -> IA3Adapter:
         host = linear_host(site, model, "ia3 scales", "k_proj, v_proj, down_proj")
         in_features, out_features = linear_features(host)
         feedforward = site.path in self.feedforward_paths(model, placement)
@@ -100,7 +100,7 @@ class IA3Config(PeftMethod, AdapterConfig):
         }
 
     @classmethod
-    def from_peft(cls, data: dict) -> "IA3Config":
+    def from_peft(cls, data: dict) -> IA3Config:
         """An IA3Config from a PEFT adapter_config.json (modules_to_save are handled by load_peft)."""
         refuse_peft_options("IA3", data, ("exclude_modules",))
         targets = peft_targets(data["target_modules"])

@@ -40,7 +40,7 @@ class LoraConfig(PeftMethod, AdapterConfig):
         if not 0.0 <= float(self.dropout) < 1.0:
             raise AdapterError(f"lora: `dropout` must be in [0, 1), got {self.dropout!r}.")
 
-    def build(self, site: Site, model: nn.Module, placement: Placement) -> "LoraAdapter":
+    def build(self, site: Site, model: nn.Module, placement: Placement) -> LoraAdapter:
         host = linear_host(site, model, "lora adapts", "q_proj, v_proj")
         in_features, out_features = linear_features(host)
         ref = reference_tensor(host)
@@ -65,7 +65,7 @@ class LoraConfig(PeftMethod, AdapterConfig):
         }
 
     @classmethod
-    def from_peft(cls, data: dict) -> "LoraConfig":
+    def from_peft(cls, data: dict) -> LoraConfig:
         """A LoraConfig from a PEFT adapter_config.json: plain LoRA, or rsLoRA (its alpha / sqrt(r) scaling
         is the same as alpha * sqrt(r) / r); anything else that changes the model is refused by name."""
         refuse_peft_options("LoRA", data, PEFT_LORA_UNSUPPORTED)

@@ -74,7 +74,7 @@ class MosaConfig(AdapterConfig):
                                                      "here too)")
 
     @classmethod
-    def from_options(cls, options: dict[str, Any], source: str | None = None) -> "MosaConfig":
+    def from_options(cls, options: dict[str, Any], source: str | None = None) -> MosaConfig:
         """MoSA's own options here, every other one to the base method (checked by the base's config)."""
         own = {f.name for f in dataclasses.fields(cls)}
         mine = {k: v for k, v in options.items() if k in own}
@@ -129,10 +129,10 @@ class MosaConfig(AdapterConfig):
     def base_config(self) -> AdapterConfig:
         return self._base
 
-    def sites(self, model: "nn.Module", placement: "Placement") -> list["Site"]:
+    def sites(self, model: nn.Module, placement: Placement) -> list[Site]:
         return self._base.sites(model, placement)
 
-    def build(self, site: "Site", model: "nn.Module", placement: "Placement") -> "Adapter":
+    def build(self, site: Site, model: nn.Module, placement: Placement) -> Adapter:
         """The base's module at this site, with the chosen projections replaced by SplitLinear layers."""
         adapter = self._base.build(site, model, placement)
         if site.target == NORM_TARGET:  # a norm the base trains beside its adapter (train_norms): not split

@@ -70,7 +70,7 @@ class PrefixConfig(PeftVirtualTokens, AdapterConfig):
         if self.targets is not None or self.layers is not None:
             raise AdapterError("prefix: prefixes go into every layer's KV cache; leave `targets` and `layers` unset.")
 
-    def build(self, site: Site, model: nn.Module, placement: Placement) -> "PrefixAdapter":
+    def build(self, site: Site, model: nn.Module, placement: Placement) -> PrefixAdapter:
         config = text_config(model)
         if has_bidirectional_attention(model):  # encoders: no KV cache, hooks join the prefix to k and v
             if not isinstance(input_embeddings(model), nn.Embedding):  # vision/audio: one sequence, not stages

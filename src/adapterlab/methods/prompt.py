@@ -64,7 +64,7 @@ class PromptConfig(PeftVirtualTokens, AdapterConfig):
         elif self.init_token_ids is not None:
             check_token_ids(self.init, self.init_token_ids)
 
-    def build(self, site: Site, model: nn.Module, placement: Placement) -> "PromptAdapter":
+    def build(self, site: Site, model: nn.Module, placement: Placement) -> PromptAdapter:
         modality, leading, blocks = modality_and_blocks(model, placement, need_blocks=self.deep)
         embeddings = input_embeddings(model)
         if modality == "text":

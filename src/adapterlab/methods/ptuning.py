@@ -53,7 +53,7 @@ class PTuningConfig(PeftVirtualTokens, AdapterConfig):
         if self.targets is not None or self.layers is not None:
             raise AdapterError("ptuning: the prompt goes at the model's input; leave `targets` and `layers` unset.")
 
-    def build(self, site: Site, model: nn.Module, placement: Placement) -> "PTuningAdapter":
+    def build(self, site: Site, model: nn.Module, placement: Placement) -> PTuningAdapter:
         modality, leading, blocks = modality_and_blocks(model, placement, need_blocks=False)
         if modality == "text":
             embeddings = model.get_input_embeddings()

@@ -17,6 +17,7 @@ from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..data.templates import TEMPLATES
 from ..errors import AdapterError, MissingPathError, UsageError
 from ..models.quantize import check_bitsandbytes
 from ..core.coerce import Mismatch, coerce, describe
@@ -27,7 +28,6 @@ from .trainable import Trainable, trainable_for
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 RECIPES = ("adapterlab", "llm-adapters")
-from ..data.templates import TEMPLATES
 # Fields that steer how a run proceeds but not what it computes: they may differ when a run is resumed.
 RUN_CONTROL = ("resume", "overwrite", "output")
 
@@ -223,7 +223,7 @@ class TrainConfig:
         return {k: v for k, v in self.to_dict().items() if k not in RUN_CONTROL}
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any], source: str | None = None) -> "TrainConfig":
+    def from_dict(cls, data: dict[str, Any], source: str | None = None) -> TrainConfig:
         """A config from a dict (e.g. a YAML file), rejecting unknown keys with the valid ones; values are
         coerced to the field types (`"3e-4"` -> 0.0003) or refused naming `source` (e.g. the file)."""
         known = {f.name for f in dataclasses.fields(cls)}

@@ -58,7 +58,9 @@ class PeftMethod(ABC):
         return key
 
     def check_peft_model(self, model: nn.Module) -> None:
-        """Refuse a model PEFT runs this adapter on differently from adapterlab (prefix tuning of an encoder)."""
+        """Refuse a model PEFT runs this adapter on differently from adapterlab (prefix tuning of an encoder);
+        most methods run the same everywhere, so the default accepts every model."""
+        return None
 
 
 def exports_to_peft(config: Any) -> bool:
