@@ -83,7 +83,7 @@ def main() -> None:
         texts = fn()
         seconds = time.perf_counter() - start
         result[name] = {"items": n, "seconds": round(seconds, 1), "seconds_per_item": round(seconds / n, 3),
-                        "llm_adapters_accuracy": sum(reference_correct(t, l) for t, l in zip(texts, labels)) / n,
+                        "llm_adapters_accuracy": sum(reference_correct(t, label) for t, label in zip(texts, labels)) / n,
                         "extraction_agreement": agreement(texts, labels[:n])}
         print(name, json.dumps(result[name]), flush=True)
         return texts

@@ -32,7 +32,7 @@ from train_helpers import causal_folder, math_records  # noqa: E402
 
 import adapterlab as al  # noqa: E402
 from adapterlab.errors import AdapterError  # noqa: E402
-from adapterlab.registry import config_class, method_names  # noqa: E402
+from adapterlab.core.registry import config_class, method_names  # noqa: E402
 
 SMALL = {"size": 8, "r": 4, "num_virtual_tokens": 3, "kernel_size": 3, "encoder_hidden_size": 16}
 

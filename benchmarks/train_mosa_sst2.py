@@ -48,11 +48,11 @@ def run(name: str, seed: int, args: argparse.Namespace, folder: Path) -> dict:
                   batch_size=args.batch_size, micro_batch_size=args.batch_size, cutoff_len=64, lr=args.lr,
                   warmup_steps=max(1, args.steps // 10), eval_steps=args.eval_steps, logging_steps=10, seed=seed)
     done = subprocess.run([sys.executable, "-c", CHILD, json.dumps(config)], capture_output=True, text=True)
-    line = next((l for l in done.stdout.splitlines() if l.startswith("RESULT ")), None)
+    line = next((out for out in done.stdout.splitlines() if out.startswith("RESULT ")), None)
     if line is None:
         raise SystemExit(f"{name} seed {seed} failed:\n{done.stderr[-3000:]}")
     summary = json.loads(line[len("RESULT "):])
-    curve = [json.loads(l) for l in (Path(config["output"]) / "metrics.jsonl").read_text().splitlines()]
+    curve = [json.loads(row) for row in (Path(config["output"]) / "metrics.jsonl").read_text().splitlines()]
     dev = [(r["step"], r["eval_accuracy"]) for r in curve if "eval_accuracy" in r]
     return {"setting": name, "seed": seed, "best_dev_accuracy": summary["best_metric"]["value"], "dev_curve": dev,
             "wall_time_s": summary["wall_time_s"], "peak_rss_mb": round(summary["peak_rss_mb"], 1),

@@ -11,10 +11,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from adapterlab.config import AdapterConfig
-from adapterlab.layers import linear_features, reference_tensor
-from adapterlab.methods.base import Adapter, in_dtype_of
-from adapterlab.sites import Placement, Site
+from adapterlab.core.config import AdapterConfig
+from adapterlab.core.layers import linear_features, reference_tensor
+from adapterlab.core.adapter import Adapter, in_dtype_of
+from adapterlab.core.sites import Placement, Site
 
 
 class Probe(Adapter):

@@ -11,10 +11,10 @@ import transformers as T
 from tiny_models import output_of, randomize_adapters, tiny_config, tiny_inputs
 
 import adapterlab as al
-from adapterlab.engine import placed
+from adapterlab.core.engine import placed
 from adapterlab.errors import AdapterError
 from adapterlab.measure.costs import Settings, measure_method
-from adapterlab.stochastic import Draws, draw_context
+from adapterlab.core.stochastic import Draws, draw_context
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from tiny_models import output_of, randomize_adapters, tiny_inputs, tiny_model
 
 import adapterlab as al
-from adapterlab.engine import placed
+from adapterlab.core.engine import placed
 from adapterlab.methods.bottleneck import AdaptFormerConfig, BottleneckOptions
 
 # family -> (module whose input is the MLP's residual stream, the MLP's exit layer), block-relative

@@ -15,7 +15,7 @@ from transformers import default_data_collator
 import adapterlab
 from adapterlab.data.audio import fsdd_test_files, labels_from_csv, labels_from_names, list_audio, read_audio
 from adapterlab.data.sampling import few_shot
-from adapterlab.posembed import resize_ast_positions, resize_patch_grid
+from adapterlab.models.posembed import resize_ast_positions, resize_patch_grid
 from adapterlab.tasks import audio
 from adapterlab.tasks.base import TaskOptions
 

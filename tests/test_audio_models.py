@@ -15,7 +15,7 @@ from transformers import default_data_collator
 import adapterlab
 from adapterlab.cli import main
 from adapterlab.errors import UserError
-from adapterlab.sites import architecture_of
+from adapterlab.core.sites import architecture_of
 from adapterlab.tasks import audio
 from adapterlab.tasks.audio_models import fit
 from adapterlab.tasks.base import TaskOptions

@@ -10,8 +10,8 @@ from tiny_models import ALL, output_of, randomize_adapters, tiny_inputs, tiny_mo
 from torch import nn
 
 import adapterlab as al
-from adapterlab.architectures import Architecture
-from adapterlab.engine import placed
+from adapterlab.core.architectures import Architecture
+from adapterlab.core.engine import placed
 
 
 class ToyMLP(nn.Module):

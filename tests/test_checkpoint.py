@@ -13,7 +13,7 @@ from tiny_models import output_of, randomize_adapters, tiny_config, tiny_inputs,
 
 import adapterlab as al
 import adapterlab.files as files
-from adapterlab.engine import placed
+from adapterlab.core.engine import placed
 from adapterlab.errors import CorruptFileError
 
 pytestmark = pytest.mark.usefixtures("single_thread")

@@ -9,7 +9,7 @@ from test_bottleneck import TOY, Toy
 from tiny_models import output_of, randomize_adapters, tiny_inputs, tiny_model
 
 import adapterlab as al
-from adapterlab.engine import placed
+from adapterlab.core.engine import placed
 
 
 def conv_module(adapter, h: torch.Tensor) -> torch.Tensor:

@@ -6,11 +6,10 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 from train_helpers import causal_folder
 
 from adapterlab.cli import main
-from adapterlab.demo import DemoConfig, run_demo
+from adapterlab.demo.run import DemoConfig, run_demo
 from adapterlab.errors import AdapterError, RunFolderError
 
 FILES = ("adapter/adapter_config.json", "adapter/adapter.safetensors", "predictions_before.jsonl",
@@ -90,7 +89,7 @@ def test_time_limit_stops_training_early(tiny, tmp_path, single_thread):
 
 def test_default_demo_trains_fixed_steps_and_says_how_long_it_takes():
     """The default demo has no time limit (its result cannot depend on the machine) and fits in 10 minutes."""
-    from adapterlab.demo import expected_minutes
+    from adapterlab.demo.run import expected_minutes
 
     assert DemoConfig().train_minutes is None and DemoConfig().steps == 80
     assert 3 < expected_minutes(DemoConfig()) < 10

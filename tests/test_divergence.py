@@ -1,5 +1,5 @@
 """A training step whose loss or gradient norm is NaN or inf stops the run, for every task: one line naming the
-step, the last good checkpoint kept, nothing written of the bad step (`adapterlab.train.divergence`)."""
+step, the last good checkpoint kept, nothing written of the bad step (`adapterlab.train.trainer`)."""
 
 from __future__ import annotations
 

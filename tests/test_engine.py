@@ -11,8 +11,8 @@ from probes import SideConfig
 from tiny_models import output_of, randomize_adapters, tiny_inputs, tiny_model
 
 import adapterlab as al
-from adapterlab.engine import placed
-from adapterlab.stochastic import stochastic_modules
+from adapterlab.core.engine import placed
+from adapterlab.core.stochastic import stochastic_modules
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import adapterlab
-from adapterlab.engine import placed
+from adapterlab.core.engine import placed
 from adapterlab.errors import AdapterError, NotMergeableError, TargetNotFoundError
 
 from tiny_models import randomize_adapters, tiny_config, tiny_inputs, tiny_model

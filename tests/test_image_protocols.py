@@ -38,8 +38,8 @@ def fgvc_root(tmp_path: Path, name: str = "CUB_200_2011") -> Path:
             relative = f"{cls:03d}.class{cls}/img_{index}.png"
             png(root / FGVC_LAYOUTS[name] / relative, 10 * cls + index)
             files["train" if index < 4 else "val" if index < 5 else "test"][relative] = cls
-    for split, annotations in files.items():
-        (root / f"{split}.json").write_text(json.dumps(annotations))
+    for split, labels in files.items():
+        (root / f"{split}.json").write_text(json.dumps(labels))
     return root
 
 

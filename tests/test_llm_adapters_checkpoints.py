@@ -275,7 +275,7 @@ THEIR_COMMONSENSE = ["--model", "LLaMA-13B", "--adapter", "AdapterH", "--dataset
 
 def their_args(argv: list[str]):
     from adapterlab.cli import build_parser
-    from adapterlab.evaluate.llm_adapters_flags import read_their_flags
+    from adapterlab.interop.llm_adapters.evaluate import read_their_flags
 
     args = build_parser().parse_args(["eval", *argv])
     return args, read_their_flags(args)

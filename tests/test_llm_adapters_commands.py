@@ -158,7 +158,7 @@ def test_their_command_builds_their_adapter_with_their_defaults(key, folders, tm
     count, kinds = expected(command, base, family)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     assert trainable == count
-    from adapterlab.site_hooks import placed
+    from adapterlab.core.site_hooks import placed
 
     ours = {path: getattr(a, "placement", "lora") for path, _, a in placed(model) if path}
     assert ours == kinds

@@ -11,8 +11,7 @@ import transformers as T
 import yaml
 from safetensors.torch import load_file
 
-import adapterlab
-from adapterlab.checkpoint import adapter_state_dict
+from adapterlab.core.checkpoint import adapter_state_dict
 from adapterlab.cli import build_parser, main
 from adapterlab.commands.train import config_and_notes
 from adapterlab.data.instruction import tokenize_example
@@ -147,7 +146,7 @@ def test_group_by_length_reaches_the_trainer(llama, tmp_path):
     data = write_json(tmp_path / "m.json", math_records(12))
     config = small(llama, data, tmp_path / "run", group_by_length=True)
     args = training_arguments(config, prepare_task(config), tmp_path / "c")
-    assert getattr(args, "train_sampling_strategy", None) == "group_by_length" or getattr(args, "group_by_length")
+    assert getattr(args, "train_sampling_strategy", None) == "group_by_length" or args.group_by_length
 
 
 def test_train_config_records_their_recipe(llama, tmp_path, capsys):

@@ -1,6 +1,6 @@
 """Every registered method on every architecture family: train, save/load, merge, identity at init, switching.
 
-The matrix is generated from `adapterlab.registry.METHODS`, so a newly registered method is tested here
+The matrix is generated from `adapterlab.core.registry.METHODS`, so a newly registered method is tested here
 without editing this file, except to say whether it starts as the identity (`IDENTITY_AT_INIT`).
 """
 
@@ -15,9 +15,9 @@ import torch
 from tiny_models import ALL, CAUSAL, output_of, randomize_adapters, tiny_inputs, tiny_model
 
 import adapterlab as al
-from adapterlab.engine import placed
-from adapterlab.registry import METHODS
-from adapterlab.stochastic import Stochastic, draw_context
+from adapterlab.core.engine import placed
+from adapterlab.core.registry import METHODS
+from adapterlab.core.stochastic import Stochastic, draw_context
 
 # Small sizes so that the matrix stays fast; a method not listed runs with its defaults.
 OPTIONS: dict[str, dict] = {

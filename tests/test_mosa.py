@@ -18,7 +18,7 @@ from torch import nn
 
 import adapterlab as al
 from adapterlab.methods.split import SplitLinear
-from adapterlab.stochastic import Draws, draw_context
+from adapterlab.core.stochastic import Draws, draw_context
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

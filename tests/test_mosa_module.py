@@ -15,8 +15,8 @@ from tiny_models import VOCAB, output_of, randomize_adapters, tiny_inputs, tiny_
 from torch import nn
 
 import adapterlab as al
-from adapterlab.engine import placed
-from adapterlab.stochastic import Draws, draw_context, stochastic_modules
+from adapterlab.core.engine import placed
+from adapterlab.core.stochastic import Draws, draw_context, stochastic_modules
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -258,7 +258,7 @@ def test_draw_context_restores_the_previous_draws():
 def test_not_mergeable_message_lists_mosa_only_with_a_lora_base():
     """merging a non-mergeable adapter -> NotMergeableError listing bitfit, ia3, lora and 'mosa with base=lora',
     not mosa as mergeable whatever its base"""
-    from adapterlab.engine import check_mergeable
+    from adapterlab.core.engine import check_mergeable
 
     with pytest.raises(al.NotMergeableError, match=r"Mergeable methods: bitfit, ia3, lora, mosa with base=lora\. "):
         al.merge(al.attach(tiny_model("bert"), "series", size=4))

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import adapterlab
-from adapterlab.checkpoint import adapter_state_dict
+from adapterlab.core.checkpoint import adapter_state_dict
 
 from tiny_models import randomize_adapters, tiny_inputs, tiny_model
 

@@ -14,7 +14,7 @@ from torch import nn
 
 from adapterlab import attach, load_adapter, merge
 from adapterlab.cli import main
-from adapterlab.engine import placed
+from adapterlab.core.engine import placed
 from adapterlab.errors import ModelError, NotMergeableError, UsageError
 from adapterlab.models import load_model
 from adapterlab.models import quantize as quantize_module

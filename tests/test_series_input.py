@@ -8,7 +8,7 @@ import transformers as T
 
 import adapterlab as al
 from adapterlab.errors import AdapterError
-from adapterlab.site_hooks import placed
+from adapterlab.core.site_hooks import placed
 from tiny_models import output_of, randomize_adapters, tiny_inputs, tiny_model
 
 

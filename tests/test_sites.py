@@ -9,10 +9,10 @@ from probes import ProbeConfig
 from tiny_models import ALL, randomize_adapters, tiny_inputs, tiny_model
 
 import adapterlab as al
-from adapterlab.architectures import ARCHITECTURES, LOGICAL_PROJECTIONS
-from adapterlab.engine import placed
-from adapterlab.layers import is_linear
-from adapterlab.sites import architecture_of, resolve_sites
+from adapterlab.core.architectures import ARCHITECTURES, LOGICAL_PROJECTIONS
+from adapterlab.core.engine import placed
+from adapterlab.core.layers import is_linear
+from adapterlab.core.sites import architecture_of, resolve_sites
 
 # Layer-0 module paths written out by hand from each family's modeling code (not derived from the rows),
 # so a wrong row in architectures.py fails here. None: the family has no such projection.

@@ -13,7 +13,7 @@ import yaml
 
 from adapterlab.cli import build_parser, main
 from adapterlab.commands.train import config_from_args
-from adapterlab.registry import METHODS, config_class
+from adapterlab.core.registry import METHODS, config_class
 from adapterlab.train import TrainConfig
 
 

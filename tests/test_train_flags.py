@@ -14,7 +14,8 @@ import hashlib
 import json
 import shutil
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -23,7 +24,7 @@ from PIL import Image
 
 from adapterlab.cli import build_parser
 from adapterlab.commands.train import OPTION_PREFIX, adapter_option_names
-from adapterlab.registry import METHODS, config_class
+from adapterlab.core.registry import METHODS, config_class
 from adapterlab.tasks import TASKS, task_module
 from adapterlab.train import TrainConfig
 from adapterlab.train.config import option_flag

@@ -1,10 +1,9 @@
 """adapterlab: attach, train, evaluate and measure parameter-efficient adapters on transformers models."""
 
-from .adapterdrop import set_drop_layers
-from .architectures import ARCHITECTURES, Architecture
-from .checkpoint import export_peft, load_adapter, load_peft, save_adapter
-from .config import AdapterConfig
-from .engine import (
+from .core.architectures import ARCHITECTURES, Architecture
+from .core.checkpoint import load_adapter, save_adapter
+from .core.config import AdapterConfig
+from .core.engine import (
     active_adapters,
     adapter_names,
     attach,
@@ -17,8 +16,10 @@ from .engine import (
     unmerge,
 )
 from .errors import AdapterError, IncompatibleAdapterError, NotMergeableError, TargetNotFoundError
-from .merging import merge_and_unload, save_merged
-from .registry import config_class, make_config, method_names
+from .core.merging import merge_and_unload, save_merged
+from .core.registry import config_class, make_config, method_names
+from .interop.peft import export_peft, load_peft
+from .methods.adapterdrop import set_drop_layers
 
 __version__ = "0.1.0"
 

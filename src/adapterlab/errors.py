@@ -42,6 +42,11 @@ class RunFolderError(UserError, FileExistsError):
     """An output folder that cannot be used as asked (holds another run, is in use, is the model's folder)."""
 
 
+class RunClashError(RunFolderError, AdapterError):
+    """A run folder that the resume / overwrite policy refuses: it holds another run, this run without --resume or
+    --overwrite, or nothing to resume. Also an AdapterError, as these refusals were before they had a class."""
+
+
 class ModelError(UserError, ValueError):
     """A model that cannot be loaded: unknown spec, missing or corrupt files."""
 

@@ -15,30 +15,29 @@ from typing import Any
 import yaml
 
 from ..errors import MissingPathError, UsageError
-from ..checkpoint import CONFIG_NAME, read_adapter_config
+from ..core.checkpoint import CONFIG_NAME, read_adapter_config
 from ..data.templates import TEMPLATES
 from ..files import check_folder_path
 from ..folder_lock import claim_run_folder
-from ..evaluate import KNOWN, MODES, evaluate, load_dataset, markdown_table
-from ..evaluate.choice import evaluate_choice, load_choice_dataset
+from ..evaluate import KNOWN, MODES, evaluate, markdown_table
+from ..evaluate.choice import Choice, evaluate_choice
 from ..evaluate.fingerprint import model_files
 from ..evaluate.class_run import read_classification_run
-from ..evaluate.llm_adapters_flags import THEIR_ADAPTERS, check_adapter_label, check_model_label, read_their_flags
-from ..evaluate.runner import check_counts
+from ..interop.llm_adapters.evaluate import THEIR_ADAPTERS, check_adapter_label, check_model_label, read_their_flags
+from ..evaluate.loop import check_counts
+from ..evaluate.protocols import flag, protocol_options
+from ..evaluate.runner import Generate
 from ..models import load_model, model_folder, resolve_model
 from ..models.devices import check_device
 from ..models.quantize import check_bitsandbytes
 from ..output_folder import OutputFolder
-from ..peft_files import load_any_adapter
+from ..interop.peft import load_any_adapter
+from .eval_classification import run_classification
 
 TRAIN_CONFIG_FILES = ("train_config.yaml", "train_config.json", "summary.json")
-# Flags of generative evaluation only, with their defaults (None on the parser, so that a classification run can
-# tell them given and refuse them by name).
-GENERATION_DEFAULTS = {"max_new_tokens": 256, "num_beams": 1, "template": None, "mode": "default",
-                       "answer_type": None, "data_dir": None}
-PROTOCOLS = ("generate", "choice")
-# The flags of GENERATION_DEFAULTS that --protocol choice would ignore (it reads --data-dir too).
-GENERATION_ONLY = ("max_new_tokens", "num_beams", "template", "mode", "answer_type")
+# The language-model protocols --protocol names; a classification run's folder picks the classifier's. The options
+# a protocol reads default to None on the parser, so that another protocol can tell them given and refuse them.
+PROTOCOLS = {p.name: p for p in (Generate, Choice)}
 
 
 def find_adapter(path: str) -> Path:
@@ -74,9 +73,11 @@ def run_config(adapter_dir: Path) -> dict[str, Any]:
 
 
 def training_template(adapter_dir: Path) -> str | None:
-    """The prompt template the adapter was trained with, read from the run's config next to or above it."""
-    template = run_config(adapter_dir).get("template")
-    return template if isinstance(template, str) else None
+    """The prompt template the adapter was trained with, read from the run folder at or above it."""
+    from ..train.run_folder import RunFolder
+
+    run = RunFolder.around(adapter_dir)
+    return run.template if run is not None else None
 
 
 def training_files(adapter_dir: Path) -> dict[str, list[str]]:
@@ -114,7 +115,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--data-dir", action="append", default=None,
                         help="folder holding the data files (repeatable); default: math/ and commonsense/ under "
                              "$ADAPTERLAB_DATA, then the cache `adapterlab data pull` fills")
-    parser.add_argument("--protocol", choices=PROTOCOLS, default="generate",
+    parser.add_argument("--protocol", choices=tuple(PROTOCOLS), default="generate",
                         help="generate (default): generate an answer and read it; choice: score each option of a "
                              "multiple-choice set by its log-likelihood (acc and length-normalised acc_norm)")
     parser.add_argument("--output", help="folder for predictions JSONL, summary.json and summary.md (and for a "
@@ -167,9 +168,7 @@ def evaluate_run(args: argparse.Namespace) -> int:
     the table."""
     classification = read_classification_run(args.adapter_path) if args.adapter_path else None
     if classification is not None:
-        from .eval_classification import run_classification
-
-        their = [flag for flag, value in (("--base_model", args.base_model), ("--adapter", args.their_adapter)) if value]
+        their = [name for name, value in (("--base_model", args.base_model), ("--adapter", args.their_adapter)) if value]
         if their:
             raise UsageError(f"{', '.join(their)}: LLM-Adapters' evaluate.py flags for generative evaluation; "
                              f"{args.adapter_path} is a classification run, evaluated as a classifier. Drop them.")
@@ -181,25 +180,20 @@ def evaluate_run(args: argparse.Namespace) -> int:
             find_adapter(args.adapter_path)  # a wrong path is named before the missing flag
         raise UsageError("--model is required (the base model to generate with); only a classification run's "
                          "folder (--adapter-path) names its own base model.")
-    if args.protocol == "choice":
-        given = ["--" + name.replace("_", "-") for name in GENERATION_ONLY if getattr(args, name) is not None]
-        if given:
-            raise UsageError(f"{', '.join(given)}: setting(s) of the generative protocol; --protocol choice scores "
-                             "the options with a fixed prompt and generates nothing, so drop them.")
-    for name, default in GENERATION_DEFAULTS.items():
-        if getattr(args, name) is None:
-            setattr(args, name, default)
-    check_counts(vars(args), spell=lambda name: "--" + name.replace("_", "-"))  # before the model loads
+    protocol = PROTOCOLS[args.protocol]
+    options = protocol_options(vars(args), protocol, protocol.refusal)  # other protocols' options refused by name
+    vars(args).update(options)
+    check_counts({k: v for k, v in vars(args).items() if v is not None}, spell=flag)  # before the model loads
     if args.quantize:
         check_bitsandbytes(args.quantize)
     names = [d.strip() for d in args.datasets.split(",") if d.strip()]
     if not names:
         raise UsageError("--datasets is empty; give names like gsm8k,aqua or paths of JSON files.")
-    if args.protocol == "choice":
-        return run_choice(args, names)
     # read and check every data set before the model loads: a typo costs no model load
-    datasets = [load_dataset(name, args.data_dir, answer_type=args.answer_type, limit=args.limit) for name in names]
+    datasets = protocol.load(names, options, args.limit)
     adapter_dir = find_adapter(args.adapter_path) if args.adapter_path else None
+    if protocol is Choice:
+        return run_choice(args, datasets, adapter_dir)
     template = args.template or (training_template(adapter_dir) if adapter_dir else None) or "alpaca"
     model, tokenizer, metadata = load_for_eval(args, adapter_dir)
     summary = evaluate(
@@ -233,10 +227,8 @@ def report(summary: dict[str, Any], args: argparse.Namespace) -> int:
     return 0
 
 
-def run_choice(args: argparse.Namespace, names: list[str]) -> int:
-    """`--protocol choice`: score every option by its log-likelihood (generation-only flags were refused)."""
-    datasets = [load_choice_dataset(name, args.data_dir, limit=args.limit) for name in names]  # before the model
-    adapter_dir = find_adapter(args.adapter_path) if args.adapter_path else None
+def run_choice(args: argparse.Namespace, datasets: list[Any], adapter_dir: Path | None) -> int:
+    """`--protocol choice`: score every option of `datasets` by its log-likelihood."""
     model, tokenizer, metadata = load_for_eval(args, adapter_dir)
     summary = evaluate_choice(
         model, tokenizer, datasets, batch_size=args.batch_size, output_dir=args.output, resume=args.resume,

@@ -10,29 +10,24 @@ import argparse
 
 from ..errors import UsageError
 from ..evaluate.class_report import markdown_report
-from ..evaluate.class_run import ClassificationRun, encode, load_classification_run, place, read_labelled_set
-from ..evaluate.class_runner import evaluate_classifier
-from ..evaluate.runner import check_counts
+from ..evaluate.class_run import (
+    ClassificationRun,
+    encode,
+    load_classification_run,
+    place,
+    read_labelled_set,
+)
+from ..evaluate.class_runner import Classify, evaluate_classifier
+from ..evaluate.loop import check_counts
+from ..evaluate.protocols import flag, protocol_options
 from ..models.loading import parse_dtype
-from .eval import GENERATION_DEFAULTS
-
-
-def flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
-
-
-def refuse_generation_flags(args: argparse.Namespace, run: ClassificationRun) -> None:
-    """Flags of generative evaluation mean nothing to a classifier: refuse those given, by name."""
-    given = [flag(name) for name in GENERATION_DEFAULTS if getattr(args, name) is not None]
-    if given:
-        verb, pronoun = ("apply", "them") if len(given) > 1 else ("applies", "it")
-        raise UsageError(f"{', '.join(given)} only {verb} to generative evaluation, and the {run.task} run in "
-                         f"{run.folder} is evaluated as a classifier (one forward pass per example); drop {pronoun}.")
 
 
 def run_classification(args: argparse.Namespace, run: ClassificationRun) -> int:
     """Check flags and data, load the run's classifier, evaluate, print the tables."""
-    refuse_generation_flags(args, run)
+    # the options of generative evaluation and option scoring mean nothing to a classifier: refused by name
+    protocol_options(vars(args), Classify, f"the {run.task} run in {run.folder} is evaluated as a classifier "
+                                           "(one forward pass per example)")
     if getattr(args, "protocol", "generate") != "generate":
         raise UsageError(f"--protocol {args.protocol} scores a language model's options; the {run.task} run in "
                          f"{run.folder} is evaluated as a classifier: drop --protocol.")

@@ -12,16 +12,17 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoint import CONFIG_NAME, export_peft, read_adapter_config
-from ..engine import check_mergeable
+from ..core.checkpoint import CONFIG_NAME, read_adapter_config
+from ..core.engine import check_mergeable
 from ..errors import UsageError
 from ..files import PENDING
-from ..merging import merge_and_unload, save_merged_into
+from ..core.merging import merge_and_unload, save_merged_into
 from ..models import model_folder
 from ..models.loading import TASKS, parse_dtype
 from ..output_folder import OutputFolder, relation
-from ..peft_files import PEFT_WEIGHTS_NAME
-from ..registry import config_class
+from ..interop.peft import export_peft, exports_to_peft
+from ..interop.peft.files import PEFT_WEIGHTS_NAME
+from ..core.registry import config_class
 
 PEFT_FILES = (CONFIG_NAME, PEFT_WEIGHTS_NAME, PENDING)  # what --peft writes (the pending folder while replacing)
 
@@ -63,17 +64,16 @@ def run(args: argparse.Namespace) -> int:
     """Check the outputs and the method first, then load once, export PEFT (unmerged), then merge and save."""
     if not args.merged and not args.peft:
         raise UsageError("nothing to write: pass --merged DIR (a merged transformers model) and/or --peft DIR.")
-    from ..train.run_dir import read_run_config
+    from ..train.run_folder import RunFolder
 
     adapter = Path(args.adapter_path)
-    run_config = (read_run_config(adapter) if adapter.is_dir() else None) or {}
-    folders = output_folders(args, adapter, args.model or run_config.get("model"))
+    folders = output_folders(args, adapter, args.model or RunFolder(adapter).model)
     saved = read_adapter_config(adapter) if (adapter / CONFIG_NAME).is_file() else {}
     if "method" in saved:  # refuse what cannot be written before loading the model (a PEFT folder can be)
         method = config_class(str(saved["method"]))
         if args.merged:
             check_mergeable(method)
-        if args.peft and not hasattr(method, "to_peft"):
+        if args.peft and not exports_to_peft(method):
             raise UsageError(f"--peft: {method.method} has no PEFT counterpart (PEFT's format holds LoRA, IA3, "
                              "prompt tuning, P-tuning and prefix tuning); keep the adapter folder as it is.")
     dtype = parse_dtype(args.dtype)

@@ -2,7 +2,7 @@
 
 Settings come from (lowest first) the dataclass defaults, a `--config` YAML file, and the command line.
 The flag names of LLM-Adapters' finetune.py are accepted as aliases so its published commands run; a command
-that spells a flag as only finetune.py does runs their recipe (their defaults; see train/llm_adapters.py).
+that spells a flag as only finetune.py does runs their recipe (their defaults; see interop/llm_adapters/finetune.py).
 """
 
 from __future__ import annotations
@@ -17,10 +17,12 @@ import yaml
 
 from ..data.reading import read_text
 from ..errors import AdapterError, UsageError
-from ..registry import METHODS, config_class
-from ..tasks import tasks_reading
+from ..core.registry import METHODS, config_class
+from .method_flags import add_method_groups
+from ..tasks import TASKS, task_module, tasks_reading
 from ..train import TrainConfig, cross_validate, train
-from ..train.llm_adapters import WANDB_FLAGS, flag_notes, is_theirs, their_recipe
+from ..train.config import flag_name
+from ..interop.llm_adapters.finetune import WANDB_FLAGS, flag_notes, is_theirs, their_recipe
 
 OPTION_PREFIX = "adapter_option:"
 # LLM-Adapters finetune.py option names -> our adapter option names
@@ -88,9 +90,24 @@ def names(name: str, aliases: tuple[str, ...] = ()) -> list[str]:
     return list(dict.fromkeys(flags))
 
 
+def task_groups(parser: argparse.ArgumentParser) -> dict[str, argparse._ArgumentGroup]:
+    """One argument group per task (from its options class); a flag several tasks read sits in the first one's
+    group, and the others' descriptions name it."""
+    owner = {f.name: tasks_reading(f.name)[0] for f in dataclasses.fields(TrainConfig) if f.metadata.get("per_task")}
+    groups = {}
+    for task in TASKS:
+        options = task_module(task).OPTIONS
+        shared = [flag_name(n) for n in sorted(options.names()) if owner[n] != task]
+        note = f" Also reads {', '.join(shared)} (listed above)." if shared else ""
+        groups[task] = parser.add_argument_group(f"--task {task} options", f"{options.__doc__}{note}")
+    return {name: groups[task] for name, task in owner.items()}
+
+
 def add_config_flags(parser: argparse.ArgumentParser) -> None:
-    """One flag per TrainConfig field; only flags the user gives land in the namespace."""
+    """One flag per TrainConfig field, the per-task ones in their task's group; only flags the user gives land in
+    the namespace."""
     group = parser.add_argument_group("training")
+    per_task = task_groups(parser)
     for f in dataclasses.fields(TrainConfig):
         if f.name == "adapter_options":
             continue
@@ -109,7 +126,7 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
             kwargs.update(type=int)
         elif kind.startswith("float"):
             kwargs.update(type=float)
-        group.add_argument(*names(f.name, f.metadata.get("aliases", ())), **kwargs)
+        per_task.get(f.name, group).add_argument(*names(f.name, f.metadata.get("aliases", ())), **kwargs)
 
 
 def adapter_option_names() -> dict[str, list[str]]:
@@ -128,22 +145,11 @@ def list_options() -> set[str]:
 
 
 def add_adapter_flags(parser: argparse.ArgumentParser) -> None:
-    """One flag per option of every registered method (e.g. --r, --alpha, --targets, --size)."""
-    group = parser.add_argument_group("adapter options (each applies to the methods named)")
-    options, lists = adapter_option_names(), list_options()
-    taken = {s for a in parser._actions for s in a.option_strings}
-    for name, methods in options.items():
-        aliases = tuple(f"--{form}" for alias, target in OPTION_ALIASES.items() if target == name
-                        for form in (alias.replace("_", "-"), alias))
-        flags = [s for s in names(name, aliases) if s not in taken]
-        note = ""
-        if len(flags) < len(names(name, aliases)):  # a training flag has this name (--split): prefix the method
-            flags += [f"--{method}-{name.replace('_', '-')}" for method in methods]
-            note = f"; --{name.replace('_', '-')} is the training flag of that name"
-        group.add_argument(*flags, dest=OPTION_PREFIX + name, default=argparse.SUPPRESS, nargs="?", const=True,
-                           action=Spelled,
-                           type=parse_list_value if name in lists else parse_value, metavar="VALUE",
-                           help=f"({', '.join(methods)}{note})")
+    """One flag per option of every registered method (e.g. --r, --alpha, --targets, --size), one group per method."""
+    lists = list_options()
+    add_method_groups(parser, OPTION_ALIASES, lambda name: dict(
+        dest=OPTION_PREFIX + name, default=argparse.SUPPRESS, nargs="?", const=True, action=Spelled,
+        type=parse_list_value if name in lists else parse_value))
     legacy = parser.add_argument_group("LLM-Adapters finetune.py compatibility")
     legacy.add_argument("--adapter_name", dest="adapter_name", default=argparse.SUPPRESS, action=Spelled,
                         help="lora | bottleneck | prefix-tuning (or any method name)")
@@ -163,6 +169,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     """Add `adapterlab train`."""
     parser = subparsers.add_parser(
         "train", help="fine-tune a model with an adapter (or in full)",
+        usage="%(prog)s --model MODEL --data FILE [FILE ...] --output DIR [--task TASK] [--adapter METHOD] "
+              "[FLAG VALUE ...]",
         description="Fine-tune a model with an adapter (or --adapter full). Every flag can also come from a "
                     "YAML file given with --config; flags on the command line win.",
     )

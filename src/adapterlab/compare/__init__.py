@@ -21,7 +21,7 @@ from typing import Any
 from ..errors import UsageError
 from ..models import model_folder
 from ..output_folder import OutputFolder
-from ..registry import make_config, method_names
+from ..core.registry import make_config, method_names
 from .analysis import FULL, all_tasks, full_targets, label, per_run, summarise, verdicts
 from .baselines import no_signal, task_baselines, task_signal
 from .folder import OUTPUTS, comparison_folder, earlier, plan, resumed_settings, run_path

@@ -14,8 +14,8 @@ import statistics
 from typing import Any
 
 from .latency_summary import percent_words
+from ..train.trainable import FULL
 
-FULL = "full"
 MULTITASK = "multitask-full"
 
 

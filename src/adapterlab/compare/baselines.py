@@ -17,6 +17,7 @@ from typing import Any
 from ..data.choices import read_choice_items
 from ..data.classification import read_labelled
 from .tasks import CompareTask
+from ..train.trainable import FULL
 
 
 def is_accuracy(metric: str | None) -> bool:
@@ -53,7 +54,7 @@ def task_signal(summary: list[dict[str, Any]], baselines: dict[str, dict[str, An
     """Per task with a baseline: the baseline plus full fine-tuning's mean best dev, the margin, and `signal`
     (False where full did not beat the majority class by the margin; None where it cannot be told: no full
     run, or full's dev metric, `metrics[task]`, is not an accuracy)."""
-    full = {s["task"]: s["best_dev"]["mean"] for s in summary if s["method"] == "full"}
+    full = {s["task"]: s["best_dev"]["mean"] for s in summary if s["method"] == FULL}
     out = {}
     for task, baseline in baselines.items():
         best = full.get(task)

@@ -17,6 +17,7 @@ from ..files import read_json_object
 from ..output_folder import OutputFolder
 from ..train.run_dir import SUMMARY, differences, read_run_config
 from .runs import RunSpec, train_config
+from ..train.trainable import FULL
 
 OUTPUTS = ("data", "results.json", "results.csv", "report.md", "curves.png")  # runs/ holds runs, one by one
 # Settings every row of one comparison shares; methods, tasks and seeds may grow with --resume.
@@ -57,7 +58,7 @@ def resumed_settings(folder: OutputFolder, old: dict[str, Any], new: dict[str, A
                              f"({', '.join(diff)} differ); resume with the same ones, or start afresh with "
                              "--overwrite.")
     union = {k: list(dict.fromkeys([*old.get(k, []), *new[k]])) for k in ("tasks", "methods", "seeds")}
-    union["methods"].sort(key=lambda m: m != "full")
+    union["methods"].sort(key=lambda m: m != FULL)
     return {**new, **union, "lr": {**old.get("lr", {}), **new["lr"]},
             "options": {**old.get("options", {}), **new["options"]},
             "baselines": {**old.get("baselines", {}), **new.get("baselines", {})}}

@@ -18,9 +18,10 @@ from typing import Any
 
 import torch
 
-from ..engine import merge
+from ..core.engine import merge
 from ..errors import NotMergeableError
 from ..train.recipe import make_trainable, prepare_task
+from ..train.trainable import FULL
 
 REPEATS = 7  # interleaved repeats per batch size: the spread of the per-repeat ratios is the noise a verdict clears
 BATCHES_PER_REPEAT = 3  # distinct dev batches each model runs in every repeat (after one untimed warm-up batch)
@@ -72,11 +73,11 @@ def serving_latency(config: Any, batch_sizes: tuple[int, ...] = (1, 32), repeats
     setup = prepare_task(config)
     model = setup.model
     models: dict[str, torch.nn.Module] = {}
-    if config.adapter != "full":
-        models["full"] = copy.deepcopy(model).eval()  # the same model with its head, without the method
+    if config.adapter != FULL:
+        models[FULL] = copy.deepcopy(model).eval()  # the same model with its head, without the method
     make_trainable(model, config, setup.trainable_modules, setup.frozen_modules)
     models["unmerged"] = model.eval()
-    if config.adapter != "full":
+    if config.adapter != FULL:
         merged = copy.deepcopy(model)
         try:
             merge(merged)

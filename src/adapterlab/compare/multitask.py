@@ -41,6 +41,10 @@ class MultiTaskSpec:
     replay: float = REPLAY
     settings: dict[str, Any] = field(default_factory=dict)
 
+    def records(self) -> list[dict[str, Any]]:
+        """Train this multi-task run (or the extension); one record per task it reports."""
+        return run_spec(self)
+
 
 def _configs(spec: MultiTaskSpec, names: list[str], output: Path) -> dict[str, Any]:
     return {t.task: train_config(dataclasses.replace(t, output=str(output))) for t in spec.tasks if t.task in names}
@@ -100,4 +104,5 @@ def run_extension(spec: MultiTaskSpec) -> list[dict[str, Any]]:
 
 
 def run_spec(spec: MultiTaskSpec) -> list[dict[str, Any]]:
+    """The records of a multi-task spec: the joint run's, or the extension's."""
     return run_extension(spec) if spec.method == EXTEND else run_multitask(spec)

@@ -11,8 +11,8 @@ from typing import Any
 
 from ..files import write_atomic
 from .latency_summary import ratio_cell
+from ..train.trainable import FULL
 
-FULL = "full"
 MULTITASK = "multitask-full"
 
 

@@ -1,18 +1,15 @@
 """One training run of a comparison (method x task x seed) and what it records: the dev curve against training
 time, the best dev score, peak memory, trainable parameters, bytes stored per task, and serving latency.
 
-Each run can go in a fresh spawned process (`isolate`), so its peak memory is its own.
+Each run can go in a fresh spawned process (`isolate`, measure.fresh_process), so its peak memory is its own; a
+spec runs itself (`records`), so a multi-task spec (compare.multitask) runs here without this module naming it.
 """
 
 from __future__ import annotations
 
-import concurrent.futures
-import logging
-import multiprocessing
 import resource
 import shutil
 import sys
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,11 +18,12 @@ import torch
 
 from ..errors import AdapterError
 from ..files import read_json_object
+from ..measure.fresh_process import run_isolated
 from ..train import TrainConfig, train
 from ..train.callbacks import read_log
 from .latency import serving_latency
+from ..train.trainable import FULL
 
-FULL = "full"
 
 
 @dataclass
@@ -45,6 +43,14 @@ class RunSpec:
     latency: bool = False  # also time serving (once per method and task: it does not depend on the seed)
     latency_batches: tuple[int, ...] = (1, 32)
     reuse: bool = False  # a finished run of these settings is already in `output`: record it, do not train
+
+    def records(self) -> list[dict[str, Any]]:
+        """This run's record; a method that cannot run this task (prompt tuning on multiple choice) gets a row
+        saying why."""
+        try:
+            return [run_one(self)]
+        except AdapterError as exc:
+            return [{"method": self.method, "task": self.task, "seed": self.seed, "refused": str(exc)}]
 
 
 def train_config(spec: RunSpec) -> TrainConfig:
@@ -99,38 +105,10 @@ def run_one(spec: RunSpec) -> dict[str, Any]:
     return record
 
 
-def run_isolated(function: Callable[..., Any], isolate: bool, *args: Any) -> Any:
-    """function(*args), in a fresh spawned process when `isolate` (its peak memory is then its own)."""
-    if not isolate:
-        return function(*args)
-    context = multiprocessing.get_context("spawn")
-    with concurrent.futures.ProcessPoolExecutor(1, mp_context=context, initializer=set_logger_levels,
-                                                initargs=(logger_levels(),)) as pool:
-        return pool.submit(function, *args).result()
-
-
-def logger_levels() -> dict[str, int]:
-    """The levels this process set on named loggers (e.g. the CLI quieting bitsandbytes), for a spawned child."""
-    return {name: logger.level for name, logger in logging.root.manager.loggerDict.items()
-            if isinstance(logger, logging.Logger) and logger.level != logging.NOTSET}
-
-
-def set_logger_levels(levels: dict[str, int]) -> None:
-    """In a spawned child: log as the parent was told to (a fresh interpreter starts with default levels)."""
-    for name, level in levels.items():
-        logging.getLogger(name).setLevel(level)
-
-
 def run_records(spec: Any) -> list[dict[str, Any]]:
-    """The records of one spec: a RunSpec gives one; a multi-task spec one per task it trains."""
-    if isinstance(spec, RunSpec):
-        try:
-            return [run_one(spec)]
-        except AdapterError as exc:  # the method cannot run this task (prompt tuning on multiple choice): a row
-            return [{"method": spec.method, "task": spec.task, "seed": spec.seed, "refused": str(exc)}]
-    from .multitask import run_spec
-
-    return run_spec(spec)
+    """The records of one spec (module-level, so a spawned process can unpickle it): a RunSpec gives one, a
+    multi-task spec one per task it trains."""
+    return spec.records()
 
 
 def run_all(specs: list[Any], isolate: bool = True, done: Any = None) -> list[dict[str, Any]]:
@@ -144,4 +122,4 @@ def run_all(specs: list[Any], isolate: bool = True, done: Any = None) -> list[di
     return records
 
 
-__all__ = ["RunSpec", "run_all", "run_one", "asdict"]
+__all__ = ["RunSpec", "asdict", "run_all", "run_isolated", "run_one"]

@@ -17,8 +17,9 @@ from typing import Any
 
 import torch
 
-from ..engine import attach, set_active
+from ..core.engine import attach, set_active
 from ..train.recipe import prepare_task
+from ..train.trainable import FULL
 
 BATCHES_PER_TASK = 6
 
@@ -57,7 +58,7 @@ def serving_throughput(configs: dict[str, Any], method: str, batch_size: int = 3
     of `configs` (task name -> its TrainConfig): one shared base with T adapters, or T full models."""
     setups = {task: prepare_task(config) for task, config in configs.items()}
     models = {task: setup.model.eval() for task, setup in setups.items()}
-    if method != "full":
+    if method != FULL:
         first = next(iter(models.values()))
         prefix = first.base_model_prefix
         backbone = getattr(first, prefix)
@@ -85,12 +86,12 @@ def serving_throughput(configs: dict[str, Any], method: str, batch_size: int = 3
 
 def _serve(models: dict[str, torch.nn.Module], method: str, task: str, batch: dict[str, torch.Tensor]) -> None:
     model = models[task]
-    if method != "full":
+    if method != FULL:
         set_active(getattr(model, model.base_model_prefix), adapter_name(task), trainable=False)
     model(**batch)
 
 
 def _adapters(module: torch.nn.Module) -> list[Any]:
-    from ..engine import placed
+    from ..core.engine import placed
 
     return [adapter for _, _, adapter in placed(module)]

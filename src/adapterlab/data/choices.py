@@ -24,7 +24,7 @@ from typing import Any
 
 from ..errors import DataError
 from .classification import read_table
-from .llm_adapters import MARKER, answer_format, is_llm_adapters, llm_adapters_question, without_tail
+from ..interop.llm_adapters.records import MARKER, answer_format, is_llm_adapters, llm_adapters_question, without_tail
 
 QUESTION_GUESSES = ("question", "goal", "sentence", "ctx", "context", "premise", "stem", "query", "text")
 LABEL_GUESSES = ("label", "answer", "answerKey", "gold")

@@ -9,7 +9,7 @@ from typing import Any
 
 from ..errors import DataError
 from .reading import check_file, read_json_records, read_text
-from .llm_adapters import is_llm_adapters, llm_adapters_question
+from ..interop.llm_adapters.records import is_llm_adapters, llm_adapters_question
 
 TEXT_GUESSES = ("sentence", "text", "content", "review", "question")
 

@@ -11,22 +11,18 @@ and the run records the model, adapter and prompt format as the generative proto
 from __future__ import annotations
 
 import os
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
-from tqdm.auto import tqdm
-
-from ..checkpoint import write_json
 from ..data.choices import ChoiceItem, read_choice_items
 from ..errors import UsageError
 from .datasets import KNOWN, NUMBER, canonical_name, find_file
 from .fingerprint import fingerprint
 from .loglikelihood import loglikelihoods
+from .loop import Protocol, check_names, check_request, run_protocol
 from .report import markdown_table, wilson_interval
-from .resume import RowStream, open_output, predictions_path, read_done
 
 PROMPT = "Question: {question}\nAnswer:"
 CONTINUATION = " {choice}"
@@ -81,6 +77,52 @@ def _row(index: int, name: str, item: ChoiceItem, scores: list[tuple[float, int]
             "correct": pred == item.gold, "correct_norm": pred_norm == item.gold}
 
 
+class Choice(Protocol):
+    """Score every option of a question by its log-likelihood as the continuation of the fixed prompt."""
+
+    name, title = "choice", "option scoring"
+    flags: ClassVar[dict[str, Any]] = {"data_dir": None}
+    output, kind, verb = "logprobs", list, "scored"
+    refusal = "--protocol choice scores the options with a fixed prompt and generates nothing"
+
+    @staticmethod
+    def load(names: list[str], options: dict[str, Any], limit: int | None) -> list[ChoiceDataset]:
+        """Read the multiple-choice sets `names` (known names or paths; math sets refused)."""
+        return [load_choice_dataset(name, options["data_dir"], limit=limit) for name in names]
+
+    def __init__(self, model: Any, tokenizer: Any, batch_size: int) -> None:
+        self.model, self.tokenizer, self.batch_size = model, tokenizer, batch_size
+
+    def size(self, data: ChoiceDataset) -> int:
+        return len(data.items)
+
+    def check_row(self, path: Path, data: ChoiceDataset, index: int, row: dict[str, Any]) -> None:
+        item = data.items[index]
+        if row.get("prompt") != PROMPT.format(question=item.question) or row.get("choices") != list(item.choices):
+            raise UsageError(f"{path}: item {index} was scored on another question or options than {data.source} "
+                             "gives now; resume into another folder or pass --overwrite.")
+
+    def batches(self, data: ChoiceDataset, todo: list[int]) -> Iterator[dict[int, dict[str, Any]]]:
+        """`batch_size` questions at a time, all their options scored together."""
+        items = data.items
+        for start in range(0, len(todo), self.batch_size):
+            chunk = todo[start: start + self.batch_size]
+            pairs = [(PROMPT.format(question=items[i].question), CONTINUATION.format(choice=c))
+                     for i in chunk for c in items[i].choices]
+            scores = loglikelihoods(self.model, self.tokenizer, pairs, self.batch_size)
+            rows = {}
+            for i in chunk:
+                rows[i] = _row(i, data.name, items[i], scores[: len(items[i].choices)])
+                scores = scores[len(items[i].choices):]
+            yield rows
+
+    def score(self, data: ChoiceDataset, rows: list[dict[str, Any]]) -> dict[str, Any]:
+        return score_rows(rows)
+
+    def markdown(self, summary: dict[str, Any]) -> str:
+        return markdown_table(summary)
+
+
 def evaluate_choice(model: Any, tokenizer: Any, datasets: Sequence[ChoiceDataset], *, batch_size: int = 16,
                     output_dir: str | os.PathLike | None = None, resume: bool = False, overwrite: bool = False,
                     limit: int | None = None, metadata: dict[str, Any] | None = None, progress: bool = True,
@@ -89,64 +131,14 @@ def evaluate_choice(model: Any, tokenizer: Any, datasets: Sequence[ChoiceDataset
 
     With `output_dir`, rows go to `<name>.predictions.jsonl` as they are made, then summary.json and summary.md;
     `resume` keeps the rows already there when the model, adapter and prompt format are the same."""
-    if resume and output_dir is None:
-        raise UsageError("resume needs an output_dir holding the predictions of the interrupted run.")
-    if resume and overwrite:
-        raise UsageError("resume continues the predictions in output_dir and overwrite discards them; pass only one.")
-    names = [d.name for d in datasets]
-    if len(set(names)) != len(names):
-        raise UsageError(f"Two data sets share a name ({names}); their predictions would overwrite each other.")
+    check_request(output_dir, resume, overwrite)
+    check_names(Choice, [d.name for d in datasets])
     settings = {"protocol": "choice", "prompt": PROMPT, "continuation": CONTINUATION,
                 "normalisation": "utf-8 bytes of the continuation", "batch_size": batch_size, "limit": limit}
     made_by = fingerprint(model)
     identity = {**{k: settings[k] for k in ("protocol", "prompt", "continuation")}, **made_by, **(metadata or {})}
-    out, kept = open_output(output_dir, identity, names, {**settings, **identity}, resume=resume, overwrite=overwrite)
-    model.eval()
-    summary: dict[str, Any] = {"datasets": dict(kept), "settings": settings,
-                               "metadata": {k: v for k, v in (metadata or {}).items() if k not in made_by},
-                               "fingerprint": {k: identity[k] for k in made_by}}
-    for dataset in datasets:
-        summary["datasets"][dataset.name] = _evaluate_one(model, tokenizer, dataset, out, batch_size, resume,
-                                                          progress, log)
-        if out is not None:
-            write_json(out / "summary.json", summary)
-    if out is not None:
-        (out / "summary.md").write_text(markdown_table(summary))
-    return summary
-
-
-def _evaluate_one(model: Any, tokenizer: Any, dataset: ChoiceDataset, out: Path | None, batch_size: int,
-                  resume: bool, progress: bool, log: Callable[[str], None]) -> dict[str, Any]:
-    """Score the questions `dataset` still lacks, `batch_size` questions at a time, writing each row as it comes."""
-    path = predictions_path(out, dataset.name) if out is not None else None
-    done = read_done(path, log, output="logprobs", kind=list) if path is not None and resume else {}
-    items = dataset.items
-    for i, row in done.items():
-        if i < len(items) and (row.get("prompt") != PROMPT.format(question=items[i].question)
-                               or row.get("choices") != list(items[i].choices)):
-            raise UsageError(f"{path}: item {i} was scored on another question or options than {dataset.source} "
-                             "gives now; resume into another folder or pass --overwrite.")
-    rows = {i: row for i, row in done.items() if i < len(items)}
-    todo = [i for i in range(len(items)) if i not in rows]
-    started = time.perf_counter()
-    bar = tqdm(total=len(items), initial=len(rows), desc=dataset.name, unit="item", disable=not progress)
-    stream = RowStream(path, resume)
-    try:
-        with stream:
-            for start in range(0, len(todo), batch_size):
-                chunk = todo[start: start + batch_size]
-                pairs = [(PROMPT.format(question=items[i].question), CONTINUATION.format(choice=c))
-                         for i in chunk for c in items[i].choices]
-                scores = loglikelihoods(model, tokenizer, pairs, batch_size)
-                for i in chunk:
-                    rows[i] = _row(i, dataset.name, items[i], scores[: len(items[i].choices)])
-                    scores = scores[len(items[i].choices):]
-                stream.write([rows[i] for i in chunk])
-                bar.update(len(chunk))
-    finally:
-        bar.close()
-    seconds = time.perf_counter() - started
-    ordered = [rows[i] for i in sorted(rows)]
-    stream.finish(ordered, done, len(items))  # in data set order; rows past --limit kept
-    return {**score_rows(ordered), "source": dataset.source, "scored_now": len(todo), "seconds": round(seconds, 2),
-            "items_per_second": round(len(todo) / seconds, 3) if todo and seconds > 0 else None}
+    head = {"settings": settings, "metadata": {k: v for k, v in (metadata or {}).items() if k not in made_by},
+            "fingerprint": {k: identity[k] for k in made_by}}
+    return run_protocol(Choice(model, tokenizer, batch_size), model, datasets, output_dir=output_dir,
+                        identity=identity, config={**settings, **identity}, head=head, resume=resume,
+                        overwrite=overwrite, progress=progress, log=log)

@@ -15,26 +15,33 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..checkpoint import CONFIG_NAME, load_adapter
-from ..errors import DataError, MissingPathError, RunFolderError, UsageError
-from ..files import read_json_object
+from ..errors import DataError, MissingPathError
 from ..tasks import CLASSIFICATION, task_module
 from ..tasks.base import TaskOptions
 from ..tasks.labelled import natural_key
-
-RUN_CONFIG = "train_config.yaml"
-LABELS_FILE = "labels.json"
+from ..train.run_folder import LABELS_FILE, RunFolder
 
 
 @dataclass
 class ClassificationRun:
-    """A run folder of a classification task: its settings, the task module and the label names by class id."""
+    """A run folder of a classification task: the run, its task's options and the label names by class id."""
 
-    folder: Path
-    task: str
-    adapter: str  # the method, or "full" (the folder holds the whole fine-tuned model)
+    run: RunFolder
     options: TaskOptions
     labels: list[str]
+
+    @property
+    def folder(self) -> Path:
+        return self.run.path
+
+    @property
+    def task(self) -> str:
+        return self.run.task
+
+    @property
+    def adapter(self) -> str:
+        """The method, or "full" (the folder holds the whole fine-tuned model)."""
+        return self.run.config.adapter
 
     @property
     def module(self) -> ModuleType:
@@ -59,23 +66,15 @@ class LabelledSet:
 def read_classification_run(path: str | Path) -> ClassificationRun | None:
     """The classification run in folder `path`, or None when its train_config.yaml names another task (or there
     is none: an adapter saved by save_adapter, evaluated generatively)."""
-    from ..train import TrainConfig
-    from ..train.recipe import task_options
-    from ..train.run_dir import read_run_config
-
-    folder = Path(path)
-    saved = read_run_config(folder) if folder.is_dir() else None
-    if not isinstance(saved, dict) or saved.get("task") not in CLASSIFICATION:
+    run = RunFolder(path)
+    if not run.is_run or run.task not in CLASSIFICATION:
         return None
-    config = TrainConfig.from_dict(saved, source=str(folder / RUN_CONFIG))
-    labels_file = folder / LABELS_FILE
-    if not labels_file.is_file():
-        raise MissingPathError(f"{labels_file} is missing, so nothing says which class each output of the "
-                               f"{config.task} run in {folder} is; train the run again, or restore the file.")
-    labels = read_json_object(labels_file, "train the run again, or restore the file").get("labels")
-    if not isinstance(labels, list) or not labels or not all(isinstance(x, str) for x in labels):
-        raise RunFolderError(f"{labels_file} holds no list of label names under 'labels'; restore the file.")
-    return ClassificationRun(folder, config.task, config.adapter, task_options(config), labels)
+    options = run.task_options()  # the settings checked by name, as a --config file's
+    labels = run.labels
+    if labels is None:
+        raise MissingPathError(f"{run.path / LABELS_FILE} is missing, so nothing says which class each output of the "
+                               f"{run.task} run in {run.path} is; train the run again, or restore the file.")
+    return ClassificationRun(run, options, labels)
 
 
 def read_labelled_set(run: ClassificationRun, path: str, limit: int | None = None) -> LabelledSet:
@@ -102,31 +101,9 @@ def encode(run: ClassificationRun, data: LabelledSet, processor: Any) -> Labelle
 
 
 def load_classification_run(run: ClassificationRun, model: str | None = None) -> tuple[nn.Module, Any]:
-    """(model with the run's adapter and trained head, its processor), in eval mode. The base model is built as
-    training built it (a `config:` spec from the run's seed); `model` names where the base model is now, when
-    it moved since training."""
-    if run.adapter == "full":
-        if model is not None:
-            raise UsageError(f"--model {model}: the run in {run.folder} fine-tuned every weight and holds the whole "
-                             "model; drop --model.")
-        from ..models import load_model
-
-        network, processor = load_model(str(run.folder), task=run.task)
-        fit = getattr(run.module, "fit", None)
-        if fit is not None:  # what the saved transformers model does not hold (audio-cls --pooling)
-            fit(network, processor, run.options.options, str(run.folder))
-        return network, processor
-    if not (run.folder / CONFIG_NAME).is_file():
-        raise MissingPathError(f"{run.folder / CONFIG_NAME} is missing: the {run.task} run in {run.folder} did not "
-                               "finish; evaluate it once training has finished, or resume it (--resume).")
-    options = dataclasses.replace(run.options, model=model or run.options.model)
-    network, processor = run.module.build_model(options, run.labels)
-    load_adapter(network, run.folder)  # IncompatibleAdapterError names both base models
-    from ..train.checkpointing import HEAD_NAME, load_head
-
-    if not load_head(network, run.folder):
-        raise MissingPathError(f"{run.folder / HEAD_NAME} is missing, so the trained classification head is "
-                               "too; restore it from a copy of the run, or train the run again.")
+    """(model with the run's adapter and trained head, its processor), in eval mode (`RunFolder.open`). `model`
+    names where the base model is now, when it moved since training."""
+    network, processor = run.run.open(model)
     return network.eval(), processor
 
 

@@ -1,27 +1,23 @@
-"""The classification evaluation loop: batched forward passes, one predictions row per example written as it is
-made (JSONL), resumable after an interrupt, then accuracy (Wilson 95%), macro-F1, per-class scores, a summary
-and a confusion-matrix PNG per test set."""
+"""Evaluation of a trained classifier: batched forward passes, one predictions row per example, run by the shared
+resumable loop (evaluate.loop), then accuracy (Wilson 95%), macro-F1, per-class scores, a summary and a
+confusion-matrix PNG per test set."""
 
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
-from tqdm.auto import tqdm
 
 from ..errors import UsageError
-from ..files import write_json
 from ..tasks.classification import head_modules
 from .class_metrics import classification_scores
 from .class_report import confusion_png_path, markdown_report, plot_confusion
 from .class_run import LabelledSet
 from .fingerprint import fingerprint, module_weights
-from .resume import RowStream, open_output, predictions_path, read_done
-from .runner import check_counts
+from .loop import Protocol, check_counts, check_names, check_request, run_protocol
 
 # A predictions row: the example's number, what it is, its gold and predicted label, and the class probabilities.
 INDEX, PREDICTED = "index", "predicted"
@@ -49,6 +45,41 @@ def prediction_row(index: int, data: LabelledSet, probabilities: torch.Tensor, l
             "probabilities": {name: round(float(p), 6) for name, p in zip(labels, probabilities)}}
 
 
+class Classify(Protocol):
+    """One forward pass per example; the predicted label is the most probable class of `labels`."""
+
+    name, title = "classify", "classification"
+    flags: ClassVar[dict[str, Any]] = {}
+    index, output, unit, verb = INDEX, PREDICTED, "example", "predicted"
+    sets, rename = "test sets", " Rename a file or folder."
+
+    def __init__(self, model: torch.nn.Module, labels: list[str], batch_size: int) -> None:
+        self.model, self.labels, self.batch_size = model, labels, batch_size
+
+    def size(self, data: LabelledSet) -> int:
+        return len(data.inputs)
+
+    def check_row(self, path: Path, data: LabelledSet, index: int, row: dict[str, Any]) -> None:
+        if row.get("input") != data.inputs[index] or row.get("gold") != self.labels[data.gold[index]]:
+            raise UsageError(f"{path}: example {index} was another example than {data.source} gives now (the data "
+                             "changed); resume into another folder or pass --overwrite.")
+
+    def batches(self, data: LabelledSet, todo: list[int]) -> Iterator[dict[int, dict[str, Any]]]:
+        for pairs in predict_batches(self.model, data, todo, self.batch_size):
+            yield {index: prediction_row(index, data, probabilities, self.labels) for index, probabilities in pairs}
+
+    def score(self, data: LabelledSet, rows: list[dict[str, Any]]) -> dict[str, Any]:
+        to_id = {name: i for i, name in enumerate(self.labels)}
+        return classification_scores([to_id[r["gold"]] for r in rows], [to_id[r[PREDICTED]] for r in rows],
+                                     self.labels)
+
+    def set_done(self, out: Path, data: LabelledSet, scores: dict[str, Any]) -> None:
+        plot_confusion(scores, confusion_png_path(out, data.name), title=data.name)
+
+    def markdown(self, summary: dict[str, Any]) -> str:
+        return markdown_report(summary)
+
+
 def evaluate_classifier(
     model: torch.nn.Module,
     datasets: Sequence[LabelledSet],
@@ -70,61 +101,12 @@ def evaluate_classifier(
     are recorded in eval_config.json and must match on resume, so rows of two models never mix.
     """
     check_counts({"batch_size": batch_size})
-    if resume and overwrite:
-        raise UsageError("resume continues the predictions in output_dir and overwrite discards them; pass only one.")
-    if resume and output_dir is None:
-        raise UsageError("resume needs an output_dir holding the predictions of the interrupted run.")
-    names = [d.name for d in datasets]
-    if len(set(names)) != len(names):
-        raise UsageError(f"Two test sets share a name ({names}); their predictions would overwrite each other. "
-                         "Rename a file or folder.")
+    check_request(output_dir, resume, overwrite)
+    check_names(Classify, [d.name for d in datasets])
     made_by = {**fingerprint(model), "head_weights": module_weights(model, head_modules(model))}
     identity = {**made_by, **(metadata or {}), "labels": list(labels)}
-    out, kept = open_output(output_dir, identity, names, {"batch_size": batch_size, **identity}, resume=resume, overwrite=overwrite)
-    model.eval()
-    summary: dict[str, Any] = {"datasets": dict(kept), "settings": {"batch_size": batch_size},
-                               "metadata": {k: v for k, v in identity.items() if k not in made_by},
-                               "fingerprint": made_by}
-    for data in datasets:
-        scores = _evaluate_one(model, data, labels, out, batch_size=batch_size, resume=resume, progress=progress,
-                               log=log)
-        summary["datasets"][data.name] = scores
-        if out is not None:  # scored so far: an interrupt later still leaves the finished sets' results
-            plot_confusion(scores, confusion_png_path(out, data.name), title=data.name)
-            write_json(out / "summary.json", summary)
-    if out is not None:
-        (out / "summary.md").write_text(markdown_report(summary))
-    return summary
-
-
-def _evaluate_one(model: torch.nn.Module, data: LabelledSet, labels: list[str], out: Path | None, *,
-                  batch_size: int, resume: bool, progress: bool, log: Callable[[str], None]) -> dict[str, Any]:
-    """Predict what `data` still lacks, write each row as it comes, and score the set."""
-    path = predictions_path(out, data.name) if out is not None else None
-    done = read_done(path, log, index=INDEX, output=PREDICTED) if path is not None and resume else {}
-    for i, row in done.items():
-        if i < len(data.inputs) and (row.get("input") != data.inputs[i] or row.get("gold") != labels[data.gold[i]]):
-            raise UsageError(f"{path}: example {i} was another example than {data.source} gives now (the data "
-                             "changed); resume into another folder or pass --overwrite.")
-    rows = {i: row for i, row in done.items() if i < len(data.inputs)}
-    todo = [i for i in range(len(data.inputs)) if i not in rows]
-    started = time.perf_counter()
-    bar = tqdm(total=len(data.inputs), initial=len(rows), desc=data.name, unit="example", disable=not progress)
-    stream = RowStream(path, resume)
-    try:
-        with stream:
-            for pairs in predict_batches(model, data, todo, batch_size):
-                for index, probabilities in pairs:
-                    rows[index] = prediction_row(index, data, probabilities, labels)
-                stream.write([rows[index] for index, _ in pairs])
-                bar.update(len(pairs))
-    finally:
-        bar.close()
-    seconds = time.perf_counter() - started
-    ordered = [rows[i] for i in sorted(rows)]
-    stream.finish(ordered, done, len(data.inputs))  # in data order; rows past --limit of an earlier run kept
-    to_id = {name: i for i, name in enumerate(labels)}
-    scores = classification_scores([to_id[r["gold"]] for r in ordered], [to_id[r[PREDICTED]] for r in ordered],
-                                   labels)
-    return {**scores, "source": data.source, "predicted_now": len(todo), "seconds": round(seconds, 2),
-            "examples_per_second": round(len(todo) / seconds, 3) if todo and seconds > 0 else None}
+    head = {"settings": {"batch_size": batch_size},
+            "metadata": {k: v for k, v in identity.items() if k not in made_by}, "fingerprint": made_by}
+    return run_protocol(Classify(model, labels, batch_size), model, datasets, output_dir=output_dir,
+                        identity=identity, config={"batch_size": batch_size, **identity}, head=head, resume=resume,
+                        overwrite=overwrite, progress=progress, log=log)

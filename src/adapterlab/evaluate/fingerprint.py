@@ -12,8 +12,8 @@ import torch
 from huggingface_hub import try_to_load_from_cache
 from torch import nn
 
-from ..checkpoint import adapter_state_dict
-from ..engine import active_adapters, get_config
+from ..core.checkpoint import adapter_state_dict
+from ..core.engine import active_adapters, get_config
 from ..models.quantize import quantization_of
 
 SMALL_FILE = 1 << 20  # files up to 1 MiB (configs, tokenizer files, weight indexes) are hashed whole

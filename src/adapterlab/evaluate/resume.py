@@ -158,7 +158,7 @@ class RowStream:
     def __init__(self, path: Path | None, resume: bool) -> None:
         self.path, self.resume, self.handle = path, resume, None
 
-    def __enter__(self) -> "RowStream":
+    def __enter__(self) -> RowStream:
         return self
 
     def write(self, rows: list[dict[str, Any]]) -> None:

@@ -18,12 +18,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..engine import attach, count_parameters, get_config, merge
+from ..core.engine import attach, count_parameters, get_config, merge
 from ..errors import NotMergeableError, UsageError
-from ..objectives import training_objective
-from ..stochastic import draw_context
+from ..core.objectives import training_objective
+from ..core.stochastic import draw_context
+from ..train.trainable import FULL
 
-FULL = "full"
 _CLEAR_REFS = Path("/proc/self/clear_refs")
 _STATUS = Path("/proc/self/status")
 
@@ -152,7 +152,6 @@ def _train_costs(model: nn.Module, batch: dict[str, torch.Tensor], settings: Set
     memory.start()  # before warmup: the optimizer's state is created on the first step and counts
     step_ms = _median_ms(step, settings, device)
     memory.stop()
-    del optimizer
     model.eval()
     return {"step_time_ms": step_ms, **memory.result()}
 

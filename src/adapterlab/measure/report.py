@@ -7,6 +7,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from ..train.trainable import FULL
+
 # Columns of results.csv, in order; `options` is written as JSON.
 COLUMNS = [
     "method", "status", "options", "mergeable", "trainable_params", "total_params", "trainable_percent", "threads",
@@ -40,7 +42,7 @@ def add_relative(rows: list[dict[str, Any]]) -> None:
 
     Merged latencies are compared with full FT's (that is, the base model's) unmerged latency.
     """
-    full = next((r for r in measured(rows) if r["method"] == "full"), None)
+    full = next((r for r in measured(rows) if r["method"] == FULL), None)
     for row in rows:
         for field, rel in RELATIVE.items():
             reference = full and full[field.removeprefix("merged_")]

@@ -6,12 +6,10 @@ temporary safetensors copy, so peak memory is that method's own and no allocator
 
 from __future__ import annotations
 
-import concurrent.futures
 import copy
 import dataclasses
 import datetime
 import functools
-import multiprocessing
 import os
 import platform
 import tempfile
@@ -26,8 +24,9 @@ from tqdm.auto import tqdm
 
 from ..errors import UsageError, UserError
 from ..models.devices import check_device
-from ..registry import config_class, make_config, method_names
+from ..core.registry import config_class, make_config, method_names
 from .costs import FULL, Settings, measure_method
+from .fresh_process import run_isolated
 from .report import add_relative, measured, refused_row, write_outputs
 
 ModelSpec = str | Callable[[], nn.Module]
@@ -66,12 +65,6 @@ def _environment(device: str, rows: list[dict[str, Any]], threads: int | None) -
     used = next((r["threads"] for r in measured(rows)), threads or torch.get_num_threads())
     return {"device": device, "device_name": name, "cpu_count": os.cpu_count(), "threads": used,
             "torch": torch.__version__, "transformers": transformers.__version__, "python": platform.python_version()}
-
-
-def _in_fresh_process(*args: Any) -> dict[str, Any]:
-    """measure_method in a spawned process of its own, so its memory peak is its own."""
-    with concurrent.futures.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
-        return pool.submit(measure_method, *args).result()
 
 
 def measure(
@@ -140,11 +133,10 @@ def measure(
                 factory = functools.partial(copy.deepcopy, base)
         else:
             factory = model_spec
-        run_one = _in_fresh_process if isolate else measure_method
         for method, opts in jobs:  # each finished row is written at once: a later failure loses none of them
             bar.set_postfix_str(method)
             try:
-                rows.append(run_one(factory, method, opts, settings, device, threads))
+                rows.append(run_isolated(measure_method, isolate, factory, method, opts, settings, device, threads))
             except UserError as exc:  # this method refuses this model: keep the reason, measure the others
                 rows.append(refused_row(method, opts, " ".join(str(exc).split())))
             write()

@@ -24,28 +24,31 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..config import AdapterConfig
+from ..core.config import AdapterConfig
+from ..core.option_help import documented, option_field
 from ..errors import AdapterError, NotMergeableError
-from ..layers import is_linear, is_norm, linear_features, reference_tensor
-from ..sites import ADAPTER_SLOT, Placement, Site, block_paths
-from .base import Adapter
+from ..core.layers import is_linear, is_norm, linear_features, reference_tensor
+from ..core.sites import ADAPTER_SLOT, Placement, Site, block_paths
+from ..core.adapter import Adapter
 
 # Normalisation layers whose output is (batch, channels, ...): their bias is added along dimension 1.
 CHANNELS_FIRST = (nn.GroupNorm, nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._InstanceNorm)
 
 
+@documented
 @dataclass
 class BitFitConfig(AdapterConfig):
-    """Default targets: every projection of every block (gate is skipped on families without one).
-    norms: also the bias of every normalisation layer of the base model (of the `layers` blocks, if given);
-    norms=False trains the targets' biases only."""
+    """BitFit (Ben Zaken et al., 2022): trains only biases, by default of every projection of every block (gate is
+    skipped on families without one); mergeable where each target has a bias."""
 
     method = "bitfit"
     default_targets = ("q", "k", "v", "o", "up", "gate", "down")
     mergeable = True
     legacy_defaults = {"norms": False}  # adapters saved before `norms` existed trained no norm biases
 
-    norms: bool = True
+    norms: bool = option_field(True, "also train the bias of every normalisation layer (of the `layers` blocks, if "
+                               "given); false trains the targets' biases only",
+                               paper="adapters saved before this option existed load with false")
 
     def validate(self) -> None:
         if not isinstance(self.norms, bool):
@@ -58,7 +61,7 @@ class BitFitConfig(AdapterConfig):
                 sites.setdefault(site.path, site)
         return list(sites.values())
 
-    def build(self, site: Site, model: nn.Module, placement: Placement) -> "BitFitAdapter":
+    def build(self, site: Site, model: nn.Module, placement: Placement) -> BitFitAdapter:
         host = model.get_submodule(site.path)
         features, ref = output_features(host, site)
         return BitFitAdapter(features, ref.device, ref.dtype, channels_first=isinstance(host, CHANNELS_FIRST))
@@ -123,11 +126,11 @@ class BitFitAdapter(Adapter):
         return bias
 
     @torch.no_grad()
-    def merge(self, host: nn.Module) -> None:
+    def merge_into(self, host: nn.Module) -> None:
         bias = self._host_bias(host)
         bias += self.bias_delta.to(bias.dtype)
 
     @torch.no_grad()
-    def unmerge(self, host: nn.Module) -> None:
+    def unmerge_from(self, host: nn.Module) -> None:
         bias = self._host_bias(host)
         bias -= self.bias_delta.to(bias.dtype)

@@ -12,8 +12,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from ..core.option_help import option_field
 from ..errors import AdapterError
-from ..sites import Placement, Site, block_paths
+from ..core.sites import Placement, Site, block_paths
 from .linear_probe import NormDelta
 
 if TYPE_CHECKING:
@@ -24,27 +25,29 @@ NORM_TARGET = "train_norms"  # the target name of a norm site, which tells `buil
 
 @dataclass
 class BlockNorms:
-    """train_norms: also train the norm in front of every adapted sublayer (attn_norm / mlp_norm of the row)."""
+    """The `train_norms` option of the bottleneck and conformer adapters (the module docstring says how)."""
 
-    train_norms: bool = False
+    train_norms: bool = option_field(False, "also train the norm in front of each adapted sublayer (attn_norm / "
+                                     "mlp_norm of the architecture row)",
+                                     paper="PETL for AST's code trains them: pass true")
 
     def check_train_norms(self, method: str) -> None:
         if not isinstance(self.train_norms, bool):
             raise AdapterError(f"{method}: `train_norms` must be true or false, got {self.train_norms!r}.")
 
-    def with_norms(self, sites: list[Site], model: "nn.Module", placement: Placement) -> list[Site]:
+    def with_norms(self, sites: list[Site], model: nn.Module, placement: Placement) -> list[Site]:
         """`sites`, plus one site per block norm in front of an adapted sublayer where train_norms is on."""
         if not self.train_norms:
             return sites
         norms = {site.path: site for site in (norm_site(s, model, placement, self.method) for s in sites)}
         return sites + list(norms.values())
 
-    def build_norm(self, site: Site, model: "nn.Module") -> NormDelta | None:
+    def build_norm(self, site: Site, model: nn.Module) -> NormDelta | None:
         """The trained-norm module for a norm site; None for the method's own sites."""
         return NormDelta(model.get_submodule(site.path)) if site.target == NORM_TARGET else None
 
 
-def norm_site(site: Site, model: "nn.Module", placement: Placement, method: str) -> Site:
+def norm_site(site: Site, model: nn.Module, placement: Placement, method: str) -> Site:
     """The site of the norm in front of the sublayer (attention or MLP) that `site` adapts."""
     arch = placement.architecture
     if arch.post_norm:

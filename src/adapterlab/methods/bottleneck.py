@@ -37,7 +37,7 @@ at the attention): here the input of the sublayer's entry layer, the same on AST
 placement (`input_targets`), residual=False makes the layer read s * f(x) instead of x + s * f(x). Without the
 residual the series adapter is not the identity at init: zero init makes the sublayer output zero.
 
-AdapterDrop (Rücklé et al., EMNLP 2021), an option of every method here (the engine does it, `adapterdrop.py`):
+AdapterDrop (Rücklé et al., EMNLP 2021), an option of every method here (its sites and gates, `adapterdrop.py`):
 
 * `drop_layers=k` (default 0: none): the adapters of the lowest k blocks (0..k-1) do not run at inference.
 * `drop_training="fixed"` (default): the paper's *specialised* AdapterDrop, k fixed in training too: no adapter
@@ -59,16 +59,18 @@ from dataclasses import dataclass
 from torch import nn
 from transformers.activations import ACT2FN
 
-from ..adapterdrop import AdapterDrop, check_drop
-from ..config import AdapterConfig, one_of, positive_int
+from .adapterdrop import AdapterDrop, LayerDrop, check_drop, drop_sites, layer_drop
+from ..core.config import AdapterConfig, one_of, positive_int
+from ..core.option_help import documented, option_field
 from ..errors import AdapterError
-from ..layers import is_linear, reference_tensor
-from ..sites import Placement, Site
-from .base import Adapter
+from ..core.layers import is_linear, reference_tensor
+from ..core.sites import Placement, Site
+from ..core.adapter import Adapter
 from .block_norms import BlockNorms
 from .bottleneck_module import BottleneckAdapter
 from .sublayer_sites import input_features, residual_site, site_features
-from .bottleneck_peft import fork_key_to_ours, from_fork
+from ..interop.llm_adapters.fork import fork_key_to_ours, fork_options
+from ..interop.peft.protocol import PeftMethod
 
 INITS = ("bert", "zero")
 DROPOUT_AT = ("input", "hidden")
@@ -87,30 +89,33 @@ def parse_scaling(method: str, value: float | int | str) -> float | str:
         raise AdapterError(f"{method}: `scaling` must be a number or 'learned', got {value!r}.") from None
 
 
+@documented
 @dataclass
-class BottleneckOptions(BlockNorms, AdapterConfig):
-    """size: bottleneck width; activation: a transformers ACT2FN name; bias: biases in down/up;
-    init: "bert" (N(0, 0.02) weights, as LLM-Adapters) or "zero" (up-projection zero, down Kaiming-uniform,
-    as LoRA / LLM-Adapters' "mam_adapter": the model is unchanged at init); scaling: float or "learned";
-    dropout: its rate; dropout_at: "input" (LLM-Adapters) or "hidden" (after the activation, AdaptFormer);
-    layer_norm: a LayerNorm on what the adapter reads (AdaptFormer and Pfeiffer in MoSA's code);
-    drop_layers / drop_training: AdapterDrop; residual: the identity term beside the adapter (the module
-    docstring: its four cells; series defaults to True, parallel to False); train_norms: also train the norm
-    in front of each adapted sublayer (`block_norms.py`)."""
+class BottleneckOptions(PeftMethod, BlockNorms, AdapterConfig):
+    """The options of every bottleneck adapter, one module up(act(down(dropout(x)))) (the module docstring)."""
 
     site_kinds = ("module", "sublayer")
 
-    size: int = 256
-    activation: str = "tanh"
-    bias: bool = True
-    init: str = "bert"
-    scaling: float | str = 1.0
-    dropout: float = 0.0
-    dropout_at: str = "input"
-    layer_norm: bool = False
-    drop_layers: int = 0
-    drop_training: str = "fixed"
-    residual: bool = False
+    size: int = option_field(256, "the bottleneck width (down projects to it, up back from it)")
+    activation: str = option_field("tanh", "the nonlinearity between down and up, a transformers ACT2FN name (relu, "
+                                   "gelu, tanh, silu, ...)")
+    bias: bool = option_field(True, "biases in the down and up projections",
+                              paper="LLM-Adapters' recipe: false (their projections have none)")
+    init: str = option_field("bert", "the initial weights: bert (N(0, 0.02) on both projections, as LLM-Adapters) or "
+                             "zero (up zero, down Kaiming-uniform: the model is unchanged at init)")
+    scaling: float | str = option_field(1.0, "the factor s on the adapter's output: a number, or learned (a scalar "
+                                        "parameter starting at 1.0)")
+    dropout: float = option_field(0.0, "the adapter's dropout rate")
+    dropout_at: str = option_field("input", "where the dropout acts: input (on what the adapter reads, LLM-Adapters) "
+                                   "or hidden (after the activation, AdaptFormer)")
+    layer_norm: bool = option_field(False, "a LayerNorm on what the adapter reads (AdaptFormer, and Pfeiffer in "
+                                    "MoSA's code)")
+    drop_layers: int = option_field(0, "AdapterDrop: the adapters of the lowest k blocks do not run at inference")
+    drop_training: str = option_field("fixed", "AdapterDrop in training: fixed (no adapter in the lowest drop_layers "
+                                      "blocks) or robust (each step skips the lowest j blocks, j drawn per step)")
+    residual: bool = option_field(False, "the identity term beside the adapter (series: y + s*f(y) or s*f(y) alone; "
+                                  "parallel: adds the adapter's input x)",
+                                  paper="PETL for AST's --apply_residual defaults to false everywhere")
 
     def validate(self) -> None:
         positive_int(self.method, "size", self.size)
@@ -130,7 +135,14 @@ class BottleneckOptions(BlockNorms, AdapterConfig):
         self.check_train_norms(self.method)
 
     def sites(self, model: nn.Module, placement: Placement) -> list[Site]:
-        return self.with_norms(self.adapter_sites(model, placement), model, placement)
+        """The adapter's sites and the norms `train_norms` adds, less those AdapterDrop removes ("fixed")."""
+        sites = self.with_norms(self.adapter_sites(model, placement), model, placement)
+        plan = self.adapter_drop()
+        return sites if plan is None else drop_sites(plan, sites, placement.blocks)
+
+    def gate(self, site: Site, name: str, placement: Placement) -> LayerDrop | None:
+        """Robust AdapterDrop's per-step skip of the module at `site` (`adapterdrop.py`), or None."""
+        return layer_drop(self.adapter_drop(), site, name, placement)
 
     def adapter_sites(self, model: nn.Module, placement: Placement) -> list[Site]:
         """The adapter's own sites (its targets'), without the norms `train_norms` adds."""
@@ -144,13 +156,14 @@ class BottleneckOptions(BlockNorms, AdapterConfig):
         """The bottleneck module at one of the adapter's own sites (each placement builds its own)."""
         raise NotImplementedError
 
-    peft_type = "BOTTLENECK"  # LLM-Adapters' fork of PEFT: load_peft imports its checkpoints (bottleneck_peft.py)
+    peft_type = "BOTTLENECK"  # LLM-Adapters' fork of PEFT: load_peft imports its checkpoints (import only)
     peft_key_to_ours = staticmethod(fork_key_to_ours)
 
     @classmethod
-    def from_peft(cls, data: dict) -> "BottleneckOptions":
-        """The series / pfeiffer / parallel adapter their BottleneckConfig `data` describes."""
-        return from_fork(data)
+    def from_peft(cls, data: dict) -> BottleneckOptions:
+        """The series / pfeiffer / parallel adapter their BottleneckConfig `data` describes (`llm_adapters/fork.py`)."""
+        method, options = fork_options(data)
+        return {"series": SeriesConfig, "pfeiffer": PfeifferConfig, "parallel": ParallelConfig}[method](**options)
 
     def adapter_drop(self) -> AdapterDrop | None:
         if self.drop_layers == 0 and self.drop_training == "fixed":
@@ -166,17 +179,17 @@ class BottleneckOptions(BlockNorms, AdapterConfig):
         return BottleneckAdapter(in_features, out_features, self, placement, ref.device, ref.dtype)
 
 
+@documented
 @dataclass
 class SeriesConfig(BottleneckOptions):
-    """Series adapter on the output of each target (linear layer or attn/mlp sublayer): y + s * f(y);
-    input_targets: those of the targets' linear layers (named like targets: suffixes, logical names, mlp_in)
-    whose input it adapts instead, the layer reading x + s * f(x) (logical names the family lacks are
-    skipped, as for a method's default targets)."""
+    """Series adapter on the output y of each target (a linear layer or an attn/mlp sublayer): y + s * f(y)."""
 
     method = "series"
     default_targets = ("down",)
 
-    input_targets: list[str] | None = None
+    input_targets: list[str] | None = option_field(None, "those of the targets' linear layers (suffixes, logical "
+                                                   "names, mlp_in) whose input the adapter adapts instead: the layer "
+                                                   "reads x + s*f(x)", paper="LLM-Adapters' recipe: mlp_in")
     residual: bool = True
 
     def validate(self) -> None:
@@ -207,15 +220,17 @@ class SeriesConfig(BottleneckOptions):
         return self.make(out_features, out_features, "series", host)
 
 
+@documented
 @dataclass
 class ParallelConfig(BottleneckOptions):
-    """Parallel adapter beside each target: y + s * f(x), x the linear layer's or the sublayer's input;
-    source="residual" makes x a sublayer's residual stream (before its pre-norm), as AdaptFormer."""
+    """Parallel adapter beside each target (He et al., 2022): y + s * f(x), x the linear layer's or the sublayer's
+    input."""
 
     method = "parallel"
     default_targets = ("mlp",)
 
-    source: str = "sublayer"
+    source: str = option_field("sublayer", "what the adapter reads: sublayer (its input) or residual (the block's "
+                               "residual stream before the sublayer's pre-norm, as AdaptFormer)")
 
     def validate(self) -> None:
         super().validate()
@@ -236,6 +251,7 @@ class ParallelConfig(BottleneckOptions):
         return self.make(in_features, out_features, "parallel", model.get_submodule(site.path))
 
 
+@documented
 @dataclass
 class HoulsbyConfig(SeriesConfig):
     """Houlsby et al. (2019): a series adapter after the attention and after the MLP sublayer of each block."""
@@ -244,6 +260,7 @@ class HoulsbyConfig(SeriesConfig):
     default_targets = ("attn", "mlp")
 
 
+@documented
 @dataclass
 class PfeifferConfig(SeriesConfig):
     """Pfeiffer et al. (2021): a series adapter after the MLP sublayer only (LLM-Adapters' AdapterP)."""
@@ -252,6 +269,7 @@ class PfeifferConfig(SeriesConfig):
     default_targets = ("mlp",)
 
 
+@documented
 @dataclass
 class ScaledParallelConfig(ParallelConfig):
     """He et al. (2022)'s scaled parallel adapter: beside the MLP, scaled by 4, up-projection zero at init."""
@@ -262,6 +280,7 @@ class ScaledParallelConfig(ParallelConfig):
     init: str = "zero"
 
 
+@documented
 @dataclass
 class AdaptFormerConfig(ParallelConfig):
     """AdaptFormer as MoSA builds it: LN(residual) -> down 64 -> GELU -> dropout 0.1 -> up (zero init), x 0.1."""

@@ -3,18 +3,29 @@ in series or in parallel with its site (the four residual cells of `methods/bott
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import torch
 from torch import nn
 from transformers.activations import ACT2FN
 
-from .base import Adapter, in_dtype_of
-
-if TYPE_CHECKING:
-    from .bottleneck import BottleneckOptions
+from ..core.adapter import Adapter, in_dtype_of
 
 NORM_EPS = 1e-6  # MoSA's AdaptFormer/Pfeiffer adapter_norm
+
+
+class BottleneckShape(Protocol):
+    """The options a bottleneck module is built from (`bottleneck.BottleneckOptions` has them all)."""
+
+    size: int
+    activation: str
+    bias: bool
+    init: str
+    scaling: float | str
+    dropout: float
+    dropout_at: str
+    layer_norm: bool
+    residual: bool
 
 
 class BottleneckAdapter(Adapter):
@@ -22,7 +33,7 @@ class BottleneckAdapter(Adapter):
 
     split_points = {"down": "down", "up": "up"}  # the projections MoSA may split (methods/mosa.py)
 
-    def __init__(self, in_features: int, out_features: int, options: BottleneckOptions, placement: str,
+    def __init__(self, in_features: int, out_features: int, options: BottleneckShape, placement: str,
                  device: torch.device, dtype: torch.dtype) -> None:
         super().__init__()
         self.placement = placement

@@ -53,40 +53,43 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import AdapterConfig, one_of, positive_int
+from ..core.config import AdapterConfig, one_of, positive_int
+from ..core.option_help import documented, option_field
 from ..errors import AdapterError
-from ..layers import reference_tensor
-from ..sites import Placement, Site
-from .base import Adapter, in_dtype_of
+from ..core.layers import reference_tensor
+from ..core.sites import Placement, Site
+from ..core.adapter import Adapter, in_dtype_of
 from .block_norms import BlockNorms
 from .sublayer_sites import site_features
 
 
+@documented
 @dataclass
 class ConformerConfig(BlockNorms, AdapterConfig):
-    """size: channels of the conv path; kernel_size: depthwise kernel, odd or even ("same" padding);
-    placement: "parallel" | "series";
-    norm: "batch" (the paper) | "layer" after the depthwise conv; input_norm: LayerNorm on the adapter input
-    (the paper's code); init: "torch" (PyTorch defaults, as the paper) | "zero" (last pointwise conv zero:
-    the model is unchanged at init); dropout: on the adapter output; residual: the identity term beside the
-    adapter (their --apply_residual; the module docstring: unset means True in series, False in parallel);
-    conv_bias: a bias on the depthwise conv (their code's; cancelled by norm="batch"; unset: only with
-    norm="layer"); train_norms: also train
-    the norm in front of each adapted sublayer (`block_norms.py`; their code does)."""
+    """Conformer adapter (Cappellazzo et al., 2024): the Conformer convolution module beside (or after) each target
+    sublayer, for audio and vision encoders; refused on causal LMs (the module docstring)."""
 
     method = "conformer"
     default_targets = ("mlp",)
     site_kinds = ("module", "sublayer")
 
-    size: int = 64
-    kernel_size: int = 31
-    placement: str = "parallel"
-    norm: str = "batch"
-    input_norm: bool = True
-    init: str = "torch"
-    dropout: float = 0.0
-    residual: bool | None = None
-    conv_bias: bool | None = None
+    size: int = option_field(64, "the channels of the conv path",
+                             paper="the paper's bottleneck is d / 64 (12 on AST-base)")
+    kernel_size: int = option_field(31, "the depthwise kernel over the sequence, odd or even (same padding)",
+                                    paper="their best on audio: 8")
+    placement: str = option_field("parallel", "parallel (adds f(x), x the site's input) or series (adds f(y))")
+    norm: str = option_field("batch", "the norm after the depthwise conv: batch (the paper) or layer")
+    input_norm: bool = option_field(True, "a LayerNorm on the adapter's input",
+                                    paper="their code computes it but convolves the raw input: false reproduces that")
+    init: str = option_field("torch", "torch (PyTorch's defaults, as the paper) or zero (last pointwise conv zero: "
+                             "the model is unchanged at init)")
+    dropout: float = option_field(0.0, "dropout on the adapter's output")
+    residual: bool | None = option_field(None, "the identity term beside the adapter (their --apply_residual); "
+                                         "unset: true in series, false in parallel",
+                                         paper="theirs defaults to false everywhere")
+    conv_bias: bool | None = option_field(None, "a bias on the depthwise conv (BatchNorm cancels it); unset: only "
+                                          "with norm=layer",
+                                          paper="their code has it: true matches their parameter counts")
 
     def validate(self) -> None:
         if self.residual is None:  # saved adapters that predate the option get the behaviour they trained with

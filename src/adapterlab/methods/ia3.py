@@ -12,26 +12,32 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..config import AdapterConfig
+from ..core.config import AdapterConfig
+from ..core.option_help import documented, option_field
 from ..errors import AdapterError, NotMergeableError
-from ..layers import linear_features, reference_tensor, weight_as_out_in
-from ..sites import ADAPTER_SLOT, Placement, Site, model_type_of
-from .base import Adapter, linear_host
-from .lora import peft_heads, peft_targets, peft_task_type, refuse_peft_options, regex_of_paths
+from ..core.layers import linear_features, reference_tensor, weight_as_out_in
+from ..core.site_hooks import placed_at
+from ..core.sites import Placement, Site, model_type_of
+from ..core.adapter import Adapter, linear_host
+from ..interop.peft.protocol import PeftMethod, peft_heads, peft_targets, peft_task_type, refuse_peft_options
+from ..interop.peft.protocol import regex_of_paths
 
 DEFAULT_FEEDFORWARD = ("down",)
 
 
+@documented
 @dataclass
-class IA3Config(AdapterConfig):
-    """feedforward: the targets whose input is scaled (logical names or module-name suffixes, like PEFT's
-    feedforward_modules); every other target has its output scaled. None means the down projection."""
+class IA3Config(PeftMethod, AdapterConfig):
+    """IA3 (Liu et al., 2022): learned vectors that rescale the targets' outputs (the feedforward targets' inputs);
+    mergeable into the weights."""
 
     method = "ia3"
     default_targets = ("k", "v", "down")
     mergeable = True
 
-    feedforward: list[str] | None = None
+    feedforward: list[str] | None = option_field(None, "the targets whose input is scaled (logical names or "
+                                                 "module-name suffixes, PEFT's feedforward_modules); every other "
+                                                 "target has its output scaled; unset: the down projection")
 
     peft_type = "IA3"
 
@@ -69,7 +75,7 @@ class IA3Config(AdapterConfig):
             "Name them with feedforward=[...] (feedforward=[] for none), or pass architecture={'down': ...}."
         )
 
-    def build(self, site: Site, model: nn.Module, placement: Placement) -> "IA3Adapter":
+    def build(self, site: Site, model: nn.Module, placement: Placement) -> IA3Adapter:
         host = linear_host(site, model, "ia3 scales", "k_proj, v_proj, down_proj")
         in_features, out_features = linear_features(host)
         feedforward = site.path in self.feedforward_paths(model, placement)
@@ -94,17 +100,12 @@ class IA3Config(AdapterConfig):
         }
 
     @classmethod
-    def from_peft(cls, data: dict) -> "IA3Config":
+    def from_peft(cls, data: dict) -> IA3Config:
         """An IA3Config from a PEFT adapter_config.json (modules_to_save are handled by load_peft)."""
         refuse_peft_options("IA3", data, ("exclude_modules",))
         targets = peft_targets(data["target_modules"])
         feedforward = peft_targets(data.get("feedforward_modules") or [])
         return cls(targets=targets, feedforward=feedforward)
-
-
-def placed_at(model: nn.Module, site: Site) -> "IA3Adapter":
-    """The IA3 adapter placed at `site` (the very Site object attach gave it)."""
-    return next(a for a in model.get_submodule(site.path)._modules[ADAPTER_SLOT].values() if a._site is site)
 
 
 class IA3Adapter(Adapter):
@@ -127,7 +128,7 @@ class IA3Adapter(Adapter):
         return (y.to(self.ia3_l.dtype) * self.ia3_l.flatten()).to(y.dtype)
 
     @torch.no_grad()
-    def merge(self, host: nn.Module) -> None:
+    def merge_into(self, host: nn.Module) -> None:
         """Scale the weight's rows (and the bias, which the output scaling also multiplies) or columns by l.
 
         Refuses a vector with exact zeros: those rows or columns would be erased and unmerge could not
@@ -141,7 +142,7 @@ class IA3Adapter(Adapter):
         self._rescale(host, torch.mul)
 
     @torch.no_grad()
-    def unmerge(self, host: nn.Module) -> None:
+    def unmerge_from(self, host: nn.Module) -> None:
         """Divide the merged scaling back out. (w * l) / l equals w only to rounding (about one ulp of the
         weight's dtype per merge/unmerge cycle), so many cycles in half precision drift slightly."""
         self._rescale(host, torch.div)

@@ -32,26 +32,29 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
-from ..config import AdapterConfig
+from ..core.config import AdapterConfig
+from ..core.option_help import documented, option_field
 from ..errors import AdapterError
-from ..layers import is_linear, is_norm
-from ..sites import ADAPTER_SLOT, Placement, Site, block_paths
-from .base import Adapter, in_dtype_of
+from ..core.layers import is_linear, is_norm
+from ..core.sites import ADAPTER_SLOT, Placement, Site, block_paths
+from ..core.adapter import Adapter, in_dtype_of
 
 SKIPPED = "skipped_head_norm"  # the target name of a head norm that head_norm=False skips
 HEAD_NAMES = ("classifier", "score", "classification_head", "projector")  # wav2vec2/HuBERT: projector, classifier
 
 
+@documented
 @dataclass
 class LinearProbeConfig(AdapterConfig):
-    """The head and the final norm are found on the model (the module docstring says how). head_norm: False
-    skips the head's own norms (AST's classifier.layernorm), so the probe is the final norm and a linear layer,
-    as PETL for AST's (their AST.classification_head is one nn.Linear)."""
+    """Linear probing: trains the task head and the final norm only, which it finds on the model (the module
+    docstring says how); `targets` and `layers` stay unset."""
 
     method = "linear_probe"
     trains_head = True  # its deltas on the head are what trains; the recipe leaves the head's own weights frozen
 
-    head_norm: bool = True
+    head_norm: bool = option_field(True, "also train the head's own norms (AST's classifier.layernorm); false makes "
+                                   "the probe the final norm and one linear layer",
+                                   paper="PETL for AST's probe: false (their classification_head is one nn.Linear)")
 
     def validate(self) -> None:
         for option in ("targets", "layers"):

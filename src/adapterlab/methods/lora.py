@@ -3,30 +3,35 @@
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from ..config import AdapterConfig, positive_int
+from ..core.config import AdapterConfig, positive_int
+from ..core.option_help import documented, option_field
 from ..errors import AdapterError
-from ..layers import linear_features, reference_tensor, weight_as_out_in
-from ..sites import Placement, Site
-from .base import Adapter, in_dtype_of, linear_host
+from ..core.layers import linear_features, reference_tensor, weight_as_out_in
+from ..core.sites import Placement, Site
+from ..core.adapter import Adapter, in_dtype_of, linear_host
+from ..interop.peft.protocol import PeftMethod, peft_heads, peft_targets, peft_task_type, refuse_peft_options
+from ..interop.peft.protocol import regex_of_paths
 
 
+@documented
 @dataclass
-class LoraConfig(AdapterConfig):
-    """r: rank; alpha: scale numerator (scaling = alpha / r); dropout on the LoRA branch's input."""
+class LoraConfig(PeftMethod, AdapterConfig):
+    """LoRA (Hu et al., 2021): a low-rank update W + (alpha / r) * B A beside each target linear layer, B zero at
+    init; mergeable into the weights."""
 
     method = "lora"
     default_targets = ("q", "v")
     mergeable = True
 
-    r: int = 8
-    alpha: float = 16.0
-    dropout: float = 0.0
+    r: int = option_field(8, "the rank of the update (the inner width of B A)")
+    alpha: float = option_field(16.0, "the scale numerator: the update is scaled by alpha / r",
+                                paper="PEFT's LoraConfig: 8; LLM-Adapters' finetune.py: 16")
+    dropout: float = option_field(0.0, "dropout on the LoRA branch's input", paper="LLM-Adapters' recipe: 0.05")
 
     peft_type = "LORA"
 
@@ -35,7 +40,7 @@ class LoraConfig(AdapterConfig):
         if not 0.0 <= float(self.dropout) < 1.0:
             raise AdapterError(f"lora: `dropout` must be in [0, 1), got {self.dropout!r}.")
 
-    def build(self, site: Site, model: nn.Module, placement: Placement) -> "LoraAdapter":
+    def build(self, site: Site, model: nn.Module, placement: Placement) -> LoraAdapter:
         host = linear_host(site, model, "lora adapts", "q_proj, v_proj")
         in_features, out_features = linear_features(host)
         ref = reference_tensor(host)
@@ -60,7 +65,7 @@ class LoraConfig(AdapterConfig):
         }
 
     @classmethod
-    def from_peft(cls, data: dict) -> "LoraConfig":
+    def from_peft(cls, data: dict) -> LoraConfig:
         """A LoraConfig from a PEFT adapter_config.json: plain LoRA, or rsLoRA (its alpha / sqrt(r) scaling
         is the same as alpha * sqrt(r) / r); anything else that changes the model is refused by name."""
         refuse_peft_options("LoRA", data, PEFT_LORA_UNSUPPORTED)
@@ -82,62 +87,6 @@ PEFT_LORA_UNSUPPORTED = (
     "alora_invocation_tokens", "use_qalora", "megatron_config", "use_bdlora", "arrow_config", "kasa_config",
     "enable_lora",  # LLM-Adapters' fork (old PEFT): MergedLinear, LoRA on slices of a fused projection
 )
-
-
-def refuse_peft_options(kind: str, data: dict, names: tuple[str, ...]) -> None:
-    """Raise AdapterError naming every option in `names` that a PEFT config sets (non-empty, non-false)."""
-    used = [name for name in names if data.get(name)]
-    if used:
-        raise AdapterError(
-            f"This PEFT {kind} adapter uses {', '.join(used)}, which adapterlab does not import (the result "
-            f"would compute something else). Load it with peft itself, or retrain it without those options."
-        )
-
-
-def regex_of_paths(paths) -> str:
-    """A PEFT target_modules regex (PEFT full-matches it) naming exactly these module paths."""
-    return "(" + "|".join(re.escape(p) for p in paths) + ")"
-
-
-def peft_targets(value: str | list[str]) -> list[str]:
-    """adapterlab targets from PEFT's target_modules: a list of name suffixes, or a regex of the plain
-    alternation form `(a\\.b|c\\.d)` that `regex_of_paths` writes. Other regexes are refused by name."""
-    if not isinstance(value, str):
-        return list(value)
-    body = value.strip()
-    body = body[1:] if body.startswith("^") else body
-    body = body[:-1] if body.endswith("$") else body
-    if body.startswith("(") and body.endswith(")"):
-        body = body[1:-1]
-    if not body:
-        return []
-    names = [re.sub(r"\\(.)", r"\1", part) for part in body.split("|")]
-    if not all(re.fullmatch(r"[\w.\-]+", name) for name in names):
-        raise AdapterError(
-            f"PEFT target_modules {value!r} is a general regular expression; adapterlab imports a list of "
-            "module names or an alternation of exact module paths. Rewrite it as a list of names."
-        )
-    return names
-
-
-def peft_heads(model: nn.Module) -> list[str] | None:
-    """The classifier head PEFT saves beside a SEQ_CLS adapter (its modules_to_save), or None.
-
-    PEFT always restores a sequence classifier's head from the adapter file, so the export carries the
-    head this model computes with (trained or not)."""
-    if peft_task_type(model) != "SEQ_CLS":
-        return None
-    heads = [name for name in ("classifier", "score") if isinstance(getattr(model, name, None), nn.Module)]
-    return heads or None
-
-
-def peft_task_type(model: nn.Module) -> str | None:
-    """PEFT's task_type for a transformers model class, or None for a bare model."""
-    name = type(model).__name__
-    for suffix, task in (("ForCausalLM", "CAUSAL_LM"), ("ForSequenceClassification", "SEQ_CLS")):
-        if name.endswith(suffix):
-            return task
-    return None
 
 
 class LoraAdapter(Adapter):
@@ -164,11 +113,11 @@ class LoraAdapter(Adapter):
         return (self.lora_B.weight @ self.lora_A.weight) * self.scaling
 
     @torch.no_grad()
-    def merge(self, host: nn.Module) -> None:
+    def merge_into(self, host: nn.Module) -> None:
         weight = weight_as_out_in(host)
         weight += self.delta_weight().to(weight.dtype)
 
     @torch.no_grad()
-    def unmerge(self, host: nn.Module) -> None:
+    def unmerge_from(self, host: nn.Module) -> None:
         weight = weight_as_out_in(host)
         weight -= self.delta_weight().to(weight.dtype)

@@ -25,33 +25,32 @@ global `random`.
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from ..config import AdapterConfig, one_of
+from ..core.config import AdapterConfig, one_of
+from ..core.option_help import documented, option_field
 from ..errors import AdapterError
-from ..objectives import ConsistencyObjective
+from ..core.objectives import ConsistencyObjective
 from .block_norms import NORM_TARGET
 from .split import SplitLinear
 
 if TYPE_CHECKING:
     from torch import nn
 
-    from ..sites import Placement, Site
-    from .base import Adapter
+    from ..core.sites import Placement, Site
+    from ..core.adapter import Adapter
 
 BASES = ("lora", "series", "pfeiffer", "houlsby", "parallel", "scaled_parallel", "adaptformer")
 SPLITS = {"up": ("up",), "down": ("down",), "both": ("down", "up")}
 INIT = {"down": "kaiming", "up": "zeros"}
-FACTS = ("mergeable", "site_kinds", "default_targets")  # the method facts a MoSA config takes from its base
 
 
+@documented
 @dataclass
 class MosaConfig(AdapterConfig):
-    """base: the adapter that is split; modules: N sparse modules per split projection; split: up | down |
-    both; consistency / additional: weights of the second forward's symmetric KL / cross entropy; seed: of the
-    masks and the split projections' initial values (with the layer's name; independent of the training seed);
-    base_options: the base method's options (any option not listed here lands there too)."""
+    """MoSA (Zhang et al., 2023): the base adapter's projections split into sparse modules, one drawn per step, merged
+    back into one adapter of the base method; every option not MoSA's own goes to the base (size, r, ...)."""
 
     method = "mosa"
     # Method facts, read as class attributes like every method's: the class has those of its default base
@@ -61,16 +60,21 @@ class MosaConfig(AdapterConfig):
     site_kinds = ("module", "sublayer")
     default_targets = ("mlp",)
 
-    base: str = "adaptformer"
-    modules: int = 4
-    split: str = "up"
-    consistency: float = 1.0
-    additional: float = 0.0
-    seed: int = 0
-    base_options: dict[str, Any] = field(default_factory=dict)
+    base: str = option_field("adaptformer", "the adapter that is split: adaptformer (their STYLE=AdaptFormer), lora, "
+                             "series, pfeiffer, houlsby, parallel or scaled_parallel")
+    modules: int = option_field(4, "the number of sparse modules per split projection (2 to 255)")
+    split: str = option_field("up", "which projections are split: up (their SHARE=down), down (SHARE=up) or both "
+                              "(SHARE=none); on the command line --mosa-split")
+    consistency: float = option_field(1.0, "the weight of the second forward's symmetric KL (their REG_WEIGHT)")
+    additional: float = option_field(0.0, "the weight of the second forward's cross entropy (their ADD_WEIGHT)")
+    seed: int = option_field(0, "the seed of the masks and the split projections' initial values (with the layer's "
+                             "name; independent of the training seed); on the command line --mosa-seed")
+    base_options: dict[str, Any] = option_field(default_factory=dict,
+                                                help="the base method's options (any option not MoSA's own lands "
+                                                     "here too)")
 
     @classmethod
-    def from_options(cls, options: dict[str, Any], source: str | None = None) -> "MosaConfig":
+    def from_options(cls, options: dict[str, Any], source: str | None = None) -> MosaConfig:
         """MoSA's own options here, every other one to the base method (checked by the base's config)."""
         own = {f.name for f in dataclasses.fields(cls)}
         mine = {k: v for k, v in options.items() if k in own}
@@ -80,13 +84,13 @@ class MosaConfig(AdapterConfig):
 
     @classmethod
     def accepted_options(cls, options: dict[str, Any]) -> set[str]:
-        from ..registry import config_class
+        from ..core.registry import config_class
 
         base = options.get("base", cls.base)
         return set(cls.option_names()) | (set(config_class(base).option_names()) if base in BASES else set())
 
     def validate(self) -> None:
-        from ..registry import config_class, make_config
+        from ..core.registry import config_class, make_config
 
         if self.base not in BASES:
             raise AdapterError(f"mosa: `base` {self.base!r} cannot be split into sparse modules; choose one of "
@@ -119,17 +123,16 @@ class MosaConfig(AdapterConfig):
             if getattr(self, name) is not None:
                 options[name] = getattr(self, name)
         self._base = make_config(self.base, **options)
-        for fact in FACTS:  # this config's facts are its base's; the class keeps those of the default base
-            setattr(self, fact, getattr(self._base, fact))
+        self.take_facts_of(self._base)  # this config's facts are its base's; the class keeps the default base's
 
     @property
     def base_config(self) -> AdapterConfig:
         return self._base
 
-    def sites(self, model: "nn.Module", placement: "Placement") -> list["Site"]:
+    def sites(self, model: nn.Module, placement: Placement) -> list[Site]:
         return self._base.sites(model, placement)
 
-    def build(self, site: "Site", model: "nn.Module", placement: "Placement") -> "Adapter":
+    def build(self, site: Site, model: nn.Module, placement: Placement) -> Adapter:
         """The base's module at this site, with the chosen projections replaced by SplitLinear layers."""
         adapter = self._base.build(site, model, placement)
         if site.target == NORM_TARGET:  # a norm the base trains beside its adapter (train_norms): not split

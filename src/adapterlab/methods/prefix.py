@@ -23,13 +23,14 @@ import torch
 from torch import nn
 from transformers import DynamicCache
 
-from ..config import AdapterConfig, positive_int
+from ..core.config import AdapterConfig, positive_int
+from ..core.option_help import documented, option_field
 from ..errors import AdapterError
-from ..layers import reference_tensor
-from ..sites import Placement, Site, block_paths
-from .base import Adapter
-from .peft_prompts import PEFT_PREFIX, PeftVirtualTokens
-from .peft_prompts import peft_prompt_config, placed_at
+from ..core.layers import reference_tensor
+from ..core.sites import Placement, Site, block_paths
+from ..core.adapter import Adapter
+from ..core.site_hooks import placed_at
+from ..interop.peft.prompts import PeftVirtualTokens, peft_prompt_config
 from .prefix_attention import AttentionSite, PrefixAttentionHooks, attention_sites, has_bidirectional_attention, kv_width
 from .virtual_tokens import (
     as_keywords,
@@ -45,19 +46,22 @@ from .virtual_tokens import (
 )
 
 
+@documented
 @dataclass
 class PrefixConfig(PeftVirtualTokens, AdapterConfig):
-    """num_virtual_tokens: prefix length; prefix_projection: learn the prefixes through an MLP of hidden
-    size encoder_hidden_size (default: the key/value width)."""
+    """Prefix tuning (Li and Liang, 2021): learned keys and values in front of every layer's attention (the KV
+    cache on decoders, attention hooks on encoders); `targets` and `layers` stay unset."""
 
     method = "prefix"
     peft_kind = "prefix tuning"
     peft_tokens = "flat_prefixes"
     site_kinds = ("model",)
 
-    num_virtual_tokens: int = 20
-    prefix_projection: bool = False
-    encoder_hidden_size: int | None = None
+    num_virtual_tokens: int = option_field(20, "the prefix length: keys and values per layer (PETL for AST's prefix "
+                                           "size p is p/2 here)", paper="LLM-Adapters' recipe: 30")
+    prefix_projection: bool = option_field(False, "learn the prefixes through an MLP (PEFT's prefix_projection)")
+    encoder_hidden_size: int | None = option_field(None, "the hidden size of the prefix MLP; unset: the key/value "
+                                                   "width")
 
     def validate(self) -> None:
         check_num_virtual_tokens(self.method, self.num_virtual_tokens)
@@ -66,7 +70,7 @@ class PrefixConfig(PeftVirtualTokens, AdapterConfig):
         if self.targets is not None or self.layers is not None:
             raise AdapterError("prefix: prefixes go into every layer's KV cache; leave `targets` and `layers` unset.")
 
-    def build(self, site: Site, model: nn.Module, placement: Placement) -> "PrefixAdapter":
+    def build(self, site: Site, model: nn.Module, placement: Placement) -> PrefixAdapter:
         config = text_config(model)
         if has_bidirectional_attention(model):  # encoders: no KV cache, hooks join the prefix to k and v
             if not isinstance(input_embeddings(model), nn.Embedding):  # vision/audio: one sequence, not stages
@@ -98,7 +102,6 @@ class PrefixConfig(PeftVirtualTokens, AdapterConfig):
         return (self.encoder_hidden_size or kv_dim) if self.prefix_projection else None
 
     peft_type = "PREFIX_TUNING"
-    peft_prefix = PEFT_PREFIX
 
     def check_peft_model(self, model: nn.Module) -> None:
         """Refuse a bidirectional (encoder) model: PEFT feeds it the prefix as past_key_values, which e.g. shifts

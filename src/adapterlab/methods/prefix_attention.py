@@ -22,18 +22,26 @@ from __future__ import annotations
 import functools
 import inspect
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import torch
 from torch import nn
 
-from ..architectures import Architecture
+from ..core.architectures import Architecture
 from ..errors import AdapterError
-from ..layers import is_linear, linear_features
-from ..sites import block_paths, model_type_of
+from ..core.layers import is_linear, linear_features
+from ..core.sites import block_paths, model_type_of
 
-if TYPE_CHECKING:
-    from .prefix import PrefixAdapter
+
+class PrefixSource(Protocol):
+    """What the hooks read of the adapter they run (`prefix.PrefixAdapter`)."""
+
+    num_virtual_tokens: int
+
+    @property
+    def applies(self) -> bool: ...
+
+    def layer_prefix(self, layer: int, index: int) -> torch.Tensor: ...
 
 
 @dataclass(frozen=True)
@@ -124,7 +132,7 @@ class PrefixAttentionHooks:
     set afresh on every run of the layer (a checkpointing re-run included).
     """
 
-    def __init__(self, adapter: "PrefixAdapter", sites: list[AttentionSite]) -> None:
+    def __init__(self, adapter: PrefixSource, sites: list[AttentionSite]) -> None:
         self.adapter = adapter
         self.sites = list(sites)
         self.tail: dict[int, int] = {}

@@ -15,25 +15,25 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..config import AdapterConfig, one_of
+from ..core.config import AdapterConfig, one_of
+from ..core.option_help import documented, option_field
 from ..errors import AdapterError
-from ..layers import reference_tensor
-from ..sites import Placement, Site
-from .peft_prompts import PEFT_PREFIX, PeftVirtualTokens
-from .peft_prompts import peft_prompt_config, placed_at
+from ..core.layers import reference_tensor
+from ..core.sites import Placement, Site
+from ..core.site_hooks import placed_at
+from ..interop.peft.prompts import PeftVirtualTokens, peft_prompt_config
 from .virtual_tokens import (VirtualTokenAdapter, check_num_virtual_tokens, input_embeddings, modality_and_blocks,
                              text_config)
 
 INITS = ("random", "vocab", "text")
 
 
+@documented
 @dataclass
 class PromptConfig(PeftVirtualTokens, AdapterConfig):
-    """num_virtual_tokens: prompt length; deep: own tokens at every block (VPT-deep).
+    """Prompt tuning (Lester et al., 2021): learned virtual tokens in front of the input; VPT-deep with `deep`.
 
-    init: "random" (N(0, 1), PEFT's default), "vocab" (embeddings of random vocabulary tokens) or "text"
-    (embeddings of `init_text` tokenized by `tokenizer`, a name or path; repeated or cut to length). The
-    text is tokenized when the config is made and the ids kept in `init_token_ids`, so a saved adapter
+    The init text is tokenized when the config is made and the ids kept in `init_token_ids`, so a saved adapter
     reloads without the tokenizer. Vocabulary/text init copies the model's word embeddings, so it only
     happens when they hold real values: attached to a meta-device model the prompt stays random (its
     values come from the checkpoint you load afterwards). Deep prompt layers always start random.
@@ -44,12 +44,15 @@ class PromptConfig(PeftVirtualTokens, AdapterConfig):
     peft_tokens = "prompts"
     site_kinds = ("model",)
 
-    num_virtual_tokens: int = 20
-    deep: bool = False
-    init: str = "random"
-    init_text: str | None = None
-    tokenizer: str | None = None
-    init_token_ids: list[int] | None = None
+    num_virtual_tokens: int = option_field(20, "the prompt's length in virtual tokens")
+    deep: bool = option_field(False, "own virtual tokens at every block (VPT-deep), not only at the input")
+    init: str = option_field("random", "the prompt's initial values: random (N(0, 1), PEFT's default), vocab "
+                             "(embeddings of random vocabulary tokens) or text (embeddings of init_text, repeated or "
+                             "cut to length)")
+    init_text: str | None = option_field(None, "the text whose token embeddings start the prompt (with init=text)")
+    tokenizer: str | None = option_field(None, "the tokenizer (a hub name or path) that tokenizes init_text")
+    init_token_ids: list[int] | None = option_field(None, "the token ids that start the prompt (set from init_text "
+                                                    "when the config is made; saved, so a reload needs no tokenizer)")
 
     def validate(self) -> None:
         check_num_virtual_tokens(self.method, self.num_virtual_tokens)
@@ -61,7 +64,7 @@ class PromptConfig(PeftVirtualTokens, AdapterConfig):
         elif self.init_token_ids is not None:
             check_token_ids(self.init, self.init_token_ids)
 
-    def build(self, site: Site, model: nn.Module, placement: Placement) -> "PromptAdapter":
+    def build(self, site: Site, model: nn.Module, placement: Placement) -> PromptAdapter:
         modality, leading, blocks = modality_and_blocks(model, placement, need_blocks=self.deep)
         embeddings = input_embeddings(model)
         if modality == "text":
@@ -89,7 +92,6 @@ class PromptConfig(PeftVirtualTokens, AdapterConfig):
         return adapter
 
     peft_type = "PROMPT_TUNING"
-    peft_prefix = PEFT_PREFIX
 
     def to_peft(self, model: nn.Module, sites: list[Site]) -> dict:
         """PEFT's PromptTuningConfig as a dict (init RANDOM: the tokens themselves are saved)."""

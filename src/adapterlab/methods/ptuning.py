@@ -14,30 +14,33 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..config import AdapterConfig, one_of, positive_int
+from ..core.config import AdapterConfig, one_of, positive_int
+from ..core.option_help import documented, option_field
 from ..errors import AdapterError
-from ..layers import reference_tensor
-from ..sites import Placement, Site
-from .peft_prompts import PEFT_PREFIX, PeftVirtualTokens
-from .peft_prompts import peft_prompt_config, placed_at
+from ..core.layers import reference_tensor
+from ..core.sites import Placement, Site
+from ..core.site_hooks import placed_at
+from ..interop.peft.prompts import PeftVirtualTokens, peft_prompt_config
 from .virtual_tokens import VirtualTokenAdapter, check_num_virtual_tokens, modality_and_blocks, text_config
 
 
+@documented
 @dataclass
 class PTuningConfig(PeftVirtualTokens, AdapterConfig):
-    """num_virtual_tokens; encoder: "mlp" or "lstm"; encoder_hidden_size (default: the model's hidden size);
-    encoder_num_layers: LSTM layers (the MLP always has 3 linear layers, as in PEFT); encoder_dropout (LSTM)."""
+    """P-tuning (Liu et al., 2021): virtual tokens in front of the input, produced by a small trained encoder (an MLP
+    or an LSTM, as PEFT's); `targets` and `layers` stay unset."""
 
     method = "ptuning"
     peft_kind = "P-tuning"
     peft_tokens = "prompts"
     site_kinds = ("model",)
 
-    num_virtual_tokens: int = 20
-    encoder: str = "mlp"
-    encoder_hidden_size: int | None = None
-    encoder_num_layers: int = 2
-    encoder_dropout: float = 0.0
+    num_virtual_tokens: int = option_field(20, "the prompt's length in virtual tokens")
+    encoder: str = option_field("mlp", "the prompt encoder: mlp (always 3 linear layers, as PEFT's) or lstm")
+    encoder_hidden_size: int | None = option_field(None, "the prompt encoder's hidden size; unset: the model's "
+                                                   "hidden size")
+    encoder_num_layers: int = option_field(2, "the LSTM encoder's layers (the MLP's are fixed)")
+    encoder_dropout: float = option_field(0.0, "dropout inside the LSTM encoder")
 
     def validate(self) -> None:
         check_num_virtual_tokens(self.method, self.num_virtual_tokens)
@@ -50,7 +53,7 @@ class PTuningConfig(PeftVirtualTokens, AdapterConfig):
         if self.targets is not None or self.layers is not None:
             raise AdapterError("ptuning: the prompt goes at the model's input; leave `targets` and `layers` unset.")
 
-    def build(self, site: Site, model: nn.Module, placement: Placement) -> "PTuningAdapter":
+    def build(self, site: Site, model: nn.Module, placement: Placement) -> PTuningAdapter:
         modality, leading, blocks = modality_and_blocks(model, placement, need_blocks=False)
         if modality == "text":
             embeddings = model.get_input_embeddings()
@@ -62,7 +65,6 @@ class PTuningConfig(PeftVirtualTokens, AdapterConfig):
         return PTuningAdapter(encoder, self.num_virtual_tokens, modality, leading, blocks)
 
     peft_type = "P_TUNING"
-    peft_prefix = PEFT_PREFIX
 
     @classmethod
     def peft_import(cls) -> type:

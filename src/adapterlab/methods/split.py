@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import AdapterError
-from ..stochastic import Stochastic
+from ..core.stochastic import Stochastic
 
 INITS = ("zeros", "kaiming")
 

@@ -9,8 +9,8 @@ import torch
 from torch import nn
 
 from ..errors import AdapterError
-from ..layers import is_linear, linear_features
-from ..sites import Placement, Site, block_paths
+from ..core.layers import is_linear, linear_features
+from ..core.sites import Placement, Site, block_paths
 
 
 def input_features(layer: nn.Module) -> int | None:

@@ -25,24 +25,16 @@ import torch
 from torch import nn
 from transformers import Cache
 
-from ..config import positive_int
+from ..core.config import positive_int
 from ..errors import AdapterError
-from ..layers import is_linear, linear_features
-from ..sites import Placement, block_paths, model_type_of
-from .base import Adapter
+from ..core.layers import is_linear, linear_features
+from ..core.sites import Placement, block_paths, model_type_of, text_config
+from ..core.adapter import Adapter
 
 
 def check_num_virtual_tokens(method: str, value: Any) -> None:
     """Raise AdapterError unless `num_virtual_tokens` is a positive int."""
     positive_int(method, "num_virtual_tokens", value)
-
-
-def text_config(model: nn.Module) -> Any:
-    """The model's (text) config, where layer counts and head sizes live."""
-    config = getattr(model, "config", None)
-    if config is None:
-        raise AdapterError(f"{type(model).__name__} has no `.config`; virtual-token methods need a transformers model.")
-    return config.get_text_config() if hasattr(config, "get_text_config") else config
 
 
 def modality_and_blocks(model: nn.Module, placement: Placement, need_blocks: bool) -> tuple[str, int, list[str]]:

@@ -16,7 +16,7 @@ import transformers as T
 from torch import nn
 
 from ..errors import ModelError, UsageError
-from ..layers import is_norm
+from ..core.layers import is_norm
 
 QUANTIZATIONS = ("8bit", "4bit")
 FLAGS = {"8bit": "--load-8bit", "4bit": "--load-4bit"}  # how the CLI spells each, for messages

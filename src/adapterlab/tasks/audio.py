@@ -4,7 +4,7 @@
 Labels come from a `file,label` CSV or from a regex on the file names (default: the prefix before the
 first "_", which is the digit in the Free Spoken Digit Dataset). Audio is resampled to the feature
 extractor's rate and cut or padded to `max_length` frames; a checkpoint used at another length gets its
-position embeddings interpolated to the new patch grid (`adapterlab.posembed`). `--split` may instead name a
+position embeddings interpolated to the new patch grid (`adapterlab.models.posembed`). `--split` may instead name a
 dataset's own protocol (ESC-50, UrbanSound8K, Speech Commands, Fluent Speech Commands, FSDD speakers; see
 `adapterlab.data.audio_protocols`), --data then being the dataset's root.
 """
@@ -27,6 +27,7 @@ from ..data.audio import (
 )
 from ..data.specaugment import masked_training_set, masking_info
 from ..data.audio_protocols import PROTOCOLS
+from .options import AudioOptions
 from .audio_protocol import folds, protocol_examples  # noqa: F401 (folds: for --cross-validate)
 from .audio_models import audio_dataset, check_pooling, fit, frozen_modules, pooling_of
 from .base import TaskOptions, TaskSetup
@@ -36,8 +37,8 @@ from .scratch import is_config_spec
 
 SPLITS = ("random", "fsdd", *PROTOCOLS)  # the protocols: --data is the dataset's root (data/audio_protocols.py)
 # The per-task TrainConfig fields this task reads (see adapterlab.tasks); the others are refused when set.
-TRAIN_FIELDS = frozenset({"labels_csv", "label_pattern", "split", "few_shot", "max_train_samples", "max_length",
-                          "fold", "cross_validate", "freq_mask", "time_mask", "pooling"})
+OPTIONS = AudioOptions
+TRAIN_FIELDS = OPTIONS.names()
 
 
 def read_folders(folders: list[str], labels_csv: str | None, label_pattern: str) -> tuple[list[Path], list[str]]:
@@ -52,10 +53,10 @@ def read_folders(folders: list[str], labels_csv: str | None, label_pattern: str)
 
 def label_source(options: TaskOptions) -> tuple[str | None, str]:
     """(labels CSV, file-name pattern) the run reads labels with; both given is refused."""
-    opts = options.options
-    if opts.get("labels_csv") and opts.get("label_pattern"):
+    opts = OPTIONS.of(options.options)
+    if opts.labels_csv and opts.label_pattern:
         raise UsageError("--labels-csv and --label-pattern both say where labels come from; pass one.")
-    return opts.get("labels_csv"), opts.get("label_pattern") or DEFAULT_LABEL_PATTERN
+    return opts.labels_csv, opts.label_pattern or DEFAULT_LABEL_PATTERN
 
 
 def read_examples(paths: list[str], options: TaskOptions) -> tuple[list[Path], list[str]]:
@@ -71,9 +72,10 @@ def describe(file: Path) -> str:
 def build_model(options: TaskOptions, labels: list[str]) -> tuple[Any, Any]:
     """(AST, wav2vec2 or HuBERT classifier with a `len(labels)`-way head, its feature extractor) at the run's
     --max-length and --pooling (see `audio_models`)."""
-    check_pooling(options.options.get("pooling"))  # before a model is loaded
-    model, extractor, _ = load_classifier(options, "audio-cls", labels, max_length=options.options.get("max_length"))
-    return fit(model, extractor, options.options, options.model), extractor
+    opts = OPTIONS.of(options.options)
+    check_pooling(opts.pooling)  # before a model is loaded
+    model, extractor, _ = load_classifier(options, "audio-cls", labels, max_length=opts.max_length)
+    return fit(model, extractor, opts, options.model), extractor
 
 
 def make_dataset(files: list[Path], ids: list[int], extractor: Any,
@@ -85,7 +87,7 @@ def make_dataset(files: list[Path], ids: list[int], extractor: Any,
 def folder_examples(split: str, options: TaskOptions) -> tuple[list[Path], list[str], tuple[str, str],
                                                                list[bool] | None, tuple[list, list]]:
     """(files, label names, where the labels come from, FSDD dev marks, no test set) of --split random / fsdd."""
-    if options.options.get("fold") is not None:
+    if OPTIONS.of(options.options).fold is not None:
         raise UsageError(f"--fold picks a fold of a dataset's protocol (--split {', '.join(PROTOCOLS)}); "
                          f"--split {split} has none: drop --fold.")
     labels_csv, pattern = label_source(options)
@@ -104,8 +106,8 @@ def prepare(options: TaskOptions) -> TaskSetup:
     class, by seed), max_train_samples, max_length (spectrogram frames), freq_mask / time_mask (SpecAugment on
     the training set only, `adapterlab.data.specaugment`).
     """
-    opts = options.options
-    split = opts.get("split") or "random"
+    opts = OPTIONS.of(options.options)
+    split = opts.split or "random"
     if split not in SPLITS:
         raise UsageError(f"--split must be one of {SPLITS}, got {split!r}.")
     if split != "random" and (options.eval_data or options.val_size):
@@ -116,16 +118,16 @@ def prepare(options: TaskOptions) -> TaskSetup:
                     dev=read_examples(options.eval_data, options) if options.eval_data else None)
     labels = chosen["labels"]
     model, extractor = build_model(options, labels)
-    train = masked_training_set(make_dataset(*chosen["train"], extractor, options)[0], opts, options.seed)
+    train = masked_training_set(make_dataset(*chosen["train"], extractor, options)[0], vars(opts), options.seed)
     dev = make_dataset(*chosen["dev"], extractor, options)[0] if chosen["dev"][0] else None
     tested = make_dataset(*label_test(test, labels), extractor, options)[0] if test[0] else None
     return TaskSetup(
         model=model, train_dataset=train, eval_dataset=dev, data_collator=default_data_collator, test_dataset=tested,
         processor=extractor, compute_metrics=accuracy, metric_name="eval_accuracy", greater_is_better=True,
         info={"labels": labels, "train_records": len(train), "dev_records": len(dev) if dev else 0,
-              "split": "eval-data" if options.eval_data else split, "fold": opts.get("fold"),
-              "test_records": len(tested) if tested else 0, "few_shot": opts.get("few_shot"),
-              "spec_augment": masking_info(opts),
+              "split": "eval-data" if options.eval_data else split, "fold": opts.fold,
+              "test_records": len(tested) if tested else 0, "few_shot": opts.few_shot,
+              "spec_augment": masking_info(vars(opts)),
               "max_length": extractor.max_length, "sampling_rate": extractor.sampling_rate,
               "pooling": pooling_of(model),
               "pretrained": not is_config_spec(options.model)},

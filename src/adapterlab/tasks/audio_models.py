@@ -32,7 +32,8 @@ from transformers import Wav2Vec2FeatureExtractor
 from ..data.audio import AudioClassificationDataset
 from ..data.waveform import WaveformClassificationDataset
 from ..errors import UsageError
-from ..posembed import resize_ast_positions
+from ..models.posembed import resize_ast_positions
+from .options import AudioOptions
 from .scratch import SAMPLING_RATE
 
 POOLINGS = ("cls", "mean")
@@ -70,12 +71,14 @@ def family_of(model: nn.Module, spec: str) -> AudioFamily:
     return FAMILIES[model_type]
 
 
-def fit(model: nn.Module, extractor: Any, settings: dict[str, Any], spec: str) -> nn.Module:
+def fit(model: nn.Module, extractor: Any, settings: dict[str, Any] | AudioOptions, spec: str) -> nn.Module:
     """Make a freshly loaded classifier compute as the run says: `settings` holds its max_length and pooling
-    (TrainConfig fields, as train_config.yaml saves them). Sets `extractor.max_length`, the input length."""
-    check_pooling(settings.get("pooling"))
+    (the run's AudioOptions, or TrainConfig fields as train_config.yaml saves them). Sets `extractor.max_length`,
+    the input length."""
+    options = AudioOptions.of(settings)
+    check_pooling(options.pooling)
     family = family_of(model, spec)
-    max_length = settings.get("max_length")
+    max_length = options.max_length
     if family.input == "spectrogram":
         if max_length and int(max_length) != model.config.max_length:
             resize_ast_positions(model, int(max_length))  # checkpoint grid -> new grid, by interpolation
@@ -87,7 +90,7 @@ def fit(model: nn.Module, extractor: Any, settings: dict[str, Any], spec: str) -
         extractor.max_length = int(max_length or getattr(extractor, "max_length", None) or DEFAULT_SAMPLES)
         check_waveform_length(model.config, extractor.max_length, spec)
         model.freeze_feature_encoder()  # also stops the backward pass at the frozen convolutions
-    set_pooling(model, settings.get("pooling") or family.pooling, family)
+    set_pooling(model, options.pooling or family.pooling, family)
     return model
 
 

@@ -8,6 +8,8 @@ from typing import Any
 
 from torch import nn
 
+from .options import Quantized
+
 
 @dataclass
 class TaskOptions:
@@ -56,4 +58,5 @@ class TaskSetup:
 
 def quantization(options: dict[str, Any]) -> str | None:
     """The quantization the task's options ask the base to be loaded with (--load-8bit / --load-4bit), or None."""
-    return "8bit" if options.get("load_8bit") else "4bit" if options.get("load_4bit") else None
+    chosen = Quantized.of(options)
+    return "8bit" if chosen.load_8bit else "4bit" if chosen.load_4bit else None

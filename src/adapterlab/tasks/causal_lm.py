@@ -11,10 +11,11 @@ from ..data.decontaminate import decontaminate, overlap_counts
 from ..data.instruction import read_instructions, tokenize_example
 from ..data.splits import holdout, subsample
 from .base import TaskOptions, TaskSetup, quantization
+from .options import CausalLMOptions
 
 # The per-task TrainConfig fields this task reads (see adapterlab.tasks); the others are refused when set.
-TRAIN_FIELDS = frozenset({"template", "cutoff_len", "train_on_inputs", "add_eos", "decontaminate",
-                          "max_train_samples", "dtype", "load_8bit", "load_4bit", "group_by_length", "recipe"})
+OPTIONS = CausalLMOptions
+TRAIN_FIELDS = OPTIONS.names()
 NOT_APPLICABLE = {
     "few_shot": "instruction records have free-text outputs, not classes to draw K of each from; "
                 "use --max-train-samples N for a seeded subset",
@@ -24,7 +25,7 @@ NOT_APPLICABLE = {
 def _load(options: TaskOptions) -> tuple[Any, Any]:
     from ..models import load_model
 
-    return load_model(options.model, task="causal-lm", dtype=options.options.get("dtype") or "float32",
+    return load_model(options.model, task="causal-lm", dtype=OPTIONS.of(options.options).dtype or "float32",
                       quantize=quantization(options.options))
 
 
@@ -34,17 +35,17 @@ def prepare(options: TaskOptions) -> TaskSetup:
     options.options: template ("alpaca"|"chat"), cutoff_len, train_on_inputs, add_eos, decontaminate
     (eval files whose questions are dropped from training), max_train_samples.
     """
-    opts = options.options
+    opts = OPTIONS.of(options.options)
     records = read_instructions(options.data)
     info: dict[str, Any] = {"records_read": len(records)}
-    contamination_files = list(opts.get("decontaminate") or [])
+    contamination_files = list(opts.decontaminate or [])
     if contamination_files:
         records, dropped = decontaminate(records, contamination_files)
         info["decontaminated"] = dropped
         info["records_after_decontamination"] = len(records)
         print(f"decontamination: dropped {sum(dropped.values())} training records "
               f"({', '.join(f'{k}: {v}' for k, v in dropped.items())}); {len(records)} remain")
-    records = subsample(records, opts.get("max_train_samples"), options.seed)
+    records = subsample(records, opts.max_train_samples, options.seed)
     eval_records = read_instructions(options.eval_data) if options.eval_data else []
     if options.eval_data and not contamination_files:
         overlap = {k: v for k, v in overlap_counts(records, options.eval_data).items() if v}
@@ -56,8 +57,8 @@ def prepare(options: TaskOptions) -> TaskSetup:
     info["train_records"], info["dev_records"] = len(train_records), len(dev_records)
 
     model, tokenizer = _load(options)
-    tokenize = dict(template=opts.get("template", "alpaca"), cutoff_len=int(opts.get("cutoff_len", 256)),
-                    train_on_inputs=bool(opts.get("train_on_inputs", False)), add_eos=bool(opts.get("add_eos", True)))
+    tokenize = dict(template=opts.template, cutoff_len=int(opts.cutoff_len), train_on_inputs=bool(opts.train_on_inputs),
+                    add_eos=bool(opts.add_eos))
     train_set = [tokenize_example(r, tokenizer, **tokenize) for r in train_records]
     dev_set = [tokenize_example(r, tokenizer, **tokenize) for r in dev_records] or None
     empty = sum(all(label == -100 for label in x["labels"]) for x in train_set)

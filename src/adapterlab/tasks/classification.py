@@ -16,11 +16,12 @@ from ..data.sampling import few_shot, require_two_classes
 from ..data.splits import holdout, subsample
 from ..errors import DataError
 from .base import TaskOptions, TaskSetup, quantization
+from .options import ClassificationOptions
 
 HEAD_NAMES = ("classifier", "score", "classification_head", "projector")  # wav2vec2/HuBERT: projector, classifier
 # The per-task TrainConfig fields this task reads (see adapterlab.tasks); the others are refused when set.
-TRAIN_FIELDS = frozenset({"text_column", "text_pair_column", "label_column", "cutoff_len", "max_train_samples",
-                          "few_shot", "dtype", "load_8bit", "load_4bit"})
+OPTIONS = ClassificationOptions
+TRAIN_FIELDS = OPTIONS.names()
 
 
 def head_modules(model: Any) -> list[str]:
@@ -40,9 +41,9 @@ def accuracy(eval_pred: Any) -> dict[str, float]:
 
 def columns(options: TaskOptions) -> dict[str, Any]:
     """The column names the run reads (--text-column, --label-column, --text-pair-column)."""
-    opts = options.options
-    return dict(text_column=opts.get("text_column"), label_column=opts.get("label_column") or "label",
-                text_pair_column=opts.get("text_pair_column"))
+    opts = OPTIONS.of(options.options)
+    return dict(text_column=opts.text_column, label_column=opts.label_column or "label",
+                text_pair_column=opts.text_pair_column)
 
 
 def read_examples(paths: list[str], options: TaskOptions) -> tuple[list[dict[str, Any]], list[str]]:
@@ -62,13 +63,13 @@ def build_model(options: TaskOptions, labels: list[str]) -> tuple[Any, Any]:
     from ..models import load_model
 
     return load_model(options.model, task="seq-cls", label_names=labels,
-                      dtype=options.options.get("dtype") or "float32", quantize=quantization(options.options))
+                      dtype=OPTIONS.of(options.options).dtype or "float32", quantize=quantization(options.options))
 
 
 def make_dataset(rows: list[dict[str, Any]], ids: list[int], tokenizer: Any,
                  options: TaskOptions) -> tuple[list[dict[str, Any]], Any]:
     """(tokenized examples with label ids, padding collator), cut to the run's --cutoff-len."""
-    cutoff = int(options.options.get("cutoff_len", 256))
+    cutoff = int(OPTIONS.of(options.options).cutoff_len)
 
     def encode(row: dict[str, Any], label: int) -> dict[str, Any]:
         pair = (row["text_pair"],) if "text_pair" in row else ()
@@ -84,16 +85,16 @@ def prepare(options: TaskOptions) -> TaskSetup:
     seeded subset of the rows read, before --val-size holds dev rows out of them), few_shot (then K training
     rows per label), dtype.
     """
-    opts = options.options
+    opts = OPTIONS.of(options.options)
     rows, used_column = read_labelled(options.data, **columns(options))
-    rows = subsample(rows, opts.get("max_train_samples"), options.seed)
+    rows = subsample(rows, opts.max_train_samples, options.seed)
     require_two_classes([r["label"] for r in rows], f"The label column {columns(options)['label_column']!r} of "
                         f"{', '.join(map(str, options.data))}", "check --label-column, or add the other classes")
     dev_rows = read_examples(options.eval_data, options)[0] if options.eval_data else []
     train_rows, held = holdout(rows, options.val_size, options.seed)
     dev_rows = dev_rows or held
-    if opts.get("few_shot"):
-        train_rows = [train_rows[i] for i in few_shot([r["label"] for r in train_rows], int(opts["few_shot"]),
+    if opts.few_shot:
+        train_rows = [train_rows[i] for i in few_shot([r["label"] for r in train_rows], int(opts.few_shot),
                                                       options.seed)]
     labels = label_names(train_rows)
     unknown = sorted({r["label"] for r in dev_rows} - set(labels))
@@ -109,6 +110,6 @@ def prepare(options: TaskOptions) -> TaskSetup:
         metric_name="eval_accuracy", greater_is_better=True,
         num_tokens=sum(len(x["input_ids"]) for x in train_set),
         info={"labels": labels, "text_column": used_column, "train_records": len(train_rows),
-              "dev_records": len(dev_rows), "few_shot": opts.get("few_shot")},
+              "dev_records": len(dev_rows), "few_shot": opts.few_shot},
         trainable_modules=head_modules(model),
     )

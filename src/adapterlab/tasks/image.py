@@ -17,12 +17,14 @@ from ..data.image import ImageClassificationDataset, list_images
 from ..data.image_protocols import PROTOCOLS, read_protocol
 from ..errors import UsageError
 from .base import TaskOptions, TaskSetup
+from .options import ImageOptions
 from .classification import accuracy, head_modules
 from .labelled import label_test, load_classifier, select
 from .scratch import is_config_spec
 
 # The per-task TrainConfig fields this task reads (see adapterlab.tasks); the others are refused when set.
-TRAIN_FIELDS = frozenset({"few_shot", "max_train_samples", "split"})
+OPTIONS = ImageOptions
+TRAIN_FIELDS = OPTIONS.names()
 SPLITS = ("random", *PROTOCOLS)
 Examples = tuple[list[Path], list[str]]
 
@@ -80,7 +82,7 @@ def prepare(options: TaskOptions) -> TaskSetup:
     options.options: split ("random": --eval-data or --val-size of every class, by seed; a benchmark protocol:
     its lists), few_shot (K training images per class, chosen by seed), max_train_samples.
     """
-    split = options.options.get("split") or "random"
+    split = OPTIONS.of(options.options).split or "random"
     if split not in SPLITS:
         raise UsageError(f"--split {split} is not an image-cls split; pass one of {', '.join(SPLITS)}.")
     if split != "random" and (options.eval_data or options.val_size):
@@ -100,6 +102,6 @@ def prepare(options: TaskOptions) -> TaskSetup:
         greater_is_better=True,
         info={"labels": labels, "train_records": len(train), "dev_records": len(dev_set) if dev_set else 0,
               "test_records": len(tested) if tested else 0, "split": "eval-data" if options.eval_data else split,
-              "few_shot": options.options.get("few_shot"), "pretrained": not is_config_spec(options.model)},
+              "few_shot": OPTIONS.of(options.options).few_shot, "pretrained": not is_config_spec(options.model)},
         trainable_modules=head_modules(model),
     )

@@ -18,6 +18,7 @@ from ..errors import DataError
 from ..data.sampling import few_shot, require_two_classes, stratified_split
 from ..data.splits import subsample
 from .base import TaskOptions
+from .options import FewShot, Subset
 from .scratch import build_classifier, is_config_spec
 
 
@@ -39,7 +40,7 @@ def select(files: list[Path], names: list[str], options: TaskOptions, source: tu
     seeded subset of the examples (as for text tasks, before any dev examples are held out of them); `few_shot`
     then keeps K training examples per class. `source` (where the labels come from, how to fix them) names
     the labels in the error for single-class data."""
-    keep = subsample(list(range(len(files))), options.options.get("max_train_samples"), options.seed)
+    keep = subsample(list(range(len(files))), Subset.of(options.options).max_train_samples, options.seed)
     files, names = [files[i] for i in keep], [names[i] for i in keep]
     dev_mask = [dev_mask[i] for i in keep] if dev_mask is not None else None
     require_two_classes(names, *source)
@@ -57,7 +58,7 @@ def select(files: list[Path], names: list[str], options: TaskOptions, source: tu
         else:
             train, held = stratified_split(ids, options.val_size, options.seed)
         dev_files, dev_ids = [files[i] for i in held], [ids[i] for i in held]
-    shots = options.options.get("few_shot")
+    shots = FewShot.of(options.options).few_shot
     if shots:
         train = [train[i] for i in few_shot([ids[i] for i in train], int(shots), options.seed)]
     return {"labels": labels, "train": ([files[i] for i in train], [ids[i] for i in train]),

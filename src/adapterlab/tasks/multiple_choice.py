@@ -20,10 +20,12 @@ from ..data.sampling import few_shot
 from ..data.splits import holdout, subsample
 from ..models.choices import choice_loss
 from .base import TaskOptions, TaskSetup
+from .options import MultipleChoiceOptions
 from .classification import accuracy, head_modules
 
 # The per-task TrainConfig fields this task reads (see adapterlab.tasks); the others are refused when set.
-TRAIN_FIELDS = frozenset({"text_column", "label_column", "cutoff_len", "max_train_samples", "few_shot", "dtype"})
+OPTIONS = MultipleChoiceOptions
+TRAIN_FIELDS = OPTIONS.names()
 NOT_APPLICABLE = {"text_pair_column": "the choices are the second text of every pair"}
 
 
@@ -64,17 +66,17 @@ def prepare(options: TaskOptions) -> TaskSetup:
     """
     from ..models import load_model
 
-    opts = options.options
-    columns = dict(question_column=opts.get("text_column"), label_column=opts.get("label_column") or "label")
-    items = subsample(read_choice_items(options.data, **columns), opts.get("max_train_samples"), options.seed)
+    opts = OPTIONS.of(options.options)
+    columns = dict(question_column=opts.text_column, label_column=opts.label_column or "label")
+    items = subsample(read_choice_items(options.data, **columns), opts.max_train_samples, options.seed)
     dev_items = read_choice_items(options.eval_data, **columns) if options.eval_data else []
     train_items, held = holdout(items, options.val_size, options.seed)
     dev_items = dev_items or held
-    if opts.get("few_shot"):
-        train_items = [train_items[i] for i in few_shot([it.gold for it in train_items], int(opts["few_shot"]),
+    if opts.few_shot:
+        train_items = [train_items[i] for i in few_shot([it.gold for it in train_items], int(opts.few_shot),
                                                         options.seed)]
-    model, tokenizer = load_model(options.model, task="multiple-choice", dtype=opts.get("dtype") or "float32")
-    cutoff = int(opts.get("cutoff_len", 256))
+    model, tokenizer = load_model(options.model, task="multiple-choice", dtype=opts.dtype or "float32")
+    cutoff = int(opts.cutoff_len)
     train_set = [encode(tokenizer, it, cutoff) for it in train_items]
     dev_set = [encode(tokenizer, it, cutoff) for it in dev_items]
     num_choices = max(len(it.choices) for it in [*train_items, *dev_items])
@@ -84,6 +86,6 @@ def prepare(options: TaskOptions) -> TaskSetup:
         metric_name="eval_accuracy", greater_is_better=True, compute_loss=choice_loss,
         num_tokens=sum(len(ids) for x in train_set for ids in x["input_ids"]),
         info={"train_records": len(train_items), "dev_records": len(dev_items), "num_choices": num_choices,
-              "few_shot": opts.get("few_shot"), "few_shot_unit": "questions per gold position"},
+              "few_shot": opts.few_shot, "few_shot_unit": "questions per gold position"},
         trainable_modules=head_modules(model),
     )

@@ -1,19 +1,15 @@
-"""Checkpoints that hold only what is trained (adapter + head parameters) plus the optimizer state.
+"""The files of checkpoints that hold only what is trained (adapter + head parameters) plus the optimizer state.
 
-`AdapterTrainer` swaps the HF Trainer's full-model save/load for `trainable.safetensors`; everything else
-(optimizer, scheduler, RNG states, trainer state, rotation) stays the Trainer's own. A checkpoint counts as
-complete once trainer_state.json, which the Trainer writes last, holds a whole JSON object; a save that
-fails (a full disk) removes its incomplete checkpoint, so the previous one stays the one to resume.
+`trainable.safetensors` (written and read here; the Trainer in trainer.py saves and loads through these) and
+head.safetensors; a checkpoint counts as complete once trainer_state.json, which the Trainer writes last,
+holds a whole JSON object.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import shutil
 import warnings
-from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -23,9 +19,6 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from ..errors import IncompatibleAdapterError
 from ..files import (check_safetensors, check_torch_archive, group_file, read_safetensors, write_atomic,
                      write_safetensors)
-from ..objectives import training_objective
-from ..stochastic import draw_context
-from .divergence import DivergenceGuard
 
 TRAINABLE_NAME = "trainable.safetensors"
 HEAD_NAME = "head.safetensors"
@@ -132,102 +125,5 @@ def load_head(model: nn.Module, directory: str | os.PathLike) -> bool:
     return True
 
 
-def counted_items(inputs: dict, shifted: bool) -> int:
-    """The label items of one micro-batch as the Trainer counts them for num_items_in_batch (labels other than
-    -100; for a causal LM the next-token labels), over which a model's own loss takes its mean."""
-    labels = inputs.get("shift_labels")
-    if labels is None:
-        labels = inputs.get("labels")
-        if labels is None:
-            return 0
-        labels = labels[..., 1:] if shifted else labels
-    return int(labels.ne(-100).sum())
-
-
-@contextlib.contextmanager
-def declared_adapted(model: nn.Module | None) -> Iterator[None]:
-    """Inside the block, a quantized model that trains adapters says so as transformers expects.
-
-    The Trainer refuses a quantized model unless PEFT adapters are attached, which it reads from the
-    `_hf_peft_config_loaded` flag; adapterlab's adapters are its own modules, so the flag is set for the
-    Trainer's construction only (it also steers save_pretrained, which must stay as it is).
-    """
-    adapted = (model is not None and getattr(model, "is_quantized", False)
-               and not getattr(model, "_hf_peft_config_loaded", False)
-               and any(p.requires_grad for p in model.parameters()))
-    if adapted:
-        model._hf_peft_config_loaded = True
-    try:
-        yield
-    finally:
-        if adapted:
-            del model._hf_peft_config_loaded  # back to the class default
-
-
-class AdapterTrainer(DivergenceGuard):
-    """HF Trainer whose checkpoints hold the trainable parameters only (unless the whole model trains), and which
-    stops at the first step whose loss or gradient norm is NaN or inf (`DivergenceGuard`)."""
-
-    def __init__(self, *args, full_model: bool = False, **kwargs) -> None:
-        with declared_adapted(kwargs.get("model", args[0] if args else None)):
-            super().__init__(*args, **kwargs)
-        self.full_model = full_model
-
-    def training_step(self, model: nn.Module, inputs: dict, num_items_in_batch=None):
-        """One step with the step's random draws held through forward and backward (stochastic methods such as
-        MoSA; a no-op for the others): the same on every rank and micro-batch, and after --resume."""
-        objective = training_objective(self.model)
-        groups = objective.groups if objective is not None else 1
-        with draw_context(self.model, step=self.state.global_step, groups=groups, seed=self.args.seed):
-            return super().training_step(model, inputs, num_items_in_batch)
-
-    def compute_loss(self, model: nn.Module, inputs: dict, return_outputs: bool = False, num_items_in_batch=None):
-        """The model's loss, or the active method's training objective (e.g. MoSA's consistency loss) in training;
-        either divided by the label items of the whole accumulated batch when the Trainer counts them.
-
-        The Trainer hands the count to any model whose forward takes **kwargs and then skips its own division by
-        the accumulation steps, but many heads drop it (BERT's, transformers' generic sequence-classification
-        head; transformers#47688): their loss came out once per micro-batch, `accumulation` x too large. So the
-        model gives its mean over this micro-batch's items, weighted here by their share of the count.
-        """
-        objective = training_objective(self.model) if model.training else None
-        scaled = self.model_accepts_loss_kwargs and num_items_in_batch is not None  # as the Trainer's own loss
-        if objective is not None:
-            loss, outputs = objective.loss(model, inputs, int(num_items_in_batch) if scaled else None)
-        elif scaled and (items := counted_items(inputs, getattr(self, "_loss_shifts_labels", False))):
-            loss, outputs = super().compute_loss(model, inputs, return_outputs=True)
-            loss = loss * (items / num_items_in_batch)
-        else:
-            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-        if scaled and self.args.average_tokens_across_devices:
-            loss = loss * self.accelerator.num_processes
-        return (loss, outputs) if return_outputs else loss
-
-    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
-        if self.full_model:
-            return super()._save(output_dir, state_dict)
-        if self.args.should_save:
-            save_trainable(self.model, Path(output_dir or self.args.output_dir) / TRAINABLE_NAME)
-
-    def _save_checkpoint(self, model: nn.Module, trial) -> None:
-        """The Trainer's checkpoint save; one that fails half-way (a full disk) is removed, not left half-written."""
-        folder = Path(self._get_output_dir(trial=trial)) / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
-        try:
-            super()._save_checkpoint(model, trial)
-        except BaseException:
-            if self.args.should_save and not is_complete(folder):
-                shutil.rmtree(folder, ignore_errors=True)
-            raise
-
-    def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
-        path = Path(resume_from_checkpoint) / TRAINABLE_NAME
-        if self.full_model:
-            return super()._load_from_checkpoint(resume_from_checkpoint, model)
-        if not path.is_file():
-            raise IncompatibleAdapterError(f"{resume_from_checkpoint} has no {TRAINABLE_NAME}; it is not a "
-                                           "checkpoint of an adapter run.")
-        load_trainable(model if model is not None else self.model, path)
-
-
-__all__ = ["AdapterTrainer", "check_checkpoint", "last_checkpoint", "load_head", "load_trainable", "save_head",
+__all__ = ["check_checkpoint", "last_checkpoint", "load_head", "load_trainable", "save_head",
            "save_trainable"]

@@ -3,8 +3,9 @@
 Field metadata holds the flag help and the LLM-Adapters finetune.py aliases, so the CLI is generated from
 this dataclass and a YAML file can set any field by name. Values are coerced to the annotated types (so
 `lr: 3e-4`, which YAML reads as a string, works) or refused naming the setting. Fields marked `per_task`
-are read by some tasks only: each task module lists those it reads (`TRAIN_FIELDS`), and a value other than
-the default for a task that does not read it is refused rather than ignored.
+are read by some tasks only: they are defined (help, aliases, default) once in the tasks' option classes
+(`adapterlab.tasks.options`), and a value other than the default for a task that does not read it is refused
+rather than ignored.
 """
 
 from __future__ import annotations
@@ -16,16 +17,17 @@ from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..data.templates import TEMPLATES
 from ..errors import AdapterError, MissingPathError, UsageError
 from ..models.quantize import check_bitsandbytes
-from ..coerce import Mismatch, coerce, describe
-from ..registry import config_class, make_config, method_names
+from ..core.coerce import Mismatch, coerce, describe
 from ..tasks import task_module, tasks_reading
-from ..tasks.base import quantization
+from ..tasks.base import TaskOptions, quantization
+from ..tasks.options import task_setting
+from .trainable import Trainable, trainable_for
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 RECIPES = ("adapterlab", "llm-adapters")
-from ..data.templates import TEMPLATES
 # Fields that steer how a run proceeds but not what it computes: they may differ when a run is resumed.
 RUN_CONTROL = ("resume", "overwrite", "output")
 
@@ -55,9 +57,7 @@ class TrainConfig:
                       default="")
     data: list[str] = flag("training data file(s)", "--data_path", default_factory=list)
     output: str = flag("run folder", "--output_dir", default="")
-    recipe: str = flag("whose defaults the settings not given take: adapterlab, or llm-adapters (their finetune.py "
-                       "and PEFT fork's; chosen by itself when a command spells a flag as finetune.py does, e.g. "
-                       "--base_model or --adapter_name)", per_task=True, default="adapterlab")
+    recipe: str = task_setting("recipe")
     task: str = flag("causal-lm (instruction tuning), seq-cls (text classification), "
                      "multiple-choice (PIQA, ARC, ...: one score per choice), audio-cls or image-cls",
                      default="causal-lm")
@@ -66,52 +66,25 @@ class TrainConfig:
     eval_data: list[str] = flag("dev data file(s); else --val-size records are held out", default_factory=list)
     val_size: int | float = flag("dev records held out of the training data (a count, or a fraction < 1)",
                                  "--val_set_size", default=0)
-    max_train_samples: int | None = flag("use a seeded random subset of this many records of --data (the dev "
-                                         "records of --val-size / --split are then held out of it)",
-                                         per_task=True, default=None)
-    template: str = flag("prompt: alpaca (LLM-Adapters' evaluation prompt), llm-adapters (the exact text their "
-                         "finetune.py trains on) or chat (the tokenizer's chat template)", per_task=True,
-                         default="alpaca")
-    cutoff_len: int = flag("maximum tokens per example", "--cutoff_len", per_task=True, default=256)
-    train_on_inputs: bool = flag("also put the loss on the prompt tokens", "--train_on_inputs", per_task=True,
-                                 default=False)
-    add_eos: bool = flag("append EOS to each example when it fits", per_task=True, default=True)
-    text_column: str | None = flag("column holding the text (guessed if unset)", per_task=True, default=None)
-    text_pair_column: str | None = flag("second text column (sentence pairs)", per_task=True, default=None)
-    label_column: str = flag("column holding the label", per_task=True, default="label")
-    few_shot: int | None = flag("keep K training examples per class, chosen by --seed (after the dev split); "
-                                "causal-lm refuses it: free-text outputs have no classes (use "
-                                "--max-train-samples)", per_task=True, default=None)
-    max_length: int | None = flag("audio input length, padded or cut: AST spectrogram frames (a checkpoint's "
-                                  "position embeddings are interpolated to it); wav2vec2/HuBERT waveform samples at "
-                                  "16 kHz (default 16000, 1 s)", per_task=True, default=None)
-    pooling: str | None = flag("what the audio head reads of the encoder's output: cls (AST: the mean of its CLS and "
-                               "distillation tokens) or mean (all tokens or frames, as Cappellazzo et al.'s PETL-AST "
-                               "code); default: the transformers class's own (AST cls, wav2vec2/HuBERT mean)",
-                               per_task=True, default=None)
-    labels_csv: str | None = flag("CSV with file,label columns (file relative to the data folder)", per_task=True,
-                                  default=None)
-    label_pattern: str | None = flag("regex on file names whose first group is the label (default: the prefix "
-                                     "before the first _)", per_task=True, default=None)
-    split: str = flag("dev set: random (--val-size of every class), fsdd (file takes 0-4), or a dataset's own "
-                      "protocol, --data being its root: esc50 (fold K tests, fold K-1 is dev, three train), "
-                      "urbansound8k (fold K is dev, nine train), fsdd-speakers (speaker K is dev), speech-commands "
-                      "and fluent-speech (official train/validation/test lists; validation is dev); image-cls: fgvc "
-                      "(VPT's train/val/test.json), vtab-1k (train800val200 trains, val200 is dev, as MoSA's final "
-                      "runs) or vtab-1k-tune (train800 / val200). A test set is scored after training with the "
-                      "best dev weights", per_task=True, default="random")
-    fold: str | None = flag("the fold of --split esc50 / urbansound8k (1-5 / 1-10) or fsdd-speakers (a speaker name)",
-                            per_task=True, default=None)
-    cross_validate: bool = flag("train once per fold of --split into OUTPUT/fold-K (ordinary run folders) and write "
-                                "OUTPUT/cross_validation.json and .md: each fold's best dev (and test) metric, their "
-                                "mean and standard deviation", per_task=True, default=False)
-    freq_mask: int = flag("SpecAugment: each time a training spectrogram is served, zero one band of 0 to F-1 mel "
-                          "bins (normalised features, as PETL-for-AST: F=24 on ESC-50 and UrbanSound8K); 0 = off",
-                          per_task=True, default=0)
-    time_mask: int = flag("SpecAugment: likewise one band of 0 to T-1 frames (PETL-for-AST: T=80); 0 = off",
-                          per_task=True, default=0)
-    decontaminate: list[str] = flag("eval files whose questions are dropped from the training data", per_task=True,
-                                    default_factory=list)
+    max_train_samples: int | None = task_setting("max_train_samples")
+    template: str = task_setting("template")
+    cutoff_len: int = task_setting("cutoff_len")
+    train_on_inputs: bool = task_setting("train_on_inputs")
+    add_eos: bool = task_setting("add_eos")
+    text_column: str | None = task_setting("text_column")
+    text_pair_column: str | None = task_setting("text_pair_column")
+    label_column: str = task_setting("label_column")
+    few_shot: int | None = task_setting("few_shot")
+    max_length: int | None = task_setting("max_length")
+    pooling: str | None = task_setting("pooling")
+    labels_csv: str | None = task_setting("labels_csv")
+    label_pattern: str | None = task_setting("label_pattern")
+    split: str = task_setting("split")
+    fold: str | None = task_setting("fold")
+    cross_validate: bool = task_setting("cross_validate")
+    freq_mask: int = task_setting("freq_mask")
+    time_mask: int = task_setting("time_mask")
+    decontaminate: list[str] = task_setting("decontaminate")
     epochs: float = flag("training epochs", "--num_epochs", default=3.0)
     max_steps: int = flag("stop after this many optimizer steps (overrides --epochs when > 0)", default=-1)
     lr: float = flag("peak learning rate", "--learning_rate", default=3e-4)
@@ -131,22 +104,16 @@ class TrainConfig:
                                         "--use_gradient_checkpointing", default=False)
     precision: str = flag("auto (bf16 on GPUs that have it, else fp16 on GPU, fp32 on CPU), fp32, bf16, fp16",
                           default="auto")
-    dtype: str | None = flag("dtype the base model is loaded in (e.g. bfloat16); adapters train in float32",
-                             per_task=True, default=None)
-    load_8bit: bool = flag("load the base quantized to 8 bits (bitsandbytes LLM.int8); adapters train in float32 "
-                           "on top (needs bitsandbytes)", "--load-in-8bit", "--load_in_8bit", per_task=True,
-                           default=False)
-    load_4bit: bool = flag("QLoRA: load the base quantized to 4 bits (bitsandbytes NF4, double quantization, bf16 "
-                           "compute); adapters train in float32 on top (needs bitsandbytes)", "--load-in-4bit",
-                           "--load_in_4bit", per_task=True, default=False)
+    dtype: str | None = task_setting("dtype")
+    load_8bit: bool = task_setting("load_8bit")
+    load_4bit: bool = task_setting("load_4bit")
     seed: int = flag("seed for data order, splits and adapter init", default=42)
     num_workers: int = flag("data loader worker processes", default=0)
     resume: bool = flag("continue from the last complete checkpoint in the run folder", default=False)
     resume_from_checkpoint: str | None = flag(
         "start from this folder, as LLM-Adapters' flag: a run's checkpoint folder (weights, optimizer, schedule and "
         "step) or a saved adapter folder (its weights only; training starts afresh)", default=None)
-    group_by_length: bool = flag("batch examples of similar length together (the Trainer's group_by_length)",
-                                 per_task=True, default=False)
+    group_by_length: bool = task_setting("group_by_length")
     overwrite: bool = flag("replace a run of another config already in the output folder", default=False)
 
     def __post_init__(self) -> None:
@@ -164,8 +131,7 @@ class TrainConfig:
             raise AdapterError("No run folder given: pass --output DIR.")
         self.check_task_fields()
         self.check_adapter_options()
-        if self.adapter != "full":  # the option values too (MoSA's --base prompt), before the model is loaded
-            make_config(self.adapter, **self.adapter_options)
+        self.trainable.check_values(self.adapter_options)  # before the model is loaded
         if self.template not in TEMPLATES:
             raise AdapterError(f"--template must be one of {TEMPLATES}, got {self.template!r}.")
         if self.recipe not in RECIPES:
@@ -190,6 +156,11 @@ class TrainConfig:
             raise UsageError(f"--fold {self.fold} picks one fold and --cross-validate runs every fold; pass one.")
 
     @property
+    def trainable(self) -> Trainable:
+        """What the run trains: the adapter method, or every weight (`--adapter full`)."""
+        return trainable_for(self.adapter)
+
+    @property
     def quantize(self) -> str | None:
         """The quantization the base is loaded with: "8bit", "4bit" or None."""
         return quantization(vars(self))
@@ -200,10 +171,7 @@ class TrainConfig:
             raise UsageError("--load-8bit and --load-4bit pick different quantizations of the base; pass one.")
         if self.quantize is None:
             return
-        flag_given = "--load-8bit" if self.load_8bit else "--load-4bit"
-        if self.adapter == "full":
-            raise UsageError(f"--adapter full trains every base weight, which {flag_given} stores quantized and "
-                             "frozen; pick an adapter method (e.g. --adapter lora) or drop the flag.")
+        self.trainable.check_quantized("--load-8bit" if self.load_8bit else "--load-4bit")
         check_bitsandbytes(self.quantize)
 
     def check_start_folder(self) -> None:
@@ -239,19 +207,13 @@ class TrainConfig:
 
     def check_adapter_options(self) -> None:
         """Refuse adapter options that the chosen method does not have, naming the methods that do."""
-        if self.adapter == "full":
-            if self.adapter_options:
-                given = ", ".join(flag_name(k) for k in sorted(self.adapter_options))
-                raise AdapterError(f"--adapter full trains every weight and takes no adapter options; drop {given}.")
-            return
-        accepted = config_class(self.adapter).accepted_options(self.adapter_options)
-        for name in sorted(set(self.adapter_options) - accepted):
-            having = [m for m in method_names() if name in config_class(m).option_names()]
-            owners = f"an option of {', '.join(having)}" if having else "not an option of any method"
-            given = " / ".join(dict.fromkeys(option_flag(name, m) for m in having or [self.adapter]))
-            raise AdapterError(f"{given} is {owners}, not of --adapter {self.adapter} (its options: "
-                               f"{', '.join(option_flag(o, self.adapter) for o in sorted(accepted))}); drop it or "
-                               "change --adapter.")
+        self.trainable.check_options(self.adapter_options, option_flag)
+
+    def task_options(self) -> TaskOptions:
+        """What the run's task receives: the model, data, dev-set settings and the per-task settings."""
+        keys = [f.name for f in dataclasses.fields(self) if f.metadata.get("per_task")]
+        return TaskOptions(model=self.model, data=list(self.data), eval_data=list(self.eval_data) or None,
+                           val_size=self.val_size, seed=self.seed, options={k: getattr(self, k) for k in keys})
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -261,7 +223,7 @@ class TrainConfig:
         return {k: v for k, v in self.to_dict().items() if k not in RUN_CONTROL}
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any], source: str | None = None) -> "TrainConfig":
+    def from_dict(cls, data: dict[str, Any], source: str | None = None) -> TrainConfig:
         """A config from a dict (e.g. a YAML file), rejecting unknown keys with the valid ones; values are
         coerced to the field types (`"3e-4"` -> 0.0003) or refused naming `source` (e.g. the file)."""
         known = {f.name for f in dataclasses.fields(cls)}

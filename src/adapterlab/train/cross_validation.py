@@ -14,13 +14,14 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from ..errors import AdapterError, RunFolderError, UsageError
+from ..errors import RunClashError, UsageError
 from ..files import read_json_object, write_atomic, write_json
 from ..tasks import task_module
 from .config import TrainConfig
-from .recipe import is_main_process, task_options, train
+from .recipe import is_main_process, train
 from .checkpointing import last_checkpoint
-from .run_dir import CHECKPOINTS, CONFIG_FILE, SUMMARY, check_output, check_run_dir, differences, read_run_config
+from .run_dir import CHECKPOINTS, CONFIG_FILE, SUMMARY, check_output, differences, read_run_config
+from .run_folder import RunFolder
 
 SUMMARY_JSON, SUMMARY_MD = "cross_validation.json", "cross_validation.md"
 STD_NOTE = "population standard deviation over the folds (ddof=0, numpy.std, as PETL-for-AST's main.py reports)"
@@ -31,7 +32,7 @@ def task_folds(config: TrainConfig) -> list[str]:
     folds = getattr(task_module(config.task), "folds", None)
     if folds is None:
         raise UsageError(f"--cross-validate: --task {config.task} has no splits with folds; drop --cross-validate.")
-    return folds(task_options(config))
+    return folds(config.task_options())
 
 
 def fold_config(config: TrainConfig, fold: str) -> TrainConfig:
@@ -57,21 +58,21 @@ def check_folders(config: TrainConfig, plans: list[TrainConfig]) -> None:
     out = Path(config.output)
     check_output(out, config.model)
     if (out / CONFIG_FILE).is_file():
-        raise RunFolderError(f"--output {out} holds a single run ({CONFIG_FILE}); --cross-validate writes one run "
+        raise RunClashError(f"--output {out} holds a single run ({CONFIG_FILE}); --cross-validate writes one run "
                              "folder per fold inside --output: choose another folder.")
     if (out / SUMMARY_JSON).is_file() and not (config.resume or config.overwrite):
-        raise RunFolderError(f"--output {out} already holds a cross-validation ({SUMMARY_JSON}); pass --resume to "
+        raise RunClashError(f"--output {out} already holds a cross-validation ({SUMMARY_JSON}); pass --resume to "
                              "continue it, --overwrite to start over, or choose another --output.")
     for plan in plans:
         plan.validate()
         fold_out = Path(plan.output)
         check_output(fold_out, plan.model)
         if not finished(plan):
-            check_run_dir(fold_out, plan)  # refuses what the fold's own run would refuse
+            RunFolder(fold_out).check(plan)  # refuses what the fold's own run would refuse
             continue
         changed = differences(read_run_config(fold_out) or {}, plan)
         if changed:
-            raise AdapterError(f"--resume: the finished run in {fold_out} was made with other settings "
+            raise RunClashError(f"--resume: the finished run in {fold_out} was made with other settings "
                                f"({', '.join(changed)} differ); resume with the same settings, or start over with "
                                "--overwrite.")
 

@@ -25,8 +25,8 @@ import torch
 from torch.utils.data import DataLoader
 from transformers import Trainer, set_seed
 
-from ..engine import count_parameters
-from ..errors import AdapterError, RunFolderError
+from ..core.engine import count_parameters
+from ..errors import AdapterError
 from ..files import replace_files, write_json, write_safetensors
 from ..tasks.base import TaskSetup
 from .callbacks import MetricsLog
@@ -34,7 +34,8 @@ from .progress import use_readable_progress
 from .config import TrainConfig
 from .multitask import MultiTaskModel, ProportionalTaskBatches, TaskCollator, TaskExamples
 from .recipe import prepare_task, resolve_precision, training_arguments
-from .run_dir import METRICS, SUMMARY, check_output, clear_run, record_outputs, run_outputs
+from .run_dir import METRICS, SUMMARY, check_output, clear_run, record_outputs
+from .run_folder import RunFolder
 from ..folder_lock import claim_run_folder
 
 ENCODER_FILE = "shared-encoder.safetensors"
@@ -135,7 +136,7 @@ def save_multitask(model: MultiTaskModel, setups: dict[str, TaskSetup], out: Pat
 def train_multitask(model: MultiTaskModel, setups: dict[str, TaskSetup], config: TrainConfig,
                     output: str | Path) -> dict[str, Any]:
     """Train every task of `model` jointly with `config`'s settings; returns the summary (also summary.json)."""
-    if config.adapter != "full":
+    if not config.trainable.full:
         raise AdapterError(f"Multi-task training here is full fine-tuning (one shared encoder); got --adapter "
                            f"{config.adapter}. Train adapters one task at a time.")
     if config.resume or config.save_steps:
@@ -145,8 +146,7 @@ def train_multitask(model: MultiTaskModel, setups: dict[str, TaskSetup], config:
         raise AdapterError(f"The task setups {sorted(setups)} do not match the model's tasks {sorted(model.tasks)}.")
     out = Path(output)
     check_output(out, config.model)
-    if run_outputs(out) and not config.overwrite:
-        raise RunFolderError(f"{out} holds an earlier run; pass overwrite (--overwrite) or choose another output.")
+    RunFolder(out).check_new(config.overwrite)
     with claim_run_folder(out):
         return _train(model, setups, config, out)
 

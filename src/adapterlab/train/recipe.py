@@ -8,7 +8,6 @@ what a checkpoint holds (see `checkpointing`), and what the run folder ends up w
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import importlib
 import json
 import os
@@ -22,24 +21,21 @@ import torch
 from transformers import TrainerCallback, TrainingArguments, set_seed
 
 from .. import __version__
-from ..checkpoint import write_adapter_files
-from ..engine import attach, check_inputs, count_parameters
+from ..core.engine import check_inputs, count_parameters
 from ..errors import AdapterError, UsageError
 from ..files import group_file, read_json_object, replace_files, write_json
-from ..models.quantize import is_quantized, prepare_for_kbit_training
-from ..registry import config_class
-from ..stochastic import stochastic_modules
+from ..core.stochastic import stochastic_modules
 from ..tasks import TASKS
-from ..tasks.base import TaskOptions, TaskSetup
+from ..tasks.base import TaskSetup
 from .callbacks import BestKeeper, MetricsLog
 from .progress import use_readable_progress
-from .checkpointing import (TRAINABLE_NAME, AdapterTrainer, check_checkpoint, last_checkpoint, load_trainable,
-                            save_head, save_trainable)
+from .checkpointing import TRAINABLE_NAME, check_checkpoint, last_checkpoint, load_trainable, save_trainable
 from .config import TrainConfig
+from .run_folder import RunFolder
 from .plot import plot_metrics
-from .run_dir import (BEST, CHECKPOINTS, METRICS, PLOT, SUMMARY, check_output, check_run_dir, clear_run,
-                      record_outputs, write_run_config)
+from .run_dir import BEST, CHECKPOINTS, METRICS, PLOT, SUMMARY, check_output, clear_run, record_outputs, write_run_config
 from ..folder_lock import claim_run_folder
+from .trainer import AdapterTrainer
 from .warm_start import warm_start
 
 
@@ -60,38 +56,18 @@ def resolve_precision(precision: str) -> str:
     return "fp32"
 
 
-def task_options(config: TrainConfig) -> TaskOptions:
-    """The options a task receives, from the run config."""
-    keys = [f.name for f in dataclasses.fields(TrainConfig) if f.metadata.get("per_task")]
-    return TaskOptions(model=config.model, data=list(config.data), eval_data=list(config.eval_data) or None,
-                       val_size=config.val_size, seed=config.seed, options={k: getattr(config, k) for k in keys})
-
-
 def prepare_task(config: TrainConfig) -> TaskSetup:
     """Run the task's `prepare` (data, model with head, collator, metric)."""
     if config.task not in TASKS:
         raise AdapterError(f"Unknown task {config.task!r}; known tasks: {', '.join(sorted(TASKS))}.")
-    return importlib.import_module(TASKS[config.task]).prepare(task_options(config))
+    return importlib.import_module(TASKS[config.task]).prepare(config.task_options())
 
 
 def make_trainable(model: torch.nn.Module, config: TrainConfig, head_modules: list[str],
                    frozen_modules: Sequence[str] = ()) -> None:
     """Attach the adapter (base frozen) and unfreeze the task head (unless the method trains it itself), or unfreeze
-    everything but `frozen_modules` for `full`."""
-    if config.adapter == "full":
-        if config.adapter_options:
-            raise AdapterError(f"--adapter full takes no adapter options, got {sorted(config.adapter_options)}.")
-        model.requires_grad_(True)
-        for name in frozen_modules:
-            model.get_submodule(name).requires_grad_(False)
-        return
-    attach(model, config.adapter, **config.adapter_options)
-    if is_quantized(model):
-        prepare_for_kbit_training(model)
-    if config_class(config.adapter).trains_head:  # linear_probe: the head trains through the adapter's deltas
-        return
-    for name in head_modules:
-        model.get_submodule(name).requires_grad_(True)
+    everything but `frozen_modules` for full fine-tuning: as the run's `Trainable` says."""
+    config.trainable.prepare(model, config.adapter_options, head_modules, frozen_modules)
 
 
 def training_arguments(config: TrainConfig, setup: TaskSetup, checkpoints: Path) -> TrainingArguments:
@@ -180,9 +156,9 @@ def train(config: TrainConfig, callbacks: Sequence[TrainerCallback] = ()) -> dic
 def _train(config: TrainConfig, out: Path, main: bool, callbacks: Sequence[TrainerCallback]) -> dict[str, Any]:
     """`train` once the run folder is ours (the main process holds its lock)."""
     # Only the main process judges the folder (the others would race with its writes); all resume alike.
-    checkpoint = check_run_dir(out, config) if main else (last_checkpoint(out / CHECKPOINTS) if config.resume else None)
+    checkpoint = RunFolder(out).check(config) if main else (last_checkpoint(out / CHECKPOINTS) if config.resume else None)
     if checkpoint is not None:
-        check_checkpoint(checkpoint, full_model=config.adapter == "full")
+        check_checkpoint(checkpoint, full_model=config.trainable.full)
     set_seed(config.seed)
     setup = prepare_task(config)
     model = setup.model
@@ -191,7 +167,7 @@ def _train(config: TrainConfig, out: Path, main: bool, callbacks: Sequence[Train
     if isinstance(first, dict):  # inputs the adapter cannot take are refused before the folder is written
         check_inputs(model, set(first))
     if config.resume_from_checkpoint:
-        checkpoint = warm_start(model, config.resume_from_checkpoint, full_model=config.adapter == "full")
+        checkpoint = warm_start(model, config.resume_from_checkpoint, full_model=config.trainable.full)
     trainable, total = count_parameters(model)
     args = training_arguments(config, setup, out / CHECKPOINTS)
     if main:
@@ -214,7 +190,7 @@ def _train(config: TrainConfig, out: Path, main: bool, callbacks: Sequence[Train
         callbacks=[MetricsLog(out / METRICS),
                    BestKeeper(setup.metric_name, setup.greater_is_better, keep_best, config.early_stopping),
                    *callbacks],
-        full_model=config.adapter == "full",
+        full_model=config.trainable.full,
     )
     use_readable_progress(trainer)
     tokens_before = json.loads((checkpoint / "trainer_state.json").read_text()).get("num_input_tokens_seen", 0) \
@@ -272,12 +248,7 @@ def save_final(model: torch.nn.Module, config: TrainConfig, setup: TaskSetup, ou
     All are written into a staging folder, recorded in the run's manifest, and swapped in as one group.
     """
     def build(stage: Path) -> None:
-        if config.adapter == "full":
-            model.save_pretrained(stage)
-        else:
-            write_adapter_files(model, stage)
-            if setup.trainable_modules:
-                save_head(model, stage, setup.trainable_modules)
+        config.trainable.save(model, stage, setup.trainable_modules)
         if "labels" in setup.info:
             write_json(stage / "labels.json", {"labels": setup.info["labels"]})
         if setup.processor is not None:

@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from ..errors import AdapterError, RunFolderError
+from ..errors import AdapterError, RunClashError, RunFolderError
 from ..files import PENDING, read_json_object, remove_entry, sweep_stale, write_atomic, write_json
 from ..models import model_folder
 from .checkpointing import last_checkpoint
@@ -112,19 +112,20 @@ def differences(saved: dict[str, Any], config: TrainConfig) -> list[str]:
 def check_run_dir(out: Path, config: TrainConfig) -> Path | None:
     """Check that the run may use `out`; returns the checkpoint to resume from, if resuming.
 
-    A folder holding another run is refused unless --overwrite; the same run needs --resume or --overwrite.
+    The one resume / overwrite policy (`RunFolder.check`): a folder holding another run is refused unless
+    --overwrite; the same run needs --resume or --overwrite; every refusal is a `RunClashError`.
     """
     saved = read_run_config(out)
     if config.resume:
         if saved is None:
-            raise AdapterError(f"--resume: {out} holds no run ({CONFIG_FILE} missing); start without --resume.")
+            raise RunClashError(f"--resume: {out} holds no run ({CONFIG_FILE} missing); start without --resume.")
         diff = differences(saved, config)
         if diff:
-            raise AdapterError(f"--resume: the run in {out} was made with other settings ({', '.join(diff)} "
+            raise RunClashError(f"--resume: the run in {out} was made with other settings ({', '.join(diff)} "
                                "differ); resume with the same settings, or start over with --overwrite.")
         checkpoint = last_checkpoint(out / CHECKPOINTS)
         if checkpoint is None:
-            raise AdapterError(f"--resume: no complete checkpoint in {out / CHECKPOINTS}; "
+            raise RunClashError(f"--resume: no complete checkpoint in {out / CHECKPOINTS}; "
                                "start again with --overwrite.")
         return checkpoint
     if config.overwrite:
@@ -133,12 +134,18 @@ def check_run_dir(out: Path, config: TrainConfig) -> Path | None:
     if saved is not None:
         diff = differences(saved, config)
         if diff:
-            raise AdapterError(f"{out} already holds a run with another config ({', '.join(diff)} differ); "
+            raise RunClashError(f"{out} already holds a run with another config ({', '.join(diff)} differ); "
                                "pass --overwrite to replace it or choose another --output.")
-        raise AdapterError(f"{out} already holds this run; pass --resume to continue it or --overwrite to start over.")
+        raise RunClashError(f"{out} already holds this run; pass --resume to continue it or --overwrite to start over.")
     if any((out / name).exists() for name in run_outputs(out)):
-        raise AdapterError(f"{out} holds files of an earlier run but no {CONFIG_FILE}; pass --overwrite.")
+        raise RunClashError(f"{out} holds files of an earlier run but no {CONFIG_FILE}; pass --overwrite.")
     return None
+
+
+def check_new_run(out: Path, overwrite: bool) -> None:
+    """The policy for runs that keep no checkpoints (multi-task): a folder holding earlier outputs needs --overwrite."""
+    if run_outputs(out) and not overwrite:
+        raise RunClashError(f"{out} holds an earlier run; pass overwrite (--overwrite) or choose another output.")
 
 
 def _outputs_present(out: Path) -> list[Path]:
@@ -171,4 +178,4 @@ def write_run_config(out: Path, config: TrainConfig) -> None:
     write_atomic(out / CONFIG_FILE, lambda tmp: Path(tmp).write_text(text))
 
 
-__all__ = ["check_output", "check_run_dir", "clear_run", "record_outputs", "run_outputs", "write_run_config"]
+__all__ = ["check_new_run", "check_output", "check_run_dir", "clear_run", "record_outputs", "run_outputs", "write_run_config"]

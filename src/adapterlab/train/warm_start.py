@@ -12,7 +12,7 @@ from pathlib import Path
 
 from torch import nn
 
-from ..checkpoint import CONFIG_NAME, WEIGHTS_NAME, load_state
+from ..core.checkpoint import CONFIG_NAME, WEIGHTS_NAME, load_state
 from ..errors import MissingPathError
 from ..files import read_safetensors
 from .checkpointing import check_checkpoint

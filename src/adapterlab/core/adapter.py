@@ -4,7 +4,8 @@ A module at a "module" or "sublayer" site sees the site's input `x` and output `
 `adapt_input(x)` may change the input before the host layer runs (IA3 on the MLP) and
 `adapt_output(x, y)` returns the new output (LoRA: y + BAx; series: y + f(y); parallel: y + f(x)).
 A module at the "model" site rewrites the model's call (`before_model`) and result (`after_model`),
-as prompt and prefix tuning do.
+as prompt and prefix tuning do. A method may give a module a `Gate` (AdapterDrop's per-step skip): the engine
+only asks the adapter whether it `applies` now.
 """
 
 from __future__ import annotations
@@ -15,26 +16,69 @@ import torch
 from torch import nn
 
 from ..errors import AdapterError, NotMergeableError
-from ..layers import is_linear
+from .layers import is_linear
 
 if TYPE_CHECKING:
-    from ..sites import Site
+    from .sites import Site
+
+
+class Gate(nn.Module):
+    """Whether a placed adapter runs now, given to it by its method (`AdapterConfig.gate`): AdapterDrop's skip
+    of the lower blocks. A gate whose adapter is not `present` in a mode has no hooks at all in that mode."""
+
+    def runs(self) -> bool:
+        """Whether the adapter runs in this forward."""
+        return True
+
+    def present(self, training: bool) -> bool:
+        """Whether the adapter needs its hooks in train (True) or eval (False) mode."""
+        return True
 
 
 class Adapter(nn.Module):
-    """Base class of the modules that adapter methods place in a model."""
+    """Base class of the modules that adapter methods place in a model.
+
+    The engine folds an adapter into its host layer with `fold` and takes it out with `unfold`; a mergeable
+    method implements the `merge_into` / `unmerge_from` hooks, and the base keeps `merged` and `requires_grad`."""
 
     def __init__(self) -> None:
         super().__init__()
         self.active = True
         self.merged = False
         self.trainable = True  # whether set_active made it trainable (a merged adapter is frozen meanwhile)
-        self.layer_drop: nn.Module | None = None  # AdapterDrop's per-step skip, set by the engine (adapterdrop.py)
+        self.gate: Gate | None = None  # the method's per-forward gate (AdapterDrop), or None: always runs
 
     @property
     def applies(self) -> bool:
-        """Whether the hooks should run this adapter now (active, not folded into the base, not dropped)."""
-        return self.active and not self.merged and (self.layer_drop is None or self.layer_drop.runs())
+        """Whether the hooks should run this adapter now (active, not folded into the base, its gate open)."""
+        return self.active and not self.merged and (self.gate is None or self.gate.runs())
+
+    @property
+    def hooked(self) -> bool:
+        """Whether this adapter needs its hooks in the model's present mode (a gate may say no in eval mode)."""
+        return self.gate is None or self.gate.present(self.gate.training)
+
+    def fold(self, host: nn.Module) -> None:
+        """Fold this adapter into `host`'s weights (a no-op when it already is) and freeze it meanwhile: its hooks
+        are off while merged, so it would get no gradient."""
+        if self.merged:
+            return
+        self.merge_into(host)
+        self.merged = True
+        self.requires_grad_(False)
+
+    def unfold(self, host: nn.Module) -> None:
+        """Take this adapter back out of `host`'s weights (a no-op when it is not merged); it trains again when
+        it is active and set_active made it trainable."""
+        if not self.merged:
+            return
+        self.unmerge_from(host)
+        self.merged = False
+        self.requires_grad_(self.active and self.trainable)
+
+    def forget_fold(self) -> None:
+        """Keep the merged weights and forget that they hold this adapter (merge_and_unload, before detaching)."""
+        self.merged = False
 
     def adapt_input(self, x: torch.Tensor) -> torch.Tensor:
         return x
@@ -55,12 +99,12 @@ class Adapter(nn.Module):
         """Extra hooks a model-site adapter registers inside the model (e.g. at every block); their handles."""
         return []
 
-    def merge(self, host: nn.Module) -> None:
-        """Fold this adapter into `host`'s weights so that inference costs nothing extra."""
+    def merge_into(self, host: nn.Module) -> None:
+        """Hook of `fold`: add this adapter to `host`'s weights so that inference costs nothing extra."""
         raise NotMergeableError(f"{type(self).__name__} cannot be merged into the base weights.")
 
-    def unmerge(self, host: nn.Module) -> None:
-        """Undo `merge`, restoring the base weights."""
+    def unmerge_from(self, host: nn.Module) -> None:
+        """Hook of `unfold`: undo `merge_into`, restoring the base weights."""
         raise NotMergeableError(f"{type(self).__name__} cannot be unmerged.")
 
 
@@ -91,7 +135,7 @@ def in_dtype_of(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return x
 
 
-def linear_host(site: "Site", model: nn.Module, does: str, examples: str) -> nn.Module:
+def linear_host(site: Site, model: nn.Module, does: str, examples: str) -> nn.Module:
     """The linear layer at `site`, or an AdapterError saying what matched instead and what to target."""
     host = model.get_submodule(site.path)
     if not is_linear(host):

@@ -15,10 +15,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import AdapterError
-from .ia3 import placed_at
-from .lora import peft_heads, peft_task_type
-from .virtual_tokens import text_config
+from ...core.site_hooks import placed_at
+from ...core.sites import text_config
+from ...errors import AdapterError
+from .protocol import PeftMethod, peft_heads, peft_task_type
 
 __all__ = ["placed_at", "peft_prompt_config", "encoded", "check_peft_prompt_config", "peft_key_to_ours",
            "PeftVirtualTokens"]
@@ -87,11 +87,12 @@ def peft_key_to_ours(key: str) -> str:
     return OURS if key == PROMPT_EMBEDDINGS else key
 
 
-class PeftVirtualTokens:
-    """PEFT interop shared by the virtual-token methods: PEFT's file holds one `prompt_embeddings` tensor (what
+class PeftVirtualTokens(PeftMethod):
+    """The `PeftMethod` of the virtual-token methods: PEFT's file holds one `prompt_embeddings` tensor (what
     the adapter's `peft_tokens` attribute computes, in eval mode) and imports as `num_virtual_tokens` tokens of
     `peft_import` (the class itself unless a subclass says otherwise)."""
 
+    peft_prefix = PEFT_PREFIX
     peft_kind: str  # PEFT's name of the method, for messages ("prompt tuning", "prefix tuning", "P-tuning")
     peft_tokens: str  # the placed adapter's attribute computing the saved tensor
 

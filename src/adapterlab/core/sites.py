@@ -16,7 +16,7 @@ from torch import nn
 
 from .architectures import ARCHITECTURES, GROUPS, LOGICAL_PROJECTIONS, SUBLAYERS, Architecture
 from .discovery import discover
-from .errors import AdapterError, TargetNotFoundError
+from ..errors import AdapterError, TargetNotFoundError
 from .layers import is_linear
 
 ADAPTER_SLOT = "adapterlab"  # name of the ModuleDict that holds a layer's adapters (engine.HOST_ATTR)
@@ -195,6 +195,14 @@ def resolve_sites(
     return Placement(model, architecture).resolve(targets, layers, defaults)
 
 
+def text_config(model: nn.Module) -> Any:
+    """The model's (text) config, where layer counts and head sizes live."""
+    config = getattr(model, "config", None)
+    if config is None:
+        raise AdapterError(f"{type(model).__name__} has no `.config`; virtual-token methods need a transformers model.")
+    return config.get_text_config() if hasattr(config, "get_text_config") else config
+
+
 class Placement:
     """What `attach` resolves once for one adapter and hands to every `build`: the model's architecture
     (the user's override honoured) and all the adapter's sites, so that no method re-resolves on its own.
@@ -211,6 +219,11 @@ class Placement:
     def architecture(self) -> Architecture:
         """The override, the family's row or what discovery finds; an AdapterError when there is none."""
         return architecture_of(self._model, self.override)
+
+    @functools.cached_property
+    def blocks(self) -> list[str]:
+        """The paths of the model's transformer blocks, in order (AdapterDrop counts them)."""
+        return block_paths(self._model, self.architecture)
 
     def resolve(self, targets: list[str], layers: list[int] | None = None, defaults: bool = False) -> list[Site]:
         """Every site named by `targets` (see `resolve_sites`), with this placement's architecture."""

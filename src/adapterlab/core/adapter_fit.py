@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from .errors import IncompatibleAdapterError
+from ..errors import IncompatibleAdapterError
 
 
 def check_fit(expected: Mapping[str, Sequence[int]], saved: Mapping[str, Sequence[int]], where: str) -> None:

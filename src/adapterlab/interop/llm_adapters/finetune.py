@@ -93,7 +93,7 @@ def wandb_note(flags: list[str]) -> str:
     """The line for their wandb flags: no effect without the package (refused by the caller when it is there)."""
     if importlib.util.find_spec("wandb") is None:
         return f"--{' --'.join(flags)}: no effect here, wandb is not installed (pip install wandb to log to it)."
-    from ..errors import UsageError
+    from ...errors import UsageError
 
     raise UsageError(f"--{flags[0]}: adapterlab train does not log to wandb (the run folder holds metrics.jsonl and "
                      "loss.png); drop the wandb flags.")

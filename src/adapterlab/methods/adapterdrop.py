@@ -1,15 +1,16 @@
 """AdapterDrop (Rücklé et al., EMNLP 2021): adapters in the lowest k blocks are skipped in training and removed
 at inference, so a model runs fewer adapters and a forward gets cheaper.
 
-A method opts in by returning an `AdapterDrop` plan from `AdapterConfig.adapter_drop()` (the bottleneck adapters
-do; `methods/bottleneck.py` documents the options). The engine then:
+A method opts in through two hooks of `AdapterConfig` (the bottleneck adapters do; `methods/bottleneck.py` documents
+the options): its `sites` drop the sites AdapterDrop removes (`drop_sites`) and its `gate` gives each module its
+`LayerDrop`, a `Gate` the engine asks whether the adapter runs. The engine knows nothing else of AdapterDrop:
 
-* "fixed" (the paper's specialised AdapterDrop, k fixed in training): places no adapter in blocks 0..k-1 at all.
+* "fixed" (the paper's specialised AdapterDrop, k fixed in training): no adapter is placed in blocks 0..k-1 at all.
 * "robust" (the paper's robust AdapterDrop): places adapters in every block; each training step draws
   j uniformly from {0, ..., n-1} (n blocks; the paper's 0..11 on 12-layer BERT) and skips the adapters of blocks
   0..j-1 (`LayerDrop`, a `Stochastic` module: the draw is a function of seed and step, the same on every
   torchrun rank and micro-batch, and after --resume). In eval mode the adapters of blocks 0..k-1 have no
-  hooks at all (the engine removes them), so dropping costs nothing; `set_drop_layers` picks k after training.
+  hooks at all (the gate is not `present` there), so dropping costs nothing; `set_drop_layers` picks k after training.
 """
 
 from __future__ import annotations
@@ -19,8 +20,12 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from .errors import AdapterError
-from .stochastic import Stochastic
+from ..core.adapter import Gate
+from ..core.engine import get_config
+from ..core.site_hooks import placed, sync_site_hooks
+from ..core.sites import Placement, Site
+from ..core.stochastic import Stochastic
+from ..errors import AdapterError
 
 DROP_TRAINING = ("fixed", "robust")
 
@@ -45,7 +50,7 @@ def check_drop(method: str, layers: object, training: object) -> None:
                            f"specialised AdapterDrop, 'robust': a random k per training step), got {training!r}.")
 
 
-class LayerDrop(Stochastic):
+class LayerDrop(Stochastic, Gate):
     """Whether the adapter of block `layer` runs now: robust AdapterDrop's random skip in training, the fixed
     k = `inference` in eval mode. No parameters or buffers, so saved adapters do not change."""
 
@@ -68,6 +73,13 @@ class LayerDrop(Stochastic):
 
     def extra_repr(self) -> str:
         return f"layer={self.layer}, blocks={self.blocks}, inference={self.inference}"
+
+
+def layer_drop(plan: AdapterDrop | None, site: Site, name: str, placement: Placement) -> LayerDrop | None:
+    """The gate of adapter `name`'s module at `site` under `plan`: robust AdapterDrop's LayerDrop, else None."""
+    if plan is None or plan.training != "robust":
+        return None
+    return LayerDrop(f"adapterdrop:{name}", site.layer, len(placement.blocks), plan.layers)
 
 
 def drop_sites(plan: AdapterDrop, sites: list, blocks: list[str]) -> list:
@@ -94,24 +106,17 @@ def drop_sites(plan: AdapterDrop, sites: list, blocks: list[str]) -> list:
     return placed
 
 
-def layer_drops(model: nn.Module) -> list[LayerDrop]:
-    return [m for m in model.modules() if isinstance(m, LayerDrop)]
-
-
 def set_drop_layers(model: nn.Module, layers: int, name: str = "default") -> nn.Module:
     """Choose k for a robust AdapterDrop adapter after training: its adapters in blocks 0..k-1 stop running
     at inference (no hooks); the adapter's config, and so `save_adapter`, records the new drop_layers."""
-    from .engine import get_config
-    from .site_hooks import placed, sync_site_hooks
-
     config = get_config(model, name)
-    plan = config.adapter_drop()
+    plan = config.adapter_drop() if hasattr(config, "adapter_drop") else None
     if plan is None or plan.training != "robust":
         raise AdapterError(f"Adapter {name!r} ({config.method}) was not trained with drop_training='robust', so "
                            "its lower adapters cannot be dropped afterwards; attach it with drop_training='robust' "
                            "(a 'fixed' adapter has no adapters below its drop_layers to bring back).")
     new = dataclasses.replace(config, drop_layers=layers)  # validates the value
-    drops = [adapter.layer_drop for _, _, adapter in placed(model, name)]
+    drops = [adapter.gate for _, _, adapter in placed(model, name)]
     if layers >= drops[0].blocks:
         raise AdapterError(f"{config.method}: `drop_layers` is {layers}, but this model has {drops[0].blocks} "
                            f"blocks; drop at most {drops[0].blocks - 1}.")
@@ -122,4 +127,4 @@ def set_drop_layers(model: nn.Module, layers: int, name: str = "default") -> nn.
     return model
 
 
-__all__ = ["AdapterDrop", "DROP_TRAINING", "LayerDrop", "check_drop", "drop_sites", "layer_drops", "set_drop_layers"]
+__all__ = ["AdapterDrop", "DROP_TRAINING", "LayerDrop", "check_drop", "drop_sites", "layer_drop", "set_drop_layers"]

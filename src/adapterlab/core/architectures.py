@@ -50,7 +50,7 @@ class Architecture:
     def mlp_entry(self) -> str | None:
         return self.up or self.gate
 
-    def for_config(self, config: object) -> "Architecture":
+    def for_config(self, config: object) -> Architecture:
         """This row as it holds for one model: a `pre_norm_flag` family becomes pre-norm or post-norm by its config."""
         if self.pre_norm_flag is None:
             return self

@@ -15,7 +15,8 @@ from typing import Any
 
 from torch import nn
 
-from ..errors import UsageError
+from ...errors import UsageError
+from .fork import fork_method
 
 # Their --model choices (evaluate.py, commonsense_evaluate.py) and the model_type each names.
 THEIR_MODELS = {"LLaMA-7B": "llama", "LLaMA-13B": "llama", "BLOOM-7B": "bloom", "GPT-j-6B": "gptj"}
@@ -69,8 +70,7 @@ def saved_method(saved: dict[str, Any]) -> str | None:
     if "method" in saved:
         return saved["method"]
     if saved.get("peft_type") == "BOTTLENECK":
-        return ("parallel" if saved.get("use_parallel_adapter") else "pfeiffer" if saved.get("use_adapterp")
-                else "series")
+        return fork_method(saved)
     return PEFT_METHODS.get(saved.get("peft_type"))
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..errors import AdapterError
+from ...errors import AdapterError
 
 # Their per-family table, by layer name (llama, bloom, chatglm, gptj, gpt_neo, opt).
 ADAPTER_TYPES = {
@@ -27,11 +27,16 @@ ADAPTER_TYPES = {
 KEYS = {"adapter_down": "down", "adapter_up": "up", "adapter_scaling": "scaling"}
 
 
-def from_fork(data: dict[str, Any]) -> Any:
-    """The adapterlab config that computes what their BottleneckConfig `data` built (target_modules already
-    turned into this model's module names where it was a regex)."""
-    from .bottleneck import ParallelConfig, PfeifferConfig, SeriesConfig
+def fork_method(data: dict[str, Any]) -> str:
+    """The adapterlab method their BottleneckConfig `data` loads as: parallel, pfeiffer or series."""
+    if data.get("use_parallel_adapter"):  # their tuner checks it first: use_adapterp then plays no part
+        return "parallel"
+    return "pfeiffer" if data.get("use_adapterp") else "series"
 
+
+def fork_options(data: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """(method, options) of the adapterlab config that computes what their BottleneckConfig `data` built
+    (target_modules already turned into this model's module names where it was a regex)."""
     if data.get("bias", "none") != "none":
         raise AdapterError(f"This LLM-Adapters bottleneck adapter trains the base model's biases (bias="
                            f"{data['bias']!r}), which adapterlab does not import; only bias='none' adapters.")
@@ -43,8 +48,9 @@ def from_fork(data: dict[str, Any]) -> Any:
     options = {"targets": targets, "size": data.get("bottleneck_size", 256),
                "activation": data.get("non_linearity", "tanh"), "dropout": data.get("adapter_dropout") or 0.0,
                "scaling": data.get("scaling", 1.0), "bias": False}
-    if data.get("use_parallel_adapter"):  # their tuner checks it first: use_adapterp then plays no part
-        return ParallelConfig(**options)
+    method = fork_method(data)
+    if method == "parallel":
+        return method, options
     kinds = {t: ADAPTER_TYPES.get(t.rsplit(".", 1)[-1]) for t in targets}
     unknown = [t for t, kind in kinds.items() if kind is None]
     if unknown:
@@ -52,8 +58,7 @@ def from_fork(data: dict[str, Any]) -> Any:
                            f"this adapter_config.json targets {unknown[0]!r}, which their code cannot build. "
                            "Check the file's target_modules.")
     inputs = [t for t, kind in kinds.items() if kind == "mh_adapter"]
-    cls = PfeifferConfig if data.get("use_adapterp") else SeriesConfig
-    return cls(**options, input_targets=inputs or None)
+    return method, {**options, "input_targets": inputs or None}
 
 
 def fork_key_to_ours(key: str) -> str:

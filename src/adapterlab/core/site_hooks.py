@@ -1,4 +1,5 @@
-"""The forward hooks that run placed adapters, and AdapterDrop's removal of the hooks of dropped adapters.
+"""The forward hooks that run placed adapters, and the removal of the hooks of adapters whose gate keeps them out
+of a mode (AdapterDrop's dropped blocks at inference).
 
 Kept apart from `engine` (which places, switches and merges adapters) so that each file has one purpose.
 """
@@ -10,8 +11,7 @@ from typing import Any
 
 from torch import nn
 
-from .adapterdrop import layer_drops
-from .methods.base import Adapter
+from .adapter import Adapter
 from .sites import ADAPTER_SLOT, Site
 
 HOST_ATTR = ADAPTER_SLOT
@@ -25,6 +25,11 @@ def placed(model: nn.Module, name: str | None = None) -> Iterator[tuple[str, nn.
             for adapter_name, adapter in slot.items():
                 if name is None or adapter_name == name:
                     yield path, host, adapter
+
+
+def placed_at(model: nn.Module, site: Site) -> Adapter:
+    """The adapter module placed at `site` (one of the placed adapters' `_site`)."""
+    return next(a for a in model.get_submodule(site.path)._modules[HOST_ATTR].values() if a._site is site)
 
 
 class _SiteHooks:
@@ -73,14 +78,14 @@ def install_hooks(model: nn.Module, site: Site, adapter: Adapter) -> list:
 
 
 def sync_site_hooks(model: nn.Module, args: tuple = (), force: bool = False) -> None:
-    """Forward pre-hook while AdapterDrop is in use: on a train/eval switch, give hooks only to the adapters that
-    may run in that mode (the dropped ones cost nothing at inference), re-installing every site hook in attach
+    """Forward pre-hook while some adapter has a gate: on a train/eval switch, give hooks only to the adapters
+    that may run in that mode (AdapterDrop's dropped ones cost nothing at inference), re-installing every site hook in attach
     order so that adapters stacked on one layer keep their order."""
     if not force and getattr(model, "adapterlab_hooks_mode", None) == model.training:
         return
     model.adapterlab_hooks_mode = model.training
     adapters = sorted((a for _, _, a in placed(model) if a._site.kind != "model"), key=lambda a: a._install_seq)
-    wanted = [a.layer_drop is None or a.layer_drop.present(a.layer_drop.training) for a in adapters]
+    wanted = [a.hooked for a in adapters]
     if all(bool(a._hook_handles) == want for a, want in zip(adapters, wanted)):
         return
     for adapter in adapters:
@@ -92,9 +97,10 @@ def sync_site_hooks(model: nn.Module, args: tuple = (), force: bool = False) -> 
             adapter._hook_handles = install_hooks(model, adapter._site, adapter)
 
 
-def track_drops(model: nn.Module) -> None:
-    """Install `sync_site_hooks` while some adapter uses AdapterDrop, remove it when none does."""
-    wanted, handle = bool(layer_drops(model)), getattr(model, "adapterlab_drops", None)
+def track_gates(model: nn.Module) -> None:
+    """Install `sync_site_hooks` while some adapter has a gate (AdapterDrop), remove it when none does."""
+    wanted = any(adapter.gate is not None for _, _, adapter in placed(model))
+    handle = getattr(model, "adapterlab_drops", None)
     if wanted and handle is None:
         model.adapterlab_drops = model.register_forward_pre_hook(sync_site_hooks, prepend=True)
     elif not wanted and handle is not None:
@@ -104,4 +110,4 @@ def track_drops(model: nn.Module) -> None:
         sync_site_hooks(model, force=True)
 
 
-__all__ = ["HOST_ATTR", "install_hooks", "placed", "sync_site_hooks", "track_drops"]
+__all__ = ["HOST_ATTR", "install_hooks", "placed", "placed_at", "sync_site_hooks", "track_gates"]

@@ -15,15 +15,14 @@ from typing import Any
 
 from torch import nn
 
-from .adapterdrop import LayerDrop, drop_sites
+from ..errors import AdapterError, NotMergeableError
+from .adapter import Adapter, check_adapter_dtype, keep_dtype
 from .architectures import Architecture
-from .config import AdapterConfig
-from .errors import AdapterError, NotMergeableError
+from .config import AdapterConfig, facts_of
 from .layers import building_on_meta
-from .methods.base import Adapter, check_adapter_dtype, keep_dtype
-from .registry import METHODS, make_config
-from .site_hooks import HOST_ATTR, install_hooks, placed, track_drops
-from .sites import Placement, Site, block_paths
+from .registry import METHODS, config_class, make_config
+from .site_hooks import HOST_ATTR, install_hooks, placed, track_gates
+from .sites import Placement, Site
 from .stochastic import track_model_calls
 
 
@@ -40,14 +39,15 @@ def get_config(model: nn.Module, name: str = "default") -> AdapterConfig:
 
 
 def _sites_for(model: nn.Module, config: AdapterConfig, placement: Placement) -> list[Site]:
-    if config.site_kinds == ("model",):
+    site_kinds = facts_of(config).site_kinds
+    if site_kinds == ("model",):
         return [Site("model", "", "", config.method)]
     sites = config.sites(model, placement)
-    bad = [s for s in sites if s.kind not in config.site_kinds]
+    bad = [s for s in sites if s.kind not in site_kinds]
     if bad:
         raise AdapterError(
             f"{config.method} cannot be placed at {bad[0].kind} site {bad[0].target!r}; it takes "
-            f"{' or '.join(config.site_kinds)} targets (e.g. logical q k v o up gate down or module names)."
+            f"{' or '.join(site_kinds)} targets (e.g. logical q k v o up gate down or module names)."
         )
     return sites
 
@@ -89,7 +89,7 @@ def attach(
     configs: dict[str, AdapterConfig] = getattr(model, "adapterlab_configs", {})
     if name in configs:
         raise AdapterError(f"An adapter named {name!r} is already attached; pick another name or detach it first.")
-    modules, drop, blocks = _build(model, config, architecture)
+    modules, placement = _build(model, config, architecture)
     if not configs:
         model.adapterlab_guard = model.register_forward_pre_hook(_refuse_adapter_names, with_kwargs=True, prepend=True)
     for site, adapter in modules:
@@ -99,14 +99,15 @@ def attach(
         if HOST_ATTR not in host._modules:
             host.add_module(HOST_ATTR, nn.ModuleDict())
         host._modules[HOST_ATTR][name] = adapter
-        if drop is not None and drop.training == "robust":
-            adapter.layer_drop = LayerDrop(f"adapterdrop:{name}", site.layer, len(blocks), drop.layers)
-            adapter.layer_drop.train(model.training)
+        gate = config.gate(site, name, placement)  # a method's per-forward gate (AdapterDrop), or None
+        if gate is not None:
+            adapter.gate = gate
+            gate.train(model.training)
         adapter._hook_handles = install_hooks(model, site, adapter)
         adapter._site = site
         adapter._install_seq = model.adapterlab_installs = getattr(model, "adapterlab_installs", 0) + 1
     model.adapterlab_configs = {**configs, name: config}
-    track_drops(model)
+    track_gates(model)
     track_model_calls(model)  # stochastic methods (MoSA) count model calls as steps outside a draw_context
     for parameter in model.parameters():
         parameter.requires_grad_(False)
@@ -114,16 +115,13 @@ def attach(
     return model
 
 
-def _build(model: nn.Module, config: AdapterConfig, architecture: Architecture | dict[str, Any] | None):
-    """(site, adapter module) pairs for `config` on `model`, the AdapterDrop setting and the block paths it needs;
-    all built before the model is touched, every build seeing the one resolved architecture and all the sites."""
+def _build(model: nn.Module, config: AdapterConfig,
+           architecture: Architecture | dict[str, Any] | None) -> tuple[list[tuple[Site, Adapter]], Placement]:
+    """(site, adapter module) pairs for `config` on `model`, and the placement they were built for; all built
+    before the model is touched, every build seeing the one resolved architecture and all the sites."""
     placement = Placement(model, architecture)
     placement.sites = _sites_for(model, config, placement)
-    drop = config.adapter_drop()
-    blocks = block_paths(model, placement.architecture) if drop else []
-    if drop:
-        placement.sites = drop_sites(drop, placement.sites, blocks)
-    return [(site, config.build(site, model, placement)) for site in placement.sites], drop, blocks
+    return [(site, config.build(site, model, placement)) for site in placement.sites], placement
 
 
 def planned_shapes(model: nn.Module, config: AdapterConfig,
@@ -132,7 +130,7 @@ def planned_shapes(model: nn.Module, config: AdapterConfig,
     same way; the modules are built on the meta device, so nothing is allocated and the model is left as it is."""
     with building_on_meta(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # a build's warnings (e.g. a bottleneck wider than its layer) come at attach
-        modules, _, _ = _build(model, config, architecture)
+        modules, _ = _build(model, config, architecture)
     shapes = {}
     for site, adapter in modules:
         path = "" if site.kind == "model" else site.path
@@ -145,8 +143,7 @@ def detach(model: nn.Module, name: str = "default") -> nn.Module:
     """Remove adapter `name` (unmerging it first if it was merged)."""
     get_config(model, name)
     for _, host, adapter in list(placed(model, name)):
-        if adapter.merged:
-            adapter.unmerge(host)
+        adapter.unfold(host)
         for handle in adapter._hook_handles:
             handle.remove()
         del host._modules[HOST_ATTR][name]
@@ -158,7 +155,7 @@ def detach(model: nn.Module, name: str = "default") -> nn.Module:
     if not configs:
         model.adapterlab_guard.remove()
         del model.adapterlab_guard
-    track_drops(model)
+    track_gates(model)
     track_model_calls(model)
     model.adapterlab_active = [n for n in model.adapterlab_active if n != name]
     return model
@@ -176,9 +173,8 @@ def set_active(model: nn.Module, names: str | list[str], trainable: bool = True)
         raise AdapterError(f"Unknown adapter(s) {unknown}; this model has {known or 'none'}.")
     for name in known:
         for _, host, adapter in placed(model, name):
-            if adapter.merged and name not in names:
-                adapter.unmerge(host)
-                adapter.merged = False
+            if name not in names:
+                adapter.unfold(host)
     for _, _, adapter in placed(model):
         adapter.active = adapter.trainable = False
         adapter.requires_grad_(False)
@@ -197,19 +193,16 @@ def active_adapters(model: nn.Module) -> list[str]:
 def disabled(model: nn.Module) -> Iterator[nn.Module]:
     """Run the bare base model inside the block (merged adapters are unmerged for it and re-merged after)."""
     states = [(host, a, a.active, a.merged) for _, host, a in placed(model)]
-    for host, adapter, _, merged in states:
-        if merged:
-            adapter.unmerge(host)
-            adapter.merged = False
+    for host, adapter, _, _ in states:
         adapter.active = False
+        adapter.unfold(host)
     try:
         yield model
     finally:
         for host, adapter, active, merged in states:
             adapter.active = active
             if merged:
-                adapter.merge(host)
-                adapter.merged = True
+                adapter.fold(host)
 
 
 def _check_mergeable(model: nn.Module, names: list[str]) -> None:
@@ -220,7 +213,7 @@ def _check_mergeable(model: nn.Module, names: list[str]) -> None:
 def check_mergeable(config: AdapterConfig | type[AdapterConfig], name: str = "default") -> None:
     """Raise NotMergeableError, with the reason and the mergeable methods, unless the method of `config` (a
     config or its class: `mergeable` is a class attribute) merges."""
-    if not config.mergeable:
+    if not facts_of(config).mergeable:
         mergeable = sorted(_mergeable(m) for m in METHODS if _mergeable(m))
         raise NotMergeableError(
             f"Adapter {name!r} ({config.method}) cannot be merged into the base weights: its modules are "
@@ -232,10 +225,8 @@ def check_mergeable(config: AdapterConfig | type[AdapterConfig], name: str = "de
 def _mergeable(method: str) -> str:
     """The method's name where it merges, with the options it needs for that where it merges only with some
     ("mosa with base=lora"); "" where it does not merge."""
-    from .registry import config_class
-
-    cls = config_class(method)
-    return method if cls.mergeable else f"{method} with {cls.mergeable_when}" if cls.mergeable_when else ""
+    facts = facts_of(config_class(method))
+    return method if facts.mergeable else f"{method} with {facts.mergeable_when}" if facts.mergeable_when else ""
 
 
 def merge(model: nn.Module, names: str | list[str] | None = None) -> nn.Module:
@@ -247,15 +238,11 @@ def merge(model: nn.Module, names: str | list[str] | None = None) -> nn.Module:
         for name in names:
             for _, host, adapter in placed(model, name):
                 if not adapter.merged:
-                    adapter.merge(host)
-                    adapter.merged = True
-                    adapter.requires_grad_(False)  # its hooks are off while merged: it would get no gradient
+                    adapter.fold(host)
                     done.append((host, adapter))
     except Exception:  # all or nothing: a module that refuses (e.g. bitfit on a bias-free layer) undoes the rest
         for host, adapter in reversed(done):
-            adapter.unmerge(host)
-            adapter.merged = False
-            adapter.requires_grad_(adapter.trainable)
+            adapter.unfold(host)
         raise
     return model
 
@@ -268,10 +255,7 @@ def unmerge(model: nn.Module, names: str | list[str] | None = None) -> nn.Module
     _check_mergeable(model, names)
     for name in names:
         for _, host, adapter in placed(model, name):
-            if adapter.merged:
-                adapter.unmerge(host)
-                adapter.merged = False
-                adapter.requires_grad_(adapter.active and adapter.trainable)
+            adapter.unfold(host)
     return model
 
 

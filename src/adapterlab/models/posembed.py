@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
-from .errors import UsageError
+from ..errors import UsageError
 
 
 def resize_patch_grid(table: torch.Tensor, old_grid: tuple[int, int], new_grid: tuple[int, int],

@@ -14,10 +14,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
-from .errors import AdapterError, CorruptFileError
-from .files import group_file, read_safetensors
+from ...errors import AdapterError, CorruptFileError
+from ...files import group_file, read_safetensors
 
 PEFT_WEIGHTS_NAME = "adapter_model.safetensors"
 PEFT_BIN_NAME = "adapter_model.bin"
@@ -84,14 +83,3 @@ def read_peft_weights(path: str | os.PathLike, locate: Callable[[str | os.PathLi
         return read_safetensors(locate(path, PEFT_WEIGHTS_NAME), RESAVE_PEFT)
     except AdapterError:  # a hub repository of an older PEFT holds the .bin only
         return read_weights_only(locate(path, PEFT_BIN_NAME))
-
-
-def load_any_adapter(model: nn.Module, path: str | os.PathLike, name: str = "default") -> nn.Module:
-    """Attach the adapter in `path`, saved by adapterlab (save_adapter) or by PEFT, LLM-Adapters' fork included
-    (its adapter_config.json names a peft_type and no adapterlab method)."""
-    from .checkpoint import load_adapter, load_peft, read_adapter_config
-
-    saved = read_adapter_config(path)
-    if "method" not in saved and "peft_type" in saved:
-        return load_peft(model, path, name)
-    return load_adapter(model, path, name)

@@ -16,8 +16,8 @@ from typing import Any
 from torch import nn
 
 from .engine import active_adapters, adapter_names, detach, merge
-from .errors import AdapterError, UsageError
-from .files import PENDING, replace_files, write_new_folder
+from ..errors import AdapterError, UsageError
+from ..files import PENDING, replace_files, write_new_folder
 from .site_hooks import HOST_ATTR, placed
 
 # attributes the engine keeps on a model that carries adapters (engine.py, site_hooks.py, stochastic.py)
@@ -35,7 +35,7 @@ def merge_and_unload(model: nn.Module, names: str | list[str] | None = None) -> 
     merge(model, names)  # all or nothing; refuses non-mergeable methods by name
     for name in adapter_names(model):
         for _, _, adapter in placed(model, name):
-            adapter.merged = False  # keep the merged weights: detach must not subtract the adapter again
+            adapter.forget_fold()  # keep the merged weights: detach must not subtract the adapter again
         detach(model, name)
     for attribute in ENGINE_ATTRIBUTES:
         model.__dict__.pop(attribute, None)

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
-from .errors import NotMergeableError
+from ..errors import NotMergeableError
 
 _ON_META = contextvars.ContextVar("adapterlab_build_on_meta", default=False)
 

@@ -8,22 +8,20 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from .coerce import Mismatch, coerce, describe
-from .errors import AdapterError
+from .option_help import documented, option_field
+from ..errors import AdapterError
 
 if TYPE_CHECKING:
     from torch import nn
 
-    from .methods.base import Adapter
+    from .adapter import Adapter, Gate
     from .sites import Placement, Site
 
 
+@documented
 @dataclass
 class AdapterConfig:
-    """Options shared by every method.
-
-    targets: module-name suffixes (``"q_proj"``) or logical names (``q k v o up gate down attn mlp``);
-    ``None`` means the method's ``default_targets``. layers: restrict to these block indices.
-    """
+    """Options shared by every method; each method's config class adds its own (see `option_help.py`)."""
 
     method: ClassVar[str] = ""
     default_targets: ClassVar[tuple[str, ...]] = ()
@@ -37,8 +35,10 @@ class AdapterConfig:
     # the method adapts the task head itself (linear_probe), so training does not also train the head in full
     trains_head: ClassVar[bool] = False
 
-    targets: list[str] | None = None
-    layers: list[int] | None = None
+    targets: list[str] | None = option_field(None, "the layers to adapt: module-name suffixes (q_proj) or logical "
+                                             "names (q k v o up gate down attn mlp), comma-separated; unset: the "
+                                             "method's default targets")
+    layers: list[int] | None = option_field(None, "only these block indices (0,1,2); unset: every block")
 
     def __post_init__(self) -> None:
         if isinstance(self.targets, str):
@@ -54,12 +54,12 @@ class AdapterConfig:
     def validate(self) -> None:
         """Check option values; methods override and raise AdapterError naming the option."""
 
-    def sites(self, model: "nn.Module", placement: "Placement") -> list["Site"]:
+    def sites(self, model: nn.Module, placement: Placement) -> list[Site]:
         """Where this adapter goes: its targets' sites. A method that also adapts layers no target names
         (BitFit's normalisation layers) extends this."""
         return placement.resolve(self.resolved_targets, self.layers, defaults=self.targets is None)
 
-    def build(self, site: "Site", model: "nn.Module", placement: "Placement") -> "Adapter":
+    def build(self, site: Site, model: nn.Module, placement: Placement) -> Adapter:
         """The adapter module for one site; must not read weight values (attach works on meta models).
 
         `placement` holds the model's architecture (the user's override honoured) and all the sites: use
@@ -67,16 +67,22 @@ class AdapterConfig:
         """
         raise NotImplementedError
 
-    def adapter_drop(self) -> Any:
-        """This adapter's AdapterDrop plan (`adapterdrop.AdapterDrop`), or None; methods whose options include
-        `drop_layers` and `drop_training` return one."""
+    def gate(self, site: Site, name: str, placement: Placement) -> Gate | None:
+        """The gate deciding per forward whether the module at `site` of adapter `name` runs (AdapterDrop's
+        skip of the lower blocks, `methods/adapterdrop.py`), or None: it always runs."""
         return None
+
+    def take_facts_of(self, other: AdapterConfig) -> None:
+        """Give this config the instance facts (`INSTANCE_FACTS`) of `other`: a wrapper (MoSA) is placed, merged and
+        targeted as the method it wraps, while its class keeps those of its default base."""
+        for fact in INSTANCE_FACTS:
+            setattr(self, fact, getattr(other, fact))
 
     def objective(self) -> Any:
         """A training-loss term to use instead of the model's own loss (see `objectives.py`), or None."""
         return None
 
-    def saved_as(self) -> "AdapterConfig":
+    def saved_as(self) -> AdapterConfig:
         """The config `save_adapter` writes: this one, or the plain method a trained adapter collapses into
         (MoSA saves its merged adapter as its base method). Modules that collapse provide `collapsed_state`."""
         return self
@@ -100,7 +106,7 @@ class AdapterConfig:
         return [f.name for f in dataclasses.fields(cls)]
 
     @classmethod
-    def from_options(cls, options: dict[str, Any], source: str | None = None) -> "AdapterConfig":
+    def from_options(cls, options: dict[str, Any], source: str | None = None) -> AdapterConfig:
         """Build from options (attach keywords, or a saved adapter_config.json named by `source`).
 
         Unknown names are refused with the valid ones. Each value is coerced to its field's annotated type
@@ -110,9 +116,9 @@ class AdapterConfig:
         where = f" in {source}" if source else ""
         known = set(cls.option_names())
         unknown = sorted(set(options) - known)
-        if unknown:
-            raise AdapterError(f"{cls.method}: unknown option(s) {unknown}{where}. Valid options: {sorted(known)}."
-                               f"{_taken_elsewhere(cls.method, unknown)}")
+        if unknown:  # the registry adds which other methods take them (`registry.make_config`)
+            raise UnknownOptionError(f"{cls.method}: unknown option(s) {unknown}{where}. Valid options: "
+                                     f"{sorted(known)}.", unknown)
         hints = typing.get_type_hints(cls)
         values = {}
         for key, value in options.items():
@@ -131,16 +137,35 @@ class AdapterConfig:
             raise
 
 
-def _taken_elsewhere(method: str, unknown: list[str]) -> str:
-    """' `x` is an option of m1, m2; <method> does not take it.' for each unknown option another method has."""
-    from .registry import config_class, method_names
+@dataclass(frozen=True)
+class MethodFacts:
+    """What a method is, as the engine, merge messages and PEFT export read it (`facts_of`)."""
 
-    notes = []
-    for option in unknown:
-        owners = [m for m in method_names() if m != method and option in config_class(m).option_names()]
-        if owners:
-            notes.append(f" `{option}` is an option of {', '.join(owners)}; {method} does not take it.")
-    return "".join(notes)
+    method: str
+    mergeable: bool
+    mergeable_when: str
+    site_kinds: tuple[str, ...]
+    default_targets: tuple[str, ...]
+    trains_head: bool
+    peft_type: str | None
+
+
+# the facts a config may hold for itself (a wrapper takes them from what it wraps, `take_facts_of`)
+INSTANCE_FACTS = ("mergeable", "site_kinds", "default_targets")
+
+
+def facts_of(config: AdapterConfig | type[AdapterConfig]) -> MethodFacts:
+    """The method facts of a config, or of a config class (those its defaults give): one way for every method."""
+    return MethodFacts(config.method, bool(config.mergeable), config.mergeable_when, tuple(config.site_kinds),
+                       tuple(config.default_targets), bool(config.trains_head), getattr(config, "peft_type", None))
+
+
+class UnknownOptionError(AdapterError):
+    """Options a method does not take; `unknown` names them, so that the registry can say who takes them."""
+
+    def __init__(self, message: str, unknown: list[str]) -> None:
+        super().__init__(message)
+        self.unknown = unknown
 
 
 def positive_int(method: str, name: str, value: Any) -> None:
@@ -155,4 +180,4 @@ def one_of(method: str, name: str, value: Any, allowed: tuple) -> None:
         raise AdapterError(f"{method}: `{name}` must be one of {list(allowed)}, got {value!r}.")
 
 
-__all__ = ["AdapterConfig", "field", "positive_int", "one_of"]
+__all__ = ["AdapterConfig", "MethodFacts", "UnknownOptionError", "facts_of", "field", "positive_int", "one_of"]

@@ -5,8 +5,8 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from .config import AdapterConfig
-from .errors import AdapterError
+from .config import AdapterConfig, UnknownOptionError
+from ..errors import AdapterError
 
 # name: ("module:ConfigClass", preset options applied before the user's options)
 METHODS: dict[str, tuple[str, dict[str, Any]]] = {
@@ -52,7 +52,25 @@ def make_config(method: str | AdapterConfig, **options: Any) -> AdapterConfig:
     if not isinstance(method, str):
         raise AdapterError(f"method must be a registered name or an AdapterConfig, got {type(method).__name__}.")
     cls = config_class(method)
-    return cls.from_options({**METHODS[method][1], **options})
+    return _from_options(cls, {**METHODS[method][1], **options})
+
+
+def _from_options(cls: type[AdapterConfig], options: dict[str, Any], source: str | None = None) -> AdapterConfig:
+    """cls.from_options, an unknown option's message saying which other methods take it."""
+    try:
+        return cls.from_options(options, source)
+    except UnknownOptionError as exc:
+        raise UnknownOptionError(f"{exc}{_taken_elsewhere(cls.method, exc.unknown)}", exc.unknown) from None
+
+
+def _taken_elsewhere(method: str, unknown: list[str]) -> str:
+    """' `x` is an option of m1, m2; <method> does not take it.' for each unknown option another method has."""
+    notes = []
+    for option in unknown:
+        owners = [m for m in method_names() if m != method and option in config_class(m).option_names()]
+        if owners:
+            notes.append(f" `{option}` is an option of {', '.join(owners)}; {method} does not take it.")
+    return "".join(notes)
 
 
 def config_from_dict(data: dict[str, Any], source: str | None = None) -> AdapterConfig:
@@ -73,7 +91,7 @@ def config_from_dict(data: dict[str, Any], source: str | None = None) -> Adapter
             f"{where}`method` is {method!r}, but it must be a method name (str), one of {', '.join(method_names())}."
         )
     cls = config_class(method)
-    return cls.from_options({**cls.legacy_defaults, **data}, source)
+    return _from_options(cls, {**cls.legacy_defaults, **data}, source)
 
 
 # Keys that checkpoint.save_adapter writes beside the options.

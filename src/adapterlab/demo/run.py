@@ -19,16 +19,16 @@ from typing import Any
 
 from transformers import TrainerCallback
 
-from .checkpoint import load_adapter, write_json
-from .data.arith import write_problems
-from .data.templates import TEMPLATES
-from .errors import AdapterError, RunFolderError
-from .evaluate import evaluate, load_dataset
-from .models import load_model, model_folder, resolve_model
-from .output_folder import OutputFolder
+from ..core.checkpoint import load_adapter, write_json
+from ..data.arith import write_problems
+from ..data.templates import TEMPLATES
+from ..errors import AdapterError, RunFolderError
+from ..evaluate import evaluate, load_dataset
+from ..models import load_model, model_folder, resolve_model
+from ..output_folder import OutputFolder
 from .report import demo_markdown, results_table
-from .train import TrainConfig, train
-from .train.plot import plot_metrics
+from ..train import TrainConfig, train
+from ..train.plot import plot_metrics
 
 
 @dataclass

@@ -1,0 +1,1 @@
+"""Other tools' formats and command lines: PEFT's adapter folders (`peft/`) and LLM-Adapters' (`llm_adapters/`)."""

@@ -1,0 +1,164 @@
+"""The HF Trainer subclass of every single-task run, and its per-step logic, in one place.
+
+`AdapterTrainer`: checkpoints hold the trainable parameters only (`trainable.safetensors`, unless the whole model
+trains); everything else (optimizer, scheduler, RNG states, trainer state, rotation) stays the Trainer's own, and a
+save that fails half-way (a full disk) removes its incomplete checkpoint, so the previous one stays the one to
+resume. Each step holds its random draws (stochastic methods), computes the loss over the accumulated batch, and
+stops the run at the first step whose training loss or gradient norm is NaN or inf: the HF Trainer would log a
+running mean in its place and keep saving and evaluating NaN weights, so checkpoints/ and best/ keep the last good
+step, nothing of the bad step is written, and a `TrainingDivergedError` names the step. Under fp16 a gradient
+overflow that the loss scaler handles (it skips the step) is not a divergence.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+from torch import nn
+from transformers import Trainer
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
+
+from ..core.objectives import training_objective
+from ..core.stochastic import draw_context
+from ..errors import IncompatibleAdapterError, TrainingDivergedError
+from .checkpointing import TRAINABLE_NAME, is_complete, load_trainable, save_trainable
+
+
+def finite(value: torch.Tensor | float | None) -> bool:
+    """Whether `value` (a loss or a gradient norm; None: not computed) is a finite number."""
+    return value is None or bool(torch.isfinite(torch.as_tensor(value, dtype=torch.float64)).all())
+
+
+def counted_items(inputs: dict, shifted: bool) -> int:
+    """The label items of one micro-batch as the Trainer counts them for num_items_in_batch (labels other than
+    -100; for a causal LM the next-token labels), over which a model's own loss takes its mean."""
+    labels = inputs.get("shift_labels")
+    if labels is None:
+        labels = inputs.get("labels")
+        if labels is None:
+            return 0
+        labels = labels[..., 1:] if shifted else labels
+    return int(labels.ne(-100).sum())
+
+
+@contextlib.contextmanager
+def declared_adapted(model: nn.Module | None) -> Iterator[None]:
+    """Inside the block, a quantized model that trains adapters says so as transformers expects.
+
+    The Trainer refuses a quantized model unless PEFT adapters are attached, which it reads from the
+    `_hf_peft_config_loaded` flag; adapterlab's adapters are its own modules, so the flag is set for the
+    Trainer's construction only (it also steers save_pretrained, which must stay as it is).
+    """
+    adapted = (model is not None and getattr(model, "is_quantized", False)
+               and not getattr(model, "_hf_peft_config_loaded", False)
+               and any(p.requires_grad for p in model.parameters()))
+    if adapted:
+        model._hf_peft_config_loaded = True
+    try:
+        yield
+    finally:
+        if adapted:
+            del model._hf_peft_config_loaded  # back to the class default
+
+
+class AdapterTrainer(Trainer):
+    """HF Trainer whose checkpoints hold the trainable parameters only (unless the whole model trains), and which
+    stops at the first step whose loss or gradient norm is NaN or inf."""
+
+    _step_loss: torch.Tensor | None = None  # sum of this step's micro-batch losses, kept on their device
+
+    def __init__(self, *args, full_model: bool = False, **kwargs) -> None:
+        with declared_adapted(kwargs.get("model", args[0] if args else None)):
+            super().__init__(*args, **kwargs)
+        self.full_model = full_model
+
+    def training_step(self, model: nn.Module, inputs: dict, num_items_in_batch=None):
+        """One step with the step's random draws held through forward and backward (stochastic methods such as
+        MoSA; a no-op for the others): the same on every rank and micro-batch, and after --resume. Its loss is added
+        to the step's sum, which `_maybe_log_save_evaluate` checks."""
+        objective = training_objective(self.model)
+        groups = objective.groups if objective is not None else 1
+        with draw_context(self.model, step=self.state.global_step, groups=groups, seed=self.args.seed):
+            loss = super().training_step(model, inputs, num_items_in_batch)
+        total = loss.detach().float().sum()  # the step's loss, checked once the step is taken
+        self._step_loss = total if self._step_loss is None else self._step_loss + total
+        return loss
+
+    def compute_loss(self, model: nn.Module, inputs: dict, return_outputs: bool = False, num_items_in_batch=None):
+        """The model's loss, or the active method's training objective (e.g. MoSA's consistency loss) in training;
+        either divided by the label items of the whole accumulated batch when the Trainer counts them.
+
+        The Trainer hands the count to any model whose forward takes **kwargs and then skips its own division by
+        the accumulation steps, but many heads drop it (BERT's, transformers' generic sequence-classification
+        head; transformers#47688): their loss came out once per micro-batch, `accumulation` x too large. So the
+        model gives its mean over this micro-batch's items, weighted here by their share of the count.
+        """
+        objective = training_objective(self.model) if model.training else None
+        scaled = self.model_accepts_loss_kwargs and num_items_in_batch is not None  # as the Trainer's own loss
+        if objective is not None:
+            loss, outputs = objective.loss(model, inputs, int(num_items_in_batch) if scaled else None)
+        elif scaled and (items := counted_items(inputs, getattr(self, "_loss_shifts_labels", False))):
+            loss, outputs = super().compute_loss(model, inputs, return_outputs=True)
+            loss = loss * (items / num_items_in_batch)
+        else:
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        if scaled and self.args.average_tokens_across_devices:
+            loss = loss * self.accelerator.num_processes
+        return (loss, outputs) if return_outputs else loss
+
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        if self.full_model:
+            return super()._save(output_dir, state_dict)
+        if self.args.should_save:
+            save_trainable(self.model, Path(output_dir or self.args.output_dir) / TRAINABLE_NAME)
+
+    def _save_checkpoint(self, model: nn.Module, trial) -> None:
+        """The Trainer's checkpoint save; one that fails half-way (a full disk) is removed, not left half-written."""
+        folder = Path(self._get_output_dir(trial=trial)) / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+        try:
+            super()._save_checkpoint(model, trial)
+        except BaseException:
+            if self.args.should_save and not is_complete(folder):
+                shutil.rmtree(folder, ignore_errors=True)
+            raise
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
+        path = Path(resume_from_checkpoint) / TRAINABLE_NAME
+        if self.full_model:
+            return super()._load_from_checkpoint(resume_from_checkpoint, model)
+        if not path.is_file():
+            raise IncompatibleAdapterError(f"{resume_from_checkpoint} has no {TRAINABLE_NAME}; it is not a "
+                                           "checkpoint of an adapter run.")
+        load_trainable(model if model is not None else self.model, path)
+
+    def _maybe_log_save_evaluate(self, tr_loss, grad_norm, *args, **kwargs):
+        """Check the step just taken, then let the Trainer log, save and evaluate it (not when it diverged)."""
+        loss, self._step_loss = self._step_loss, None
+        if loss is not None and self.args.world_size > 1:  # a NaN on any rank stops every rank
+            loss = self.accelerator.reduce(loss, reduction="sum")
+        skipped = getattr(self.accelerator, "optimizer_step_was_skipped", False)  # fp16 loss scaling's overflow
+        problem = None
+        if not finite(loss):
+            problem = f"the training loss is {float(loss)}"
+        elif not skipped and not finite(grad_norm):
+            problem = f"the gradient norm is {float(torch.as_tensor(grad_norm))}"
+        if problem is not None:
+            raise TrainingDivergedError(self._diverged(problem))
+        return super()._maybe_log_save_evaluate(tr_loss, grad_norm, *args, **kwargs)
+
+    def _diverged(self, problem: str) -> str:
+        """The one-line message: the step, what was not finite, the checkpoint kept, and the fix."""
+        step = self.state.global_step
+        folder = Path(self.args.output_dir)
+        last = get_last_checkpoint(str(folder)) if folder.is_dir() else None
+        kept = f"{last} is the last good checkpoint" if last else "no checkpoint was saved before it"
+        return (f"Training diverged at step {step}: {problem}. {kept}, and nothing of step {step} was written "
+                "(no checkpoint, best/ or adapter); lower --lr (or check the data for NaN/inf values) and start over "
+                "with --overwrite.")
+
+
+__all__ = ["AdapterTrainer", "counted_items", "declared_adapted", "finite"]
