@@ -243,3 +243,17 @@ def test_choice_scores_equal_the_full_head(family):
         expected = logprobs[len(tokens) - n - 1: len(tokens) - 1].gather(-1, torch.tensor(tokens[-n:])[:, None]).sum()
         assert count == n
         assert total == pytest.approx(float(expected), rel=1e-5, abs=1e-5)
+
+
+def test_choice_scores_of_a_prompt_tuned_model_read_the_real_tokens():
+    """The virtual tokens' logits sit in front: the continuation's rows are those after them (the former scorer
+    read them n positions too early)."""
+    model = model_of("llama").eval()
+    al.attach(model, "prompt", num_virtual_tokens=3)
+    tok = Tokens()
+    (total, n), = loglikelihoods(model, tok, [("5 9 13", " 4 8")])
+    tokens, _ = encode_pair(tok, "5 9 13", " 4 8")
+    with torch.no_grad():
+        logprobs = torch.log_softmax(model(input_ids=torch.tensor([tokens])).logits.float(), dim=-1)[0, 3:]
+    expected = logprobs[len(tokens) - n - 1: len(tokens) - 1].gather(-1, torch.tensor(tokens[-n:])[:, None]).sum()
+    assert total == pytest.approx(float(expected), rel=1e-5, abs=1e-5)
