@@ -7,7 +7,8 @@ inputs, each with its own random draws, see `stochastic.py`) and returns
     CE(out1) + additional * CE(out2) + consistency * symmetric KL(out1, out2),
 
 with each KL term's target detached, as MoSA's official code (`symmetric_KL_loss`). For causal LMs the cross
-entropy and the KL run over the response tokens only (labels != -100), one row per token.
+entropy and the KL run over the response tokens only (labels != -100), one row per token, and the LM head runs at
+those positions only (`head_rows.py`).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import AdapterError
+from .head_rows import logits_at, next_token_positions, next_token_targets, shifts_labels
 
 
 @dataclass(frozen=True)
@@ -40,6 +42,14 @@ class ConsistencyObjective:
             raise AdapterError("The consistency loss needs labels in the batch (the task's training targets).")
         doubled = {k: torch.cat([v] * self.groups) if torch.is_tensor(v) and v.dim() > 0 else v
                    for k, v in inputs.items()}
+        if shifts_labels(model) and labels.dim() == 2:  # causal LM: the head at the labelled next-token rows only
+            positions = next_token_positions(torch.cat([labels] * self.groups))
+            rows, outputs = logits_at(model, doubled, positions)
+            first, second = rows.float().chunk(self.groups)[:2]  # row-major: the first copy's rows come first
+            labels = next_token_targets(labels).to(first.device)
+            count = total if total is not None else max(len(labels), 1)
+            outputs.logits = rows.chunk(self.groups)[0]
+            return self._combine(first, second, labels, count), outputs
         outputs = model(**doubled)
         first, second = outputs.logits.float().chunk(self.groups)[:2]
         if first.dim() == 3:  # causal LM: next-token rows where the label counts
@@ -51,13 +61,18 @@ class ConsistencyObjective:
             raise AdapterError("The consistency loss compares class distributions; a regression head has none.")
         else:
             count = total if total is not None else labels.numel()
+        outputs.logits = outputs.logits.chunk(self.groups)[0]
+        return self._combine(first, second, labels, count), outputs
+
+    def _combine(self, first: torch.Tensor, second: torch.Tensor, labels: torch.Tensor, count: int
+                 ) -> torch.Tensor:
+        """The loss from the two copies' rows of logits (one row per label) and the count to divide sums by."""
         loss = F.cross_entropy(first, labels, reduction="sum") / count
         if self.additional:
             loss = loss + self.additional * F.cross_entropy(second, labels, reduction="sum") / count
         if self.consistency:
             loss = loss + self.consistency * symmetric_kl(first, second) / count
-        outputs.logits = outputs.logits.chunk(self.groups)[0]
-        return loss, outputs
+        return loss
 
 
 def symmetric_kl(first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:

@@ -3,7 +3,8 @@
 A (context, continuation) pair is tokenized as lm-evaluation-harness does: trailing spaces of the context move
 to the continuation, the whole text and the context are tokenized, and the continuation's tokens are the whole
 text's tokens past the context's. Rows are sorted by length and right-padded (a causal model's real tokens
-never see the padding), so a batch scores as its rows one at a time do.
+never see the padding), so a batch scores as its rows one at a time do. The LM head runs at the continuation's
+positions only (`core/head_rows.py`), not over the whole batch x length x vocabulary.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Any
 
 import torch
 
+from ..core.head_rows import logits_at
 from .generate import length_order, pad_id
 
 
@@ -43,17 +45,19 @@ def loglikelihood_batches(model: Any, tokenizer: Any, pairs: Sequence[tuple[str,
             tokens = encoded[i][0]
             ids[row, : len(tokens)] = torch.tensor(tokens)
             mask[row, : len(tokens)] = 1
-        with torch.inference_mode():
-            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
-        logprobs = torch.log_softmax(logits.float(), dim=-1)
-        out = []
-        for row, i in enumerate(indices):
+        positions = torch.zeros_like(ids, dtype=torch.bool)
+        targets = []
+        for row, i in enumerate(indices):  # the token at position p is predicted by the logits at p - 1
             tokens, count = encoded[i]
-            targets = torch.tensor(tokens[-count:], device=logprobs.device)
-            # the token at position p is predicted by the logits at p - 1
-            picked = logprobs[row, len(tokens) - count - 1: len(tokens) - 1].gather(-1, targets[:, None])
-            out.append((i, float(picked.sum()), count))
-        yield out
+            positions[row, len(tokens) - count - 1: len(tokens) - 1] = True
+            targets.extend(tokens[-count:])
+        with torch.inference_mode():
+            logits, _ = logits_at(model, {"input_ids": ids.to(device), "attention_mask": mask.to(device)},
+                                  positions.to(device))
+            logprobs = torch.log_softmax(logits.float(), dim=-1)
+            picked = logprobs.gather(-1, torch.tensor(targets, device=logprobs.device)[:, None])[:, 0]
+        counts = [encoded[i][1] for i in indices]
+        yield [(i, float(part.sum()), count) for i, part, count in zip(indices, picked.split(counts), counts)]
 
 
 def loglikelihoods(model: Any, tokenizer: Any, pairs: Sequence[tuple[str, str]], batch_size: int = 16

@@ -26,6 +26,7 @@ from ..core.objectives import training_objective
 from ..core.stochastic import draw_context
 from ..errors import IncompatibleAdapterError, TrainingDivergedError
 from .checkpointing import TRAINABLE_NAME, is_complete, load_trainable, save_trainable
+from .head_loss import applies, labelled_positions_loss
 
 
 def finite(value: torch.Tensor | float | None) -> bool:
@@ -95,13 +96,21 @@ class AdapterTrainer(Trainer):
         The Trainer hands the count to any model whose forward takes **kwargs and then skips its own division by
         the accumulation steps, but many heads drop it (BERT's, transformers' generic sequence-classification
         head; transformers#47688): their loss came out once per micro-batch, `accumulation` x too large. So the
-        model gives its mean over this micro-batch's items, weighted here by their share of the count.
+        model gives its mean over this micro-batch's items, weighted here by their share of the count. A causal LM
+        trained on its own next-token loss runs its LM head at the labelled positions only (`head_loss.py`).
         """
         objective = training_objective(self.model) if model.training else None
         scaled = self.model_accepts_loss_kwargs and num_items_in_batch is not None  # as the Trainer's own loss
+        shifted = getattr(self, "_loss_shifts_labels", False)
+        selected = labelled_positions_loss(model, inputs) if objective is None and applies(self, model, inputs) \
+            else None
         if objective is not None:
             loss, outputs = objective.loss(model, inputs, int(num_items_in_batch) if scaled else None)
-        elif scaled and (items := counted_items(inputs, getattr(self, "_loss_shifts_labels", False))):
+        elif selected is not None:  # the LM head at the labelled positions only: the model's mean, as below
+            loss, outputs = selected
+            if scaled and (items := counted_items(inputs, shifted)):
+                loss = loss * (items / num_items_in_batch)
+        elif scaled and (items := counted_items(inputs, shifted)):
             loss, outputs = super().compute_loss(model, inputs, return_outputs=True)
             loss = loss * (items / num_items_in_batch)
         else:
