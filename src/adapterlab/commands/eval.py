@@ -22,6 +22,7 @@ from ..folder_lock import claim_run_folder
 from ..evaluate import KNOWN, MODES, evaluate, markdown_table
 from ..evaluate.choice import Choice, evaluate_choice
 from ..evaluate.fingerprint import model_files
+from ..evaluate.generate import check_batching
 from ..evaluate.class_run import read_classification_run
 from ..interop.llm_adapters.evaluate import THEIR_ADAPTERS, check_adapter_label, check_model_label, read_their_flags
 from ..evaluate.loop import check_counts
@@ -120,7 +121,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                              "multiple-choice set by its log-likelihood (acc and length-normalised acc_norm)")
     parser.add_argument("--output", help="folder for predictions JSONL, summary.json and summary.md (and for a "
                                          "classification run <dataset>.confusion.png)")
-    parser.add_argument("--batch-size", "--batch_size", type=int, default=16)
+    parser.add_argument("--batch-size", "--batch_size", type=int, default=16,
+                        help="rows decoded together (default %(default)s): greedy rows leave as they finish and "
+                             "waiting items take their place; beam search runs fixed batches of this many items")
+    parser.add_argument("--batch-tokens", type=int,
+                        help="greedy decoding: admit an item only while the batch's padded prompt+generated tokens "
+                             "stay within N (rows still capped by --batch-size); refused with --num-beams > 1")
     parser.add_argument("--max-new-tokens", type=int, help="generation length (default 256)")
     parser.add_argument("--num-beams", type=int, help="1 = greedy (default); LLM-Adapters used 4")
     parser.add_argument("--template", choices=TEMPLATES,
@@ -184,6 +190,8 @@ def evaluate_run(args: argparse.Namespace) -> int:
     options = protocol_options(vars(args), protocol, protocol.refusal)  # other protocols' options refused by name
     vars(args).update(options)
     check_counts({k: v for k, v in vars(args).items() if v is not None}, spell=flag)  # before the model loads
+    if protocol is Generate:
+        check_batching(args.batch_tokens, args.num_beams, spell=flag)
     if args.quantize:
         check_bitsandbytes(args.quantize)
     names = [d.strip() for d in args.datasets.split(",") if d.strip()]
@@ -198,8 +206,8 @@ def evaluate_run(args: argparse.Namespace) -> int:
     model, tokenizer, metadata = load_for_eval(args, adapter_dir)
     summary = evaluate(
         model, tokenizer, datasets, answer_type=args.answer_type,
-        batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, num_beams=args.num_beams,
-        template=template, mode=args.mode, output_dir=args.output, resume=args.resume, overwrite=args.overwrite,
+        batch_size=args.batch_size, batch_tokens=args.batch_tokens, max_new_tokens=args.max_new_tokens,
+        num_beams=args.num_beams, template=template, mode=args.mode, output_dir=args.output, resume=args.resume, overwrite=args.overwrite,
         limit=args.limit, progress=not args.no_progress, metadata=metadata,
     )
     return report(summary, args)

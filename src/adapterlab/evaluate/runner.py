@@ -13,7 +13,7 @@ from ..errors import UsageError
 from .datasets import EvalDataset, check_answers, check_record, infer_answer_type, labels_for, load_dataset
 from .extract import MODES, extract_answer, is_correct
 from .fingerprint import fingerprint
-from .generate import generate_batches
+from .generate import check_batching, generate_batches
 from .loop import Protocol, check_counts, check_names, check_request, run_protocol
 from .report import markdown_table, score
 from .stopping import STOP_STRINGS
@@ -69,7 +69,7 @@ class Generate(Protocol):
 
     name, title = "generate", "generative evaluation"
     flags: ClassVar[dict[str, Any]] = {"max_new_tokens": 256, "num_beams": 1, "template": None, "mode": "default",
-                                       "answer_type": None, "data_dir": None}
+                                       "answer_type": None, "data_dir": None, "batch_tokens": None}
 
     @staticmethod
     def load(names: list[str], options: dict[str, Any], limit: int | None) -> list[EvalDataset]:
@@ -113,6 +113,7 @@ def evaluate(
     data_dirs: Sequence[str | os.PathLike] | None = None,
     answer_type: str | None = None,
     batch_size: int = 16,
+    batch_tokens: int | None = None,
     max_new_tokens: int = 256,
     num_beams: int = 1,
     template: str = "alpaca",
@@ -134,20 +135,23 @@ def evaluate(
     already written and reads their answers again (so a finished run can be rescored in another mode).
     The model's files, active adapters, dtype and device (`fingerprint`), the generation settings and `metadata`
     (e.g. model and adapter names; its keys override the fingerprint's) are recorded and must match on resume.
+    Greedy decoding runs continuous batches of at most `batch_size` rows and, with `batch_tokens`, at most that many
+    padded cache positions (evaluate.scheduler); beam search runs fixed batches of `batch_size` prompts.
     Everything is checked before anything is written; `log` receives one-line notes.
     """
     check_counts({"batch_size": batch_size, "max_new_tokens": max_new_tokens, "num_beams": num_beams, "limit": limit})
+    check_batching(batch_tokens, num_beams)
     if mode not in MODES:
         raise UsageError(f"Unknown extraction mode {mode!r}; choose one of {', '.join(MODES)}.")
     check_request(output_dir, resume, overwrite)
     data = _as_datasets(datasets, data_dirs, answer_type, limit, log)
     prompts = {d.name: [build_prompt(r, template, tokenizer) for r in d.records] for d in data}
     settings = {"template": template, "max_new_tokens": max_new_tokens, "num_beams": num_beams,
-                "stop_strings": list(stop_strings), "mode": mode, "batch_size": batch_size, "limit": limit}
+                "stop_strings": list(stop_strings), "mode": mode, "batch_size": batch_size, "batch_tokens": batch_tokens, "limit": limit}
     metadata = dict(metadata or {})
     made_by = fingerprint(model)
     identity = {**{k: settings[k] for k in GENERATION_KEYS}, **made_by, **metadata}
-    protocol = Generate(model, tokenizer, prompts, mode, {"batch_size": batch_size, "num_beams": num_beams,
+    protocol = Generate(model, tokenizer, prompts, mode, {"batch_size": batch_size, "batch_tokens": batch_tokens, "num_beams": num_beams,
                                                           "max_new_tokens": max_new_tokens,
                                                           "stop_strings": stop_strings})
     head = {"settings": settings, "metadata": {k: v for k, v in metadata.items() if k not in made_by},

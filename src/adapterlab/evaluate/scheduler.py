@@ -1,0 +1,187 @@
+"""Continuous batching for greedy decoding: a row leaves the batch the step it finishes and a waiting prompt
+takes its place, so a batch never decodes for rows that are done (eval now; the serving command next).
+
+One DynamicCache holds the running rows, left-padded to a common length. A newcomer is prefilled alone (exactly
+its batch-1 prefill), then its cache is padded and joined to the batch on every layer; a finished row is removed
+by an index select on every layer, the mask and the pending tokens, and columns that have become padding in every
+row are dropped. Each decode step is the model's own forward with the padding mask and per-row position ids
+(the count of a row's real tokens, as generate() derives them). Columns in front of the prompt that an adapter put
+in the cache (prompt or prefix tuning's virtual tokens) stay in front; padding goes after them.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from transformers import DynamicCache
+from transformers.cache_utils import DynamicLayer
+
+from ..errors import UsageError
+
+
+@dataclass
+class Request:
+    """One prompt to decode: `key` names it in the results; `stop(generated ids)` says a stop string is complete."""
+
+    key: Any
+    ids: list[int]
+    max_new_tokens: int
+    stop: Callable[[list[int]], bool] | None = None
+    out: list[int] = field(default_factory=list)
+
+
+def _pad_columns(x: torch.Tensor, at: int, count: int, dim: int) -> torch.Tensor:
+    """`x` with `count` zero columns inserted at index `at` of dimension `dim`."""
+    if count == 0:
+        return x
+    shape = list(x.shape)
+    shape[dim] = count
+    return torch.cat([x.narrow(dim, 0, at), x.new_zeros(shape), x.narrow(dim, at, x.shape[dim] - at)], dim=dim)
+
+
+def _layers(cache: DynamicCache) -> list[DynamicLayer]:
+    """The cache's layers, each a plain DynamicLayer (sliding, static or linear-attention layers are refused)."""
+    layers = list(cache.layers)
+    if any(type(layer) is not DynamicLayer for layer in layers):
+        kinds = sorted({type(layer).__name__ for layer in layers})
+        raise UsageError(f"Continuous batching needs a cache of plain DynamicLayers; this model's has {kinds}.")
+    return layers
+
+
+class ContinuousBatcher:
+    """Greedy decoding of many requests with rows leaving and joining the batch between steps.
+
+    `max_rows` caps the rows decoded together; `max_tokens` (optional) caps the padded cache, rows x columns, that a
+    newcomer may join (one row is always admitted). Requests are admitted in the order they are added.
+    """
+
+    def __init__(self, model: Any, *, eos_ids: Iterable[int], max_rows: int, max_tokens: int | None = None) -> None:
+        if max_rows < 1 or (max_tokens is not None and max_tokens < 1):
+            raise UsageError(f"max_rows ({max_rows}) and max_tokens ({max_tokens}) must be at least 1.")
+        self.model, self.eos, self.max_rows, self.max_tokens = model, set(eos_ids), max_rows, max_tokens
+        self.device = next(model.parameters()).device
+        names = set(inspect.signature(model.forward).parameters)
+        self.positions = "position_ids" in names
+        self.last_only = {"logits_to_keep": 1} if "logits_to_keep" in names else {}
+        self.waiting: deque[Request] = deque()
+        self.rows: list[Request] = []
+        self.cache: DynamicCache | None = None
+        self.mask = torch.zeros(0, 0, dtype=torch.long, device=self.device)  # (rows, columns) of the cache
+        self.front = 0  # adapter columns before the prompt (virtual tokens), the same in every row
+        self.pending = torch.zeros(0, dtype=torch.long, device=self.device)  # each row's newest token, not cached yet
+
+    def add(self, request: Request) -> None:
+        """Queue `request`; it joins the batch when a row is free and the token budget allows."""
+        if request.max_new_tokens < 1 or not request.ids:
+            raise UsageError(f"Request {request.key!r}: needs prompt tokens and max_new_tokens >= 1.")
+        self.waiting.append(request)
+
+    def busy(self) -> bool:
+        """Whether any request is running or waiting."""
+        return bool(self.rows or self.waiting)
+
+    def run(self) -> Iterator[list[Request]]:
+        """Decode until every request is done, yielding the requests that finished at each step (if any)."""
+        while self.busy():
+            done = self.step()
+            if done:
+                yield done
+
+    def step(self) -> list[Request]:
+        """Admit what fits, decode one token for every running row, and return the requests that finished."""
+        done = self._admit()
+        if not self.rows:
+            return done
+        mask = torch.cat([self.mask, self.mask.new_ones(len(self.rows), 1)], dim=1)
+        extra = {"position_ids": self.mask[:, self.front:].sum(1, keepdim=True)} if self.positions else {}
+        with torch.inference_mode():
+            out = self.model(input_ids=self.pending[:, None], attention_mask=mask, past_key_values=self.cache,
+                             use_cache=True, **extra, **self.last_only)
+        self.cache, self.mask = out.past_key_values, mask
+        self.pending = out.logits[:, -1].argmax(-1)
+        finished = [self._emit(row, int(token)) for row, token in zip(self.rows, self.pending.tolist())]
+        if any(finished):
+            done += [row for row, end in zip(self.rows, finished) if end]
+            self._keep([i for i, end in enumerate(finished) if not end])
+        return done
+
+    def _emit(self, row: Request, token: int) -> bool:
+        """Append `token` to the row's output; whether the row is finished (EOS, stop string or length)."""
+        row.out.append(token)
+        return (token in self.eos or len(row.out) >= row.max_new_tokens
+                or (row.stop is not None and row.stop(row.out)))
+
+    def _fits(self, request: Request) -> bool:
+        """Whether `request` may join: a free row, and the padded cache after joining within the token budget."""
+        if not self.rows:
+            return True
+        if len(self.rows) >= self.max_rows:
+            return False
+        width = max(self.mask.shape[1] - self.front, len(request.ids)) + 1
+        return self.max_tokens is None or (len(self.rows) + 1) * width <= self.max_tokens
+
+    def _admit(self) -> list[Request]:
+        """Prefill waiting requests that fit and join them to the batch; those done at their first token return."""
+        done = []
+        while self.waiting and self._fits(self.waiting[0]):
+            request = self.waiting.popleft()
+            ids = torch.tensor([request.ids], dtype=torch.long, device=self.device)
+            extra = {"position_ids": torch.arange(ids.shape[1], device=self.device)[None]} if self.positions else {}
+            with torch.inference_mode():
+                out = self.model(input_ids=ids, attention_mask=torch.ones_like(ids), past_key_values=DynamicCache(),
+                                 use_cache=True, **extra, **self.last_only)
+            token = int(out.logits[0, -1].argmax())
+            if self._emit(request, token):
+                done.append(request)
+            else:
+                self._join(request, out.past_key_values, token)
+        return done
+
+    def _join(self, request: Request, cache: DynamicCache, token: int) -> None:
+        """Left-pad the newcomer's cache or the batch's to a common length and concatenate them on every layer."""
+        front = cache.get_seq_length() - len(request.ids)
+        _layers(cache)
+        mask = torch.ones(1, front + len(request.ids), dtype=torch.long, device=self.device)
+        pending = torch.tensor([token], device=self.device)
+        if self.cache is None:
+            self.cache, self.mask, self.front, self.pending, self.rows = cache, mask, front, pending, [request]
+            return
+        if front != self.front:
+            raise UsageError(f"Request {request.key!r} put {front} columns in front of its prompt, the batch "
+                             f"{self.front}; continuous batching needs the same adapter for every row.")
+        old, new = self.mask.shape[1] - front, len(request.ids)
+        width = max(old, new)
+        for mine, theirs in zip(_layers(self.cache), _layers(cache)):
+            for name in ("keys", "values"):
+                a = _pad_columns(getattr(mine, name), front, width - old, dim=-2)
+                b = _pad_columns(getattr(theirs, name), front, width - new, dim=-2)
+                setattr(mine, name, torch.cat([a, b], dim=0))
+        self.mask = torch.cat([_pad_columns(self.mask, front, width - old, dim=1),
+                               _pad_columns(mask, front, width - new, dim=1)], dim=0)
+        self.pending = torch.cat([self.pending, pending])
+        self.rows.append(request)
+
+    def _keep(self, keep: list[int]) -> None:
+        """Keep only rows `keep` (index select on every layer) and drop the columns now padding in every row."""
+        self.rows = [self.rows[i] for i in keep]
+        if not keep:
+            self.cache, self.front = None, 0
+            self.mask = self.mask[:0, :0]
+            self.pending = self.pending[:0]
+            return
+        index = torch.tensor(keep, device=self.device)
+        self.cache.batch_select_indices(index)
+        self.mask, self.pending = self.mask[index], self.pending[index]
+        used = self.mask[:, self.front:].any(0).nonzero()
+        start = int(used[0]) if len(used) else 0  # first column that holds a real token in some row
+        if start:
+            front = self.front
+            for layer in _layers(self.cache):
+                layer.keys = torch.cat([layer.keys[..., :front, :], layer.keys[..., front + start:, :]], dim=-2)
+                layer.values = torch.cat([layer.values[..., :front, :], layer.values[..., front + start:, :]], dim=-2)
+            self.mask = torch.cat([self.mask[:, :front], self.mask[:, front + start:]], dim=1)
