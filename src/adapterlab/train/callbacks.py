@@ -81,7 +81,8 @@ class MetricsLog(TrainerCallback):
 class BestKeeper(TrainerCallback):
     """Save a copy of the trained parameters whenever the dev metric improves; stop after `patience` misses.
 
-    The best so far is read from the trainer state's log history, so a resumed run continues the count.
+    The best so far is read from the trainer state's log history, so a resumed run continues the count. `save` is
+    called on every process (a sharded engine gathers the parameters on all of them); it writes on the main one.
     """
 
     def __init__(self, metric: str, greater_is_better: bool, save: Callable[[Any, int, float], None],
@@ -103,8 +104,7 @@ class BestKeeper(TrainerCallback):
             if best is None or self._better(v, best):
                 best_step, best = step, v
         if best is None or self._better(value, best):
-            if state.is_world_process_zero:
-                self.save(model, state.global_step, value)
+            self.save(model, state.global_step, value)
             return
         misses = sum(1 for step, _ in earlier if step > best_step) + 1
         if self.patience and misses >= self.patience:

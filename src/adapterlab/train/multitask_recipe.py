@@ -32,6 +32,7 @@ from ..tasks.base import TaskSetup
 from .callbacks import MetricsLog
 from .progress import use_readable_progress
 from .config import TrainConfig
+from .engines import check_engine_request
 from .multitask import MultiTaskModel, ProportionalTaskBatches, TaskCollator, TaskExamples
 from .recipe import prepare_task, resolve_precision, training_arguments
 from .run_dir import METRICS, SUMMARY, check_output, clear_run, record_outputs
@@ -139,6 +140,7 @@ def train_multitask(model: MultiTaskModel, setups: dict[str, TaskSetup], config:
     if not config.trainable.full:
         raise AdapterError(f"Multi-task training here is full fine-tuning (one shared encoder); got --adapter "
                            f"{config.adapter}. Train adapters one task at a time.")
+    check_engine_request(full_model=True)
     if config.resume or config.save_steps:
         raise AdapterError(f"{'--resume' if config.resume else '--save-steps'}: multi-task runs keep no checkpoints "
                            "(the best weights stay in memory until the end); drop it.")

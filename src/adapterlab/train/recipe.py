@@ -31,6 +31,7 @@ from .callbacks import BestKeeper, MetricsLog
 from .progress import use_readable_progress
 from .checkpointing import TRAINABLE_NAME, check_checkpoint, last_checkpoint, load_trainable, save_trainable
 from .config import TrainConfig
+from .engines import check_engine_enabled, check_engine_request, requested_engine, whole_trainable
 from .run_folder import RunFolder
 from .plot import plot_metrics
 from .run_dir import BEST, CHECKPOINTS, METRICS, PLOT, SUMMARY, check_output, clear_run, record_outputs, write_run_config
@@ -145,6 +146,7 @@ def train(config: TrainConfig, callbacks: Sequence[TrainerCallback] = ()) -> dic
         raise UsageError("cross_validate trains once per fold: call adapterlab.train.cross_validate(config), as "
                          "`adapterlab train --cross-validate` does.")
     config.validate()
+    check_engine_request(config.trainable.full)
     out = Path(config.output)
     main = is_main_process()
     if main:
@@ -170,18 +172,15 @@ def _train(config: TrainConfig, out: Path, main: bool, callbacks: Sequence[Train
         checkpoint = warm_start(model, config.resume_from_checkpoint, full_model=config.trainable.full)
     trainable, total = count_parameters(model)
     args = training_arguments(config, setup, out / CHECKPOINTS)
-    if main:
-        if config.overwrite:
-            clear_run(out)
-        record_outputs(out, [CHECKPOINTS, BEST, METRICS])
-        write_run_config(out, config)
 
     def keep_best(model_now: torch.nn.Module, step: int, value: float) -> None:
         def build(tmp: Path) -> None:
             save_trainable(model_now, tmp / TRAINABLE_NAME)
             write_json(tmp / "best.json", {"step": step, setup.metric_name: value})
 
-        replace_files(out / BEST, build)
+        with whole_trainable(model_now):  # every process: FSDP2 / ZeRO-3 gather; the main one writes
+            if main:
+                replace_files(out / BEST, build)
 
     trainer = AdapterTrainer(
         model=model, args=args, train_dataset=setup.train_dataset, eval_dataset=setup.eval_dataset,
@@ -192,6 +191,17 @@ def _train(config: TrainConfig, out: Path, main: bool, callbacks: Sequence[Train
                    *callbacks],
         full_model=config.trainable.full,
     )
+    try:
+        check_engine_enabled(trainer)  # the engine asked for is the one built, before the folder is written
+    except UsageError:
+        with contextlib.suppress(OSError):  # the empty checkpoints folder the Trainer made, never a full one
+            (out / CHECKPOINTS).rmdir()
+        raise
+    if main:
+        if config.overwrite:
+            clear_run(out)
+        record_outputs(out, [CHECKPOINTS, BEST, METRICS])
+        write_run_config(out, config)
     use_readable_progress(trainer)
     tokens_before = json.loads((checkpoint / "trainer_state.json").read_text()).get("num_input_tokens_seen", 0) \
         if checkpoint else 0
@@ -202,8 +212,9 @@ def _train(config: TrainConfig, out: Path, main: bool, callbacks: Sequence[Train
     best_file = group_file(out / BEST, "best.json")
     best = read_json_object(best_file, f"delete the folder {out / BEST} and train again") if best_file.is_file() else None
     if best:  # the run folder holds the best dev checkpoint, as LLM-Adapters' load_best_model_at_end does
-        load_trainable(model, group_file(out / BEST, TRAINABLE_NAME),
-                       fix=f"delete the folder {out / BEST} and train again")
+        with whole_trainable(model, write_back=True):
+            load_trainable(model, group_file(out / BEST, TRAINABLE_NAME),
+                           fix=f"delete the folder {out / BEST} and train again")
     test = score_test(trainer, setup, f"best (step {best['step']})" if best else "last")
     tokens = (state.num_input_tokens_seen or 0) - tokens_before
     summary = {
@@ -218,13 +229,16 @@ def _train(config: TrainConfig, out: Path, main: bool, callbacks: Sequence[Train
         "test_metric": test,
         "trainable_parameters": trainable, "total_parameters": total,
         "trainable_percent": round(100 * trainable / total, 4) if total else None,
-        "world_size": world_size(), "precision": resolve_precision(config.precision),
+        "world_size": world_size(), "engine": requested_engine() or ("DDP" if world_size() > 1 else None),
+        "precision": resolve_precision(config.precision),
         "device": torch.cuda.get_device_name() if torch.cuda.is_available() else f"cpu ({platform.processor() or platform.machine()})",
         "torch": torch.__version__, "adapterlab": __version__,
         "data": setup.info,
     }
+    with whole_trainable(model):  # every process gathers sharded adapter weights; the main one writes them
+        if main:
+            save_final(model, config, setup, out)
     if main:
-        save_final(model, config, setup, out)
         record_outputs(out, [SUMMARY, PLOT])
         write_json(out / SUMMARY, summary)
         if (out / METRICS).is_file():

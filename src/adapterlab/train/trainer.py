@@ -1,9 +1,10 @@
 """The HF Trainer subclass of every single-task run, and its per-step logic, in one place.
 
 `AdapterTrainer`: checkpoints hold the trainable parameters only (`trainable.safetensors`, unless the whole model
-trains); everything else (optimizer, scheduler, RNG states, trainer state, rotation) stays the Trainer's own, and a
-save that fails half-way (a full disk) removes its incomplete checkpoint, so the previous one stays the one to
-resume. Each step holds its random draws (stochastic methods), computes the loss over the accumulated batch, and
+trains); everything else (optimizer, scheduler, RNG states, trainer state, rotation) stays the Trainer's own.
+Under FSDP2 every process gathers the adapter's shards for a save (never the base) and a checkpoint holds the
+adapter's optimizer state, not the sharded model (`engines.py`). A save that fails half-way (a full disk) removes
+its incomplete checkpoint, so the previous one stays the one to resume. Each step holds its random draws (stochastic methods), computes the loss over the accumulated batch, and
 stops the run at the first step whose training loss or gradient norm is NaN or inf: the HF Trainer would log a
 running mean in its place and keep saving and evaluating NaN weights, so checkpoints/ and best/ keep the last good
 step, nothing of the bad step is written, and a `TrainingDivergedError` names the step. Under fp16 a gradient
@@ -19,13 +20,16 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from accelerate.utils import save_fsdp_optimizer
 from transformers import Trainer
+from transformers.trainer import SCHEDULER_NAME
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 
 from ..core.objectives import training_objective
 from ..core.stochastic import draw_context
 from ..errors import IncompatibleAdapterError, TrainingDivergedError
 from .checkpointing import TRAINABLE_NAME, is_complete, load_trainable, save_trainable
+from .engines import whole_trainable
 from .head_loss import applies, labelled_positions_loss
 
 
@@ -119,11 +123,24 @@ class AdapterTrainer(Trainer):
             loss = loss * self.accelerator.num_processes
         return (loss, outputs) if return_outputs else loss
 
-    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        """The trainable parameters only, gathered on every rank (FSDP2 shards, ZeRO-3 partitions; never the frozen
+        base, which the Trainer's own FSDP/DeepSpeed save would gather whole) and written by the main process."""
         if self.full_model:
-            return super()._save(output_dir, state_dict)
+            return super().save_model(output_dir, _internal_call)
+        with whole_trainable(self.model):
+            if self.args.should_save:
+                save_trainable(self.model, Path(output_dir or self.args.output_dir) / TRAINABLE_NAME)
+
+    def _save_optimizer_and_scheduler(self, output_dir: str) -> None:
+        """Under FSDP an adapter checkpoint holds the optimizer state (the adapter's only) and the schedule, not the
+        whole sharded model that the Trainer would write beside them."""
+        if not self.is_fsdp_enabled or self.full_model:
+            return super()._save_optimizer_and_scheduler(output_dir)
+        save_fsdp_optimizer(self.accelerator.state.fsdp_plugin, self.accelerator, self.optimizer, self.model,
+                            output_dir)
         if self.args.should_save:
-            save_trainable(self.model, Path(output_dir or self.args.output_dir) / TRAINABLE_NAME)
+            torch.save(self.lr_scheduler.state_dict(), Path(output_dir) / SCHEDULER_NAME)
 
     def _save_checkpoint(self, model: nn.Module, trial) -> None:
         """The Trainer's checkpoint save; one that fails half-way (a full disk) is removed, not left half-written."""
@@ -142,7 +159,9 @@ class AdapterTrainer(Trainer):
         if not path.is_file():
             raise IncompatibleAdapterError(f"{resume_from_checkpoint} has no {TRAINABLE_NAME}; it is not a "
                                            "checkpoint of an adapter run.")
-        load_trainable(model if model is not None else self.model, path)
+        model = model if model is not None else self.model
+        with whole_trainable(model, write_back=True):
+            load_trainable(model, path)
 
     def _maybe_log_save_evaluate(self, tr_loss, grad_norm, *args, **kwargs):
         """Check the step just taken, then let the Trainer log, save and evaluate it (not when it diverged)."""
