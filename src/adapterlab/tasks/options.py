@@ -122,6 +122,11 @@ class CausalLMOptions(Subset, Cutoff, BaseDtype, Quantized):
                                       default_factory=list)
     group_by_length: bool = option("batch examples of similar length together (the Trainer's group_by_length)",
                                    default=False)
+    packing: bool = option("padding-free batches: each micro-batch's records end to end in one row with per-record "
+                           "position ids, the loss of every record as when padded; refused unless the model and "
+                           "adapter keep packed records apart (checked before training: BLOOM, OPT, prefix and "
+                           "prompt tuning cannot); a packed row's attention covers all its records",
+                           default=False)
 
 
 @dataclass
