@@ -1,7 +1,7 @@
 """Padding-free (packed) and length-grouped causal-LM batches (issue #21 item 2): each record's loss, the batch loss
 and every trainable gradient equal those of the padded batch of the same records, on the families whose attention
 keeps packed records apart (a real SmolLM2 on math records too); the others, and adapters that break it, are
-refused by name; the dev set's batches do not change with the training batches."""
+refused by name; the default is the batching the benchmark chose, and the dev set's batches do not change."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from train_helpers import causal_folder, math_records, write_json
 import adapterlab as al
 from adapterlab.data.packing import PackedCollator, check_packing, record_ids
 from adapterlab.errors import UsageError
+from adapterlab.tasks.options import CausalLMOptions
 from adapterlab.train import TrainConfig, train
 from adapterlab.train.recipe import prepare_task, training_arguments
 from adapterlab.train.trainer import AdapterTrainer
@@ -221,6 +222,23 @@ def test_packing_with_an_adapter_that_breaks_it_is_refused_before_writing(llama,
     with pytest.raises(UsageError, match="--packing"):
         train(config)
     assert not (tmp_path / "run").exists()
+
+
+def test_the_default_is_the_benchmarks_choice_and_their_recipe_keeps_theirs(llama, tmp_path):
+    """BENCHMARKS.md, 'Training batches': length-grouped batches were the fastest on CPU, so they are the
+    default; LLM-Adapters' recipe keeps their finetune.py's group_by_length False; nobody packs by default."""
+    from adapterlab.interop.llm_adapters.finetune import THEIR_SETTINGS
+
+    assert CausalLMOptions().group_by_length is True and CausalLMOptions().packing is False
+    assert TrainConfig().group_by_length is True and TrainConfig().packing is False
+    assert THEIR_SETTINGS["group_by_length"] is False
+    data = write_json(tmp_path / "m.json", math_records(12))
+    config = small(llama, data, tmp_path / "run")
+    setup = prepare_task(config)
+    assert setup.group_by_length and not isinstance(setup.data_collator, PackedCollator)
+    assert training_arguments(config, setup, tmp_path / "c").train_sampling_strategy == "group_by_length"
+    config = small(llama, data, tmp_path / "run", group_by_length=False)
+    assert training_arguments(config, prepare_task(config), tmp_path / "c").train_sampling_strategy == "random"
 
 
 def test_grouping_leaves_the_dev_batches_in_their_order(llama, tmp_path):
