@@ -15,6 +15,7 @@ from adapterlab.core.checkpoint import adapter_state_dict
 from adapterlab.cli import build_parser, main
 from adapterlab.commands.train import config_and_notes
 from adapterlab.data.instruction import tokenize_example
+from adapterlab.interop.llm_adapters.finetune import their_recipe
 from adapterlab.train import TrainConfig, train
 from train_helpers import causal_folder, math_records, write_json
 
@@ -140,13 +141,17 @@ def test_resume_from_a_missing_folder_is_refused_before_writing(llama, tmp_path,
 
 
 def test_group_by_length_reaches_the_trainer(llama, tmp_path):
-    """--group-by-length -> the Trainer samples length-grouped batches."""
+    """--group_by_length -> the Trainer samples length-grouped batches; their recipe without it does not (their
+    finetune.py's default, False, where adapterlab's is True)."""
     from adapterlab.train.recipe import training_arguments, prepare_task
 
     data = write_json(tmp_path / "m.json", math_records(12))
-    config = small(llama, data, tmp_path / "run", group_by_length=True)
-    args = training_arguments(config, prepare_task(config), tmp_path / "c")
-    assert getattr(args, "train_sampling_strategy", None) == "group_by_length" or args.group_by_length
+    for given, grouped in ((True, True), (None, False)):
+        settings = {} if given is None else {"group_by_length": given}
+        merged, _, _ = their_recipe(settings, {}, "lora")
+        config = small(llama, data, tmp_path / "run", group_by_length=merged["group_by_length"])
+        args = training_arguments(config, prepare_task(config), tmp_path / "c")
+        assert (args.train_sampling_strategy == "group_by_length") is grouped
 
 
 def test_train_config_records_their_recipe(llama, tmp_path, capsys):

@@ -291,5 +291,5 @@ def test_ddp_looks_for_unused_parameters_of_a_stochastic_adapter(llama, tmp_path
     config = TrainConfig(model=str(llama), data=["d.json"], output=str(tmp_path), adapter=adapter,
                          adapter_options=dict(options), gradient_checkpointing=True)
     model = adapterlab.attach(T.AutoModelForCausalLM.from_pretrained(llama), adapter, **options)
-    setup = SimpleNamespace(model=model, eval_dataset=None, num_tokens=None)
+    setup = SimpleNamespace(model=model, eval_dataset=None, num_tokens=None, group_by_length=False)
     assert training_arguments(config, setup, tmp_path).ddp_find_unused_parameters is expected

@@ -159,7 +159,8 @@ ALTERNATIVES: dict[str, Callable[[dict[str, Any]], list[str]]] = {
     "output": lambda fx: ["--output", str(Path(fx["root"]) / "elsewhere")],
     "adapter": lambda fx: ["--adapter", "ia3"],
     "recipe": lambda fx: ["--recipe", "llm-adapters"],
-    "group_by_length": lambda fx: ["--group-by-length"],
+    "group_by_length": lambda fx: ["--group-by-length", "false"],
+    "packing": lambda fx: ["--packing"],
     "eval_data": lambda fx: ["--eval-data", str(fx["dev"]), "--val-size", "0"],
     "val_size": lambda fx: ["--val-size", "4"],
     "max_train_samples": lambda fx: ["--max-train-samples", "8"],
@@ -254,6 +255,7 @@ def describe(kwargs: dict[str, Any]) -> dict[str, Any]:
         "callbacks": [(type(c).__name__, {k: v for k, v in vars(c).items() if isinstance(v, (int, float, str))})
                       for c in kwargs["callbacks"]],
         "full_model": kwargs["full_model"],
+        "collator": type(kwargs["data_collator"]).__name__,  # how a batch is made (padded, packed)
     }
 
 

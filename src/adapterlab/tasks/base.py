@@ -54,6 +54,9 @@ class TaskSetup:
     # A test set scored once after training, with the final (best dev) weights, by the same metric (a dataset
     # protocol's test fold or list); None: the run has none.
     test_dataset: Any | None = None
+    # Training batches drawn by the Trainer's length-grouped sampler (records of similar length together, so a
+    # padded batch carries little padding); only the order of the records changes, not their loss.
+    group_by_length: bool = False
 
 
 def quantization(options: dict[str, Any]) -> str | None:

@@ -7,6 +7,7 @@ from typing import Any
 
 from transformers import DataCollatorForSeq2Seq
 
+from ..data.packing import PackedCollator
 from ..data.decontaminate import decontaminate, overlap_counts
 from ..data.instruction import read_instructions, tokenize_example
 from ..data.splits import holdout, subsample
@@ -30,10 +31,10 @@ def _load(options: TaskOptions) -> tuple[Any, Any]:
 
 
 def prepare(options: TaskOptions) -> TaskSetup:
-    """Model, tokenized train/dev sets and a padding collator for instruction tuning.
+    """Model, tokenized train/dev sets and a collator for instruction tuning: padding, or packing (--packing).
 
     options.options: template ("alpaca"|"chat"), cutoff_len, train_on_inputs, add_eos, decontaminate
-    (eval files whose questions are dropped from training), max_train_samples.
+    (eval files whose questions are dropped from training), max_train_samples, group_by_length, packing.
     """
     opts = OPTIONS.of(options.options)
     records = read_instructions(options.data)
@@ -67,9 +68,10 @@ def prepare(options: TaskOptions) -> TaskSetup:
         warnings.warn(f"{empty} of {len(train_set)} training examples have no response tokens left within "
                       f"--cutoff-len {tokenize['cutoff_len']}; they add nothing to the loss. Raise --cutoff-len.",
                       stacklevel=2)
-    collator = DataCollatorForSeq2Seq(tokenizer, padding=True, pad_to_multiple_of=8, return_tensors="pt")
+    collator = PackedCollator() if opts.packing else \
+        DataCollatorForSeq2Seq(tokenizer, padding=True, pad_to_multiple_of=8, return_tensors="pt")
     return TaskSetup(
         model=model, train_dataset=train_set, eval_dataset=dev_set, data_collator=collator, processor=tokenizer,
         metric_name="eval_loss", greater_is_better=False,
-        num_tokens=sum(len(x["input_ids"]) for x in train_set), info=info,
+        num_tokens=sum(len(x["input_ids"]) for x in train_set), info=info, group_by_length=opts.group_by_length,
     )

@@ -120,8 +120,20 @@ class CausalLMOptions(Subset, Cutoff, BaseDtype, Quantized):
     add_eos: bool = option("append EOS to each example when it fits", default=True)
     decontaminate: list[str] = option("eval files whose questions are dropped from the training data",
                                       default_factory=list)
-    group_by_length: bool = option("batch examples of similar length together (the Trainer's group_by_length)",
-                                   default=False)
+    group_by_length: bool = option("draw training batches of records of similar length (the Trainer's length-grouped "
+                                   "sampler over each --batch-size group), so a micro-batch pads to a length its "
+                                   "records nearly share: on by default, the fastest of padded, grouped and packed "
+                                   "batches on CPU (an epoch 1.29x faster than padded, packed 1.05x: BENCHMARKS.md, "
+                                   "'Training batches'); LLM-Adapters' finetune.py "
+                                   "defaults to false (their --recipe keeps that). It changes the order of the "
+                                   "records, not the loss of any record; the dev set keeps its order",
+                                   default=True)
+    packing: bool = option("padding-free batches: each micro-batch's records end to end in one row with per-record "
+                           "position ids, the loss of every record as when padded; refused unless the model and "
+                           "adapter keep packed records apart (checked before training: BLOOM, OPT, prefix and "
+                           "prompt tuning cannot). Slower than --group-by-length on CPU: a packed row's attention "
+                           "covers all its records (BENCHMARKS.md, 'Training batches')",
+                           default=False)
 
 
 @dataclass

@@ -114,6 +114,7 @@ class TrainConfig:
         "start from this folder, as LLM-Adapters' flag: a run's checkpoint folder (weights, optimizer, schedule and "
         "step) or a saved adapter folder (its weights only; training starts afresh)", default=None)
     group_by_length: bool = task_setting("group_by_length")
+    packing: bool = task_setting("packing")
     overwrite: bool = flag("replace a run of another config already in the output folder", default=False)
 
     def __post_init__(self) -> None:

@@ -25,6 +25,7 @@ from ..core.engine import check_inputs, count_parameters
 from ..errors import AdapterError, UsageError
 from ..files import group_file, read_json_object, replace_files, write_json
 from ..core.stochastic import stochastic_modules
+from ..data.packing import PackedCollator, check_packing
 from ..tasks import TASKS
 from ..tasks.base import TaskSetup
 from .callbacks import BestKeeper, MetricsLog
@@ -103,7 +104,7 @@ def training_arguments(config: TrainConfig, setup: TaskSetup, checkpoints: Path)
         save_total_limit=config.save_total_limit,
         logging_steps=config.logging_steps,
         logging_first_step=True,
-        **length_grouping(config.group_by_length),
+        **length_grouping(setup.group_by_length),
         bf16=precision == "bf16",
         fp16=precision == "fp16",
         **checkpointing_arguments(config.gradient_checkpointing),
@@ -168,6 +169,8 @@ def _train(config: TrainConfig, out: Path, main: bool, callbacks: Sequence[Train
     first = next(iter(setup.train_dataset), None)
     if isinstance(first, dict):  # inputs the adapter cannot take are refused before the folder is written
         check_inputs(model, set(first))
+    if isinstance(setup.data_collator, PackedCollator):  # packed records must stay apart in this model + adapter
+        check_packing(model, config.model)
     if config.resume_from_checkpoint:
         checkpoint = warm_start(model, config.resume_from_checkpoint, full_model=config.trainable.full)
     trainable, total = count_parameters(model)

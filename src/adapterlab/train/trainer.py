@@ -8,7 +8,8 @@ its incomplete checkpoint, so the previous one stays the one to resume. Each ste
 stops the run at the first step whose training loss or gradient norm is NaN or inf: the HF Trainer would log a
 running mean in its place and keep saving and evaluating NaN weights, so checkpoints/ and best/ keep the last good
 step, nothing of the bad step is written, and a `TrainingDivergedError` names the step. Under fp16 a gradient
-overflow that the loss scaler handles (it skips the step) is not a divergence.
+overflow that the loss scaler handles (it skips the step) is not a divergence. How the training batches are made
+(length-grouped, packed) leaves the dev set's batches, and so its loss, as they are without it.
 """
 
 from __future__ import annotations
@@ -21,12 +22,15 @@ from pathlib import Path
 import torch
 from torch import nn
 from accelerate.utils import save_fsdp_optimizer
+from torch.utils.data import SequentialSampler
 from transformers import Trainer
 from transformers.trainer import SCHEDULER_NAME
+from transformers.trainer_pt_utils import LengthGroupedSampler
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 
 from ..core.objectives import training_objective
 from ..core.stochastic import draw_context
+from ..data.packing import is_packed
 from ..errors import IncompatibleAdapterError, TrainingDivergedError
 from .checkpointing import TRAINABLE_NAME, is_complete, load_trainable, save_trainable
 from .engines import whole_trainable
@@ -122,6 +126,32 @@ class AdapterTrainer(Trainer):
         if scaled and self.args.average_tokens_across_devices:
             loss = loss * self.accelerator.num_processes
         return (loss, outputs) if return_outputs else loss
+
+    def _get_train_sampler(self, train_dataset=None):
+        """Length-grouped batches grouped by the global batch (micro-batch x accumulation x processes), so N processes
+        draw the order one process draws (transformers groups by one process's share, so the order, and the
+        training, would change with the number of processes)."""
+        sampler = super()._get_train_sampler(train_dataset)
+        if isinstance(sampler, LengthGroupedSampler):
+            sampler.batch_size = (self.args.train_batch_size * self.args.gradient_accumulation_steps
+                                  * max(1, self.args.world_size))
+        return sampler
+
+    def _get_eval_sampler(self, eval_dataset):
+        """The dev set in its own order: transformers 5 also length-groups the dev batches under group_by_length,
+        which changes the dev loss (a mean of per-batch means) with the training option; here it does not."""
+        if self.args.train_sampling_strategy == "group_by_length" and self.args.world_size <= 1:
+            return SequentialSampler(eval_dataset)
+        return super()._get_eval_sampler(eval_dataset)
+
+    def _track_num_input_tokens(self, inputs):
+        """Tokens seen: a packed row has no padding and no attention mask, so each of its tokens counts (the
+        Trainer would count those that are not the pad token, which may also be EOS)."""
+        if is_packed(inputs) and self.args.include_num_input_tokens_seen != "no":
+            self.state.num_input_tokens_seen += int(self.accelerator.gather(
+                torch.as_tensor(inputs["input_ids"].numel(), device=self.args.device)).sum())
+            return None
+        return super()._track_num_input_tokens(inputs)
 
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
         """The trainable parameters only, gathered on every rank (FSDP2 shards, ZeRO-3 partitions; never the frozen

@@ -39,7 +39,7 @@ WANDB_FLAGS = ("wandb_project", "wandb_run_name", "wandb_watch", "wandb_log_mode
 # micro-batch 4, cutoff 256, warmup 100, logging every 10 steps, linear schedule, AdamW).
 THEIR_SETTINGS: dict[str, Any] = {
     "output": "./lora-alpaca", "batch_size": 128, "val_size": 2000, "eval_steps": 200, "save_steps": 200,
-    "save_total_limit": 3, "train_on_inputs": True, "template": "llm-adapters",
+    "save_total_limit": 3, "train_on_inputs": True, "template": "llm-adapters", "group_by_length": False,
 }
 # Their tuner defaults, per adapterlab method (LoraConfig, BottleneckConfig with bias "none", PrefixTuningConfig).
 THEIR_OPTIONS: dict[str, dict[str, Any]] = {
