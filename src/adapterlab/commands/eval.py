@@ -153,7 +153,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                 "bf16 compute), as QLoRA trains it")
     parser.add_argument("--compile", action="store_true",
                         help="torch.compile the model's forward (adapters included) before evaluating: compiles at the "
-                             "first batches, then each forward may run faster (BENCHMARKS.md has the effect per method)")
+                             "first batches, then each forward may run faster (benchmarks/compile_effect.py measures "
+                             "it per method)")
     parser.add_argument("--compile-backend",
                         help=f"torch.compile backend of --compile (default {BACKEND}: generated kernels, on CPU with a "
                              "C++ compiler; aot_eager runs the same graphs eagerly: checks tracing, no speed-up)")

@@ -103,8 +103,9 @@ class TrainConfig:
     logging_steps: int = flag("log the training loss every N steps", default=10)
     early_stopping: int | None = flag("stop after N evaluations without a better dev metric", default=None)
     compile: bool = flag("torch.compile the model's forward and backward (the HF Trainer's torch_compile): compiles at "
-                         "the first steps, then each step may run faster (BENCHMARKS.md has the effect per method); "
-                         "refused for methods that draw at random each step (MoSA, robust AdapterDrop)", default=False)
+                         "the first steps, then each step may run faster (benchmarks/compile_effect.py measures it "
+                         "per method); refused for methods that draw at random each step (MoSA, robust AdapterDrop)",
+                         default=False)
     compile_backend: str = flag("torch.compile backend of --compile: inductor (generated kernels; on CPU it needs a C++ "
                                 "compiler) or aot_eager (the same graphs run eagerly: checks tracing, no speed-up)",
                                 default=BACKEND)
