@@ -72,7 +72,7 @@ def loss_and_grads(model, call, inputs) -> tuple[torch.Tensor, dict[str, torch.T
 
 
 @pytest.mark.parametrize("label", FAMILIES)
-def test_compiled_training_steps_equal_eager_in_one_graph(label):
+def test_compiled_training_steps_equal_eager_without_graph_breaks(label):
     model = adapted("llama", FAMILIES[label]).train()
     compiled = torch.compile(model, backend=BACKEND)
     graphs = []
