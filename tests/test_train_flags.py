@@ -197,6 +197,8 @@ ALTERNATIVES: dict[str, Callable[[dict[str, Any]], list[str]]] = {
     "logging_steps": lambda fx: ["--logging-steps", "3"],
     "early_stopping": lambda fx: ["--early-stopping", "2"],
     "gradient_checkpointing": lambda fx: ["--gradient-checkpointing"],
+    "compile": lambda fx: ["--compile"],
+    "compile_backend": lambda fx: ["--compile-backend", "aot_eager"],
     "precision": lambda fx: ["--precision", "bf16"],
     "dtype": lambda fx: ["--dtype", "bfloat16"],
     "load_8bit": lambda fx: ["--load-8bit"],
@@ -218,7 +220,7 @@ ALTERNATIVES: dict[str, Callable[[dict[str, Any]], list[str]]] = {
 # Flags whose alternative is compared with the baseline plus these flags (the variant flags refine --adapter_name).
 CONTEXT = {"use_parallel_adapter": ["--adapter_name", "bottleneck"], "use_adapterp": ["--adapter_name", "bottleneck"],
            "split": ["--val-size", "0"], "eval_data": ["--val-size", "0"], "fold": ["--val-size", "0"],
-           "cross_validate": ["--val-size", "0"]}
+           "cross_validate": ["--val-size", "0"], "compile_backend": ["--compile"]}
 # Flags refused for a reason other than the task, with a word of the expected message.
 REFUSED_HERE = {"resume": "holds no run"}
 

@@ -16,6 +16,7 @@ import yaml
 
 from ..errors import MissingPathError, UsageError
 from ..core.checkpoint import CONFIG_NAME, read_adapter_config
+from ..core.compiling import BACKEND, chosen_backend, compile_for_eval
 from ..data.templates import TEMPLATES
 from ..files import check_folder_path
 from ..folder_lock import claim_run_folder
@@ -150,8 +151,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                            action="store_const", const="4bit",
                            help="load the base quantized to 4 bits with bitsandbytes (NF4, double quantization, "
                                 "bf16 compute), as QLoRA trains it")
+    parser.add_argument("--compile", action="store_true",
+                        help="torch.compile the model's forward (adapters included) before evaluating: compiles at the "
+                             "first batches, then each forward may run faster (benchmarks/compile_effect.py measures "
+                             "it per method)")
+    parser.add_argument("--compile-backend",
+                        help=f"torch.compile backend of --compile (default {BACKEND}: generated kernels, on CPU with a "
+                             "C++ compiler; aot_eager runs the same graphs eagerly: checks tracing, no speed-up)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.set_defaults(func=run)
+
 
 
 def run(args: argparse.Namespace) -> int:
@@ -159,6 +168,7 @@ def run(args: argparse.Namespace) -> int:
     if (args.resume or args.overwrite) and not args.output:
         raise UsageError("--resume and --overwrite need --output (the folder of the run).")
     check_device(args.device)  # for a classification run too, before any model loads
+    chosen_backend(args.compile, args.compile_backend, flag)
     if not args.output:
         return evaluate_run(args)
     check_folder_path(Path(args.output), "--output")
@@ -222,6 +232,8 @@ def load_for_eval(args: argparse.Namespace, adapter_dir: Path | None) -> tuple[A
     weights = resolve_model(args.model, log=lambda _: None).location  # a short name's cache folder
     if adapter_dir is not None:
         load_any_adapter(model, adapter_dir)  # adapterlab's or PEFT's (LLM-Adapters' fork too)
+    if (backend := chosen_backend(args.compile, args.compile_backend, flag)) is not None:
+        compile_for_eval(model, backend)
     trained = training_files(adapter_dir) if adapter_dir is not None else {"data": [], "decontaminate": []}
     return model, tokenizer, {"model": args.model, "model_files": model_files(weights),
                               "adapter": str(adapter_dir) if adapter_dir else None,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 
+from ..core.compiling import chosen_backend, compile_for_eval
 from ..errors import UsageError
 from ..evaluate.class_report import markdown_report
 from ..evaluate.class_run import (
@@ -44,6 +45,8 @@ def run_classification(args: argparse.Namespace, run: ClassificationRun) -> int:
     sets = [read_labelled_set(run, path, args.limit) for path in paths]
     model, processor = load_classification_run(run, args.model)
     place(model, dtype, args.device)
+    if (backend := chosen_backend(args.compile, args.compile_backend, flag)) is not None:
+        compile_for_eval(model, backend)
     summary = evaluate_classifier(
         model, [encode(run, s, processor) for s in sets], run.labels, batch_size=args.batch_size,
         output_dir=args.output, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress,

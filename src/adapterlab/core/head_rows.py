@@ -27,9 +27,15 @@ from ..errors import AdapterError
 IGNORE = -100  # the label of a position that carries no loss (transformers' ignore_index)
 
 
+def unwrapped(model: nn.Module) -> nn.Module:
+    """The model behind the Trainer's wrappers: torch.compile's (`--compile`), then DDP's."""
+    inner = getattr(model, "_orig_mod", model)
+    return getattr(inner, "module", inner)
+
+
 def output_head(model: nn.Module) -> nn.Module | None:
-    """The model's output embeddings (its LM head), behind a DDP wrapper; None where it has none."""
-    inner = getattr(model, "module", model)
+    """The model's output embeddings (its LM head), behind a DDP or torch.compile wrapper; None where it has none."""
+    inner = unwrapped(model)
     getter = getattr(inner, "get_output_embeddings", None)
     try:
         head = getter() if callable(getter) else None
@@ -41,7 +47,7 @@ def output_head(model: nn.Module) -> nn.Module | None:
 def shifts_labels(model: nn.Module) -> bool:
     """Whether the model is one of transformers' causal LMs and its loss is the plain next-token ForCausalLMLoss
     (no custom loss function set, no MoE router loss added to it, not an encoder-decoder)."""
-    inner = getattr(model, "module", model)
+    inner = unwrapped(model)
     config = getattr(inner, "config", None)
     return (type(inner).__name__ in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values()
             and LOSS_MAPPING.get(getattr(inner, "loss_type", None) or "ForCausalLM") is ForCausalLMLoss
@@ -119,4 +125,4 @@ def logits_at(model: nn.Module, inputs: dict[str, Any], positions: torch.Tensor)
 
 
 __all__ = ["IGNORE", "HeadRows", "head_at", "logits_at", "next_token_positions", "next_token_targets",
-           "output_head", "shifts_labels"]
+           "output_head", "shifts_labels", "unwrapped"]

@@ -29,6 +29,12 @@ def building_on_meta() -> Iterator[None]:
         _ON_META.reset(token)
 
 
+def _building_on_meta() -> bool:
+    """Whether adapters are being built on meta now. A forward that torch.compile traces (`--compile`) never builds
+    them, and reading the ContextVar there would break its graph (dynamo cannot trace ContextVar.get)."""
+    return not torch.compiler.is_compiling() and _ON_META.get()
+
+
 def is_linear(module: nn.Module) -> bool:
     return isinstance(module, (nn.Linear, Conv1D))
 
@@ -76,7 +82,7 @@ def reference_tensor(module: nn.Module) -> torch.Tensor:
     parameters = list(module.parameters())
     for p in parameters:
         if p.is_floating_point():
-            return torch.empty(0, device="meta", dtype=p.dtype) if _ON_META.get() else p
+            return torch.empty(0, device="meta", dtype=p.dtype) if _building_on_meta() else p
     if parameters:
         device = "meta" if _ON_META.get() else parameters[0].device
         return torch.empty(0, device=device, dtype=compute_dtype(module))

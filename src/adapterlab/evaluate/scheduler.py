@@ -93,15 +93,22 @@ class ContinuousBatcher:
                 yield done
 
     def step(self) -> list[Request]:
-        """Admit what fits, decode one token for every running row, and return the requests that finished."""
+        """Admit what fits, decode one token for every running row, and return the requests that finished.
+
+        Everything runs in inference mode, the cache edits between steps included: the cache, mask and tokens stay
+        inference tensors, which a compiled forward (`--compile`) would otherwise recompile for when they change kind.
+        """
+        with torch.inference_mode():
+            return self._step()
+
+    def _step(self) -> list[Request]:
         done = self._admit()
         if not self.rows:
             return done
         mask = torch.cat([self.mask, self.mask.new_ones(len(self.rows), 1)], dim=1)
         extra = {"position_ids": self.mask[:, self.front:].sum(1, keepdim=True)} if self.positions else {}
-        with torch.inference_mode():
-            out = self.model(input_ids=self.pending[:, None], attention_mask=mask, past_key_values=self.cache,
-                             use_cache=True, **extra, **self.last_only)
+        out = self.model(input_ids=self.pending[:, None], attention_mask=mask, past_key_values=self.cache,
+                         use_cache=True, **extra, **self.last_only)
         self.cache, self.mask = out.past_key_values, mask
         self.pending = out.logits[:, -1].argmax(-1)
         finished = [self._emit(row, int(token)) for row, token in zip(self.rows, self.pending.tolist())]
@@ -132,9 +139,8 @@ class ContinuousBatcher:
             request = self.waiting.popleft()
             ids = torch.tensor([request.ids], dtype=torch.long, device=self.device)
             extra = {"position_ids": torch.arange(ids.shape[1], device=self.device)[None]} if self.positions else {}
-            with torch.inference_mode():
-                out = self.model(input_ids=ids, attention_mask=torch.ones_like(ids), past_key_values=DynamicCache(),
-                                 use_cache=True, **extra, **self.last_only)
+            out = self.model(input_ids=ids, attention_mask=torch.ones_like(ids), past_key_values=DynamicCache(),
+                             use_cache=True, **extra, **self.last_only)
             token = int(out.logits[0, -1].argmax())
             if self._emit(request, token):
                 done.append(request)

@@ -21,6 +21,7 @@ from ..data.templates import TEMPLATES
 from ..errors import AdapterError, MissingPathError, UsageError
 from ..models.quantize import check_bitsandbytes
 from ..core.coerce import Mismatch, coerce, describe
+from ..core.compiling import BACKEND, chosen_backend
 from ..tasks import task_module, tasks_reading
 from ..tasks.base import TaskOptions, quantization
 from ..tasks.options import task_setting
@@ -28,8 +29,9 @@ from .trainable import Trainable, trainable_for
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 RECIPES = ("adapterlab", "llm-adapters")
-# Fields that steer how a run proceeds but not what it computes: they may differ when a run is resumed.
-RUN_CONTROL = ("resume", "overwrite", "output")
+# Fields that steer how a run proceeds but not what it computes: they may differ when a run is resumed (a compiled
+# step computes what the eager step does).
+RUN_CONTROL = ("resume", "overwrite", "output", "compile", "compile_backend")
 
 
 def flag(help: str, *aliases: str, per_task: bool = False, **kwargs: Any) -> Any:
@@ -100,6 +102,13 @@ class TrainConfig:
     save_total_limit: int = flag("checkpoints kept (oldest deleted; best/ is kept apart)", default=2)
     logging_steps: int = flag("log the training loss every N steps", default=10)
     early_stopping: int | None = flag("stop after N evaluations without a better dev metric", default=None)
+    compile: bool = flag("torch.compile the model's forward and backward (the HF Trainer's torch_compile): compiles at "
+                         "the first steps, then each step may run faster (benchmarks/compile_effect.py measures it "
+                         "per method); refused for methods that draw at random each step (MoSA, robust AdapterDrop)",
+                         default=False)
+    compile_backend: str = flag("torch.compile backend of --compile: inductor (generated kernels; on CPU it needs a C++ "
+                                "compiler) or aot_eager (the same graphs run eagerly: checks tracing, no speed-up)",
+                                default=BACKEND)
     gradient_checkpointing: bool = flag("recompute activations in the backward pass to save memory",
                                         "--use_gradient_checkpointing", default=False)
     precision: str = flag("auto (bf16 on GPUs that have it, else fp16 on GPU, fp32 on CPU), fp32, bf16, fp16",
@@ -153,6 +162,7 @@ class TrainConfig:
             raise AdapterError("--resume continues the run in the folder and --overwrite replaces it; pick one.")
         self.check_dev_set()
         self.check_quantization()
+        self.check_compile()
         if self.fold is not None and self.cross_validate:
             raise UsageError(f"--fold {self.fold} picks one fold and --cross-validate runs every fold; pass one.")
 
@@ -174,6 +184,10 @@ class TrainConfig:
             return
         self.trainable.check_quantized("--load-8bit" if self.load_8bit else "--load-4bit")
         check_bitsandbytes(self.quantize)
+
+    def check_compile(self) -> None:
+        """--compile-backend only with --compile, and a backend torch knows (the method is checked once attached)."""
+        chosen_backend(self.compile, None if self.compile_backend == BACKEND else self.compile_backend, flag_name)
 
     def check_start_folder(self) -> None:
         """--resume_from_checkpoint must name a folder, and cannot be combined with --resume."""

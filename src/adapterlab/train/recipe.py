@@ -21,6 +21,7 @@ import torch
 from transformers import TrainerCallback, TrainingArguments, set_seed
 
 from .. import __version__
+from ..core.compiling import check_compiled_training
 from ..core.engine import check_inputs, count_parameters
 from ..errors import AdapterError, UsageError
 from ..files import group_file, read_json_object, replace_files, write_json
@@ -31,7 +32,7 @@ from ..tasks.base import TaskSetup
 from .callbacks import BestKeeper, MetricsLog
 from .progress import use_readable_progress
 from .checkpointing import TRAINABLE_NAME, check_checkpoint, last_checkpoint, load_trainable, save_trainable
-from .config import TrainConfig
+from .config import TrainConfig, flag_name
 from .engines import check_engine_enabled, check_engine_request, requested_engine, whole_trainable
 from .run_folder import RunFolder
 from .plot import plot_metrics
@@ -85,6 +86,8 @@ def training_arguments(config: TrainConfig, setup: TaskSetup, checkpoints: Path)
     on_cpu = not torch.cuda.is_available() and not torch.backends.mps.is_available()
     if precision == "fp16" and on_cpu:
         raise AdapterError("--precision fp16 needs a GPU; on the CPU use bf16 or fp32.")
+    if config.compile:  # the adapted model is known now: a method drawing at random each step is refused
+        check_compiled_training(setup.model, flag_name)
     return TrainingArguments(
         output_dir=str(checkpoints),
         per_device_train_batch_size=config.micro_batch_size,
@@ -109,6 +112,8 @@ def training_arguments(config: TrainConfig, setup: TaskSetup, checkpoints: Path)
         fp16=precision == "fp16",
         **checkpointing_arguments(config.gradient_checkpointing),
         seed=config.seed,
+        torch_compile=config.compile,
+        torch_compile_backend=config.compile_backend if config.compile else None,
         dataloader_num_workers=config.num_workers,
         dataloader_pin_memory=torch.cuda.is_available(),
         # Without an accelerator, say so: bf16 autocast and several processes (gloo) then run on the CPU.
