@@ -4,7 +4,8 @@ Rows, timed interleaved in one process (the order rotates every repetition), one
 adapterlab LoRA unmerged, PEFT LoRA unmerged (the same r=32 on q,k,v,up,down, dropout 0), adapterlab Houlsby
 unmerged (its defaults: size 256 after attention and MLP), adapterlab LoRA merged. Each row is one
 `generate` call: 64 prompt tokens, then 64 new tokens (EOS ignored). Reported per row: the median over
-repetitions of its time divided by the base model's time in the same repetition, with the min and max.
+repetitions of its CPU time (the process's, one thread: what other processes on shared cores disturb least)
+divided by the base model's in the same repetition, with the min and max; `wall_*` the same for wall time.
 
     flock /tmp/adapterlab-heavy.lock env PYTHONPATH=src OMP_NUM_THREADS=1 .venv/bin/python \
         benchmarks/decode_vs_peft.py            # --quick: 3 repetitions of 64 + 16 tokens
@@ -64,10 +65,11 @@ def decoder(model: torch.nn.Module, ids: torch.Tensor, new_tokens: int) -> Calla
 
 
 def decode_rows(quick: bool = False, model: str = "smollm2-135m") -> dict:
-    """Time every row interleaved; {row: {"ratio": median, "min": ..., "max": ..., "ms": median}} and settings."""
+    """Time every row interleaved; {row: {"ratio": median CPU-time ratio to base, "min", "max", "cpu_ms", "wall_ratio",
+    ...}} and the settings."""
     torch.set_num_threads(1)
     torch.manual_seed(0)
-    reps, prompt_tokens, new_tokens = (3, 64, 16) if quick else (7, 64, 64)
+    reps, prompt_tokens, new_tokens = (3, 64, 16) if quick else (9, 64, 64)
     base, tokenizer = load_model(model, log=lambda _: None)
     ids = tokenizer(TEXT, return_tensors="pt")["input_ids"][:, :prompt_tokens]
     rows = build_rows(base)
@@ -76,17 +78,22 @@ def decode_rows(quick: bool = False, model: str = "smollm2-135m") -> dict:
     same = {name: bool(torch.equal(run(), reference)) for name, run in runs.items()}  # also the warm-up
     names = list(runs)
     times: dict[str, list[float]] = {name: [] for name in names}
+    walls: dict[str, list[float]] = {name: [] for name in names}
     for rep in range(reps):
         order = names[rep % len(names):] + names[:rep % len(names)]
         for name in order:
-            start = time.perf_counter()
+            start, wall = time.process_time(), time.perf_counter()
             runs[name]()
-            times[name].append(time.perf_counter() - start)
+            times[name].append(time.process_time() - start)
+            walls[name].append(time.perf_counter() - wall)
     result = {}
     for name in names:
         ratios = [t / b for t, b in zip(times[name], times["base"])]
+        wall_ratios = [t / b for t, b in zip(walls[name], walls["base"])]
         result[name] = {"ratio": round(statistics.median(ratios), 4), "min": round(min(ratios), 4),
-                        "max": round(max(ratios), 4), "ms": round(1000 * statistics.median(times[name]), 1),
+                        "max": round(max(ratios), 4), "cpu_ms": round(1000 * statistics.median(times[name]), 1),
+                        "wall_ratio": round(statistics.median(wall_ratios), 4),
+                        "wall_min": round(min(wall_ratios), 4), "wall_max": round(max(wall_ratios), 4),
                         "same_tokens_as_base": same[name]}
     return {"rows": result, "repetitions": reps, "prompt_tokens": int(ids.shape[1]), "new_tokens": new_tokens,
             "model": model, "threads": torch.get_num_threads()}
@@ -102,8 +109,9 @@ def main() -> None:
     result.update(date=datetime.now(timezone.utc).isoformat(timespec="seconds"), label=args.label,
                   machine=f"{platform.machine()} {platform.processor() or ''}".strip(), torch=torch.__version__)
     for name, row in result["rows"].items():
-        print(f"{name:24s} {row['ratio']:.3f}x  [{row['min']:.3f}-{row['max']:.3f}]  {row['ms']:.0f} ms"
-              f"  same tokens: {row['same_tokens_as_base']}")
+        print(f"{name:24s} cpu {row['ratio']:.3f}x [{row['min']:.3f}-{row['max']:.3f}] {row['cpu_ms']:.0f} ms, wall "
+              f"{row['wall_ratio']:.3f}x [{row['wall_min']:.3f}-{row['wall_max']:.3f}]; same tokens: "
+              f"{row['same_tokens_as_base']}")
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(result, indent=1) + "\n")
 

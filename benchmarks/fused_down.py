@@ -2,7 +2,7 @@
 per block, q,k,v and gate,up), fused against unfused, interleaved in one process with one torch thread.
 
 Two measures: a training step (forward + backward, batch 4 x 128 tokens, dropout 0) and batch-1 greedy decode
-(64 prompt + 64 new tokens). Reported: the median over repetitions of fused time / unfused time in the same
+(64 prompt + 64 new tokens). Reported: the median over repetitions of fused CPU time / unfused time in the same
 repetition, with min and max, and the largest logit difference between the two.
 
     flock /tmp/adapterlab-heavy.lock env PYTHONPATH=src OMP_NUM_THREADS=1 .venv/bin/python benchmarks/fused_down.py
@@ -30,13 +30,13 @@ TARGETS = ["q", "k", "v", "o", "gate", "up", "down"]
 
 
 def interleaved(runs: dict, reps: int) -> dict[str, list[float]]:
-    """Seconds per call of every run, the order rotating every repetition."""
+    """CPU seconds (the process's, one thread) per call of every run, the order rotating every repetition."""
     names, times = list(runs), {name: [] for name in runs}
     for rep in range(reps):
         for name in names[rep % len(names):] + names[:rep % len(names)]:
-            start = time.perf_counter()
+            start = time.process_time()
             runs[name]()
-            times[name].append(time.perf_counter() - start)
+            times[name].append(time.process_time() - start)
     return times
 
 
