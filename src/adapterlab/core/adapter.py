@@ -6,6 +6,9 @@ A module at a "module" or "sublayer" site sees the site's input `x` and output `
 A module at the "model" site rewrites the model's call (`before_model`) and result (`after_model`),
 as prompt and prefix tuning do. A method may give a module a `Gate` (AdapterDrop's per-step skip): the engine
 only asks the adapter whether it `applies` now.
+
+The hooks cost a Python call per host layer and forward, so the engine installs only those an adapter needs
+(`changes_input`, `changes_output`, `reads_input`), and none while it is off or merged (`hooked`).
 """
 
 from __future__ import annotations
@@ -47,6 +50,8 @@ class Adapter(nn.Module):
         self.merged = False
         self.trainable = True  # whether set_active made it trainable (a merged adapter is frozen meanwhile)
         self.gate: Gate | None = None  # the method's per-forward gate (AdapterDrop), or None: always runs
+        self._in_dtype: torch.dtype | None | bool = False  # cast_in's cache: False = unknown, None = no parameters
+        self._shared = None  # the SharedDown of adapters reading this one's input (core/shared_input.py), if fused
 
     @property
     def applies(self) -> bool:
@@ -55,8 +60,44 @@ class Adapter(nn.Module):
 
     @property
     def hooked(self) -> bool:
-        """Whether this adapter needs its hooks in the model's present mode (a gate may say no in eval mode)."""
-        return self.gate is None or self.gate.present(self.gate.training)
+        """Whether this adapter needs its hooks now: active, not folded into the base, and present in the model's
+        mode (a gate may say no in eval mode). The engine re-syncs the hooks whenever one of these changes."""
+        return self.active and not self.merged and (self.gate is None or self.gate.present(self.gate.training))
+
+    def changes_input(self) -> bool:
+        """Whether `adapt_input` may change the site's input (only then does the entry layer get a pre-hook)."""
+        return type(self).adapt_input is not Adapter.adapt_input
+
+    def changes_output(self) -> bool:
+        """Whether `adapt_output` may change the site's output (only then does the host layer get a hook)."""
+        return type(self).adapt_output is not Adapter.adapt_output
+
+    def reads_input(self) -> bool:
+        """Whether `adapt_output` reads the site's input `x`; at a sublayer site, one that does not (a series
+        adapter) is handed None and its entry layer gets no hook."""
+        return True
+
+    def down_projection(self) -> nn.Linear | None:
+        """The plain linear layer this adapter applies first to its dtype-cast site input, where that is all it does
+        to the input now (no norm in front, no dropout drawn on it), so that `core/shared_input.py` may compute it in
+        one matmul with other adapters' that read the same input; None (the default) where not."""
+        return None
+
+    def adapt_output_after_down(self, x: torch.Tensor, y: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        """`adapt_output(x, y)` given h, `down_projection()` applied to `cast_in(x)`."""
+        raise NotImplementedError(f"{type(self).__name__} has no down_projection to finish from.")
+
+    def cast_in(self, x: torch.Tensor) -> torch.Tensor:
+        """x cast to the dtype of this adapter's parameters (see `in_dtype_of`), the dtype looked up once and
+        again after every `.to()` / `.half()` (`_apply`)."""
+        dtype = self._in_dtype
+        if dtype is False:
+            dtype = self._in_dtype = next((p.dtype for p in self.parameters()), None)
+        return x if dtype is None or x.dtype == dtype else x.to(dtype)
+
+    def _apply(self, fn: Any, recurse: bool = True) -> Adapter:
+        self._in_dtype = False  # .to(dtype), .half(), ... may change the parameters' dtype
+        return super()._apply(fn, recurse)
 
     def fold(self, host: nn.Module) -> None:
         """Fold this adapter into `host`'s weights (a no-op when it already is) and freeze it meanwhile: its hooks

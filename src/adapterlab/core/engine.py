@@ -21,7 +21,8 @@ from .architectures import Architecture
 from .config import AdapterConfig, facts_of
 from .layers import building_on_meta
 from .registry import METHODS, config_class, make_config
-from .site_hooks import HOST_ATTR, install_hooks, placed, track_gates
+from .shared_input import input_groups
+from .site_hooks import HOST_ATTR, install_hooks, placed, sync_site_hooks, track_gates
 from .sites import Placement, Site
 from .stochastic import track_model_calls
 
@@ -73,6 +74,7 @@ def attach(
     *,
     architecture: Architecture | dict[str, Any] | None = None,
     adapter_dtype: str = "float32",
+    fuse_inputs: bool = False,
     **options: Any,
 ) -> nn.Module:
     """Place adapter `method` (a registered name with options, or a config object) on `model` in place.
@@ -80,7 +82,8 @@ def attach(
     Every base parameter is frozen; the new adapter becomes the only active one. Returns `model`.
     adapter_dtype: "float32" keeps adapters over a float16/bfloat16 base in float32 (as PEFT's
     autocast_adapter_dtype; inputs are cast to the adapter and results back to the base dtype), "base"
-    gives them the base layers' dtype.
+    gives them the base layers' dtype. fuse_inputs: compute the down-projections of this adapter's modules that
+    read one input (q, k, v; gate, up) as one matmul (`core/shared_input.py`; same outputs up to rounding).
     """
     check_adapter_dtype(adapter_dtype)
     config = make_config(method, **options)
@@ -89,7 +92,11 @@ def attach(
     configs: dict[str, AdapterConfig] = getattr(model, "adapterlab_configs", {})
     if name in configs:
         raise AdapterError(f"An adapter named {name!r} is already attached; pick another name or detach it first.")
+    if not isinstance(fuse_inputs, bool):
+        raise AdapterError(f"fuse_inputs must be True or False, got {fuse_inputs!r}.")
     modules, placement = _build(model, config, architecture)
+    if fuse_inputs:
+        input_groups([site for site, _ in modules], [adapter for _, adapter in modules], placement)
     if not configs:
         model.adapterlab_guard = model.register_forward_pre_hook(_refuse_adapter_names, with_kwargs=True, prepend=True)
     for site, adapter in modules:
@@ -103,7 +110,7 @@ def attach(
         if gate is not None:
             adapter.gate = gate
             gate.train(model.training)
-        adapter._hook_handles = install_hooks(model, site, adapter)
+        adapter._hook_handles, adapter._hooks_on = install_hooks(model, site, adapter), True
         adapter._site = site
         adapter._install_seq = model.adapterlab_installs = getattr(model, "adapterlab_installs", 0) + 1
     model.adapterlab_configs = {**configs, name: config}
@@ -183,6 +190,7 @@ def set_active(model: nn.Module, names: str | list[str], trainable: bool = True)
             adapter.active, adapter.trainable = True, trainable
             adapter.requires_grad_(trainable and not adapter.merged)
     model.adapterlab_active = names
+    sync_site_hooks(model, force=True)  # the switched-off and merged adapters lose their hooks
 
 
 def active_adapters(model: nn.Module) -> list[str]:
@@ -196,6 +204,7 @@ def disabled(model: nn.Module) -> Iterator[nn.Module]:
     for host, adapter, _, _ in states:
         adapter.active = False
         adapter.unfold(host)
+    sync_site_hooks(model, force=True)
     try:
         yield model
     finally:
@@ -203,6 +212,7 @@ def disabled(model: nn.Module) -> Iterator[nn.Module]:
             adapter.active = active
             if merged:
                 adapter.fold(host)
+        sync_site_hooks(model, force=True)
 
 
 def _check_mergeable(model: nn.Module, names: list[str]) -> None:
@@ -244,6 +254,8 @@ def merge(model: nn.Module, names: str | list[str] | None = None) -> nn.Module:
         for host, adapter in reversed(done):
             adapter.unfold(host)
         raise
+    finally:
+        sync_site_hooks(model, force=True)  # a merged adapter has no hooks: merged costs what the base costs
     return model
 
 
@@ -256,6 +268,7 @@ def unmerge(model: nn.Module, names: str | list[str] | None = None) -> nn.Module
     for name in names:
         for _, host, adapter in placed(model, name):
             adapter.unfold(host)
+    sync_site_hooks(model, force=True)
     return model
 
 

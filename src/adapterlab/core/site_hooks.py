@@ -38,26 +38,51 @@ class _SiteHooks:
     An object rather than closures so that `copy.deepcopy(model)` (and pickling) gives the copy hooks
     that call the copy's adapter, not the original's. For a sublayer site, the input seen at the entry
     layer is handed to the exit layer through `seen` (gradient-checkpointing recomputation re-runs both).
+    The hooks exist only while the adapter is `hooked` (active, unmerged), so at a module or sublayer site they
+    ask only its gate (if any) whether it runs in this forward; `install_hooks` picks the variant it needs.
     """
 
-    def __init__(self, adapter: Adapter, handover: bool) -> None:
+    def __init__(self, adapter: Adapter, handover: bool, blind: bool = False) -> None:
         self.adapter = adapter
         self.handover = handover
+        self.blind = blind  # a sublayer site whose adapter does not read the input
         self.seen: dict[str, Any] = {}
 
     def entry_pre(self, module: nn.Module, args: tuple) -> tuple | None:
-        if not self.adapter.applies:
+        adapter = self.adapter
+        if adapter.gate is not None and not adapter.gate.runs():
             return None
-        x = self.adapter.adapt_input(args[0])
+        x = adapter.adapt_input(args[0])
         if self.handover:
             self.seen["x"] = x
         return (x, *args[1:]) if x is not args[0] else None
 
     def exit_post(self, module: nn.Module, args: tuple, output: Any) -> Any:
-        if not self.adapter.applies:
+        """A module site: the adapter sees the host's own input."""
+        return self.adapter.adapt_output(args[0], output)
+
+    def exit_post_shared(self, module: nn.Module, args: tuple, output: Any) -> Any:
+        """A module site whose adapter computes its down-projection with its neighbours' (`core/shared_input.py`)."""
+        adapter, x = self.adapter, args[0]
+        h = adapter._shared.down(adapter, x)
+        return adapter.adapt_output(x, output) if h is None else adapter.adapt_output_after_down(x, output, h)
+
+    def exit_post_handover(self, module: nn.Module, args: tuple, output: Any) -> Any:
+        """A sublayer site: the input seen by the entry layer's hook."""
+        return self.adapter.adapt_output(self.seen.pop("x"), output)
+
+    def exit_post_blind(self, module: nn.Module, args: tuple, output: Any) -> Any:
+        """A sublayer site whose adapter does not read the input (`reads_input`): it is handed None."""
+        return self.adapter.adapt_output(None, output)
+
+    def exit_post_gated(self, module: nn.Module, args: tuple, output: Any) -> Any:
+        """Any site of an adapter with a gate: the gate decides per forward (the handover is consumed either way)."""
+        x = self.seen.pop("x", None) if self.handover else None
+        if not self.adapter.gate.runs():
             return None
-        x = self.seen.pop("x") if self.handover else args[0]
-        return self.adapter.adapt_output(x, output)
+        if self.handover or self.blind:
+            return self.adapter.adapt_output(x, output)
+        return (self.exit_post_shared if self.adapter._shared is not None else self.exit_post)(module, args, output)
 
     def model_pre(self, module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> Any:
         return self.adapter.before_model(module, args, kwargs) if self.adapter.applies else None
@@ -67,34 +92,47 @@ class _SiteHooks:
 
 
 def install_hooks(model: nn.Module, site: Site, adapter: Adapter) -> list:
-    """Register the forward hooks that run `adapter` at `site`; returns their handles."""
-    hooks = _SiteHooks(adapter, handover=site.kind == "sublayer")
+    """Register the forward hooks that run `adapter` at `site`; returns their handles. Only the hooks the adapter
+    needs: an entry pre-hook where it changes the input or a sublayer's exit reads the entry's input, an exit
+    hook where it changes the output."""
     if site.kind == "model":
+        hooks = _SiteHooks(adapter, handover=False)
         return [model.register_forward_pre_hook(hooks.model_pre, with_kwargs=True),
                 model.register_forward_hook(hooks.model_post, with_kwargs=True), *adapter.hook_submodules(model)]
-    host = model.get_submodule(site.path)
-    entry = model.get_submodule(site.entry)
-    return [entry.register_forward_pre_hook(hooks.entry_pre), host.register_forward_hook(hooks.exit_post)]
+    changes_output = adapter.changes_output()
+    sublayer = site.kind == "sublayer"
+    handover = sublayer and changes_output and adapter.reads_input()
+    hooks = _SiteHooks(adapter, handover, blind=sublayer and not handover)
+    handles = []
+    if adapter.changes_input() or hooks.handover:
+        handles.append(model.get_submodule(site.entry).register_forward_pre_hook(hooks.entry_pre))
+    if changes_output:
+        exit_post = (hooks.exit_post_gated if adapter.gate is not None else hooks.exit_post_handover
+                     if hooks.handover else hooks.exit_post_blind if hooks.blind else hooks.exit_post_shared
+                     if adapter._shared is not None else hooks.exit_post)
+        handles.append(model.get_submodule(site.path).register_forward_hook(exit_post))
+    return handles
 
 
 def sync_site_hooks(model: nn.Module, args: tuple = (), force: bool = False) -> None:
-    """Forward pre-hook while some adapter has a gate: on a train/eval switch, give hooks only to the adapters
-    that may run in that mode (AdapterDrop's dropped ones cost nothing at inference), re-installing every site hook in attach
-    order so that adapters stacked on one layer keep their order."""
+    """Give hooks only to the adapters that run now (`hooked`): active, unmerged, and present in the mode
+    (AdapterDrop's dropped ones cost nothing at inference), re-installing every site hook in attach order so that
+    adapters stacked on one layer keep their order. The engine calls it (force=True) after switching, merging
+    or unmerging; while some adapter has a gate it is also a forward pre-hook that acts on a train/eval switch."""
     if not force and getattr(model, "adapterlab_hooks_mode", None) == model.training:
         return
     model.adapterlab_hooks_mode = model.training
     adapters = sorted((a for _, _, a in placed(model) if a._site.kind != "model"), key=lambda a: a._install_seq)
     wanted = [a.hooked for a in adapters]
-    if all(bool(a._hook_handles) == want for a, want in zip(adapters, wanted)):
+    if all(a._hooks_on == want for a, want in zip(adapters, wanted)):
         return
     for adapter in adapters:
         for handle in adapter._hook_handles:
             handle.remove()
-        adapter._hook_handles = []
+        adapter._hook_handles, adapter._hooks_on = [], False
     for adapter, want in zip(adapters, wanted):
         if want:
-            adapter._hook_handles = install_hooks(model, adapter._site, adapter)
+            adapter._hook_handles, adapter._hooks_on = install_hooks(model, adapter._site, adapter), True
 
 
 def track_gates(model: nn.Module) -> None:

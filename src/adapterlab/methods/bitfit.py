@@ -112,6 +112,9 @@ class BitFitAdapter(Adapter):
         self.bias_delta = nn.Parameter(torch.zeros(features, device=device, dtype=dtype))
         self.channels_first = channels_first
 
+    def reads_input(self) -> bool:
+        return False
+
     def adapt_output(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         delta = self.bias_delta.to(y.dtype)
         return y + (delta.view(-1, *[1] * (y.dim() - 2)) if self.channels_first else delta)

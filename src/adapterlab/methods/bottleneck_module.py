@@ -9,7 +9,7 @@ import torch
 from torch import nn
 from transformers.activations import ACT2FN
 
-from ..core.adapter import Adapter, in_dtype_of
+from ..core.adapter import Adapter
 
 NORM_EPS = 1e-6  # MoSA's AdaptFormer/Pfeiffer adapter_norm
 
@@ -41,6 +41,7 @@ class BottleneckAdapter(Adapter):
         self.norm = nn.LayerNorm(in_features, eps=NORM_EPS, device=device, dtype=dtype) if options.layer_norm else None
         self.dropout = nn.Dropout(options.dropout) if options.dropout > 0 else nn.Identity()
         self.dropout_at = options.dropout_at
+        self.drops = options.dropout > 0  # an Identity is not called: at batch 1 each module call is a visible cost
         self.down = nn.Linear(in_features, options.size, bias=options.bias, device=device, dtype=dtype)
         self.act = ACT2FN[options.activation]
         self.up = nn.Linear(options.size, out_features, bias=options.bias, device=device, dtype=dtype)
@@ -64,15 +65,38 @@ class BottleneckAdapter(Adapter):
 
     def delta(self, h: torch.Tensor) -> torch.Tensor:
         """s * up(act(down(h))), with the optional input norm and the dropout where chosen, in the adapter's dtype."""
-        h = in_dtype_of(self, h)
+        h = self.cast_in(h)
         if self.norm is not None:
             h = self.norm(h)
-        if self.dropout_at == "input":
+        if self.drops and self.dropout_at == "input":
             h = self.dropout(h)
-        h = self.act(self.down(h))
-        if self.dropout_at == "hidden":
+        return self.after_down(self.down(h))
+
+    def after_down(self, h: torch.Tensor) -> torch.Tensor:
+        """s * up(act(h)), h the down-projection's output, with the dropout if it acts on the hidden units."""
+        h = self.act(h)
+        if self.drops and self.dropout_at == "hidden":
             h = self.dropout(h)
         return self.up(h) * self.scaling
+
+    def down_projection(self) -> nn.Linear | None:
+        """down, shareable with the parallel adapters beside it, where nothing acts on the input before it now."""
+        plain = type(self.down) is nn.Linear and self.norm is None and self.placement == "parallel"
+        drawn = self.drops and self.training and self.dropout_at == "input"
+        return self.down if plain and not drawn else None
+
+    def adapt_output_after_down(self, x: torch.Tensor, y: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        out = y + self.after_down(h).to(y.dtype)
+        return out + x.to(y.dtype) if self.residual else out
+
+    def changes_input(self) -> bool:
+        return self.placement == "input"
+
+    def changes_output(self) -> bool:
+        return self.placement != "input"
+
+    def reads_input(self) -> bool:
+        return self.placement == "parallel"
 
     def adapt_input(self, x: torch.Tensor) -> torch.Tensor:
         """Input placement: the host layer reads x + s * f(x) (s * f(x) without the residual)."""

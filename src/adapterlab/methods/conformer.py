@@ -58,7 +58,7 @@ from ..core.option_help import documented, option_field
 from ..errors import AdapterError
 from ..core.layers import reference_tensor
 from ..core.sites import Placement, Site
-from ..core.adapter import Adapter, in_dtype_of
+from ..core.adapter import Adapter
 from .block_norms import BlockNorms
 from .sublayer_sites import site_features
 
@@ -170,12 +170,15 @@ class ConformerAdapter(Adapter):
                 f"received shape {tuple(h.shape)}. Target layers or sublayers that keep the sequence axis "
                 "(the attn / mlp sublayers of AST, ViT or BERT-like encoders)."
             )
-        h = self.input_norm(in_dtype_of(self, h)).transpose(1, 2)  # (batch, in, seq)
+        h = self.input_norm(self.cast_in(h)).transpose(1, 2)  # (batch, in, seq)
         h = F.glu(self.pointwise_in(h), dim=1)
         h = self.depthwise(h)
         h = self.norm(h) if isinstance(self.norm, nn.BatchNorm1d) else self.norm(h.transpose(1, 2)).transpose(1, 2)
         h = self.pointwise_out(F.silu(h))
         return self.dropout(h.transpose(1, 2))
+
+    def reads_input(self) -> bool:
+        return self.placement != "series"
 
     def adapt_output(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """The four cells of the module docstring: series F + f(F) or f(F); parallel F + f(x) (+ x)."""

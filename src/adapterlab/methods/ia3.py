@@ -117,6 +117,15 @@ class IA3Adapter(Adapter):
         shape = (1, features) if feedforward else (features, 1)
         self.ia3_l = nn.Parameter(torch.ones(shape, device=device, dtype=dtype))
 
+    def changes_input(self) -> bool:
+        return self.feedforward
+
+    def changes_output(self) -> bool:
+        return not self.feedforward
+
+    def reads_input(self) -> bool:
+        return False
+
     def adapt_input(self, x: torch.Tensor) -> torch.Tensor:
         if not self.feedforward:
             return x

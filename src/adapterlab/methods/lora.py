@@ -13,7 +13,7 @@ from ..core.option_help import documented, option_field
 from ..errors import AdapterError
 from ..core.layers import linear_features, reference_tensor, weight_as_out_in
 from ..core.sites import Placement, Site
-from ..core.adapter import Adapter, in_dtype_of, linear_host
+from ..core.adapter import Adapter, linear_host
 from ..interop.peft.protocol import PeftMethod, peft_heads, peft_targets, peft_task_type, refuse_peft_options
 from ..interop.peft.protocol import regex_of_paths
 
@@ -99,14 +99,24 @@ class LoraAdapter(Adapter):
         super().__init__()
         self.scaling = scaling
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.drops = dropout > 0  # an Identity is not called: at batch 1 each module call is a visible cost
         self.lora_A = nn.Linear(in_features, r, bias=False, device=device, dtype=dtype)
         self.lora_B = nn.Linear(r, out_features, bias=False, device=device, dtype=dtype)
         nn.init.kaiming_uniform_(self.lora_A.weight, a=math.sqrt(5))
         nn.init.zeros_(self.lora_B.weight)
 
     def adapt_output(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        delta = self.lora_B(self.lora_A(self.dropout(in_dtype_of(self, x))))
-        return y + (delta * self.scaling).to(y.dtype)
+        x = self.cast_in(x)
+        return self.adapt_output_after_down(x, y, self.lora_A(self.dropout(x) if self.drops else x))
+
+    def down_projection(self) -> nn.Linear | None:
+        """A (shareable with the q, k, v or gate, up LoRAs beside it) unless dropout draws a mask in training."""
+        plain = type(self.lora_A) is nn.Linear  # MoSA's split A draws a module per step
+        return self.lora_A if plain and not (self.drops and self.training) else None
+
+    def adapt_output_after_down(self, x: torch.Tensor, y: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        delta = self.lora_B(h) * self.scaling
+        return y + (delta if delta.dtype == y.dtype else delta.to(y.dtype))
 
     def delta_weight(self) -> torch.Tensor:
         """scaling * B A, laid out (out, in)."""
