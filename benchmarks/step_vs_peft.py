@@ -20,7 +20,7 @@ its allocator), after the setup and `malloc_trim`, the kernel's resident high-wa
 clear_refs` 5) and read back (VmHWM) after its 1 + `steps` steps: `peak_mib` the process's peak, `train_mib` that
 above the resident memory before training (activations, logits, gradients, optimizer state).
 
-The decode row comes from `benchmarks/decode_vs_peft.py` when it exists, else from `decode_row.py`. The last printed
+The decode row comes from `benchmarks/decode_vs_peft.py`. The last printed
 line is one JSON object (also written to --output).
 
     flock /tmp/adapterlab-heavy.lock env PYTHONPATH=src OMP_NUM_THREADS=1 python benchmarks/step_vs_peft.py --quick
@@ -32,6 +32,7 @@ import argparse
 import ctypes
 import gc
 import json
+import os
 import platform
 import statistics
 import tempfile
@@ -50,12 +51,9 @@ from adapterlab.train.config import TrainConfig
 from adapterlab.train.recipe import make_trainable, prepare_task, training_arguments
 from adapterlab.train.trainer import AdapterTrainer
 
-try:  # the decode benchmark of its own (issue #21); a minimal batch-1 row where it is not in this tree
-    from decode_vs_peft import decode_rows
-except ImportError:
-    from decode_row import decode_rows
+from decode_vs_peft import decode_rows  # noqa: E402  (the decode benchmark beside this script)
 
-DATA = "/work/shared/datasets/math/train_math_3k.json"
+DATA = os.path.join(os.environ.get("ADAPTERLAB_DATA", "../shared/datasets"), "math", "train_math_3k.json")
 MODEL, CUTOFF, MICRO, SEED, LR = "smollm2-135m", 256, 4, 42, 1e-5
 LORA_TARGETS = ["q", "k", "v", "up", "down"]
 # row: (adapterlab method, its options, the PEFT config class and its keywords, or None where PEFT has none)
