@@ -142,7 +142,7 @@ def test_resume_from_a_missing_folder_is_refused_before_writing(llama, tmp_path,
 
 def test_group_by_length_reaches_the_trainer(llama, tmp_path):
     """--group_by_length -> the Trainer samples length-grouped batches; their recipe without it does not (their
-    finetune.py's default, False, where adapterlab's is True)."""
+    finetune.py's default, False, adapterlab's too)."""
     from adapterlab.train.recipe import training_arguments, prepare_task
 
     data = write_json(tmp_path / "m.json", math_records(12))

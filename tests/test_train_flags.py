@@ -159,7 +159,7 @@ ALTERNATIVES: dict[str, Callable[[dict[str, Any]], list[str]]] = {
     "output": lambda fx: ["--output", str(Path(fx["root"]) / "elsewhere")],
     "adapter": lambda fx: ["--adapter", "ia3"],
     "recipe": lambda fx: ["--recipe", "llm-adapters"],
-    "group_by_length": lambda fx: ["--group-by-length", "false"],
+    "group_by_length": lambda fx: ["--group-by-length"],
     "packing": lambda fx: ["--packing"],
     "eval_data": lambda fx: ["--eval-data", str(fx["dev"]), "--val-size", "0"],
     "val_size": lambda fx: ["--val-size", "4"],
