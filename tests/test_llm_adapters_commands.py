@@ -142,10 +142,18 @@ def expected(command: str, model: Any, family: str) -> tuple[int, dict[str, str]
 def test_their_command_builds_their_adapter_with_their_defaults(key, folders, tmp_path, monkeypatch, capsys):
     """Their command, verbatim -> their placement and parameter count, their defaults in train_config.yaml."""
     command, seen = COMMANDS[key], {}
+    real = recipe.AdapterTrainer
 
-    def stub(**kwargs: Any) -> None:
+    def stub(**kwargs: Any) -> Any:
+        """The real Trainer, stopped where training would start (the run folder is written by then)."""
         seen.update(kwargs)
-        raise Built
+        trainer = real(**kwargs)
+
+        def train(**_: Any) -> None:
+            raise Built
+
+        trainer.train = train
+        return trainer
 
     monkeypatch.setattr(recipe, "AdapterTrainer", stub)
     out = tmp_path / "run"
