@@ -44,7 +44,7 @@ def main() -> None:
     """Time both paths on the first --n items, compare their texts, and with --full run every item continuously."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="smollm2-135m")
-    parser.add_argument("--data-dir", default=os.environ.get("ADAPTERLAB_DATA", "/work/shared/datasets") + "/math")
+    parser.add_argument("--data-dir", default=os.environ.get("ADAPTERLAB_DATA", "../shared/datasets") + "/math")
     parser.add_argument("--n", type=int, default=96, help="items timed on both paths")
     parser.add_argument("--chunk", type=int, default=32, help="items per interleaved chunk")
     parser.add_argument("--batch-size", type=int, default=16)

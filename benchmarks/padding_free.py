@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import time
@@ -36,7 +37,7 @@ from adapterlab.data.packing import PackedCollator
 from adapterlab.models import load_model
 from adapterlab.train.head_loss import labelled_positions_loss
 
-DATA = Path("/work/shared/datasets/math/train_math_3k.json")
+DATA = Path(os.environ.get("ADAPTERLAB_DATA", "../shared/datasets")) / "math" / "train_math_3k.json"
 
 
 def epoch_batches(order: list[int], micro: int) -> list[list[int]]:
