@@ -104,7 +104,7 @@ def main() -> None:
     tokens = args.rows * args.new_tokens
     times: dict[str, list[float]] = {name: [] for name in runs}
     with torch.no_grad():
-        for name, run in runs.items():  # warm-up: stacks built, allocator warm
+        for run in runs.values():  # warm-up: stacks built, allocator warm
             run()
         for repeat in range(args.repeats):
             order = list(runs)[repeat % len(runs):] + list(runs)[:repeat % len(runs)]

@@ -46,6 +46,7 @@ class RowStack:
 
     def __init__(self, members: list[Adapter]) -> None:
         self.members = members
+        self._parameters = [p for a in members for p in a.parameters()]  # walked once: a walk per call costs
         self._cache: tuple[tuple, Any] | None = None
 
     def adapt_input(self, x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
@@ -63,11 +64,13 @@ class RowStack:
         return output
 
     def cached(self, build: Any) -> Any:
-        """build() (e.g. the members' weights stacked), kept until a member's parameter changes (its version counter)
-        or is replaced; built anew on every call while autograd records, so that gradients reach the members."""
+        """build() (e.g. the members' weights stacked), kept until a member's parameter changes in place (its version
+        counter: optimizer steps, load_state_dict); built anew on every call while autograd records, so that gradients
+        reach the members. A parameter replaced by a new object is seen once the plans are made anew (set_active,
+        attach, detach, or another set of names)."""
         if torch.is_grad_enabled():
             return build()
-        key = tuple((id(p), p._version) for a in self.members for p in a.parameters())
+        key = tuple(p._version for p in self._parameters)
         if self._cache is None or self._cache[0] != key:
             self._cache = (key, build())
         return self._cache[1]

@@ -186,6 +186,7 @@ def set_active(model: nn.Module, names: str | list[str], trainable: bool = True)
             adapter.active, adapter.trainable = True, trainable
             adapter.requires_grad_(trainable and not adapter.merged)
     model.adapterlab_active = names
+    routing_of(model).forget()  # mixed-adapter batches plan anew (and drop their standby hooks)
     sync_site_hooks(model, force=True)  # the switched-off and merged adapters lose their hooks
 
 
