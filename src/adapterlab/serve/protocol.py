@@ -117,7 +117,8 @@ def parse(raw: bytes, schema: type[Strict]) -> Any:
         return schema.model_validate(data)
     except ValidationError as exc:
         error = exc.errors()[0]
-        where = ".".join(str(p) for p in error["loc"]) or "body"
+        where = str(error["loc"][0]) if error["loc"] else "body"  # the field, not the union member that failed
+        path = ".".join(str(p) for p in error["loc"]) or "body"
         if error["type"] == "extra_forbidden":
             raise ApiError(400, f"Unknown field {where!r}; adapterlab serve does not take it.", where) from None
-        raise ApiError(400, f"{where}: {error['msg']}.", where) from None
+        raise ApiError(400, f"{path}: {error['msg']}.", where) from None

@@ -95,14 +95,20 @@ class Generation:
 
     async def _events(self) -> AsyncIterator[tuple[str, Any]]:
         """("text", delta) as text becomes final, then ("finish", reason); a worker error is an ApiError."""
-        ended = False
+        ended, loop = False, asyncio.get_running_loop()
+        checked = loop.time()
         try:
             while True:
                 try:
                     kind, value = await asyncio.wait_for(self.queue.get(), POLL_S)
                 except asyncio.TimeoutError:
+                    kind = None
+                # a stream learns of a client gone when Starlette cancels it; a plain answer asks, now and then
+                if not self.body.stream and loop.time() - checked >= POLL_S:
+                    checked = loop.time()
                     if await self.http.is_disconnected():
                         return
+                if kind is None:
                     continue
                 if kind == "token":
                     delta = self.text.push(value)

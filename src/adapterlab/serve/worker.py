@@ -50,6 +50,7 @@ class Worker:
         self.jobs: dict[int, Job] = {}  # id(request) -> job, for every request in a batcher
         self.lock = threading.Lock()
         self.queued = 0  # accepted, not yet decoding
+        self.cancelled = 0  # requests whose client went away before they finished
         self.group_adapter: dict[str, Served | None] = {}  # batch key -> the adapter its rows use (fallback)
         self.stopping = threading.Event()
         self.give_up = False
@@ -80,9 +81,9 @@ class Worker:
         return future
 
     def counts(self) -> dict[str, int]:
-        """Rows decoding and requests waiting, for /health."""
+        """Rows decoding, requests waiting and requests cancelled so far, for /health."""
         running = sum(len(b.rows) for b in list(self.batchers.values()))
-        return {"running": running, "waiting": self.queued}
+        return {"running": running, "waiting": self.queued, "cancelled": self.cancelled}
 
     def in_use(self, served: Served) -> int:
         """How many requests use `served`, decoding or waiting (worker thread only)."""
@@ -184,4 +185,5 @@ class Worker:
                 self._end(request, "error", f"Decoding failed: {type(exc).__name__}: {exc}")
             return
         for request in done:
+            self.cancelled += request.finish == "cancelled"
             self._end(request, "done", request.finish)
