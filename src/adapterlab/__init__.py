@@ -18,6 +18,7 @@ from .core.engine import (
 from .errors import AdapterError, IncompatibleAdapterError, NotMergeableError, TargetNotFoundError
 from .core.merging import merge_and_unload, save_merged
 from .core.registry import config_class, make_config, method_names
+from .core.row_routing import routed
 from .interop.peft import export_peft, load_peft
 from .methods.adapterdrop import set_drop_layers
 
@@ -27,6 +28,6 @@ __all__ = [
     "ARCHITECTURES", "AdapterConfig", "AdapterError", "Architecture", "IncompatibleAdapterError",
     "NotMergeableError", "TargetNotFoundError", "active_adapters", "adapter_names", "attach", "config_class",
     "count_parameters", "detach", "disabled", "export_peft", "get_config", "load_adapter", "load_peft",
-    "make_config", "merge", "merge_and_unload", "method_names", "save_adapter", "save_merged", "set_active",
+    "make_config", "merge", "merge_and_unload", "method_names", "routed", "save_adapter", "save_merged", "set_active",
     "set_drop_layers", "unmerge",
 ]

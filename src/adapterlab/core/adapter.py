@@ -38,6 +38,41 @@ class Gate(nn.Module):
         return True
 
 
+class RowStack:
+    """Several adapters of one method at one site (`members`) run as one for a mixed-adapter batch
+    (`core/row_routing.py`), each row by its own: `index[i]` is the member of row i, len(members) for a row that none
+    of them runs (it must come out as the base model's). Built by `Adapter.stack_rows`; the methods mirror the
+    Adapter's. `cached` keeps stacked weights between calls."""
+
+    def __init__(self, members: list[Adapter]) -> None:
+        self.members = members
+        self._cache: tuple[tuple, Any] | None = None
+
+    def adapt_input(self, x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        return x
+
+    def adapt_output(self, x: torch.Tensor | None, y: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        return y
+
+    def before_model(self, model: nn.Module, args: tuple, kwargs: dict[str, Any],
+                     index: torch.Tensor) -> tuple[tuple, dict[str, Any]]:
+        return args, kwargs
+
+    def after_model(self, model: nn.Module, args: tuple, kwargs: dict[str, Any], output: Any,
+                    index: torch.Tensor) -> Any:
+        return output
+
+    def cached(self, build: Any) -> Any:
+        """build() (e.g. the members' weights stacked), kept until a member's parameter changes (its version counter)
+        or is replaced; built anew on every call while autograd records, so that gradients reach the members."""
+        if torch.is_grad_enabled():
+            return build()
+        key = tuple((id(p), p._version) for a in self.members for p in a.parameters())
+        if self._cache is None or self._cache[0] != key:
+            self._cache = (key, build())
+        return self._cache[1]
+
+
 class Adapter(nn.Module):
     """Base class of the modules that adapter methods place in a model.
 
@@ -53,10 +88,24 @@ class Adapter(nn.Module):
         self._in_dtype: torch.dtype | None | bool = False  # cast_in's cache: False = unknown, None = no parameters
         self._shared = None  # the SharedDown of adapters reading this one's input (core/shared_input.py), if fused
 
+    _name = ""  # the name it was attached under (set by attach)
+    _routing = None  # the model's RowRouting (core/row_routing.py), set by attach
+    _row_plan = None  # how it runs in mixed-adapter batches naming it (core/row_sites.py)
+    _hooks_standby = False  # whether it has hooks only for mixed-adapter batches naming it (core/site_hooks.py)
+
     @property
     def applies(self) -> bool:
-        """Whether the hooks should run this adapter now (active, not folded into the base, its gate open)."""
-        return self.active and not self.merged and (self.gate is None or self.gate.runs())
+        """Whether the hooks should run this adapter now (active, not folded into the base, its gate open, and no
+        mixed-adapter batch running: that runs the adapters it names itself)."""
+        return (self.active and not self.merged and (self.gate is None or self.gate.runs())
+                and (self._routing is None or self._routing.call is None))
+
+    @classmethod
+    def stack_rows(cls, adapters: list[Adapter]) -> RowStack | None:
+        """Optional fast path of mixed-adapter batches: one RowStack running `adapters` (all of this method, at one
+        site) each on its own rows in one pass; None runs each on its rows alone (index_select, then put back).
+        A model-site method must implement it (or raise an AdapterError saying why it cannot)."""
+        return None
 
     @property
     def hooked(self) -> bool:

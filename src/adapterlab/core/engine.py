@@ -21,6 +21,7 @@ from .architectures import Architecture
 from .config import AdapterConfig, facts_of
 from .layers import building_on_meta
 from .registry import METHODS, config_class, make_config
+from .row_routing import install_routing, routing_of
 from .shared_input import input_groups
 from .site_hooks import HOST_ATTR, install_hooks, placed, sync_site_hooks, track_gates
 from .sites import Placement, Site
@@ -51,16 +52,6 @@ def _sites_for(model: nn.Module, config: AdapterConfig, placement: Placement) ->
             f"{' or '.join(site_kinds)} targets (e.g. logical q k v o up gate down or module names)."
         )
     return sites
-
-
-def _refuse_adapter_names(model: nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
-    """Forward pre-hook: transformers models would silently swallow PEFT's per-row `adapter_names=`."""
-    if "adapter_names" in kwargs:
-        raise AdapterError(
-            "adapter_names=... asks for a mixed-adapter batch (a different adapter per row), which adapterlab "
-            "does not support. Choose the adapter(s) for the whole call with adapterlab.set_active(model, name) "
-            "and leave adapter_names out."
-        )
 
 
 def _host(model: nn.Module, site: Site) -> nn.Module:
@@ -97,8 +88,7 @@ def attach(
     modules, placement = _build(model, config, architecture)
     if fuse_inputs:
         input_groups([site for site, _ in modules], [adapter for _, adapter in modules], placement)
-    if not configs:
-        model.adapterlab_guard = model.register_forward_pre_hook(_refuse_adapter_names, with_kwargs=True, prepend=True)
+    routing = routing_of(model)
     for site, adapter in modules:
         keep_dtype(adapter, adapter_dtype)
         adapter.train(model.training)  # an adapter added to a model in eval mode must not run dropout
@@ -110,10 +100,14 @@ def attach(
         if gate is not None:
             adapter.gate = gate
             gate.train(model.training)
+        adapter._name, adapter._routing = name, routing
         adapter._hook_handles, adapter._hooks_on = install_hooks(model, site, adapter), True
         adapter._site = site
         adapter._install_seq = model.adapterlab_installs = getattr(model, "adapterlab_installs", 0) + 1
     model.adapterlab_configs = {**configs, name: config}
+    # mixed-adapter batches (adapter_names=): their pre-hook before, their clearing hook after every other
+    model.adapterlab_guard = install_routing(model, getattr(model, "adapterlab_guard", None))
+    routing.forget()
     track_gates(model)
     track_model_calls(model)  # stochastic methods (MoSA) count model calls as steps outside a draw_context
     for parameter in model.parameters():
@@ -160,8 +154,10 @@ def detach(model: nn.Module, name: str = "default") -> nn.Module:
     configs.pop(name)
     model.adapterlab_configs = configs
     if not configs:
-        model.adapterlab_guard.remove()
+        for handle in model.adapterlab_guard:
+            handle.remove()
         del model.adapterlab_guard
+    routing_of(model).forget()
     track_gates(model)
     track_model_calls(model)
     model.adapterlab_active = [n for n in model.adapterlab_active if n != name]

@@ -18,7 +18,7 @@ from ..errors import AdapterError, NotMergeableError
 from ..core.layers import linear_features, reference_tensor, weight_as_out_in
 from ..core.site_hooks import placed_at
 from ..core.sites import Placement, Site, model_type_of
-from ..core.adapter import Adapter, linear_host
+from ..core.adapter import Adapter, RowStack, linear_host
 from ..interop.peft.protocol import PeftMethod, peft_heads, peft_targets, peft_task_type, refuse_peft_options
 from ..interop.peft.protocol import regex_of_paths
 
@@ -136,6 +136,14 @@ class IA3Adapter(Adapter):
             return y
         return (y.to(self.ia3_l.dtype) * self.ia3_l.flatten()).to(y.dtype)
 
+    @classmethod
+    def stack_rows(cls, adapters: list[IA3Adapter]) -> IA3Rows | None:
+        """The vectors of one site as one table gathered per row; None where the members scale different sides or
+        differ in dtype or device."""
+        if len({(a.feedforward, a.ia3_l.dtype, a.ia3_l.device) for a in adapters}) > 1:
+            return None
+        return IA3Rows(adapters)
+
     @torch.no_grad()
     def merge_into(self, host: nn.Module) -> None:
         """Scale the weight's rows (and the bias, which the output scaling also multiplies) or columns by l.
@@ -167,3 +175,26 @@ class IA3Adapter(Adapter):
             weight.copy_(op(weight.to(compute), scale[:, None]).to(weight.dtype))
             if getattr(host, "bias", None) is not None:
                 host.bias.copy_(op(host.bias.to(compute), scale).to(host.bias.dtype))
+
+
+class IA3Rows(RowStack):
+    """Several IA3 vectors of one layer for a mixed-adapter batch: a table of them (and ones for rows without one),
+    each row scaled by its own."""
+
+    def build(self) -> torch.Tensor:
+        first = self.members[0].ia3_l
+        table = first.new_ones(len(self.members) + 1, first.numel())
+        for i, adapter in enumerate(self.members):
+            table[i] = adapter.ia3_l.flatten()
+        return table
+
+    def scale(self, t: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        table = self.cached(self.build)[index]
+        scaled = t.to(table.dtype).reshape(t.shape[0], -1, t.shape[-1]) * table[:, None, :]
+        return scaled.reshape(t.shape).to(t.dtype)
+
+    def adapt_input(self, x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        return self.scale(x, index) if self.members[0].feedforward else x
+
+    def adapt_output(self, x: torch.Tensor | None, y: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        return y if self.members[0].feedforward else self.scale(y, index)

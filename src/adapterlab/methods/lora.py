@@ -13,7 +13,7 @@ from ..core.option_help import documented, option_field
 from ..errors import AdapterError
 from ..core.layers import linear_features, reference_tensor, weight_as_out_in
 from ..core.sites import Placement, Site
-from ..core.adapter import Adapter, linear_host
+from ..core.adapter import Adapter, RowStack, linear_host
 from ..interop.peft.protocol import PeftMethod, peft_heads, peft_targets, peft_task_type, refuse_peft_options
 from ..interop.peft.protocol import regex_of_paths
 
@@ -118,6 +118,15 @@ class LoraAdapter(Adapter):
         delta = self.lora_B(h) * self.scaling
         return y + (delta if delta.dtype == y.dtype else delta.to(y.dtype))
 
+    @classmethod
+    def stack_rows(cls, adapters: list[LoraAdapter]) -> LoraRows | None:
+        """The LoRAs of one site as one batched update (S-LoRA / Punica in plain torch); None where a member's A or B
+        is not a plain linear layer (MoSA's split layers) or the members differ in dtype or device."""
+        plain = all(type(a.lora_A) is nn.Linear and type(a.lora_B) is nn.Linear for a in adapters)
+        if not plain or len({(a.lora_A.weight.dtype, a.lora_A.weight.device) for a in adapters}) > 1:
+            return None
+        return LoraRows(adapters)
+
     def delta_weight(self) -> torch.Tensor:
         """scaling * B A, laid out (out, in)."""
         return (self.lora_B.weight @ self.lora_A.weight) * self.scaling
@@ -131,3 +140,38 @@ class LoraAdapter(Adapter):
     def unmerge_from(self, host: nn.Module) -> None:
         weight = weight_as_out_in(host)
         weight -= self.delta_weight().to(weight.dtype)
+
+
+class LoraRows(RowStack):
+    """Several LoRAs of one layer for a mixed-adapter batch: their A and scaled B stacked, zero-padded to the
+    largest rank (the padding and a zero entry for rows without a LoRA add exact zeros), gathered per row and
+    applied with two batched matmuls. The stack is kept until a weight changes; the rows' gathered weights are kept
+    while the call's rows stay the same (every step of one generate())."""
+
+    def __init__(self, members: list[LoraAdapter]) -> None:
+        super().__init__(members)
+        self._rows: tuple | None = None
+
+    def build(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(down (members + 1, in, rank), up (members + 1, rank, out)), up scaled by each member's alpha / r."""
+        first = self.members[0]
+        rank = max(a.lora_A.out_features for a in self.members)
+        down = first.lora_A.weight.new_zeros(len(self.members) + 1, first.lora_A.in_features, rank)
+        up = first.lora_B.weight.new_zeros(len(self.members) + 1, rank, first.lora_B.out_features)
+        for i, adapter in enumerate(self.members):
+            r = adapter.lora_A.out_features
+            down[i, :, :r] = adapter.lora_A.weight.t()
+            up[i, :r] = adapter.lora_B.weight.t() * adapter.scaling
+        return down, up
+
+    def adapt_output(self, x: torch.Tensor | None, y: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        down, up = self.cached(self.build)
+        rows = self._rows
+        if rows is None or rows[0] is not index or rows[1] is not down:
+            rows = (index, down, down[index], up[index])
+            if not torch.is_grad_enabled():
+                self._rows = rows
+        x = self.members[0].cast_in(x)
+        flat = x.reshape(x.shape[0], -1, x.shape[-1])
+        delta = torch.bmm(torch.bmm(flat, rows[2]), rows[3]).reshape(*y.shape[:-1], -1)
+        return y + (delta if delta.dtype == y.dtype else delta.to(y.dtype))

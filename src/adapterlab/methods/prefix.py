@@ -32,6 +32,7 @@ from ..core.adapter import Adapter
 from ..core.site_hooks import placed_at
 from ..interop.peft.prompts import PeftVirtualTokens, peft_prompt_config
 from .prefix_attention import AttentionSite, PrefixAttentionHooks, attention_sites, has_bidirectional_attention, kv_width
+from .virtual_rows import stack_prefixes
 from .virtual_tokens import (
     as_keywords,
     check_num_virtual_tokens,
@@ -140,6 +141,8 @@ class PrefixAdapter(Adapter):
                                            nn.Linear(projection, num_layers * 2 * kv_dim, device=device, dtype=dtype))
         else:
             self.embedding = nn.Embedding(n, num_layers * 2 * kv_dim, device=device, dtype=dtype)
+
+    stack_rows = classmethod(stack_prefixes)  # mixed-adapter batches (methods/virtual_rows.py)
 
     def flat_prefixes(self) -> torch.Tensor:
         """All prefixes as (n, layers * 2 * kv_heads * head_dim), PEFT's layout (through the MLP if any)."""

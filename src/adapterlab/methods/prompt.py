@@ -22,6 +22,7 @@ from ..core.layers import reference_tensor
 from ..core.sites import Placement, Site
 from ..core.site_hooks import placed_at
 from ..interop.peft.prompts import PeftVirtualTokens, peft_prompt_config
+from .virtual_rows import stack_prompts
 from .virtual_tokens import (VirtualTokenAdapter, check_num_virtual_tokens, input_embeddings, modality_and_blocks,
                              text_config)
 
@@ -141,6 +142,8 @@ class PromptAdapter(VirtualTokenAdapter):
             self.deep_prompts = nn.Parameter(torch.empty(len(blocks) - 1, num_virtual_tokens, hidden,
                                                          device=device, dtype=dtype))
             nn.init.normal_(self.deep_prompts)
+
+    stack_rows = classmethod(stack_prompts)  # mixed-adapter batches (methods/virtual_rows.py)
 
     @property
     def deep(self) -> bool:

@@ -21,6 +21,7 @@ from ..core.layers import reference_tensor
 from ..core.sites import Placement, Site
 from ..core.site_hooks import placed_at
 from ..interop.peft.prompts import PeftVirtualTokens, peft_prompt_config
+from .virtual_rows import stack_prompts
 from .virtual_tokens import VirtualTokenAdapter, check_num_virtual_tokens, modality_and_blocks, text_config
 
 
@@ -114,6 +115,8 @@ class PTuningAdapter(VirtualTokenAdapter):
     def __init__(self, encoder: PromptEncoder, n: int, modality: str, leading: int, blocks: list[str]) -> None:
         super().__init__(n, modality, leading, blocks)
         self.encoder = encoder
+
+    stack_rows = classmethod(stack_prompts)  # mixed-adapter batches (methods/virtual_rows.py)
 
     def prompts(self) -> torch.Tensor:
         return self.encoder()
