@@ -119,3 +119,32 @@ def test_top_p_keeps_the_nucleus_and_temperature_zero_is_argmax():
     assert {draw(logits, Sampling(temperature=1.0, top_p=0.5, seed=s)) for s in range(50)} == {0}
     assert {draw(logits, Sampling(temperature=5.0, seed=s)) for s in range(300)} == set(range(5))
     assert draw(logits, Sampling(temperature=0.0)) == 0
+
+
+def test_rows_of_different_adapters_in_one_batch_equal_each_adapter_alone():
+    """LoRA, IA3 and base rows decode in one batch (adapter_names per row), joining late, each row equal to
+    batch-1 greedy generation with its adapter alone."""
+    import adapterlab as al
+
+    model = family_lm("llama", 64)
+    for seed, (name, method) in enumerate((("a", "lora"), ("b", "ia3"))):
+        al.attach(model, method, name=name)
+        torch.manual_seed(seed)
+        for p in model.parameters():
+            if p.requires_grad:
+                p.data.normal_(0, 0.5)
+    model.eval()
+    want = {}
+    for name in ("a", "b", None):
+        for i, p in enumerate(PROMPTS):
+            if name is None:
+                with al.disabled(model):
+                    want[name, i] = batch1(model, p, 8)
+            else:
+                al.set_active(model, name, trainable=False)
+                want[name, i] = batch1(model, p, 8)
+    assert want["a", 0] != want["b", 0] != want[None, 0]
+    requests = [Request((n, i), p, 8, adapter=n) for i, p in enumerate(PROMPTS) for n in ("a", "b", None)]
+    done = run(model, requests[:4], max_rows=5, per_row_adapters=True,
+               late=[(2 + k, r) for k, r in enumerate(requests[4:])])
+    assert {key: r.out for key, r in done.items()} == want

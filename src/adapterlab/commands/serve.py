@@ -50,7 +50,6 @@ def serve(args: argparse.Namespace) -> int:
 
     from ..evaluate.generate import _eos_ids
     from ..serve import Registry, Worker, create_app
-    from ..serve.mixing import takes_adapter_names
     from ..serve.protocol import ApiError
 
     adapters = check_args(args)
@@ -62,7 +61,7 @@ def serve(args: argparse.Namespace) -> int:
         except ApiError as exc:
             raise UsageError(f"--adapter {name}={path}: {exc.message}") from None
     worker = Worker(model, registry, eos_ids=_eos_ids(model, tokenizer), max_rows=args.max_rows,
-                    max_queue=args.max_queue, mixed=takes_adapter_names(model))
+                    max_queue=args.max_queue)
     app = create_app(model, tokenizer, registry, worker, model_name=args.model)
     print(f"adapterlab serve: {args.model} with {', '.join(registry.names())} on http://{args.host}:{args.port}",
           flush=True)

@@ -1,10 +1,10 @@
 """The one thread that runs the model: it takes requests and adapter loads from thread-safe queues and decodes in
 continuous batches (evaluate.scheduler), so a request that arrives while others decode joins at the next step.
 
-Rows of different adapters share one batch when the engine takes `adapter_names=` per row (`mixed`). Where it does
-not, each adapter gets a batch of its own and the batches take turns, one step each, under adapterlab.set_active
-(TEMPORARY: until per-row adapters are in the engine). Virtual-token adapters (prompt, prefix, P-tuning) put
-columns in front of the prompt, so each always has its own batch.
+Rows of every adapter and of the base share one batch: each forward names each row's adapter (`adapter_names=`,
+core/row_routing.py). Virtual-token adapters (prompt, prefix, P-tuning) put columns in front of the prompt in the
+cache, which the batcher keeps the same for every row, so each of them has a batch of its own; the batches take
+turns, one decode step each.
 
 Each request reports back through `notify(kind, value)`, called on this thread: ("token", id) per token, then
 ("done", finish reason) or ("error", message).
@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from ..core.engine import set_active
+from ..core.engine import adapter_names
 from ..evaluate.scheduler import ContinuousBatcher, Request
 from .adapters import Registry, Served
 from .protocol import ApiError
@@ -41,20 +41,17 @@ class Worker:
     """Runs requests and adapter changes on one background thread; `max_rows` rows per batch, at most
     `max_queue` requests accepted but not yet decoding (more are refused with 503)."""
 
-    def __init__(self, model: Any, registry: Registry, *, eos_ids: list[int], max_rows: int, max_queue: int,
-                 mixed: bool) -> None:
+    def __init__(self, model: Any, registry: Registry, *, eos_ids: list[int], max_rows: int, max_queue: int) -> None:
         self.model, self.registry, self.eos = model, registry, eos_ids
-        self.max_rows, self.max_queue, self.mixed = max_rows, max_queue, mixed
+        self.max_rows, self.max_queue = max_rows, max_queue
         self.inbox: queue.Queue[Job | tuple[Callable[[], Any], concurrent.futures.Future]] = queue.Queue()
         self.batchers: dict[str, ContinuousBatcher] = {}
         self.jobs: dict[int, Job] = {}  # id(request) -> job, for every request in a batcher
         self.lock = threading.Lock()
         self.queued = 0  # accepted, not yet decoding
         self.cancelled = 0  # requests whose client went away before they finished
-        self.group_adapter: dict[str, Served | None] = {}  # batch key -> the adapter its rows use (fallback)
         self.stopping = threading.Event()
         self.give_up = False
-        self.active: object = object()  # the adapter set_active last chose (fallback mode)
         self.thread = threading.Thread(target=self._loop, name="adapterlab-serve-worker", daemon=True)
 
     # ---- called from the server's threads
@@ -121,10 +118,8 @@ class Worker:
         self._tell(job, kind, value)
 
     def _group(self, served: Served | None) -> str:
-        """Which batch a request joins: one for all in mixed mode (virtual-token adapters apart), else per adapter."""
-        if served is None:
-            return "" if self.mixed else "base"
-        return served.engine_name if (served.virtual_tokens or not self.mixed) else ""
+        """Which batch a request joins: the shared one, or its virtual-token adapter's own."""
+        return served.engine_name if served is not None and served.virtual_tokens else ""
 
     def _take(self, item: Any) -> None:
         if item is None:  # stop() waking the loop
@@ -136,9 +131,7 @@ class Worker:
                 return
             key = self._group(item.served)
             if key not in self.batchers:
-                self.batchers[key] = ContinuousBatcher(self.model, eos_ids=self.eos, max_rows=self.max_rows,
-                                                       per_row_adapters=self.mixed)
-                self.group_adapter[key] = item.served
+                self.batchers[key] = ContinuousBatcher(self.model, eos_ids=self.eos, max_rows=self.max_rows)
             self.jobs[id(item.request)] = item
             self.batchers[key].add(item.request)
             return
@@ -147,7 +140,6 @@ class Worker:
             future.set_result(fn())
         except BaseException as exc:  # handed to the caller, who answers the client
             future.set_exception(exc)
-        self.active = object()  # an adapter was attached or detached: choose again before the next step
 
     def _busy(self) -> bool:
         return any(b.busy() for b in self.batchers.values())
@@ -162,23 +154,19 @@ class Worker:
                 pass
             if self.give_up or (self.stopping.is_set() and not self._busy()):
                 break
-            for key, batcher in list(self.batchers.items()):
+            for batcher in list(self.batchers.values()):
                 if batcher.busy():
-                    self._step(key, batcher)
+                    self._step(batcher)
             idle = [key for key, batcher in self.batchers.items() if not batcher.busy()]
             for key in idle:
-                del self.batchers[key], self.group_adapter[key]
+                del self.batchers[key]
         for batcher in self.batchers.values():
             for request in batcher.abort():
                 self._end(request, "error", "The server shut down before this request finished.")
 
-    def _step(self, key: str, batcher: ContinuousBatcher) -> None:
+    def _step(self, batcher: ContinuousBatcher) -> None:
         try:
-            if not self.mixed:  # TEMPORARY fallback until the engine takes adapter_names= per row
-                served = self.group_adapter[key]
-                if self.active is not served:
-                    set_active(self.model, [served.engine_name] if served else [], trainable=False)
-                    self.active = served
+            batcher.per_row_adapters = bool(adapter_names(self.model))  # a model without adapters takes no names
             done = batcher.step()
         except Exception as exc:  # a failed forward fails its batch, never the server
             for request in batcher.abort():
