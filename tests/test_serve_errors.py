@@ -63,7 +63,7 @@ def test_bad_requests_are_refused_by_name_and_change_nothing(server):
     refused(post(server, "completions", b""), 400, "JSON object")
     refused(post(server, "completions", "\udcff".encode("utf-8", "surrogatepass")), 400, "not valid JSON")
     for field, value in (("max_tokens", "6"), ("max_tokens", 0), ("temperature", -1), ("top_p", 0),
-                         ("stream", "yes"), ("seed", 1.5), ("prompt", 5), ("stop", [1])):
+                         ("stream", "yes"), ("seed", 1.5), ("seed", -1), ("prompt", 5), ("stop", [1])):
         refused(post(server, "completions", {**body, field: value}), 400, field, param=field)
     refused(post(server, "completions", {**body, "nucleus": 3}), 400, "Unknown field 'nucleus'", param="nucleus")
     refused(post(server, "completions", {**body, "n": 2}), 400, "n=2 is not supported", param="n")
