@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 CONSTRAINTS ?= constraints-cpu.txt
 PYTEST_ARGS ?=
 
-.PHONY: install test test-fast lint demo clean
+.PHONY: install browser test test-fast lint demo clean
 
 $(VENV)/.installed: pyproject.toml $(CONSTRAINTS)
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -15,10 +15,20 @@ $(VENV)/.installed: pyproject.toml $(CONSTRAINTS)
 
 install: $(VENV)/.installed
 
-test: install
+# The browser test of `adapterlab serve`'s page (tests/test_serve_page.py) drives Debian's chromium through
+# chromium-driver. As root they are installed when missing; otherwise (or when apt-get fails) that test skips and
+# its reason says how to install them.
+browser:
+	@if command -v chromedriver >/dev/null && { command -v chromium >/dev/null || command -v chromium-browser >/dev/null; }; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; } \
+	  || echo "note: apt-get could not install chromium chromium-driver; the browser test will skip"; \
+	else echo "note: chromium/chromium-driver missing (install: apt-get install -y chromium chromium-driver, as root); the browser test will skip"; fi
+
+test: install browser
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-test-fast: install
+test-fast: install browser
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
 lint: install

@@ -27,6 +27,7 @@ SUBCOMMANDS = [
     "adapterlab.commands.compare",
     "adapterlab.commands.data",
     "adapterlab.commands.models",
+    "adapterlab.commands.serve",
     "adapterlab.commands.train",
 ]
 # What to do about an OS error, by errno; the message already names the file.

@@ -1,5 +1,5 @@
-"""Continuous batching for greedy decoding: a row leaves the batch the step it finishes and a waiting prompt
-takes its place, so a batch never decodes for rows that are done (eval now; the serving command next).
+"""Continuous batching: a row leaves the batch the step it finishes (or is cancelled) and a waiting prompt takes
+its place, so a batch never decodes for rows that are done (eval's greedy decoding; `adapterlab serve`).
 
 One DynamicCache holds the running rows, left-padded to a common length. A newcomer is prefilled alone (exactly
 its batch-1 prefill), then its cache is padded and joined to the batch on every layer; a finished row is removed
@@ -7,6 +7,10 @@ by an index select on every layer, the mask and the pending tokens, and columns 
 row are dropped. Each decode step is the model's own forward with the padding mask and per-row position ids
 (the count of a row's real tokens, as generate() derives them). Columns in front of the prompt that an adapter put
 in the cache (prompt or prefix tuning's virtual tokens) stay in front; padding goes after them.
+
+Each request may carry its own sampling (evaluate.sampling: temperature, top_p, its own seeded generator), its own
+adapter (passed per row as `adapter_names=` when the batcher is built with `per_row_adapters`), a callback that
+sees each token as it is chosen (streaming) and a `cancelled` flag that another thread may set (a client gone).
 """
 
 from __future__ import annotations
@@ -22,17 +26,30 @@ from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
 from ..errors import UsageError
+from .sampling import Sampling, next_tokens
+
+BASE = "__base__"  # the adapter name that runs a row on the bare base model
 
 
 @dataclass
 class Request:
-    """One prompt to decode: `key` names it in the results; `stop(generated ids)` says a stop string is complete."""
+    """One prompt to decode: `key` names it in the results; `stop(generated ids)` says a stop string is complete.
+
+    `sampling` None is greedy; `adapter` None is the base model (used with `per_row_adapters`); `on_token(request,
+    token)` runs on each token as it is chosen; setting `cancelled` (from any thread) ends the request at the next
+    step. `finish` says why it ended: "stop" (EOS or stop string), "length" or "cancelled".
+    """
 
     key: Any
     ids: list[int]
     max_new_tokens: int
     stop: Callable[[list[int]], bool] | None = None
     out: list[int] = field(default_factory=list)
+    sampling: Sampling | None = None
+    adapter: str | None = None
+    on_token: Callable[[Request, int], None] | None = None
+    cancelled: bool = False
+    finish: str | None = None
 
 
 def _pad_columns(x: torch.Tensor, at: int, count: int, dim: int) -> torch.Tensor:
@@ -54,16 +71,20 @@ def _layers(cache: DynamicCache) -> list[DynamicLayer]:
 
 
 class ContinuousBatcher:
-    """Greedy decoding of many requests with rows leaving and joining the batch between steps.
+    """Decoding of many requests with rows leaving and joining the batch between steps.
 
     `max_rows` caps the rows decoded together; `max_tokens` (optional) caps the padded cache, rows x columns, that a
     newcomer may join (one row is always admitted). Requests are admitted in the order they are added.
+    `per_row_adapters`: every forward gets `adapter_names=` (each row's adapter, BASE for none), so rows of
+    different adapters share the batch; without it the model runs whatever adapters are active.
     """
 
-    def __init__(self, model: Any, *, eos_ids: Iterable[int], max_rows: int, max_tokens: int | None = None) -> None:
+    def __init__(self, model: Any, *, eos_ids: Iterable[int], max_rows: int, max_tokens: int | None = None,
+                 per_row_adapters: bool = False) -> None:
         if max_rows < 1 or (max_tokens is not None and max_tokens < 1):
             raise UsageError(f"max_rows ({max_rows}) and max_tokens ({max_tokens}) must be at least 1.")
         self.model, self.eos, self.max_rows, self.max_tokens = model, set(eos_ids), max_rows, max_tokens
+        self.per_row_adapters = per_row_adapters
         self.device = next(model.parameters()).device
         names = set(inspect.signature(model.forward).parameters)
         self.positions = "position_ids" in names
@@ -85,6 +106,17 @@ class ContinuousBatcher:
         """Whether any request is running or waiting."""
         return bool(self.rows or self.waiting)
 
+    def abort(self) -> list[Request]:
+        """Drop every running and waiting request (after a failed step, or at shutdown) and return them."""
+        dropped = [*self.rows, *self.waiting]
+        self.waiting.clear()
+        self._keep([])
+        return dropped
+
+    def _adapters(self, rows: list[Request]) -> dict[str, Any]:
+        """The forward's per-row adapter argument, when the batcher passes one."""
+        return {"adapter_names": [r.adapter or BASE for r in rows]} if self.per_row_adapters else {}
+
     def run(self) -> Iterator[list[Request]]:
         """Decode until every request is done, yielding the requests that finished at each step (if any)."""
         while self.busy():
@@ -102,26 +134,47 @@ class ContinuousBatcher:
             return self._step()
 
     def _step(self) -> list[Request]:
-        done = self._admit()
+        done = self._drop_cancelled()
+        done += self._admit()
         if not self.rows:
             return done
         mask = torch.cat([self.mask, self.mask.new_ones(len(self.rows), 1)], dim=1)
         extra = {"position_ids": self.mask[:, self.front:].sum(1, keepdim=True)} if self.positions else {}
         out = self.model(input_ids=self.pending[:, None], attention_mask=mask, past_key_values=self.cache,
-                         use_cache=True, **extra, **self.last_only)
+                         use_cache=True, **extra, **self.last_only, **self._adapters(self.rows))
         self.cache, self.mask = out.past_key_values, mask
-        self.pending = out.logits[:, -1].argmax(-1)
-        finished = [self._emit(row, int(token)) for row, token in zip(self.rows, self.pending.tolist())]
+        tokens = next_tokens(out.logits[:, -1], [row.sampling for row in self.rows])
+        self.pending = torch.tensor(tokens, dtype=torch.long, device=self.device)
+        finished = [self._emit(row, token) for row, token in zip(self.rows, tokens)]
         if any(finished):
             done += [row for row, end in zip(self.rows, finished) if end]
             self._keep([i for i, end in enumerate(finished) if not end])
         return done
 
+    def _drop_cancelled(self) -> list[Request]:
+        """Remove the cancelled requests, waiting or running, and return them (finish "cancelled")."""
+        gone = [r for r in self.waiting if r.cancelled]
+        if gone:
+            self.waiting = deque(r for r in self.waiting if not r.cancelled)
+        running = [r for r in self.rows if r.cancelled]
+        if running:
+            self._keep([i for i, r in enumerate(self.rows) if not r.cancelled])
+        gone += running
+        for request in gone:
+            request.finish = "cancelled"
+        return gone
+
     def _emit(self, row: Request, token: int) -> bool:
-        """Append `token` to the row's output; whether the row is finished (EOS, stop string or length)."""
+        """Append `token` to the row's output (and show it to `on_token`); whether the row is finished (EOS, stop
+        string or length), with `finish` set to why."""
         row.out.append(token)
-        return (token in self.eos or len(row.out) >= row.max_new_tokens
-                or (row.stop is not None and row.stop(row.out)))
+        if token in self.eos or (row.stop is not None and row.stop(row.out)):
+            row.finish = "stop"
+        elif len(row.out) >= row.max_new_tokens:
+            row.finish = "length"
+        if row.on_token is not None:
+            row.on_token(row, token)
+        return row.finish is not None
 
     def _fits(self, request: Request) -> bool:
         """Whether `request` may join: a free row, and the padded cache after joining within the token budget."""
@@ -140,8 +193,8 @@ class ContinuousBatcher:
             ids = torch.tensor([request.ids], dtype=torch.long, device=self.device)
             extra = {"position_ids": torch.arange(ids.shape[1], device=self.device)[None]} if self.positions else {}
             out = self.model(input_ids=ids, attention_mask=torch.ones_like(ids), past_key_values=DynamicCache(),
-                             use_cache=True, **extra, **self.last_only)
-            token = int(out.logits[0, -1].argmax())
+                             use_cache=True, **extra, **self.last_only, **self._adapters([request]))
+            token = next_tokens(out.logits[:, -1], [request.sampling])[0]
             if self._emit(request, token):
                 done.append(request)
             else:
