@@ -48,7 +48,7 @@ def check_args(args: argparse.Namespace) -> list[tuple[str, str]]:
 def serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from ..evaluate.generate import _eos_ids
+    from ..evaluate.generate import eos_ids
     from ..serve import Registry, Worker, create_app
     from ..serve.protocol import ApiError
 
@@ -60,7 +60,7 @@ def serve(args: argparse.Namespace) -> int:
             registry.load(name, path, confined=False)
         except ApiError as exc:
             raise UsageError(f"--adapter {name}={path}: {exc.message}") from None
-    worker = Worker(model, registry, eos_ids=_eos_ids(model, tokenizer), max_rows=args.max_rows,
+    worker = Worker(model, registry, eos_ids=eos_ids(model, tokenizer), max_rows=args.max_rows,
                     max_queue=args.max_queue)
     app = create_app(model, tokenizer, registry, worker, model_name=args.model)
     print(f"adapterlab serve: {args.model} with {', '.join(registry.names())} on http://{args.host}:{args.port}",

@@ -25,7 +25,8 @@ def length_order(lengths: Sequence[int]) -> list[int]:
     return sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
 
 
-def _eos_ids(model: Any, tokenizer: Any) -> list[int]:
+def eos_ids(model: Any, tokenizer: Any) -> list[int]:
+    """The token ids that end a generation: the generation config's and the tokenizer's EOS ids, each once."""
     ids = []
     for source in (getattr(model, "generation_config", None), tokenizer):
         value = getattr(source, "eos_token_id", None)
@@ -40,7 +41,7 @@ def pad_id(model: Any, tokenizer: Any) -> int:
     (padding is masked, text after a row's end is cut), so a tokenizer without pad or EOS token works too."""
     if tokenizer.pad_token_id is not None:
         return int(tokenizer.pad_token_id)
-    eos = _eos_ids(model, tokenizer)
+    eos = eos_ids(model, tokenizer)
     return eos[0] if eos else 0
 
 
@@ -50,7 +51,7 @@ def generation_config(
     """Deterministic decoding settings: greedy (num_beams=1) or beam search, stopping at any EOS."""
     if max_new_tokens < 1 or num_beams < 1:
         raise UsageError(f"max_new_tokens ({max_new_tokens}) and num_beams ({num_beams}) must be at least 1.")
-    eos = _eos_ids(model, tokenizer)
+    eos = eos_ids(model, tokenizer)
     return GenerationConfig(
         max_new_tokens=max_new_tokens, do_sample=False, num_beams=num_beams, use_cache=use_cache,
         eos_token_id=eos or None, pad_token_id=pad_id(model, tokenizer),
@@ -121,7 +122,7 @@ def generate_batches(
 def _continuous(model: Any, tokenizer: Any, token_ids: list[list[int]], order: list[int], forms: tuple[str, ...],
                 config: GenerationConfig, batch_size: int, batch_tokens: int | None) -> Iterator[list[tuple[int, str]]]:
     """Greedy decoding with rows leaving and joining the batch as they finish (evaluate.scheduler)."""
-    batcher = ContinuousBatcher(model, eos_ids=_eos_ids(model, tokenizer), max_rows=batch_size, max_tokens=batch_tokens)
+    batcher = ContinuousBatcher(model, eos_ids=eos_ids(model, tokenizer), max_rows=batch_size, max_tokens=batch_tokens)
     stop = StopOnText(tokenizer, forms, 0).stops if forms else None
     for i in order:
         batcher.add(Request(i, list(token_ids[i]), config.max_new_tokens, stop))
