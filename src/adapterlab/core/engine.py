@@ -21,7 +21,8 @@ from .architectures import Architecture
 from .config import AdapterConfig, facts_of
 from .layers import building_on_meta
 from .registry import METHODS, config_class, make_config
-from .row_routing import install_routing, routing_of
+from .row_calls import install_routing
+from .row_routing import routing_of
 from .shared_input import input_groups
 from .site_hooks import HOST_ATTR, install_hooks, placed, sync_site_hooks, track_gates
 from .sites import Placement, Site
