@@ -22,7 +22,8 @@ from adapterlab.models import load_model
 
 CHAT_TEMPLATE = ("{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}\n{% endfor %}"
                  "{% if add_generation_prompt %}<assistant>{% endif %}")
-ADAPTERS = {"lora": ("lora", {"r": 4}), "ia3": ("ia3", {}), "prompt": ("prompt", {"num_virtual_tokens": 3})}
+ADAPTERS = {"lora": ("lora", {"r": 4}), "ia3": ("ia3", {}), "prompt": ("prompt", {"num_virtual_tokens": 3}),
+            "prefix": ("prefix", {"num_virtual_tokens": 2})}
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 
 

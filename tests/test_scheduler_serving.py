@@ -4,6 +4,7 @@ per-token callback, cancellation, per-row adapter names, and nucleus filtering."
 
 from __future__ import annotations
 
+import pytest
 import torch
 from test_eval_continuous import batch1, family_lm
 
@@ -147,4 +148,42 @@ def test_rows_of_different_adapters_in_one_batch_equal_each_adapter_alone():
     requests = [Request((n, i), p, 8, adapter=n) for i, p in enumerate(PROMPTS) for n in ("a", "b", None)]
     done = run(model, requests[:4], max_rows=5, per_row_adapters=True,
                late=[(2 + k, r) for k, r in enumerate(requests[4:])])
+    assert {key: r.out for key, r in done.items()} == want
+
+
+def _noisy(model, seed):
+    torch.manual_seed(seed)
+    for p in model.parameters():
+        if p.requires_grad:
+            p.data.normal_(0, 0.5)
+
+
+@pytest.mark.parametrize("methods", [
+    (("p3", "prompt", {"num_virtual_tokens": 3}), ("p5", "prompt", {"num_virtual_tokens": 5}), ("l", "lora", {})),
+    (("f2", "prefix", {"num_virtual_tokens": 2}), ("f4", "prefix", {"num_virtual_tokens": 4})),
+], ids=["prompt+lora", "prefix"])
+def test_rows_with_different_virtual_token_counts_share_a_batch(methods):
+    """Virtual-token adapters with different counts (and LoRA, and the base) decode in one batch, joining late in
+    either order (a newcomer with more virtual tokens pads the running rows' front), each row equal to batch-1 greedy
+    generation with its adapter alone."""
+    import adapterlab as al
+
+    model = family_lm("llama", 64)
+    for seed, (name, method, options) in enumerate(methods):
+        al.attach(model, method, name=name, **options)
+        _noisy(model, seed)
+    model.eval()
+    names = [m[0] for m in methods] + [None]
+    want = {}
+    for name in names:
+        for i, p in enumerate(PROMPTS[:3]):
+            if name is None:
+                with al.disabled(model):
+                    want[name, i] = batch1(model, p, 6)
+            else:
+                al.set_active(model, name, trainable=False)
+                want[name, i] = batch1(model, p, 6)
+    requests = [Request((n, i), p, 6, adapter=n) for i, p in enumerate(PROMPTS[:3]) for n in names]
+    done = run(model, requests[:2], max_rows=len(requests), per_row_adapters=True,
+               late=[(1 + k, r) for k, r in enumerate(requests[2:])])
     assert {key: r.out for key, r in done.items()} == want

@@ -49,7 +49,7 @@ def reference(files):
     model_dir, adapters, _ = files
     tokenizer = byte_tokenizer()
     out = {}
-    for name in ("base", "lora", "ia3", "prompt"):
+    for name in ("base", "lora", "ia3", "prompt", "prefix"):
         model = load_adapted(model_dir, adapters.get(name))
         out[name] = {p: tokenizer.decode(reference_tokens(model, tokenizer(p)["input_ids"], 12), skip_special_tokens=True)
                      for p in PROMPTS}
@@ -63,7 +63,7 @@ def complete(client, model, prompt, **options):
 
 
 def test_models_lists_base_and_every_adapter(client, server):
-    assert [m.id for m in client.models.list().data] == ["base", "lora", "ia3", "prompt", "run"]
+    assert [m.id for m in client.models.list().data] == ["base", "lora", "ia3", "prompt", "prefix", "run"]
     assert httpx.get(server.url + "/health").json()["status"] == "ok"
 
 
@@ -76,7 +76,7 @@ def test_greedy_completions_equal_the_librarys_generation(client, reference):
             usage, finish = answer.usage, answer.choices[0].finish_reason
             assert usage.prompt_tokens == len(prompt) and usage.total_tokens == len(prompt) + usage.completion_tokens
             assert (finish, usage.completion_tokens) == ("length", 12) if finish == "length" else finish == "stop"
-    assert len({answers[name]["hello"].choices[0].text for name in reference}) == 4  # the adapters all differ
+    assert len({answers[name]["hello"].choices[0].text for name in reference}) == 5  # the adapters all differ
 
 
 def test_streaming_equals_non_streaming(client, server):

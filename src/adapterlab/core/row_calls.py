@@ -87,4 +87,14 @@ def plan_rows(model: nn.Module, routing: RowRouting, names: frozenset[str]) -> N
     sync_site_hooks(model, force=True)
 
 
-__all__ = ["install_routing", "plan_rows", "prepare_call", "route_call"]
+def call_kind(model: nn.Module, name: str) -> str:
+    """How adapter `name` rewrites a mixed-adapter call: "" where it only acts at layers (any such rows mix), else the
+    name of its method's model-site stacking (prompt and P-tuning share one, prefix tuning has another); rows of two
+    different non-empty kinds cannot share a call (`row_sites.make_plans` refuses them), so a batcher keeps them apart."""
+    for _, _, adapter in placed(model, name):
+        if adapter._site.kind == "model":
+            return type(adapter).stack_rows.__func__.__qualname__
+    return ""
+
+
+__all__ = ["call_kind", "install_routing", "plan_rows", "prepare_call", "route_call"]

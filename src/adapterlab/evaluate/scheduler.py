@@ -6,7 +6,8 @@ its batch-1 prefill), then its cache is padded and joined to the batch on every 
 by an index select on every layer, the mask and the pending tokens, and columns that have become padding in every
 row are dropped. Each decode step is the model's own forward with the padding mask and per-row position ids
 (the count of a row's real tokens, as generate() derives them). Columns in front of the prompt that an adapter put
-in the cache (prompt or prefix tuning's virtual tokens) stay in front; padding goes after them.
+in the cache (prompt or prefix tuning's virtual tokens) stay in front; padding goes after them. Rows whose adapters put
+different counts there (per-row adapters) get masked pads before their own, as a mixed-adapter call lays them out.
 
 Each request may carry its own sampling (evaluate.sampling: temperature, top_p, its own seeded generator), its own
 adapter (passed per row as `adapter_names=` when the batcher is built with `per_row_adapters`), a callback that
@@ -93,7 +94,7 @@ class ContinuousBatcher:
         self.rows: list[Request] = []
         self.cache: DynamicCache | None = None
         self.mask = torch.zeros(0, 0, dtype=torch.long, device=self.device)  # (rows, columns) of the cache
-        self.front = 0  # adapter columns before the prompt (virtual tokens), the same in every row
+        self.front = 0  # columns before the prompt (virtual tokens; a row with fewer has masked pads first)
         self.pending = torch.zeros(0, dtype=torch.long, device=self.device)  # each row's newest token, not cached yet
 
     def add(self, request: Request) -> None:
@@ -210,9 +211,10 @@ class ContinuousBatcher:
         if self.cache is None:
             self.cache, self.mask, self.front, self.pending, self.rows = cache, mask, front, pending, [request]
             return
-        if front != self.front:
-            raise UsageError(f"Request {request.key!r} put {front} columns in front of its prompt, the batch "
-                             f"{self.front}; continuous batching needs the same adapter for every row.")
+        if front != self.front:  # rows of virtual-token adapters with other counts: pads first, masked
+            cache, mask = self._pad_front(cache, mask, self.front - front), self._pad_front_mask(mask, self.front - front)
+            self._pad_batch_front(front - self.front)
+            front = self.front
         old, new = self.mask.shape[1] - front, len(request.ids)
         width = max(old, new)
         for mine, theirs in zip(_layers(self.cache), _layers(cache)):
@@ -224,6 +226,27 @@ class ContinuousBatcher:
                                _pad_columns(mask, front, width - new, dim=1)], dim=0)
         self.pending = torch.cat([self.pending, pending])
         self.rows.append(request)
+
+    @staticmethod
+    def _pad_front(cache: DynamicCache, mask: torch.Tensor, count: int) -> DynamicCache:
+        """A newcomer's cache with `count` (if > 0) pad columns before its virtual tokens (`_pad_front_mask` masks
+        them), as a mixed-adapter call lays out a row with fewer virtual tokens than the longest (methods/virtual_rows.py)."""
+        if count > 0:
+            for layer in _layers(cache):
+                layer.keys, layer.values = (_pad_columns(layer.keys, 0, count, -2),
+                                            _pad_columns(layer.values, 0, count, -2))
+        return cache
+
+    @staticmethod
+    def _pad_front_mask(mask: torch.Tensor, count: int) -> torch.Tensor:
+        return _pad_columns(mask, 0, count, 1) if count > 0 else mask
+
+    def _pad_batch_front(self, count: int) -> None:
+        """Give the running rows `count` (if > 0) more masked front columns: a newcomer has more virtual tokens."""
+        if count > 0:
+            self._pad_front(self.cache, self.mask, count)
+            self.mask = self._pad_front_mask(self.mask, count)
+            self.front += count
 
     def _keep(self, keep: list[int]) -> None:
         """Keep only rows `keep` (index select on every layer) and drop the columns now padding in every row."""

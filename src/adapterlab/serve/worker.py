@@ -2,9 +2,10 @@
 continuous batches (evaluate.scheduler), so a request that arrives while others decode joins at the next step.
 
 Rows of every adapter and of the base share one batch: each forward names each row's adapter (`adapter_names=`,
-core/row_routing.py). Virtual-token adapters (prompt, prefix, P-tuning) put columns in front of the prompt in the
-cache, which the batcher keeps the same for every row, so each of them has a batch of its own; the batches take
-turns, one decode step each.
+core/row_routing.py), prompt and P-tuning rows included (their virtual tokens, of any count, sit in front of the
+prompt in the cache, padded per row). Prompt and prefix rows rewrite the call in different ways (`core.row_calls.
+call_kind`), so while the shared batch holds one of them the other gets a batch of its own; batches take turns, one
+decode step each.
 
 Each request reports back through `notify(kind, value)`, called on this thread: ("token", id) per token, then
 ("done", finish reason) or ("error", message).
@@ -20,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..core.engine import adapter_names
+from ..core.row_calls import call_kind
 from ..evaluate.scheduler import ContinuousBatcher, Request
 from .adapters import Registry, Served
 from .protocol import ApiError
@@ -46,6 +48,7 @@ class Worker:
         self.max_rows, self.max_queue = max_rows, max_queue
         self.inbox: queue.Queue[Job | tuple[Callable[[], Any], concurrent.futures.Future]] = queue.Queue()
         self.batchers: dict[str, ContinuousBatcher] = {}
+        self.kinds: dict[str, str] = {}  # engine name -> call_kind
         self.jobs: dict[int, Job] = {}  # id(request) -> job, for every request in a batcher
         self.lock = threading.Lock()
         self.queued = 0  # accepted, not yet decoding
@@ -118,8 +121,21 @@ class Worker:
         self._tell(job, kind, value)
 
     def _group(self, served: Served | None) -> str:
-        """Which batch a request joins: the shared one, or its virtual-token adapter's own."""
-        return served.engine_name if served is not None and served.virtual_tokens else ""
+        """Which batch a request joins: the shared one ("") unless its adapter rewrites the model's call in a way
+        (`call_kind`: prompt tuning, prefix tuning) that the shared batch's rows already rewrite another way; then
+        the batch of its kind."""
+        kind = self._kind(served.engine_name) if served is not None and served.virtual_tokens else ""
+        shared = self.batchers.get("")
+        if not kind or shared is None:
+            return ""
+        kinds = {self._kind(r.adapter) for r in [*shared.rows, *shared.waiting] if r.adapter} - {""}
+        return "" if kinds <= {kind} else kind
+
+    def _kind(self, engine_name: str) -> str:
+        """`call_kind` of a served adapter, looked up once (engine names are never reused)."""
+        if engine_name not in self.kinds:
+            self.kinds[engine_name] = call_kind(self.model, engine_name)
+        return self.kinds[engine_name]
 
     def _take(self, item: Any) -> None:
         if item is None:  # stop() waking the loop
