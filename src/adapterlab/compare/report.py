@@ -99,7 +99,8 @@ def serving_section(serving: list[dict[str, Any]]) -> list[str]:
     lines = ["## Serving every task at once (the same dev examples of every task, one stream)", "",
              "Switched: per-task batches in a mixed order, the task's adapter made active before each batch. Mixed: "
              "the same examples batched regardless of task, one base forward per batch with each row's own adapter, "
-             "then each task's head on its rows. Full: the per-task batches, each to its task's fine-tuned model.", "",
+             "then each task's head on its rows (tasks whose inputs cannot share a tensor, such as sequence "
+             "classification beside multiple choice, are batched apart). Full: the per-task batches, each to its task's fine-tuned model.", "",
              "| method | served as | examples/s | batches | adapter switches | parameter MB held |",
              "|---|---|---|---|---|---|"]
     for row in serving:
@@ -118,7 +119,9 @@ def serving_section(serving: list[dict[str, Any]]) -> list[str]:
         if "refused" in mixed:
             lines.append(f"| {row['method']} | mixed batches | n/a: {mixed['refused']} | | | |")
         else:
-            lines.append(f"| {row['method']} | mixed batches ({mixed['tasks_per_batch']:.1f} tasks per batch) | "
+            apart = mixed.get("input_kinds", 1)
+            kinds = f", {apart} input kinds batched apart" if apart > 1 else ""
+            lines.append(f"| {row['method']} | mixed batches ({mixed['tasks_per_batch']:.1f} tasks per batch{kinds}) | "
                          f"{mixed['examples_per_s']:.1f} | {mixed['batches']} | none (an adapter per row) | "
                          f"{row['parameter_mb']:.1f} |")
     return lines + [""]

@@ -6,9 +6,10 @@ models (the per-task stream, each batch to its task's model). Both adapter ways 
 
 The adapters go on the shared encoder (the backbone every task's model, with its own head, points at), so one
 copy of the base weights serves all tasks. Methods whose adapters hook the model call itself (prompt, prefix,
-P-tuning) cannot be switched under a head this way and are reported as such; a method or a set of tasks that
-cannot run in mixed batches (an adapter that refuses per-row routing, tasks whose inputs batch differently) gets
-its switching figure and the mixed refusal's reason. Weights do not change forward time, so freshly attached
+P-tuning) cannot be switched under a head this way and are reported as such. Tasks whose inputs cannot share one
+tensor (sequence classification beside multiple choice, different numbers of choices) are mixed within each group
+that batches alike; an adapter that refuses per-row routing gets its switching figure and the refusal's reason
+under "mixed". Weights do not change forward time, so freshly attached
 adapters are timed.
 """
 
@@ -132,12 +133,16 @@ def _batching(setup: Any) -> tuple[str, ...]:
 
 def _mixed(models: dict[str, torch.nn.Module], setups: dict[str, Any], examples: dict[str, list[dict[str, Any]]],
            batch_size: int) -> dict[str, Any]:
-    """The mixed-batch figures ({"refused": why} where the tasks or the method cannot share a batch)."""
-    kinds = {task: _batching(setup) for task, setup in setups.items()}
-    if len(set(kinds.values())) > 1:
-        described = "; ".join(f"{task}: {' '.join(k for k in kind if k)}" for task, kind in kinds.items())
-        return {"refused": f"the tasks' inputs batch differently ({described}), so their rows cannot share a batch"}
-    stream = _mixed_stream(examples, next(iter(setups.values())).data_collator, batch_size)
+    """The mixed-batch figures ({"refused": why} where the adapters cannot run per row). Tasks whose inputs batch
+    alike (`_batching`) share batches; tasks that batch differently (sequence classification beside multiple
+    choice) cannot share a tensor, so each such group is batched on its own and the groups' batches interleave."""
+    groups: dict[tuple[str, ...], list[str]] = {}
+    for task, setup in setups.items():
+        groups.setdefault(_batching(setup), []).append(task)
+    stream = []
+    for seed, tasks in enumerate(groups.values()):
+        stream += _mixed_stream({t: examples[t] for t in tasks}, setups[tasks[0]].data_collator, batch_size, seed)
+    random.Random(len(groups)).shuffle(stream)
 
     def serve(tasks: list[str], batch: dict[str, torch.Tensor]) -> None:
         mixed_heads(models, batch, tasks, [adapter_name(t) for t in tasks])
@@ -148,7 +153,8 @@ def _mixed(models: dict[str, torch.nn.Module], setups: dict[str, Any], examples:
         return {"refused": str(error).rstrip(".")}
     served = sum(_examples(b) for _, b in stream)
     return {"examples": served, "batches": len(stream), "examples_per_s": round(served / elapsed, 2),
-            "tasks_per_batch": round(sum(len(set(t)) for t, _ in stream) / len(stream), 2)}
+            "tasks_per_batch": round(sum(len(set(t)) for t, _ in stream) / len(stream), 2),
+            "input_kinds": len(groups)}
 
 
 def _adapters(module: torch.nn.Module) -> list[Any]:
