@@ -228,7 +228,9 @@ def test_a_tiny_comparison_writes_its_report(tmp_path):
     serving = {row["method"]: row for row in result["serving"]}
     assert serving["lora"]["examples_per_s"] > 0 and serving["full"]["tasks"] == 2
     assert serving["lora"]["parameter_mb"] < serving["full"]["parameter_mb"]
+    assert serving["lora"]["mixed"]["examples_per_s"] > 0  # and in mixed batches, beside switching
     assert "Serving every task at once" in (out / "report.md").read_text()
+    assert "| lora | mixed batches (" in (out / "report.md").read_text()
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -150,17 +150,27 @@ def verdicts(summary: list[dict[str, Any]], latency: dict[str, dict[str, Any]], 
                              f"{percent_words(lat['unmerged_vs_full'])}, "
                              + (f"merged {percent_words(merged)}" if merged else "cannot merge"))
         if method in served and FULL in served:
-            mine_s, full_s = served[method], served[FULL]
-            parts.append(f"serving all {mine_s['tasks']} tasks from one base: "
-                         f"{_ratio(mine_s['examples_per_s'], full_s['examples_per_s']):.2f}x the throughput of "
-                         f"{full_s['tasks']} full models in {_ratio(mine_s['parameter_mb'], full_s['parameter_mb']):.2f}x"
-                         " their parameter memory")
+            parts.append(serving_words(served[method], served[FULL]))
         stored = [_ratio(s["stored_bytes"], full[s["task"]]["stored_bytes"]) for s in every if s["task"] in full]
         stored = [r for r in stored if r is not None]
         if stored:
             parts.append(f"stores {100 * statistics.median(stored):.2g}% of full's bytes per task")
         text[method] = "; ".join(parts) + "." if parts else "no comparable numbers (was full fine-tuning run?)."
     return text
+
+
+def serving_words(mine: dict[str, Any], full: dict[str, Any]) -> str:
+    """The verdict's words on serving every task from one base, switched per batch and (where measured) in mixed
+    batches, against the T full models."""
+    words = (f"serving all {mine['tasks']} tasks from one base: "
+             f"{_ratio(mine['examples_per_s'], full['examples_per_s']):.2f}x the throughput of {full['tasks']} full "
+             f"models switched per batch")
+    mixed = mine.get("mixed") or {}
+    if "examples_per_s" in mixed:
+        words += f", {_ratio(mixed['examples_per_s'], full['examples_per_s']):.2f}x in mixed batches"
+    elif "refused" in mixed:
+        words += " (no mixed batches: " + mixed["refused"] + ")"
+    return words + f", in {_ratio(mine['parameter_mb'], full['parameter_mb']):.2f}x their parameter memory"
 
 
 def learning_parts(mine: list[dict[str, Any]], full: dict[str, dict[str, Any]], names: list[str]) -> list[str]:

@@ -84,22 +84,47 @@ def markdown(result: dict[str, Any]) -> str:
             lines.append(f"| {method} | " + " | ".join(cells) + " |")
         lines.append("")
     if result.get("serving"):
-        lines += ["## Serving every task at once (a mixed stream of per-task dev batches)", "",
-                  "| method | examples/s | batches | adapter switches | parameter MB held |", "|---|---|---|---|---|"]
-        for row in result["serving"]:
-            if "refused" in row:
-                lines.append(f"| {row['method']} | n/a: {row['refused']} | | | |")
-            else:
-                lines.append(f"| {row['method']} | {row['examples_per_s']:.1f} | {row['batches']} | "
-                             f"{row['switches'] if row['method'] != FULL else 'n/a (T models)'} | "
-                             f"{row['parameter_mb']:.1f} |")
-        lines.append("")
+        lines += serving_section(result["serving"])
     if result.get("refused"):
         lines += ["## Runs refused", ""] + [f"- {r['method']} on {r['task']} (seed {r['seed']}): {r['refused']}"
                                             for r in result["refused"]] + [""]
     lines += ["## Verdicts (generated from the numbers above)", ""]
     lines += [f"- **{m}**: {v}" for m, v in result["verdicts"].items()]
     return "\n".join(lines) + "\n"
+
+
+def serving_section(serving: list[dict[str, Any]]) -> list[str]:
+    """The table of serving every task at once: per adapter method its adapters switched per batch and in mixed
+    batches, and full fine-tuning's T models."""
+    lines = ["## Serving every task at once (the same dev examples of every task, one stream)", "",
+             "Switched: per-task batches in a mixed order, the task's adapter made active before each batch. Mixed: "
+             "the same examples batched regardless of task, one base forward per batch with each row's own adapter, "
+             "then each task's head on its rows (tasks whose inputs cannot share a tensor, such as sequence "
+             "classification beside multiple choice, are batched apart). Full: the per-task batches, each to its task's fine-tuned model.", "",
+             "| method | served as | examples/s | batches | adapter switches | parameter MB held |",
+             "|---|---|---|---|---|---|"]
+    for row in serving:
+        if "refused" in row:
+            lines.append(f"| {row['method']} | | n/a: {row['refused']} | | | |")
+            continue
+        if row["method"] == FULL:
+            lines.append(f"| {FULL} | {row['tasks']} full models | {row['examples_per_s']:.1f} | {row['batches']} | "
+                         f"n/a | {row['parameter_mb']:.1f} |")
+            continue
+        lines.append(f"| {row['method']} | switched per batch | {row['examples_per_s']:.1f} | {row['batches']} | "
+                     f"{row['switches']} | {row['parameter_mb']:.1f} |")
+        mixed = row.get("mixed")
+        if mixed is None:  # a row written before mixed batches were measured
+            continue
+        if "refused" in mixed:
+            lines.append(f"| {row['method']} | mixed batches | n/a: {mixed['refused']} | | | |")
+        else:
+            apart = mixed.get("input_kinds", 1)
+            kinds = f", {apart} input kinds batched apart" if apart > 1 else ""
+            lines.append(f"| {row['method']} | mixed batches ({mixed['tasks_per_batch']:.1f} tasks per batch{kinds}) | "
+                         f"{mixed['examples_per_s']:.1f} | {mixed['batches']} | none (an adapter per row) | "
+                         f"{row['parameter_mb']:.1f} |")
+    return lines + [""]
 
 
 def multitask_sections(result: dict[str, Any]) -> list[str]:
