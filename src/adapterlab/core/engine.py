@@ -154,11 +154,13 @@ def detach(model: nn.Module, name: str = "default") -> nn.Module:
     configs = dict(model.adapterlab_configs)
     configs.pop(name)
     model.adapterlab_configs = configs
-    if not configs:
+    if not configs:  # the last adapter gone: the model is left as it was before attach
         for handle in model.adapterlab_guard:
             handle.remove()
         del model.adapterlab_guard
-    routing_of(model).forget()
+        model.__dict__.pop("adapterlab_routing", None)
+    else:
+        routing_of(model).forget()
     track_gates(model)
     track_model_calls(model)
     model.adapterlab_active = [n for n in model.adapterlab_active if n != name]
