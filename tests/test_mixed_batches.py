@@ -229,3 +229,18 @@ def test_routed_blocks_do_not_nest_or_disagree_with_the_call():
         inside = logits(model, x)
     torch.testing.assert_close(inside, logits(model, x, adapter_names=["a", "b"]))
     torch.testing.assert_close(logits(model, x), alone(model, "a", lambda: logits(model, x)))
+
+
+@pytest.mark.parametrize("method", ["lora", "ia3", "pfeiffer", "prompt"])
+def test_a_call_naming_fewer_adapters_after_a_larger_one_equals_alone(method):
+    """A batcher prefills a newcomer alone (one name) between steps that name every running adapter: the smaller call
+    reuses the larger call's plans where they do not depend on the set (layer adapters) and plans anew where they do
+    (virtual tokens, whose pads follow the call's longest count); either way each row equals its adapter alone."""
+    model = two_adapters(method, "llama").eval()
+    x = tiny_inputs("llama", batch=len(NAMES))
+    logits(model, x, adapter_names=NAMES)  # plans for {a, b}
+    for names in (["b"] * len(NAMES), ["__base__", "a", "a", "__base__"]):
+        mixed = logits(model, x, adapter_names=names)
+        for i, name in enumerate(names):
+            close_rows(mixed, alone(model, name, lambda: logits(model, x)), i)
+        logits(model, x, adapter_names=NAMES)

@@ -64,11 +64,11 @@ def prepare_call(model: nn.Module, routing: RowRouting, names: Any, rows: tuple[
     if batch != len(names):
         names = tuple(n for n in names for _ in range(batch // len(names)))
     last = routing._last
-    if last is not None and last.names == names and last.slots.device == device and routing.names == set(last.order):
+    if last is not None and last.names == names and last.slots.device == device and set(last.order) <= routing.names:
         call = last
     else:
         call = RowCall(names, device)
-        if frozenset(call.order) != routing.names or not routing.adapters:
+        if not _plans_serve(routing, frozenset(call.order)):
             plan_rows(model, routing, frozenset(call.order))
         routing._last = call
     merged = [a._name for a in routing.adapters if a.merged]
@@ -78,12 +78,22 @@ def prepare_call(model: nn.Module, routing: RowRouting, names: Any, rows: tuple[
     return call
 
 
+def _plans_serve(routing: RowRouting, order: frozenset[str]) -> bool:
+    """Whether the plans in place serve a call naming `order`: made for exactly that set, or for a larger one whose
+    plans do not depend on the set (no model-site stack, whose layout, e.g. virtual-token pads, does). A batcher's
+    one-row prefill then reuses the running batch's stacks instead of planning (and stacking) twice per newcomer."""
+    if not routing.adapters or not order <= routing.names:
+        return False
+    return order == routing.names or not routing.rewrites_call
+
+
 def plan_rows(model: nn.Module, routing: RowRouting, names: frozenset[str]) -> None:
     """Give every placed adapter its RowPlan for calls naming `names` (None where not named) and install the hooks
     of the named ones that are not active."""
     routing.adapters = [a for _, _, a in placed(model)]
     make_plans(routing.adapters, names, {n: c.method for n, c in model.adapterlab_configs.items()})
     routing.names = names
+    routing.rewrites_call = any(a._row_plan is not None and a._site.kind == "model" for a in routing.adapters)
     sync_site_hooks(model, force=True)
 
 

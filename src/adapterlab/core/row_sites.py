@@ -81,6 +81,8 @@ def adapt_input(call: RowCall, adapter: Adapter, x: torch.Tensor) -> torch.Tenso
         return x
     if plan.stack is not None:
         return plan.stack.adapt_input(x, call.at(x.shape[0]).index(plan)) if adapter is plan.lead else x
+    if adapter._name not in call.rows:  # planned for a larger set of names; no row of this call
+        return x
     rows = _rows(call.at(x.shape[0]), adapter)
     if rows is None:
         return _alone(call, adapter, lambda: adapter.adapt_input(x))
@@ -97,6 +99,8 @@ def adapt_output(call: RowCall, adapter: Adapter, x: torch.Tensor | None, y: tor
         return None
     if plan.stack is not None:
         return plan.stack.adapt_output(x, y, call.at(y.shape[0]).index(plan)) if adapter is plan.lead else None
+    if adapter._name not in call.rows:  # planned for a larger set of names; no row of this call
+        return None
     rows = _rows(call.at(y.shape[0]), adapter)
     if rows is None:
         return _alone(call, adapter, lambda: adapter.adapt_output(x, y))
