@@ -244,3 +244,17 @@ def test_a_call_naming_fewer_adapters_after_a_larger_one_equals_alone(method):
         for i, name in enumerate(names):
             close_rows(mixed, alone(model, name, lambda: logits(model, x)), i)
         logits(model, x, adapter_names=NAMES)
+
+
+@pytest.mark.parametrize("method", ["lora", "pfeiffer"])
+def test_plans_grow_with_new_names_and_every_call_equals_alone(method):
+    """Calls naming one new adapter after another (a batcher's newcomers) widen the plans instead of replacing them;
+    each call still equals its adapters alone."""
+    model = two_adapters(method, "llama").eval()
+    x = tiny_inputs("llama", batch=len(NAMES))
+    calls = (["a"] * 4, ["b"] * 4, NAMES, ["a", "a", "__base__", "a"])
+    outputs = [logits(model, x, adapter_names=names) for names in calls]
+    assert model.adapterlab_routing.names == {"a", "b"}  # widened once, not replaced at each call
+    for names, mixed in zip(calls, outputs):
+        for i, name in enumerate(names):
+            close_rows(mixed, alone(model, name, lambda: logits(model, x)), i)

@@ -68,8 +68,12 @@ def prepare_call(model: nn.Module, routing: RowRouting, names: Any, rows: tuple[
         call = last
     else:
         call = RowCall(names, device)
-        if not _plans_serve(routing, frozenset(call.order)):
-            plan_rows(model, routing, frozenset(call.order))
+        order = frozenset(call.order)
+        if not _plans_serve(routing, order):
+            # layer adapters only: plan for every name seen since the plans were last made, so that a batcher whose
+            # rows come and go plans at most once per adapter instead of at every change of the set
+            grow = routing.adapters and not routing.rewrites_call and not order & routing.model_site
+            plan_rows(model, routing, order | routing.names if grow else order)
         routing._last = call
     merged = [a._name for a in routing.adapters if a.merged]
     if merged:
@@ -94,6 +98,7 @@ def plan_rows(model: nn.Module, routing: RowRouting, names: frozenset[str]) -> N
     make_plans(routing.adapters, names, {n: c.method for n, c in model.adapterlab_configs.items()})
     routing.names = names
     routing.rewrites_call = any(a._row_plan is not None and a._site.kind == "model" for a in routing.adapters)
+    routing.model_site = frozenset(a._name for a in routing.adapters if a._site.kind == "model")
     sync_site_hooks(model, force=True)
 
 

@@ -89,6 +89,7 @@ class RowRouting:
         self.names: frozenset[str] = frozenset()
         self.adapters: list[nn.Module] = []
         self.rewrites_call = False  # whether the plans hold a model-site stack (virtual tokens): they fit one set only
+        self.model_site: frozenset[str] = frozenset()  # the adapters placed at the model site (seen at planning)
         self._last: RowCall | None = None
 
     def __getstate__(self) -> dict[str, Any]:  # deepcopy and pickling: no call in flight, plans rebuilt
@@ -101,6 +102,7 @@ class RowRouting:
     def forget(self) -> None:
         """Drop the plans (an adapter was attached or detached): the next routed call makes them anew."""
         self.names, self.adapters, self._last, self.rewrites_call = frozenset(), [], None, False
+        self.model_site = frozenset()
 
 
 def routing_of(model: nn.Module) -> RowRouting:
