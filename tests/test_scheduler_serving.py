@@ -135,20 +135,28 @@ def test_rows_of_different_adapters_in_one_batch_equal_each_adapter_alone():
             if p.requires_grad:
                 p.data.normal_(0, 0.5)
     model.eval()
-    want = {}
-    for name in ("a", "b", None):
-        for i, p in enumerate(PROMPTS):
-            if name is None:
-                with al.disabled(model):
-                    want[name, i] = batch1(model, p, 8)
-            else:
-                al.set_active(model, name, trainable=False)
-                want[name, i] = batch1(model, p, 8)
+    want = solo_outputs(model, ("a", "b", None), PROMPTS, 8)
     assert want["a", 0] != want["b", 0] != want[None, 0]
     requests = [Request((n, i), p, 8, adapter=n) for i, p in enumerate(PROMPTS) for n in ("a", "b", None)]
     done = run(model, requests[:4], max_rows=5, per_row_adapters=True,
                late=[(2 + k, r) for k, r in enumerate(requests[4:])])
     assert {key: r.out for key, r in done.items()} == want
+
+
+def solo_outputs(model, names, prompts, new_tokens) -> dict:
+    """(adapter name, prompt index) -> batch-1 greedy tokens with only that adapter active (None: the base)."""
+    import adapterlab as al
+
+    want = {}
+    for name in names:
+        for i, p in enumerate(prompts):
+            if name is None:
+                with al.disabled(model):
+                    want[name, i] = batch1(model, p, new_tokens)
+            else:
+                al.set_active(model, name, trainable=False)
+                want[name, i] = batch1(model, p, new_tokens)
+    return want
 
 
 def _noisy(model, seed):
@@ -174,15 +182,7 @@ def test_rows_with_different_virtual_token_counts_share_a_batch(methods):
         _noisy(model, seed)
     model.eval()
     names = [m[0] for m in methods] + [None]
-    want = {}
-    for name in names:
-        for i, p in enumerate(PROMPTS[:3]):
-            if name is None:
-                with al.disabled(model):
-                    want[name, i] = batch1(model, p, 6)
-            else:
-                al.set_active(model, name, trainable=False)
-                want[name, i] = batch1(model, p, 6)
+    want = solo_outputs(model, names, PROMPTS[:3], 6)
     requests = [Request((n, i), p, 6, adapter=n) for i, p in enumerate(PROMPTS[:3]) for n in names]
     done = run(model, requests[:2], max_rows=len(requests), per_row_adapters=True,
                late=[(1 + k, r) for k, r in enumerate(requests[2:])])
