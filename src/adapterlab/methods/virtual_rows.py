@@ -48,6 +48,15 @@ class VirtualRows(RowStack):
         longest = max(a.num_virtual_tokens for a in self.members)
         return n, longest, bool((n != longest).any())
 
+    def start(self, model: nn.Module, args: tuple, kwargs: dict[str, Any], index: torch.Tensor) -> tuple:
+        """What every rewrite of a routed call begins with: the call as keywords, its (batch, length, device), each
+        row's count, the longest, whether pads are needed (refused where the model cannot take them), the cache length."""
+        kwargs = as_keywords(model, args, kwargs)
+        n, longest, padded = self.counts(index)
+        if padded:
+            self.check_padding(model)
+        return kwargs, sequence_length(kwargs), n, longest, padded, past_length(kwargs.get("past_key_values"))
+
     def check_padding(self, model: nn.Module) -> None:
         if not _is_decoder(model):
             raise AdapterError(f"This mixed-adapter batch gives rows different numbers of {self.kind}, which needs "
@@ -103,12 +112,8 @@ class PromptRows(VirtualRows):
 
     def before_model(self, model: nn.Module, args: tuple, kwargs: dict[str, Any],
                      index: torch.Tensor) -> tuple[tuple, dict[str, Any]]:
-        args, kwargs = (), as_keywords(model, args, kwargs)
-        batch, length, _ = sequence_length(kwargs)
-        n, longest, padded = self.counts(index)
-        if padded:
-            self.check_padding(model)
-        past = past_length(kwargs.get("past_key_values"))
+        kwargs, (batch, length, _), n, longest, padded, past = self.start(model, args, kwargs, index)
+        args = ()
         first = past == 0
         for adapter in self.members:
             adapter.prompt_in_call = first
@@ -155,12 +160,8 @@ class PrefixRows(VirtualRows):
 
     def before_model(self, model: nn.Module, args: tuple, kwargs: dict[str, Any],
                      index: torch.Tensor) -> tuple[tuple, dict[str, Any]]:
-        args, kwargs = (), as_keywords(model, args, kwargs)
-        _, length, _ = sequence_length(kwargs)
-        n, longest, padded = self.counts(index)
-        if padded:
-            self.check_padding(model)
-        past = past_length(kwargs.get("past_key_values"))
+        kwargs, (_, length, _), n, longest, padded, past = self.start(model, args, kwargs, index)
+        args = ()
         real_past = past - longest if past else 0
         if past == 0:
             cache = kwargs.get("past_key_values")
