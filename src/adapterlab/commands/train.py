@@ -27,7 +27,8 @@ from ..interop.llm_adapters.finetune import WANDB_FLAGS, flag_notes, is_theirs, 
 OPTION_PREFIX = "adapter_option:"
 # LLM-Adapters finetune.py option names -> our adapter option names
 OPTION_ALIASES = {"lora_r": "r", "lora_alpha": "alpha", "lora_dropout": "dropout", "bottleneck_size": "size",
-                  "target_modules": "targets", "non_linearity": "activation", "adapter_dropout": "dropout"}
+                  "target_modules": "targets", "exclude_modules": "exclude", "non_linearity": "activation",
+                  "adapter_dropout": "dropout"}
 SPELLINGS = "flag_spellings"  # namespace entry: the flags as the command spelled them
 # LLM-Adapters --adapter_name values -> our methods (bottleneck is refined by --use_parallel_adapter/--use_adapterp)
 ADAPTER_NAMES = {"lora": "lora", "bottleneck": "series", "prefix-tuning": "prefix"}
