@@ -18,6 +18,7 @@ import yaml
 from ..data.reading import read_text
 from ..errors import AdapterError, UsageError
 from ..core.registry import METHODS, config_class
+from ..core.target_forms import is_regex
 from .method_flags import add_method_groups
 from ..tasks import TASKS, task_module, tasks_reading
 from ..train import TrainConfig, cross_validate, train
@@ -27,8 +28,7 @@ from ..interop.llm_adapters.finetune import WANDB_FLAGS, flag_notes, is_theirs, 
 OPTION_PREFIX = "adapter_option:"
 # LLM-Adapters finetune.py option names -> our adapter option names
 OPTION_ALIASES = {"lora_r": "r", "lora_alpha": "alpha", "lora_dropout": "dropout", "bottleneck_size": "size",
-                  "target_modules": "targets", "exclude_modules": "exclude", "non_linearity": "activation",
-                  "adapter_dropout": "dropout"}
+                  "target_modules": "targets", "non_linearity": "activation", "adapter_dropout": "dropout"}
 SPELLINGS = "flag_spellings"  # namespace entry: the flags as the command spelled them
 # LLM-Adapters --adapter_name values -> our methods (bottleneck is refined by --use_parallel_adapter/--use_adapterp)
 ADAPTER_NAMES = {"lora": "lora", "bottleneck": "series", "prefix-tuning": "prefix"}
@@ -80,7 +80,10 @@ def parse_items(text: str) -> Any:
 
 def parse_list_value(text: str) -> Any:
     """A list option: a YAML/JSON list, or comma-separated items each read as YAML ('0,1' -> [0, 1], '0' -> [0]);
-    a single word stays a string (the method's config splits it)."""
+    a single word stays a string (the method's config splits it), and so does a regex, commas and all
+    (--targets '.*\\.layers\\.(0|1)\\..*_proj')."""
+    if is_regex(text) and not isinstance(parse_value(text), (list, dict)):
+        return text
     value = parse_items(text)
     return value if isinstance(value, (str, list)) else [value]
 
