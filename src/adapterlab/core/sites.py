@@ -182,17 +182,18 @@ def linear_suffixes(model: nn.Module) -> list[str]:
 
 def resolve_sites(
     model: nn.Module,
-    targets: list[str],
+    targets: list[str] | str,
     layers: list[int] | None = None,
     architecture: Architecture | dict[str, Any] | None = None,
     defaults: bool = False,
+    exclude: list[str] | str | None = None,
 ) -> list[Site]:
     """Every site named by `targets`; an error for any target that names nothing.
 
     defaults=True marks a method's default targets, which fit themselves to the family: partial q/k/v
     take a fused projection whole, and logical projections the family lacks (gate on BERT) are skipped.
     """
-    return Placement(model, architecture).resolve(targets, layers, defaults)
+    return Placement(model, architecture).resolve(targets, layers, defaults, exclude)
 
 
 def text_config(model: nn.Module) -> Any:
