@@ -88,7 +88,8 @@ def test_attach_options_are_coerced_where_unambiguous(method: str, options: dict
     ("lora", {"alpha": "eight"}, r"lora: `alpha` is 'eight', but it must be a number \(float\)"),
     ("lora", {"r": 2.5}, r"lora: `r` is 2.5, but it must be an integer \(int\)"),
     ("lora", {"r": True}, r"lora: `r` is True, but it must be an integer \(int\)"),
-    ("lora", {"targets": 5}, r"lora: `targets` is 5, but it must be a list of strings or null"),
+    ("lora", {"targets": {"q": 1}},
+     r"lora: `targets` is \{.q.: 1\}, but it must be a list of strings or a string or null"),
     ("series", {"scaling": [1]}, r"series: `scaling` is \[1\], but it must be a number \(float\) or a string"),
     ("bitfit", {"norms": "maybe"}, r"bitfit: `norms` is 'maybe', but it must be true or false"),
 ])

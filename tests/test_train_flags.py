@@ -212,6 +212,7 @@ ALTERNATIVES: dict[str, Callable[[dict[str, Any]], list[str]]] = {
     "use_adapterp": lambda fx: ["--adapter_name", "bottleneck", "--use_adapterp"],
     # options of the baseline method, lora (the others are refused with lora; see the next test)
     OPTION_PREFIX + "targets": lambda fx: ["--targets", "q"],
+    OPTION_PREFIX + "exclude": lambda fx: ["--exclude", r".*\.0\..*"],
     OPTION_PREFIX + "layers": lambda fx: ["--layers", "0"],
     OPTION_PREFIX + "dropout": lambda fx: ["--dropout", "0.1"],
     OPTION_PREFIX + "r": lambda fx: ["--r", "2"],

@@ -18,6 +18,7 @@ import yaml
 from ..data.reading import read_text
 from ..errors import AdapterError, UsageError
 from ..core.registry import METHODS, config_class
+from ..core.target_forms import is_regex
 from .method_flags import add_method_groups
 from ..tasks import TASKS, task_module, tasks_reading
 from ..train import TrainConfig, cross_validate, train
@@ -79,7 +80,10 @@ def parse_items(text: str) -> Any:
 
 def parse_list_value(text: str) -> Any:
     """A list option: a YAML/JSON list, or comma-separated items each read as YAML ('0,1' -> [0, 1], '0' -> [0]);
-    a single word stays a string (the method's config splits it)."""
+    a single word stays a string (the method's config splits it), and so does a regex, commas and all
+    (--targets '.*\\.layers\\.(0|1)\\..*_proj')."""
+    if is_regex(text) and not isinstance(parse_value(text), (list, dict)):
+        return text
     value = parse_items(text)
     return value if isinstance(value, (str, list)) else [value]
 

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from .coerce import Mismatch, coerce, describe
 from .option_help import documented, option_field
+from .target_forms import target_form
 from ..errors import AdapterError
 
 if TYPE_CHECKING:
@@ -35,18 +36,18 @@ class AdapterConfig:
     # the method adapts the task head itself (linear_probe), so training does not also train the head in full
     trains_head: ClassVar[bool] = False
 
-    targets: list[str] | None = option_field(None, "the layers to adapt: module-name suffixes (q_proj) or logical "
-                                             "names (q k v o up gate down attn mlp), comma-separated; unset: the "
-                                             "method's default targets")
+    targets: list[str] | str | None = option_field(
+        None, "the layers to adapt: module-name suffixes (q_proj) or logical names (q k v o up gate down attn mlp), "
+        "comma-separated; or one regex matched in full against module names (.*\\.(q|v)_proj); or all-linear "
+        "(every linear layer but the output head); unset: the method's default targets")
+    exclude: list[str] | str | None = option_field(
+        None, "layers taken out of the targets (PEFT's exclude_modules): a regex matched in full, or names "
+        "(module-name suffixes or logical names), comma-separated")
     layers: list[int] | None = option_field(None, "only these block indices (0,1,2); unset: every block")
 
     def __post_init__(self) -> None:
-        if isinstance(self.targets, str):
-            self.targets = [t.strip() for t in self.targets.split(",") if t.strip()]
-        if self.targets is not None and not self.targets:
-            raise AdapterError(f"{self.method}: `targets` is empty; name at least one module or leave it unset.")
-        if self.targets is not None:
-            self.targets = list(self.targets)
+        self.targets = target_form("targets", self.targets, self.method)
+        self.exclude = target_form("exclude", self.exclude, self.method)
         if self.layers is not None:
             self.layers = [int(i) for i in self.layers]
         self.validate()
@@ -57,7 +58,8 @@ class AdapterConfig:
     def sites(self, model: nn.Module, placement: Placement) -> list[Site]:
         """Where this adapter goes: its targets' sites. A method that also adapts layers no target names
         (BitFit's normalisation layers) extends this."""
-        return placement.resolve(self.resolved_targets, self.layers, defaults=self.targets is None)
+        return placement.resolve(self.resolved_targets, self.layers, defaults=self.targets is None,
+                                 exclude=self.exclude)
 
     def build(self, site: Site, model: nn.Module, placement: Placement) -> Adapter:
         """The adapter module for one site; must not read weight values (attach works on meta models).
@@ -93,7 +95,10 @@ class AdapterConfig:
         return set(cls.option_names())
 
     @property
-    def resolved_targets(self) -> list[str]:
+    def resolved_targets(self) -> list[str] | str:
+        """The targets, or the method's defaults: a list of names, or one regex / "all-linear" (`target_forms`)."""
+        if isinstance(self.targets, str):
+            return self.targets
         return list(self.targets) if self.targets is not None else list(self.default_targets)
 
     def to_dict(self) -> dict[str, Any]:

@@ -3,7 +3,8 @@
 A target is a module-name suffix (``"q_proj"``, matched like PEFT), a logical projection
 (``q k v o up gate down``, or ``qkv``), a group of projections (``mlp_in``: the MLP's input projections,
 up and gate where the family has one), or a sublayer (``attn``, ``mlp``). Logical names go through
-the model family's row in `architectures`, or `discovery` for families without one.
+the model family's row in `architectures`, or `discovery` for families without one. Targets may also be
+one regex or "all-linear", less an `exclude` (PEFT's forms, `target_forms`).
 """
 
 from __future__ import annotations
@@ -18,8 +19,7 @@ from .architectures import ARCHITECTURES, GROUPS, LOGICAL_PROJECTIONS, SUBLAYERS
 from .discovery import discover
 from ..errors import AdapterError, TargetNotFoundError
 from .layers import is_linear
-
-ADAPTER_SLOT = "adapterlab"  # name of the ModuleDict that holds a layer's adapters (engine.HOST_ATTR)
+from .target_forms import ADAPTER_SLOT, ALL_LINEAR, all_linear_paths, excludes, regex_paths
 
 
 @dataclass(frozen=True)
@@ -182,17 +182,18 @@ def linear_suffixes(model: nn.Module) -> list[str]:
 
 def resolve_sites(
     model: nn.Module,
-    targets: list[str],
+    targets: list[str] | str,
     layers: list[int] | None = None,
     architecture: Architecture | dict[str, Any] | None = None,
     defaults: bool = False,
+    exclude: list[str] | str | None = None,
 ) -> list[Site]:
     """Every site named by `targets`; an error for any target that names nothing.
 
     defaults=True marks a method's default targets, which fit themselves to the family: partial q/k/v
     take a fused projection whole, and logical projections the family lacks (gate on BERT) are skipped.
     """
-    return Placement(model, architecture).resolve(targets, layers, defaults)
+    return Placement(model, architecture).resolve(targets, layers, defaults, exclude)
 
 
 def text_config(model: nn.Module) -> Any:
@@ -225,8 +226,58 @@ class Placement:
         """The paths of the model's transformer blocks, in order (AdapterDrop counts them)."""
         return block_paths(self._model, self.architecture)
 
-    def resolve(self, targets: list[str], layers: list[int] | None = None, defaults: bool = False) -> list[Site]:
-        """Every site named by `targets` (see `resolve_sites`), with this placement's architecture."""
+    def resolve(self, targets: list[str] | str, layers: list[int] | None = None, defaults: bool = False,
+                exclude: list[str] | str | None = None) -> list[Site]:
+        """Every site named by `targets` (see `resolve_sites`; a regex or "all-linear" names module sites, see
+        `target_forms`), with this placement's architecture, less what `exclude` takes out."""
+        if isinstance(targets, str):
+            sites = self._pattern_sites(targets, layers)
+        else:
+            sites = self._named_sites(targets, layers, defaults)
+        if exclude is None:
+            return sites
+        out = self.exclude(sites, exclude)
+        if not out:
+            raise TargetNotFoundError(f"exclude {exclude!r} takes out every one of the {len(sites)} layers that "
+                                      f"targets {targets!r} name; narrow `exclude` or widen `targets`.")
+        return out
+
+    def exclude(self, sites: list[Site], exclude: list[str] | str) -> list[Site]:
+        """`sites` less those `exclude` names (a regex matched in full, or names: module-name suffixes or logical
+        names); an error where it takes out nothing, since an exclude that does nothing is a slip."""
+        if isinstance(exclude, str):
+            out = [s for s in sites if not excludes(s.path, exclude)]
+        else:
+            logical = [e for e in exclude if _needs_architecture([e], None)]
+            paths = {s.path for s in self._named_sites(logical, None, False)} if logical else set()
+            out = [s for s in sites if s.path not in paths and not excludes(s.path, exclude)]
+        if len(out) == len(sites):
+            raise TargetNotFoundError(f"exclude {exclude!r} takes out none of the layers the targets name "
+                                      f"({[s.path for s in sites][:4]}...); fix `exclude` or drop it.")
+        return out
+
+    def _pattern_sites(self, pattern: str, layers: list[int] | None) -> list[Site]:
+        """Module sites of a regex (matched in full against module names) or of "all-linear"."""
+        model = self._model
+        paths = all_linear_paths(model) if pattern == ALL_LINEAR else regex_paths(model, pattern)
+        layer_of = {}
+        if layers is not None or self.override:
+            layer_of = {path: i for i, path in enumerate(block_paths(model, self.architecture))}
+        sites = []
+        for path in paths:
+            layer = next((i for prefix, i in layer_of.items() if path.startswith(prefix + ".")), None)
+            if layers is None or layer in layers:
+                sites.append(Site("module", path, path, pattern, layer))
+        if not sites:
+            raise TargetNotFoundError(
+                f"Target {pattern!r} matches no module of this {model_type_of(model)} model"
+                f"{' in blocks ' + str(layers) if layers is not None else ''}; it is matched in full against module "
+                f"names such as {[n for n, m in model.named_modules() if is_linear(m)][:3]}."
+            )
+        return sites
+
+    def _named_sites(self, targets: list[str], layers: list[int] | None, defaults: bool) -> list[Site]:
+        """Sites of a list of logical names and module-name suffixes."""
         model = self._model
         needed = _needs_architecture(targets, layers) or bool(self.override)
         arch = self.architecture if needed else None

@@ -57,7 +57,7 @@ class LinearProbeConfig(AdapterConfig):
                                    paper="PETL for AST's probe: false (their classification_head is one nn.Linear)")
 
     def validate(self) -> None:
-        for option in ("targets", "layers"):
+        for option in ("targets", "exclude", "layers"):
             if getattr(self, option) is not None:
                 raise AdapterError(f"linear_probe trains the task head and the final norm, which it finds itself; "
                                    f"leave `{option}` unset (use bitfit, lora, ... to adapt chosen layers).")

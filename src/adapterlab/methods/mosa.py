@@ -119,7 +119,7 @@ class MosaConfig(AdapterConfig):
             raise AdapterError("mosa: AdapterDrop (drop_layers / drop_training) is not supported with MoSA: its "
                                "consistency forwards need one draw per batch copy; attach the base adapter alone "
                                f"({self.base}, drop_layers=...) or restrict MoSA with `layers`.")
-        for name in ("targets", "layers"):
+        for name in ("targets", "exclude", "layers"):
             if getattr(self, name) is not None:
                 options[name] = getattr(self, name)
         self._base = make_config(self.base, **options)

@@ -68,8 +68,8 @@ class PrefixConfig(PeftVirtualTokens, AdapterConfig):
         check_num_virtual_tokens(self.method, self.num_virtual_tokens)
         if self.encoder_hidden_size is not None:
             positive_int(self.method, "encoder_hidden_size", self.encoder_hidden_size)
-        if self.targets is not None or self.layers is not None:
-            raise AdapterError("prefix: prefixes go into every layer's KV cache; leave `targets` and `layers` unset.")
+        if self.targets is not None or self.exclude is not None or self.layers is not None:
+            raise AdapterError("prefix: prefixes go into every layer's KV cache; leave `targets`, `exclude` and `layers` unset.")
 
     def build(self, site: Site, model: nn.Module, placement: Placement) -> PrefixAdapter:
         config = text_config(model)

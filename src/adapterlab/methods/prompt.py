@@ -58,8 +58,8 @@ class PromptConfig(PeftVirtualTokens, AdapterConfig):
     def validate(self) -> None:
         check_num_virtual_tokens(self.method, self.num_virtual_tokens)
         one_of(self.method, "init", self.init, INITS)
-        if self.targets is not None or self.layers is not None:
-            raise AdapterError("prompt: the prompt goes at the model's input; leave `targets` and `layers` unset.")
+        if self.targets is not None or self.exclude is not None or self.layers is not None:
+            raise AdapterError("prompt: the prompt goes at the model's input; leave `targets`, `exclude` and `layers` unset.")
         if self.init == "text" and self.init_token_ids is None:
             self.init_token_ids = tokenize_init_text(self.init_text, self.tokenizer)
         elif self.init_token_ids is not None:

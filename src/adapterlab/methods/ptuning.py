@@ -51,8 +51,8 @@ class PTuningConfig(PeftVirtualTokens, AdapterConfig):
         positive_int(self.method, "encoder_num_layers", self.encoder_num_layers)
         if not 0.0 <= float(self.encoder_dropout) < 1.0:
             raise AdapterError(f"ptuning: `encoder_dropout` must be in [0, 1), got {self.encoder_dropout!r}.")
-        if self.targets is not None or self.layers is not None:
-            raise AdapterError("ptuning: the prompt goes at the model's input; leave `targets` and `layers` unset.")
+        if self.targets is not None or self.exclude is not None or self.layers is not None:
+            raise AdapterError("ptuning: the prompt goes at the model's input; leave `targets`, `exclude` and `layers` unset.")
 
     def build(self, site: Site, model: nn.Module, placement: Placement) -> PTuningAdapter:
         modality, leading, blocks = modality_and_blocks(model, placement, need_blocks=False)

@@ -4,9 +4,7 @@
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
@@ -15,10 +13,11 @@ from ...core.checkpoint import CONFIG_NAME, attach_loaded, base_model_info, load
 from ...core.config import facts_of
 from ...core.engine import HOST_ATTR, get_config, placed, set_active
 from ...core.registry import METHODS, config_class
-from ...errors import AdapterError, CorruptFileError, IncompatibleAdapterError
+from ...errors import AdapterError, IncompatibleAdapterError
 from ...files import replace_files, write_json, write_safetensors
 from .files import PEFT_WEIGHTS_NAME, read_peft_weights
 from .protocol import PeftMethod, exports_to_peft
+from .targets import peft_paths
 
 
 def export_peft(model: nn.Module, directory: str | os.PathLike, name: str = "default",
@@ -71,7 +70,7 @@ def load_peft(model: nn.Module, path: str | os.PathLike, name: str = "default", 
     if peft_type not in importable:
         raise AdapterError(f"{path}: PEFT adapter type {peft_type!r} cannot be imported; adapterlab imports "
                            f"{', '.join(sorted(importable))}.")
-    config = importable[peft_type].from_peft(_peft_patterns_to_paths(model, saved, str(path)))
+    config = importable[peft_type].from_peft(peft_paths(model, saved, str(path)))  # PEFT's own layers
     config.check_peft_model(model)  # e.g. prefix tuning of an encoder, which PEFT computes otherwise
     raw = read_peft_weights(path, locate)  # .safetensors, or a .bin read as weights only
     state = {config.peft_key_to_ours(key.removeprefix(config.peft_prefix)): tensor for key, tensor in raw.items()}
@@ -83,28 +82,6 @@ def load_peft(model: nn.Module, path: str | os.PathLike, name: str = "default", 
             current[key].copy_(tensor.to(current[key].dtype))
     set_active(model, name, trainable=trainable)
     return model
-
-
-def _peft_patterns_to_paths(model: nn.Module, saved: dict[str, Any], where: str) -> dict[str, Any]:
-    """`saved` with each string target_modules / feedforward_modules (a regex PEFT full-matches against
-    module names) replaced by the list of this model's modules it matches."""
-    names = [n for n, _ in model.named_modules() if n and HOST_ATTR not in n.split(".")]
-    out = dict(saved)
-    for key in ("target_modules", "feedforward_modules"):
-        pattern = saved.get(key)
-        if isinstance(pattern, str):
-            try:
-                regex = re.compile(pattern)
-            except re.error as exc:
-                raise CorruptFileError(f"{Path(where) / CONFIG_NAME}: {key} {pattern!r} is not a valid regular "
-                                       f"expression ({exc}); fix it in the file, or save the adapter again with peft.") from exc
-            out[key] = [n for n in names if regex.fullmatch(n)]
-            if key == "target_modules" and not out[key]:
-                raise IncompatibleAdapterError(
-                    f"The PEFT adapter in {where} targets modules matching {pattern!r}, and no module of this "
-                    "model matches; load it into the base model it was trained on."
-                )
-    return out
 
 
 def _split_heads(model: nn.Module, state: dict[str, torch.Tensor], modules: list[str], where: str) -> dict:
