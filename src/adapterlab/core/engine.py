@@ -105,6 +105,7 @@ def attach(
         adapter._hook_handles, adapter._hooks_on = install_hooks(model, site, adapter), True
         adapter._site = site
         adapter._install_seq = model.adapterlab_installs = getattr(model, "adapterlab_installs", 0) + 1
+        adapter.on_attach(host)
     model.adapterlab_configs = {**configs, name: config}
     # mixed-adapter batches (adapter_names=): their pre-hook before, their clearing hook after every other
     model.adapterlab_guard = install_routing(model, getattr(model, "adapterlab_guard", None))
@@ -146,6 +147,7 @@ def detach(model: nn.Module, name: str = "default") -> nn.Module:
     get_config(model, name)
     for _, host, adapter in list(placed(model, name)):
         adapter.unfold(host)
+        adapter.on_detach(host)
         for handle in adapter._hook_handles:
             handle.remove()
         del host._modules[HOST_ATTR][name]
