@@ -121,10 +121,15 @@ def attach(
 def _build(model: nn.Module, config: AdapterConfig,
            architecture: Architecture | dict[str, Any] | None) -> tuple[list[tuple[Site, Adapter]], Placement]:
     """(site, adapter module) pairs for `config` on `model`, and the placement they were built for; all built
-    before the model is touched, every build seeing the one resolved architecture and all the sites."""
+    before the model is touched, every build seeing the one resolved architecture and all the sites. They are built
+    in the model's module order, as PEFT creates its layers, so that one torch seed draws the same initial values."""
     placement = Placement(model, architecture)
-    placement.sites = _sites_for(model, config, placement)
-    return [(site, config.build(site, model, placement)) for site in placement.sites], placement
+    placement.sites = sites = _sites_for(model, config, placement)
+    rank = {name: i for i, (name, _) in enumerate(model.named_modules())}
+    built: dict[int, Adapter] = {}
+    for i in sorted(range(len(sites)), key=lambda i: rank.get(sites[i].path, -1)):
+        built[i] = config.build(sites[i], model, placement)
+    return [(site, built[i]) for i, site in enumerate(sites)], placement
 
 
 def planned_shapes(model: nn.Module, config: AdapterConfig,
