@@ -211,3 +211,15 @@ def test_detach_leaves_the_base_weights_as_they_were() -> None:
     al.detach(model)
     for key, value in tiny_model("llama").state_dict().items():
         assert torch.equal(model.state_dict()[key], value), key
+
+
+@pytest.mark.parametrize("options, words", [({"use_dora": True}, "use_dora on a quantized base"),
+                                            ({"init_lora_weights": "pissa"}, "stores it quantized")])
+def test_a_quantized_layer_is_refused_by_name(options: dict, words: str) -> None:
+    """A layer whose weight is stored as integers (bitsandbytes'): DoRA's norm and PiSSA's SVD need a float weight."""
+    model = tiny_model("llama")
+    q = model.model.layers[0].self_attn.q_proj
+    q.weight = torch.nn.Parameter(torch.zeros(q.weight.shape, dtype=torch.int8), requires_grad=False)
+    with pytest.raises(al.AdapterError, match=words):
+        al.attach(model, "lora", targets=["q"], **options)
+    assert al.adapter_names(model) == []
