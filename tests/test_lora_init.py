@@ -166,3 +166,16 @@ def test_cli_flags_reach_the_lora_options() -> None:
     assert args[OPTION_PREFIX + "init_lora_weights"] == "pissa"
     al.make_config("lora", use_dora=args[OPTION_PREFIX + "use_dora"], init_lora_weights="false")
     assert al.make_config("lora", init_lora_weights="false").init_lora_weights is False
+
+
+def test_a_residual_init_shares_the_model_with_no_other_adapter() -> None:
+    """PiSSA's residual base would change what every other adapter (and the base rows of a mixed batch) computes."""
+    model = tiny_model("llama")
+    al.attach(model, "lora", "plain", targets=["q"])
+    with pytest.raises(al.AdapterError, match="already attached \\(plain\\)"):
+        al.attach(model, "lora", "pissa", targets=["q"], init_lora_weights="pissa")
+    al.detach(model, "plain")
+    al.attach(model, "lora", "pissa", targets=["q"], init_lora_weights="pissa")
+    with pytest.raises(al.AdapterError, match="'pissa' changed the base weights"):
+        al.attach(model, "ia3", "other")
+    assert al.adapter_names(model) == ["pissa"]

@@ -95,6 +95,7 @@ class Adapter(nn.Module):
     _routing = None  # the model's RowRouting (core/row_routing.py), set by attach
     _row_plan = None  # how it runs in mixed-adapter batches naming it (core/row_sites.py)
     _hooks_standby = False  # whether it has hooks only for mixed-adapter batches naming it (core/site_hooks.py)
+    changes_base = False  # whether it holds a change to its host's weight made by `on_attach` (PiSSA's residual)
 
     @property
     def applies(self) -> bool:

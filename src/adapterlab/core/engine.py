@@ -84,6 +84,11 @@ def attach(
     configs: dict[str, AdapterConfig] = getattr(model, "adapterlab_configs", {})
     if name in configs:
         raise AdapterError(f"An adapter named {name!r} is already attached; pick another name or detach it first.")
+    holder = next((a._name for _, _, a in placed(model) if a.changes_base), None)
+    if holder is not None:
+        raise AdapterError(f"Adapter {holder!r} changed the base weights when it was attached (init_lora_weights pissa "
+                           "or olora), so a new adapter would run on its residual model; detach it first, or "
+                           "merge_and_unload it and attach to the merged model.")
     if not isinstance(fuse_inputs, bool):
         raise AdapterError(f"fuse_inputs must be True or False, got {fuse_inputs!r}.")
     modules, placement = _build(model, config, architecture)

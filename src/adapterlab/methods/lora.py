@@ -61,6 +61,11 @@ class LoraConfig(PeftMethod, AdapterConfig):
             raise AdapterError(f"lora: use_dora on a quantized base ({site.path} is a {type(host).__name__}) is not "
                                "supported; load the base unquantized, or drop use_dora.")
         check_host(host, self.init_lora_weights, self.r, in_features, out_features)
+        others = list(getattr(model, "adapterlab_configs", {}))
+        if self.init_lora_weights in RESIDUAL_INITS and others:
+            raise AdapterError(f"lora: init_lora_weights={self.init_lora_weights!r} changes the base weights that the "
+                               f"adapters already attached ({', '.join(others)}) run on; attach it to a model without "
+                               "adapters (PEFT warns of the same).")
         ref = reference_tensor(host)
         return LoraAdapter(in_features, out_features, self.r, self.alpha / self.r, self.dropout, ref.device, ref.dtype,
                            use_dora=self.use_dora, init=self.init_lora_weights)
@@ -149,6 +154,10 @@ class LoraAdapter(Adapter):
             self._residual = residual_init(self, host, self.init)
         if self.variant is not None:
             self.variant.init(self, host)
+
+    @property
+    def changes_base(self) -> bool:
+        return self._residual is not None
 
     def on_detach(self, host: nn.Module) -> None:
         if self._residual is not None:
