@@ -7,7 +7,8 @@ while B A is zero. Written from the paper and PEFT's `DoraLinearLayer`; the test
 gradients and merged weights.
 
 The forward is PEFT's, dropout included: with no dropout drawn (eval mode, or dropout 0) the base output y (less
-the host's bias) stands for W x; with dropout drawn in training, W is applied to the dropped input once more.
+the host's bias) stands for W x; with dropout drawn in training, W is applied to the dropped input once more. So an
+adapter that runs before it on the same layer (another active LoRA there) is rescaled with W x, as in PEFT.
 """
 
 from __future__ import annotations

@@ -103,7 +103,8 @@ class LoraConfig(PeftMethod, AdapterConfig):
             alpha = alpha * math.sqrt(r)
         return cls(targets=peft_targets(data["target_modules"]), r=r, alpha=alpha,
                    dropout=data.get("lora_dropout") or 0.0,  # old PEFT / their fork may write null
-                   use_dora=bool(data.get("use_dora")), init_lora_weights=peft_init(data.get("init_lora_weights", True)))
+                   use_dora=bool(data.get("use_dora")),
+                   init_lora_weights=peft_init(data.get("init_lora_weights", True)))
 
 
 # PEFT LoraConfig options that change what the adapter computes or where it sits, and that adapterlab's

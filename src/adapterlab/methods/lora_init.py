@@ -78,8 +78,9 @@ def check_host(host: nn.Module, init: bool | str, r: int, in_features: int, out_
         raise AdapterError("lora: init_lora_weights='olora' on GPT-2's transposed Conv1D layers is not supported "
                            "(PEFT's OLoRA ignores fan_in_fan_out there); use 'pissa' or target nn.Linear layers.")
     if r > min(in_features, out_features):
-        raise AdapterError(f"lora: init_lora_weights={init!r} takes the top r of the weight's {min(in_features, out_features)} "
-                           f"singular directions; r={r} is more. Lower r.")
+        rank = min(in_features, out_features)
+        raise AdapterError(f"lora: init_lora_weights={init!r} takes the top r of the weight's {rank} singular "
+                           f"directions; r={r} is more. Lower r.")
 
 
 @torch.no_grad()
