@@ -137,7 +137,7 @@ def saved_peft_lora(tmp_path, family: str = "llama", **options):
 
 
 @pytest.mark.parametrize("options, named", [
-    ({"use_dora": True}, "use_dora"),
+    ({"lora_bias": True}, "lora_bias"),
     ({"rank_pattern": {"q_proj": 2}}, "rank_pattern"),
     ({"alpha_pattern": {"v_proj": 4}}, "alpha_pattern"),
     ({"bias": "all"}, "bias"),

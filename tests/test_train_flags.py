@@ -217,6 +217,8 @@ ALTERNATIVES: dict[str, Callable[[dict[str, Any]], list[str]]] = {
     OPTION_PREFIX + "dropout": lambda fx: ["--dropout", "0.1"],
     OPTION_PREFIX + "r": lambda fx: ["--r", "2"],
     OPTION_PREFIX + "alpha": lambda fx: ["--alpha", "4"],
+    OPTION_PREFIX + "use_dora": lambda fx: ["--use-dora"],
+    OPTION_PREFIX + "init_lora_weights": lambda fx: ["--init-lora-weights", "gaussian"],
 }
 # Flags whose alternative is compared with the baseline plus these flags (the variant flags refine --adapter_name).
 CONTEXT = {"use_parallel_adapter": ["--adapter_name", "bottleneck"], "use_adapterp": ["--adapter_name", "bottleneck"],

@@ -95,6 +95,7 @@ class Adapter(nn.Module):
     _routing = None  # the model's RowRouting (core/row_routing.py), set by attach
     _row_plan = None  # how it runs in mixed-adapter batches naming it (core/row_sites.py)
     _hooks_standby = False  # whether it has hooks only for mixed-adapter batches naming it (core/site_hooks.py)
+    changes_base = False  # whether it holds a change to its host's weight made by `on_attach` (PiSSA's residual)
 
     @property
     def applies(self) -> bool:
@@ -170,8 +171,17 @@ class Adapter(nn.Module):
         self.requires_grad_(self.active and self.trainable)
 
     def forget_fold(self) -> None:
-        """Keep the merged weights and forget that they hold this adapter (merge_and_unload, before detaching)."""
+        """Keep the merged weights and forget that they hold this adapter (merge_and_unload, before detaching); an
+        override also forgets what `on_attach` changed in the host, which the merged weights keep."""
         self.merged = False
+
+    def on_attach(self, host: nn.Module) -> None:
+        """Hook of attach, once this module sits at `host` (every module built, dtypes settled): an adapter whose
+        initial values come from the host's weight (DoRA's magnitude, PiSSA's singular vectors) sets them here, and
+        one that changes the host (PiSSA's residual weight) does so here and undoes it in `on_detach`."""
+
+    def on_detach(self, host: nn.Module) -> None:
+        """Hook of detach, after `unfold`: undo what `on_attach` changed in `host` (default: nothing)."""
 
     def adapt_input(self, x: torch.Tensor) -> torch.Tensor:
         return x

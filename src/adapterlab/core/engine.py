@@ -84,6 +84,11 @@ def attach(
     configs: dict[str, AdapterConfig] = getattr(model, "adapterlab_configs", {})
     if name in configs:
         raise AdapterError(f"An adapter named {name!r} is already attached; pick another name or detach it first.")
+    holder = next((a._name for _, _, a in placed(model) if a.changes_base), None)
+    if holder is not None:
+        raise AdapterError(f"Adapter {holder!r} changed the base weights when it was attached (init_lora_weights pissa "
+                           "or olora), so a new adapter would run on its residual model; detach it first, or "
+                           "merge_and_unload it and attach to the merged model.")
     if not isinstance(fuse_inputs, bool):
         raise AdapterError(f"fuse_inputs must be True or False, got {fuse_inputs!r}.")
     modules, placement = _build(model, config, architecture)
@@ -105,6 +110,7 @@ def attach(
         adapter._hook_handles, adapter._hooks_on = install_hooks(model, site, adapter), True
         adapter._site = site
         adapter._install_seq = model.adapterlab_installs = getattr(model, "adapterlab_installs", 0) + 1
+        adapter.on_attach(host)
     model.adapterlab_configs = {**configs, name: config}
     # mixed-adapter batches (adapter_names=): their pre-hook before, their clearing hook after every other
     model.adapterlab_guard = install_routing(model, getattr(model, "adapterlab_guard", None))
@@ -120,10 +126,15 @@ def attach(
 def _build(model: nn.Module, config: AdapterConfig,
            architecture: Architecture | dict[str, Any] | None) -> tuple[list[tuple[Site, Adapter]], Placement]:
     """(site, adapter module) pairs for `config` on `model`, and the placement they were built for; all built
-    before the model is touched, every build seeing the one resolved architecture and all the sites."""
+    before the model is touched, every build seeing the one resolved architecture and all the sites. They are built
+    in the model's module order, as PEFT creates its layers, so that one torch seed draws the same initial values."""
     placement = Placement(model, architecture)
-    placement.sites = _sites_for(model, config, placement)
-    return [(site, config.build(site, model, placement)) for site in placement.sites], placement
+    placement.sites = sites = _sites_for(model, config, placement)
+    rank = {name: i for i, (name, _) in enumerate(model.named_modules())}
+    built: dict[int, Adapter] = {}
+    for i in sorted(range(len(sites)), key=lambda i: rank.get(sites[i].path, -1)):
+        built[i] = config.build(sites[i], model, placement)
+    return [(site, built[i]) for i, site in enumerate(sites)], placement
 
 
 def planned_shapes(model: nn.Module, config: AdapterConfig,
@@ -146,6 +157,7 @@ def detach(model: nn.Module, name: str = "default") -> nn.Module:
     get_config(model, name)
     for _, host, adapter in list(placed(model, name)):
         adapter.unfold(host)
+        adapter.on_detach(host)
         for handle in adapter._hook_handles:
             handle.remove()
         del host._modules[HOST_ATTR][name]

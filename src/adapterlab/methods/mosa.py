@@ -33,6 +33,7 @@ from ..core.option_help import documented, option_field
 from ..errors import AdapterError
 from ..core.objectives import ConsistencyObjective
 from .block_norms import NORM_TARGET
+from .lora_init import check_init
 from .split import SplitLinear
 
 if TYPE_CHECKING:
@@ -109,6 +110,11 @@ class MosaConfig(AdapterConfig):
         if self.base != "lora" and options.setdefault("init", "zero") != "zero":
             raise AdapterError(f"mosa: the split projections start as AdaptFormer's (down Kaiming, up zero); "
                                f"drop init={options['init']!r} or pass init='zero'.")
+        if self.base == "lora" and (options.get("use_dora") or check_init(options.get("init_lora_weights", True))
+                                    is not True):
+            raise AdapterError("mosa: use_dora and init_lora_weights are not supported with MoSA: its split "
+                               "projections start as AdaptFormer's (down Kaiming, up zero) and are drawn anew each "
+                               "step; attach lora alone for DoRA or another init.")
         base_names = set(config_class(self.base).option_names())
         unknown = sorted(set(options) - base_names)
         if unknown:  # the base's own message would list only its options, not MoSA's (a misspelt `modules`)
