@@ -199,3 +199,32 @@ def test_zero_init_starts_as_the_identity_and_default_init_nearly():
     adapter = next(a for _, _, a in placed(model))
     delta = adapter.delta(torch.randn(2, 4, 32))
     assert 0 < delta.abs().max() < 1e-6
+
+
+def test_training_run_trains_and_checkpoints_the_shared_rule_once(tmp_path):
+    """`adapterlab train --adapter compacter`: the Trainer's optimizer sees the shared rule (it moves between
+    checkpoints), checkpoints and the saved adapter hold it once, and the saved adapter loads."""
+    from safetensors.torch import load_file
+    from train_helpers import causal_folder, math_records, write_json
+
+    from adapterlab.train import TrainConfig, train
+    from adapterlab.train.checkpointing import TRAINABLE_NAME
+
+    model_dir = causal_folder(tmp_path / "llama")
+    data = write_json(tmp_path / "math.json", math_records(16))
+    out = tmp_path / "run"
+    train(TrainConfig(model=str(model_dir), data=[str(data)], output=str(out), adapter="compacter",
+                      adapter_options={"size": 8}, max_steps=4, batch_size=4, micro_batch_size=2, warmup_steps=0,
+                      lr=1e-2, logging_steps=1, save_steps=2))
+    rules = []
+    for step in (2, 4):
+        saved = load_file(str(out / "checkpoints" / f"checkpoint-{step}" / TRAINABLE_NAME))
+        keys = [k for k in saved if k.endswith(".rule")]
+        assert keys == [f"{SHARED_ATTR}.adapterlab.default.rule.rule"]
+        rules.append(saved[keys[0]])
+    assert not torch.equal(*rules)
+    with safe_open(out / "adapter.safetensors", "pt") as saved:
+        torch.testing.assert_close(saved.get_tensor(f"{SHARED_ATTR}.rule.rule"), rules[1])
+    fresh = T.AutoModelForCausalLM.from_pretrained(model_dir)
+    al.load_adapter(fresh, out)
+    torch.testing.assert_close(shared_of(fresh, "default").rule.rule, rules[1])
