@@ -10,6 +10,7 @@ import pytest
 import torch
 import transformers as T
 from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 from tiny_models import output_of, randomize_adapters, tiny_inputs, tiny_model
 
 import adapterlab as al
@@ -152,6 +153,14 @@ def test_save_load_round_trip_keeps_the_shared_rule(tmp_path):
     al.load_adapter(fresh, tmp_path)
     torch.testing.assert_close(output_of(fresh, x), expected, atol=1e-6, rtol=1e-6)
     torch.testing.assert_close(shared_of(fresh, "default").rule.rule, shared_of(model, "default").rule.rule)
+    # a file without the shared rule is refused from its header, before anything is attached
+    state = load_file(str(tmp_path / "adapter.safetensors"))
+    del state[f"{SHARED_ATTR}.rule.rule"]
+    save_file(state, str(tmp_path / "adapter.safetensors"))
+    other = tiny_model("bert")
+    with pytest.raises(al.IncompatibleAdapterError, match="1 missing entries .*adapterlab_shared.rule.rule"):
+        al.load_adapter(other, tmp_path)
+    assert shared_of(other, "default") is None and not al.adapter_names(other)
 
 
 def test_two_adapters_keep_their_own_rules_and_detach_removes_them():
@@ -204,7 +213,6 @@ def test_zero_init_starts_as_the_identity_and_default_init_nearly():
 def test_training_run_trains_and_checkpoints_the_shared_rule_once(tmp_path):
     """`adapterlab train --adapter compacter`: the Trainer's optimizer sees the shared rule (it moves between
     checkpoints), checkpoints and the saved adapter hold it once, and the saved adapter loads."""
-    from safetensors.torch import load_file
     from train_helpers import causal_folder, math_records, write_json
 
     from adapterlab.train import TrainConfig, train
