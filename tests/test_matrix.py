@@ -28,6 +28,7 @@ OPTIONS: dict[str, dict] = {
     "prompt": dict(num_virtual_tokens=3), "prefix": dict(num_virtual_tokens=3),
     "ptuning": dict(num_virtual_tokens=3, encoder_hidden_size=16),
     "mosa": dict(size=8), "adaptformer": dict(size=8),
+    "compacter": dict(size=8), "compacterpp": dict(size=8),
 }
 
 # Options under which a method leaves the model's output unchanged until it is trained; None: it cannot
@@ -37,6 +38,7 @@ IDENTITY_AT_INIT: dict[str, dict | str] = {
     "series": {"init": "zero"}, "houlsby": {"init": "zero"}, "pfeiffer": {"init": "zero"},
     "parallel": {"init": "zero"}, "scaled_parallel": {},
     "conformer": {"init": "zero"}, "mosa": {}, "adaptformer": {},
+    "compacter": {"init": "zero", "size": 8}, "compacterpp": {"init": "zero", "size": 8},
     "linear_probe": {},
     "prompt": "adds virtual tokens that every real token attends to",
     "prefix": "adds learned keys and values that every token attends to",

@@ -22,6 +22,7 @@ from .adapter_fit import check_fit
 from .config import AdapterConfig
 from .engine import HOST_ATTR, attach, detach, get_config, placed, planned_shapes, set_active
 from .registry import config_from_dict
+from .shared_params import shared_of, shared_state
 from .sites import model_type_of
 
 CONFIG_NAME = "adapter_config.json"
@@ -49,6 +50,7 @@ def adapter_state_dict(model: nn.Module, name: str = "default", collapsed: bool 
     for path, _, adapter in placed(model, name):
         for key, tensor in (collapsed_state(adapter) if collapsed else adapter.state_dict()).items():
             state[f"{path}.{key}" if path else key] = tensor
+    state.update(shared_state(shared_of(model, name)))  # the parameters all its sites share, once
     return state
 
 

@@ -69,6 +69,12 @@ class AdapterConfig:
         """
         raise NotImplementedError
 
+    def build_shared(self, model: nn.Module, placement: Placement) -> nn.Module | None:
+        """Parameters every site of this adapter shares (Compacter's rules), built once per attach before the
+        per-site `build`s, which find it as `placement.shared`; None (the default) where nothing is shared.
+        Like `build`, it must not read weight values. See `shared_params.py` for where it lives."""
+        return None
+
     def gate(self, site: Site, name: str, placement: Placement) -> Gate | None:
         """The gate deciding per forward whether the module at `site` of adapter `name` runs (AdapterDrop's
         skip of the lower blocks, `methods/adapterdrop.py`), or None: it always runs."""

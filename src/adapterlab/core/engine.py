@@ -24,6 +24,7 @@ from .registry import METHODS, config_class, make_config
 from .row_calls import install_routing
 from .row_routing import routing_of
 from .shared_input import input_groups
+from .shared_params import drop_shared, shared_of, shared_state, store_shared
 from .site_hooks import HOST_ATTR, install_hooks, placed, sync_site_hooks, track_gates
 from .sites import Placement, Site
 from .stochastic import track_model_calls
@@ -92,6 +93,9 @@ def attach(
     if not isinstance(fuse_inputs, bool):
         raise AdapterError(f"fuse_inputs must be True or False, got {fuse_inputs!r}.")
     modules, placement = _build(model, config, architecture)
+    if placement.shared is not None:  # parameters all the sites share: once in the model tree (shared_params.py)
+        keep_dtype(placement.shared, adapter_dtype)
+        store_shared(model, name, placement.shared)
     if fuse_inputs:
         input_groups([site for site, _ in modules], [adapter for _, adapter in modules], placement)
     routing = routing_of(model)
@@ -126,10 +130,12 @@ def attach(
 def _build(model: nn.Module, config: AdapterConfig,
            architecture: Architecture | dict[str, Any] | None) -> tuple[list[tuple[Site, Adapter]], Placement]:
     """(site, adapter module) pairs for `config` on `model`, and the placement they were built for; all built
-    before the model is touched, every build seeing the one resolved architecture and all the sites. They are built
-    in the model's module order, as PEFT creates its layers, so that one torch seed draws the same initial values."""
+    before the model is touched, every build seeing the one resolved architecture, all the sites and the adapter's
+    shared module (`placement.shared`, built first). They are built in the model's module order, as PEFT creates its
+    layers, so that one torch seed draws the same initial values."""
     placement = Placement(model, architecture)
     placement.sites = sites = _sites_for(model, config, placement)
+    placement.shared = config.build_shared(model, placement)
     rank = {name: i for i, (name, _) in enumerate(model.named_modules())}
     built: dict[int, Adapter] = {}
     for i in sorted(range(len(sites)), key=lambda i: rank.get(sites[i].path, -1)):
@@ -143,8 +149,8 @@ def planned_shapes(model: nn.Module, config: AdapterConfig,
     same way; the modules are built on the meta device, so nothing is allocated and the model is left as it is."""
     with building_on_meta(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # a build's warnings (e.g. a bottleneck wider than its layer) come at attach
-        modules, _ = _build(model, config, architecture)
-    shapes = {}
+        modules, placement = _build(model, config, architecture)
+    shapes = {key: tuple(tensor.shape) for key, tensor in shared_state(placement.shared)}
     for site, adapter in modules:
         path = "" if site.kind == "model" else site.path
         for key, tensor in adapter.state_dict().items():
@@ -163,6 +169,7 @@ def detach(model: nn.Module, name: str = "default") -> nn.Module:
         del host._modules[HOST_ATTR][name]
         if not len(host._modules[HOST_ATTR]):
             del host._modules[HOST_ATTR]
+    drop_shared(model, name)
     configs = dict(model.adapterlab_configs)
     configs.pop(name)
     model.adapterlab_configs = configs
@@ -200,6 +207,11 @@ def set_active(model: nn.Module, names: str | list[str], trainable: bool = True)
         for _, _, adapter in placed(model, name):
             adapter.active, adapter.trainable = True, trainable
             adapter.requires_grad_(trainable and not adapter.merged)
+    for name in known:  # shared parameters train with their adapter (none of its modules can be merged then)
+        shared = shared_of(model, name)
+        if shared is not None:
+            shared.requires_grad_(name in names and trainable
+                                  and not any(a.merged for _, _, a in placed(model, name)))
     model.adapterlab_active = names
     routing_of(model).forget()  # mixed-adapter batches plan anew (and drop their standby hooks)
     sync_site_hooks(model, force=True)  # the switched-off and merged adapters lose their hooks

@@ -21,6 +21,8 @@ METHODS: dict[str, tuple[str, dict[str, Any]]] = {
     "scaled_parallel": ("adapterlab.methods.bottleneck:ScaledParallelConfig", {}),
     "adaptformer": ("adapterlab.methods.bottleneck:AdaptFormerConfig", {}),
     "conformer": ("adapterlab.methods.conformer:ConformerConfig", {}),
+    "compacter": ("adapterlab.methods.compacter:CompacterConfig", {}),
+    "compacterpp": ("adapterlab.methods.compacter:CompacterPlusPlusConfig", {}),
     "ia3": ("adapterlab.methods.ia3:IA3Config", {}),
     "bitfit": ("adapterlab.methods.bitfit:BitFitConfig", {}),
     "mosa": ("adapterlab.methods.mosa:MosaConfig", {}),

@@ -215,6 +215,7 @@ class Placement:
         self._model = model
         self.override = override
         self.sites: list[Site] = []
+        self.shared: nn.Module | None = None  # the adapter's `build_shared` module, handed to every build
 
     @functools.cached_property
     def architecture(self) -> Architecture:

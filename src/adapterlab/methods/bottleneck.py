@@ -118,7 +118,7 @@ class BottleneckOptions(PeftMethod, BlockNorms, AdapterConfig):
                                   paper="PETL for AST's --apply_residual defaults to false everywhere")
 
     def validate(self) -> None:
-        positive_int(self.method, "size", self.size)
+        self.check_size()
         if self.activation not in ACT2FN:
             raise AdapterError(
                 f"{self.method}: unknown `activation` {self.activation!r}. Use one of {sorted(ACT2FN)}."
@@ -133,6 +133,10 @@ class BottleneckOptions(PeftMethod, BlockNorms, AdapterConfig):
             raise AdapterError(f"{self.method}: `dropout` must be in [0, 1), got {self.dropout!r}.")
         check_drop(self.method, self.drop_layers, self.drop_training)
         self.check_train_norms(self.method)
+
+    def check_size(self) -> None:
+        """Refuse a `size` that is not a positive integer (Compacter also takes none: a width ratio instead)."""
+        positive_int(self.method, "size", self.size)
 
     def sites(self, model: nn.Module, placement: Placement) -> list[Site]:
         """The adapter's sites and the norms `train_norms` adds, less those AdapterDrop removes ("fixed")."""
@@ -209,15 +213,20 @@ class SeriesConfig(BottleneckOptions):
         return {s.path for s in sites}
 
     def build_adapter(self, site: Site, model: nn.Module, placement: Placement) -> BottleneckAdapter:
+        width, where = self.series_width(site, model, placement)
+        return self.make(width, width, where, model.get_submodule(site.path))
+
+    def series_width(self, site: Site, model: nn.Module, placement: Placement) -> tuple[int, str]:
+        """(the width the module at `site` adapts, "input" or "series"): the input of an `input_targets` layer, else
+        the site's output."""
         host = model.get_submodule(site.path)
         if site.path in self.input_paths(placement) and site.kind == "module":
             width = input_features(host)
             if width is None or not is_linear(host):
                 raise AdapterError(f"{self.method}: input target {site.path!r} is a {type(host).__name__}, not a "
                                    "linear layer; input_targets name linear layers.")
-            return self.make(width, width, "input", host)
-        _, out_features = site_features(site, model, self.method)
-        return self.make(out_features, out_features, "series", host)
+            return width, "input"
+        return site_features(site, model, self.method)[1], "series"
 
 
 @documented

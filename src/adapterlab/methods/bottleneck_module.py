@@ -34,7 +34,10 @@ class BottleneckAdapter(Adapter):
     split_points = {"down": "down", "up": "up"}  # the projections MoSA may split (methods/mosa.py)
 
     def __init__(self, in_features: int, out_features: int, options: BottleneckShape, placement: str,
-                 device: torch.device, dtype: torch.dtype) -> None:
+                 device: torch.device, dtype: torch.dtype, projections: tuple[nn.Module, nn.Module] | None = None
+                 ) -> None:
+        """`projections`: (down, up) built by the method (Compacter's PHM layers), each initialised by itself; the
+        default is two nn.Linear layers initialised by `options.init`."""
         super().__init__()
         self.placement = placement
         self.residual = options.residual
@@ -42,9 +45,11 @@ class BottleneckAdapter(Adapter):
         self.dropout = nn.Dropout(options.dropout) if options.dropout > 0 else nn.Identity()
         self.dropout_at = options.dropout_at
         self.drops = options.dropout > 0  # an Identity is not called: at batch 1 each module call is a visible cost
-        self.down = nn.Linear(in_features, options.size, bias=options.bias, device=device, dtype=dtype)
+        if projections is None:
+            projections = (nn.Linear(in_features, options.size, bias=options.bias, device=device, dtype=dtype),
+                           nn.Linear(options.size, out_features, bias=options.bias, device=device, dtype=dtype))
+        self.down, self.up = projections
         self.act = ACT2FN[options.activation]
-        self.up = nn.Linear(options.size, out_features, bias=options.bias, device=device, dtype=dtype)
         if options.scaling == "learned":
             self.scaling = nn.Parameter(torch.ones(1, device=device, dtype=dtype))
         else:
@@ -53,6 +58,12 @@ class BottleneckAdapter(Adapter):
 
     @torch.no_grad()
     def reset_parameters(self, init: str) -> None:
+        """bert or zero on nn.Linear projections; a method's own projections keep their init, except that "zero"
+        zeroes the up projection's weight (`zero_weight`), so that the adapter starts as the identity."""
+        if type(self.down) is not nn.Linear:
+            if init == "zero":
+                self.up.zero_weight()
+            return
         if init == "bert":
             nn.init.normal_(self.down.weight, std=0.02)
             nn.init.normal_(self.up.weight, std=0.02)
