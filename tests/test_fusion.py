@@ -1,0 +1,258 @@
+"""AdapterFusion: the forward against a reference written from AdapterHub's BertFusion + compose_fuse, the parameter
+count of their default ("dynamic") config on BERT-base, what trains, save/load, and the refusals."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import transformers as T
+from tiny_models import tiny_inputs, tiny_model
+from torch import nn
+
+import adapterlab as al
+from adapterlab.core.checkpoint import read_adapter_config
+from adapterlab.core.engine import placed
+from adapterlab.core.objectives import training_penalty
+from adapterlab.errors import AdapterError
+
+MEMBERS = ["a", "b", "c"]
+
+
+class RefBertFusion(nn.Module):
+    """AdapterHub's BertFusion, written from their modeling.py (config as a dict; T and its schedule as theirs)."""
+
+    def __init__(self, config: dict, d: int, dropout: float) -> None:
+        super().__init__()
+        self.config, self.dropout = config, nn.Dropout(dropout)
+        if config["query"]:
+            self.query = nn.Linear(d, d)
+        if config["key"]:
+            self.key = nn.Linear(d, d)
+        if config["value"]:
+            self.value = nn.Linear(d, d, bias=False)
+        self.T = 50.0 if config["temperature"] else 1.0
+        self.reduction = self.T / 1000.0
+
+    def forward(self, query, key, value, residual):
+        if self.config["residual_before"]:
+            value += residual[:, :, None, :].repeat(1, 1, value.size(2), 1)  # in place: key is the same tensor
+        query_layer = self.query(query) if self.config["query"] else query
+        key_layer = self.key(key) if self.config["key"] else key
+        value_layer = self.value(value) if self.config["value"] and self.config["value_before_softmax"] else value
+        scores = torch.squeeze(torch.matmul(query_layer.unsqueeze(2), key_layer.transpose(-2, -1)), dim=2)
+        probs = nn.Softmax(dim=-1)(self.dropout(scores) / self.T)
+        self.T = max(self.T - self.reduction, 1.0)
+        context = torch.squeeze(torch.matmul(probs.unsqueeze(2), value_layer), dim=2)
+        if self.config["value"] and not self.config["value_before_softmax"]:
+            context = self.value(context)
+        if not self.config["residual_before"]:
+            context += residual
+        return context
+
+
+def members_model(seed: int = 0, size: int = 8) -> nn.Module:
+    model = tiny_model("bert", seed)
+    g = torch.Generator().manual_seed(seed + 5)
+    for name in MEMBERS:
+        al.attach(model, "pfeiffer", name, size=size)
+        with torch.no_grad():
+            for _, _, module in placed(model, name):
+                for p in module.parameters():
+                    p.copy_(torch.randn(p.shape, generator=g) * 0.3)
+    return model
+
+
+def reference(model: nn.Module, base: nn.Module, config: dict, inputs: dict) -> torch.Tensor:
+    """The fused model's logits as AdapterHub's compose_fuse computes them, on `base` (the same weights, no
+    adapterlab): at each BertOutput.dense, query = the members' input (F), up_i = s * up(act(down(F))), residual = F."""
+    handles = []
+    for i, layer in enumerate(base.bert.encoder.layer):
+        path = f"bert.encoder.layer.{i}.output.dense"
+        host = model.get_submodule(path)
+        members = [host.adapterlab[n] for n in MEMBERS]
+        fusion = host.adapterlab["fuse"]
+        ref = RefBertFusion(config, fusion.members[0].up.out_features, 0.0)
+        ref.load_state_dict(fusion.state_dict(), strict=False)
+
+        def hook(module, args, output, members=members, ref=ref):
+            ups = [m.up(m.act(m.down(output))) * m.scaling for m in members]  # each member's `up`
+            up_list = torch.stack(ups).permute(1, 2, 0, 3)
+            return ref(output, up_list, up_list, output)
+
+        handles.append(layer.output.dense.register_forward_hook(hook))
+    try:
+        return base(**inputs).logits
+    finally:
+        for h in handles:
+            h.remove()
+
+
+DYNAMIC = dict(key=True, query=True, value=True, query_before_ln=False, regularization=True, residual_before=False,
+               temperature=False, value_before_softmax=True, value_initialized=True)
+
+
+@pytest.mark.parametrize("options", [
+    {}, dict(value=False, regularization=False), dict(value_before_softmax=False), dict(residual_before=True),
+    dict(query=False, key=False), dict(value_initialized=False),
+])
+def test_forward_equals_adapterhubs_fusion(options):
+    base = tiny_model("bert", 0)
+    model = members_model()
+    al.attach(model, "fusion", "fuse", adapters=MEMBERS, **options)
+    with torch.no_grad():  # random fusion weights, so that every map matters
+        for _, _, module in placed(model, "fuse"):
+            for p in module.parameters():
+                p.add_(torch.randn_like(p) * 0.2)
+    inputs = tiny_inputs("bert")
+    ours = model(**inputs).logits
+    expected = reference(model, base, {**DYNAMIC, **options}, inputs)
+    torch.testing.assert_close(ours, expected, rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(ours, base(**inputs).logits)
+
+
+def test_temperature_falls_per_training_forward_as_adapterhubs():
+    base = tiny_model("bert", 0)
+    model = members_model()
+    al.attach(model, "fusion", "fuse", adapters=MEMBERS, temperature=True, dropout=0.0)
+    fusions = [m for _, _, m in placed(model, "fuse")]
+    for m in fusions:  # the fusion layers train; the base stays in eval mode (no dropout draws to compare)
+        m.train()
+    inputs = tiny_inputs("bert")
+    for step in range(3):  # AdapterHub's T after `step` forwards: 50 - 0.05 * step
+        ours = model(**inputs).logits
+        expected = reference_at(model, base, {**DYNAMIC, "temperature": True}, inputs, 50.0 - 0.05 * step)
+        torch.testing.assert_close(ours, expected, rtol=1e-5, atol=1e-6)
+    for m in fusions:
+        m.eval()
+    model(**inputs)  # an eval forward leaves T where training left it
+    assert [float(m.temperature) for m in fusions] == [pytest.approx(49.85)] * 2
+
+
+def reference_at(model, base, config, inputs, t):
+    """`reference` with every RefBertFusion's T set to t."""
+    original = RefBertFusion.__init__
+
+    def init(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        self.T = t
+
+    RefBertFusion.__init__ = init
+    try:
+        with torch.no_grad():
+            return reference(model, base, config, inputs)
+    finally:
+        RefBertFusion.__init__ = original
+
+
+def test_default_parameter_count_is_adapterhubs_on_bert_base():
+    """Their dynamic config per fused site: query and key d*d + d, value d*d (no bias); Pfeiffer: one site per
+    layer. BERT-base: 12 * (3 * 768^2 + 2 * 768) = 21,252,096."""
+    config = T.BertConfig()  # BERT-base dimensions
+    with torch.device("meta"):
+        model = T.BertForSequenceClassification(config)
+    for name in ("a", "b"):
+        al.attach(model, "pfeiffer", name, size=48)
+    al.attach(model, "fusion", "fuse", adapters=["a", "b"])
+    fusion = sum(p.numel() for _, _, m in placed(model, "fuse") for p in m.parameters())
+    d = 768
+    assert fusion == 12 * (3 * d * d + 2 * d) == 21_252_096
+    trainable, _ = al.count_parameters(model)
+    assert trainable == fusion
+
+
+def test_only_fusion_and_head_get_gradients_and_regularization_reaches_value():
+    model = members_model()
+    al.attach(model, "fusion", "fuse", adapters=MEMBERS)
+    model.classifier.requires_grad_(True)
+    model.train()
+    out = model(**tiny_inputs("bert"), labels=torch.tensor([0, 2]))
+    penalty = training_penalty(model)
+    assert penalty is not None and penalty.item() == pytest.approx(0.0, abs=1e-6)  # the value map starts at I
+    (out.loss + penalty).backward()
+    grads = {n for n, p in model.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
+    assert grads and all(".fuse." in n or n.startswith("classifier.") for n in grads)
+    assert any(".fuse.value." in n for n in grads) and any(n.startswith("classifier.") for n in grads)
+    assert all(not p.requires_grad for n, p in model.named_parameters() if any(f".{m}." in n for m in MEMBERS))
+
+
+def test_members_stay_off_and_cannot_run_beside_it_nor_be_detached():
+    model = members_model()
+    inputs = tiny_inputs("bert")
+    al.attach(model, "fusion", "fuse", adapters=MEMBERS)
+    assert al.active_adapters(model) == ["fuse"]
+    with pytest.raises(AdapterError, match="runs its member 'a' itself"):
+        al.set_active(model, ["fuse", "a"])
+    with pytest.raises(AdapterError, match="'fuse' composes it"):
+        al.detach(model, "b")
+    fused = model(**inputs).logits
+    al.set_active(model, "a")  # a member alone still works as itself
+    alone = model(**inputs).logits
+    assert not torch.allclose(fused, alone)
+    al.set_active(model, "fuse")
+    torch.testing.assert_close(model(**inputs).logits, fused)
+    al.detach(model, "fuse")
+    al.detach(model, "b")
+
+
+def test_refusals_by_name():
+    model = members_model()
+    with pytest.raises(AdapterError, match="'zz', which is not attached"):
+        al.attach(model, "fusion", "fuse", adapters=["a", "zz"])
+    with pytest.raises(AdapterError, match="name the adapters"):
+        al.attach(model, "fusion", "fuse")
+    with pytest.raises(AdapterError, match="drop `targets` and `layers`"):
+        al.attach(model, "fusion", "fuse", adapters=["a", "b"], layers=[0])
+    al.attach(model, "parallel", "p", size=8)
+    with pytest.raises(AdapterError, match="member 'p' has a parallel module"):
+        al.attach(model, "fusion", "fuse", adapters=["a", "p"])
+    with pytest.raises(AdapterError, match="regularization"):
+        al.attach(model, "fusion", "fuse", adapters=["a", "b"], value=False)
+    with pytest.raises(AdapterError, match="unknown option"):
+        al.attach(model, "fusion", "fuse", adapters=["a", "b"], query_before_ln=True)
+
+
+def test_save_and_load_round_trip_with_members_from_their_folders(tmp_path):
+    model = members_model()
+    inputs = tiny_inputs("bert")
+    for name in MEMBERS:
+        al.save_adapter(model, tmp_path / name, name)
+    loaded_members = tiny_model("bert", 0)
+    for name in MEMBERS:
+        al.load_adapter(loaded_members, tmp_path / name, name)
+    al.attach(loaded_members, "fusion", "fuse", adapters=MEMBERS, temperature=True)
+    with torch.no_grad():
+        for _, _, m in placed(loaded_members, "fuse"):
+            for p in m.parameters():
+                p.add_(torch.randn_like(p) * 0.2)
+            m.temperature.fill_(7.5)
+    expected = loaded_members(**inputs).logits
+    al.save_adapter(loaded_members, tmp_path / "fuse", "fuse")
+    saved = read_adapter_config(tmp_path / "fuse")
+    assert saved["adapters"] == [f"{n}={(tmp_path / n).resolve()}" for n in MEMBERS]
+    fresh = tiny_model("bert", 0)
+    al.load_adapter(fresh, tmp_path / "fuse", "fuse")  # loads a, b, c from their folders
+    assert set(al.adapter_names(fresh)) == {*MEMBERS, "fuse"} and al.active_adapters(fresh) == ["fuse"]
+    torch.testing.assert_close(fresh(**inputs).logits, expected)
+    # a member with no folder recorded is refused by name, and the model is left as it was
+    al.attach(model, "fusion", "fuse", adapters=MEMBERS)
+    al.save_adapter(model, tmp_path / "bare", "fuse")
+    other = tiny_model("bert", 0)
+    al.load_adapter(other, tmp_path / "a", "a")
+    with pytest.raises(AdapterError, match="adapter 'b', which is not attached and has no saved folder"):
+        al.load_adapter(other, tmp_path / "bare", "fuse")
+    assert al.adapter_names(other) == ["a"]
+
+
+def test_deepcopy_runs_the_copys_members():
+    model = members_model()
+    al.attach(model, "fusion", "fuse", adapters=MEMBERS)
+    twin = copy.deepcopy(model)
+    inputs = tiny_inputs("bert")
+    with torch.no_grad():
+        for _, _, m in placed(twin, "a"):
+            m.up.weight.mul_(3)
+    assert not torch.allclose(twin(**inputs).logits, model(**inputs).logits)
+    for (_, _, m), (_, _, a) in zip(placed(twin, "fuse"), placed(twin, "a")):
+        assert m.members[0] is a
