@@ -12,7 +12,7 @@ from tiny_models import tiny_inputs, tiny_model
 from torch import nn
 
 import adapterlab as al
-from adapterlab.core.checkpoint import read_adapter_config
+from adapterlab.core.checkpoint import adapter_state_dict, read_adapter_config
 from adapterlab.core.engine import placed
 from adapterlab.core.objectives import training_penalty
 from adapterlab.errors import AdapterError
@@ -256,3 +256,63 @@ def test_deepcopy_runs_the_copys_members():
     assert not torch.allclose(twin(**inputs).logits, model(**inputs).logits)
     for (_, _, m), (_, _, a) in zip(placed(twin, "fuse"), placed(twin, "a")):
         assert m.members[0] is a
+
+
+# ---------------------------------------------------------------- adapterlab train --adapter fusion --fuse
+
+
+def tiny_run(tmp_path, name, *argv):
+    """argv of a seconds-long seq-cls run of the tiny BERT into tmp_path/name."""
+    from train_helpers import encoder_folder, write_sst
+
+    model, data, dev = tmp_path / "bert", tmp_path / "train.tsv", tmp_path / "dev.tsv"
+    if not model.is_dir():
+        encoder_folder(model), write_sst(data, 16), write_sst(dev, 4, seed=1)
+    return ["train", "--task", "seq-cls", "--model", str(model), "--data", str(data), "--eval-data", str(dev),
+            "--max-steps", "2", "--eval-steps", "1", "--batch-size", "4", "--micro-batch-size", "2",
+            "--warmup-steps", "0", "--output", str(tmp_path / name), *argv]
+
+
+def test_cli_trains_a_fusion_of_saved_adapters_and_only_it_and_the_head(tmp_path, capsys):
+    import json
+
+    from adapterlab.cli import main
+    from adapterlab.files import read_safetensors
+
+    for name in ("a", "b"):
+        assert main(tiny_run(tmp_path, name, "--adapter", "pfeiffer", "--size", "4")) == 0
+    members_before = {n: read_safetensors(tmp_path / n / "adapter.safetensors", "") for n in ("a", "b")}
+    fuse = f"a={tmp_path / 'a'},b={tmp_path / 'b'}"
+    assert main(tiny_run(tmp_path, "fused", "--adapter", "fusion", "--fuse", fuse)) == 0
+    run = tmp_path / "fused"
+    summary = json.loads((run / "summary.json").read_text())
+    d, layers, labels = 32, 2, 2
+    assert summary["trainable_parameters"] == layers * (3 * d * d + 2 * d) + (d * labels + labels)  # fusion + head
+    saved = read_adapter_config(run)
+    assert saved["method"] == "fusion" and saved["adapters"] == [f"a={(tmp_path / 'a').resolve()}",
+                                                                 f"b={(tmp_path / 'b').resolve()}"]
+    assert set(read_safetensors(run / "adapter.safetensors", "")) == {
+        f"bert.encoder.layer.{i}.output.dense.{p}" for i in range(2)
+        for p in ("query.weight", "query.bias", "key.weight", "key.bias", "value.weight")}
+    model = T.AutoModelForSequenceClassification.from_pretrained(tmp_path / "bert", num_labels=2)
+    al.load_adapter(model, run, "fused")  # the members come from their folders, unchanged by the fusion run
+    for n in ("a", "b"):
+        state = adapter_state_dict(model, n)
+        for key, value in members_before[n].items():
+            torch.testing.assert_close(state[key], value)
+    capsys.readouterr()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--adapter", "lora", "--fuse", "a=x"], "--fuse names the adapters that --adapter fusion fuses, not --adapter lora"),
+    (["--adapter", "fusion"], "name the adapters it composes"),
+    (["--adapter", "fusion", "--fuse", "a"], "--fuse a: give each adapter's folder, NAME=PATH"),
+])
+def test_cli_refuses_fuse_misuse_by_name(argv, message, tmp_path, capsys):
+    from adapterlab.cli import main
+
+    command = tiny_run(tmp_path, "run", *argv)
+    capsys.readouterr()
+    assert main(command) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
