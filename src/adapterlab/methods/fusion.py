@@ -58,7 +58,8 @@ class FusionConfig(Composing, AdapterConfig):
     residual_before: bool = option_field(False, "add the site's output to each member's output before the attention "
                                          "(keys and values) instead of to the result")
     temperature: bool = option_field(False, "softmax temperature from 50 down by 0.05 per training forward to 1")
-    regularization: bool = option_field(True, "add 0.01 * ||I - value||^2 of every site to the training loss",
+    regularization: bool = option_field(True, "add 0.01 x the squared distance of each site's value map from the identity to "
+                                        "the training loss",
                                         paper="AdapterHub's static config: false")
     dropout: float | None = option_field(None, "dropout on the attention scores; unset: the base model's "
                                          "attention_probs_dropout_prob (0 where it has none), as AdapterHub")
