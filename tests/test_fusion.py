@@ -316,3 +316,28 @@ def test_cli_refuses_fuse_misuse_by_name(argv, message, tmp_path, capsys):
     assert main(command) == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1
+
+
+def test_trainer_adds_the_regularization_to_the_training_loss_only(tmp_path):
+    from transformers import TrainingArguments
+
+    from adapterlab.train.trainer import AdapterTrainer
+
+    model = members_model()
+    al.attach(model, "fusion", "fuse", adapters=MEMBERS, dropout=0.0)
+    with torch.no_grad():
+        for _, _, m in placed(model, "fuse"):
+            m.value.weight.add_(0.1)
+    trainer = AdapterTrainer(model=model, args=TrainingArguments(output_dir=str(tmp_path), report_to=[],
+                                                                 use_cpu=True, gradient_accumulation_steps=2))
+    inputs = {**tiny_inputs("bert"), "labels": torch.tensor([0, 2])}
+    model.eval()
+    plain = trainer.compute_loss(model, inputs)  # evaluation: the task loss alone
+    model.train()
+    for module in model.modules():  # training mode without the base's dropout draws
+        if isinstance(module, nn.Dropout):
+            module.p = 0.0
+    penalty = training_penalty(model)  # 0.01 * ||I - value||^2 over 2 layers, each entry 0.1 off (1e-6 aside)
+    assert penalty.item() == pytest.approx(0.01 * 2 * 32 * 32 * 0.1 ** 2, rel=1e-3)
+    # unscaled micro-batch losses are divided by the accumulation steps by the Trainer: the penalty rides along whole
+    torch.testing.assert_close(trainer.compute_loss(model, inputs), plain + penalty)
