@@ -341,3 +341,21 @@ def test_trainer_adds_the_regularization_to_the_training_loss_only(tmp_path):
     assert penalty.item() == pytest.approx(0.01 * 2 * 32 * 32 * 0.1 ** 2, rel=1e-3)
     # unscaled micro-batch losses are divided by the accumulation steps by the Trainer: the penalty rides along whole
     torch.testing.assert_close(trainer.compute_loss(model, inputs), plain + penalty)
+
+
+def test_mixed_batches_run_each_rows_fusion():
+    """Two fusions over the same members in one batch (`adapter_names`): each row as its fusion alone."""
+    model = members_model()
+    for name in ("f1", "f2"):
+        al.attach(model, "fusion", name, adapters=MEMBERS)
+        with torch.no_grad():
+            for _, _, m in placed(model, name):
+                for p in m.parameters():
+                    p.add_(torch.randn_like(p) * 0.2)
+    inputs = tiny_inputs("bert")
+    alone = {}
+    for name in ("f1", "f2"):
+        al.set_active(model, name)
+        alone[name] = model(**inputs).logits
+    mixed = model(**inputs, adapter_names=["f2", "f1"]).logits
+    torch.testing.assert_close(mixed, torch.stack([alone["f2"][0], alone["f1"][1]]))

@@ -122,6 +122,10 @@ class FusionModule(Adapter):
         if self.value is not None and self.options.value_initialized:
             self.value.weight.fill_(1e-6).fill_diagonal_(1.0)
 
+    def reads_input(self) -> bool:
+        """Only where a member reads the site's input (series members read its output: no entry hook)."""
+        return any(member.reads_input() for member in self.members)
+
     def adapt_output(self, x: torch.Tensor | None, y: torch.Tensor) -> torch.Tensor:
         pieces = [member.branch(x, y) for member in self.members]
         query, _, residual = (self.cast_in(p) if p is not None else None for p in pieces[-1])
