@@ -304,7 +304,7 @@ def test_cli_trains_a_fusion_of_saved_adapters_and_only_it_and_the_head(tmp_path
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--adapter", "lora", "--fuse", "a=x"], "--fuse names the adapters that --adapter fusion fuses, not --adapter lora"),
+    (["--adapter", "lora", "--fuse", "a=x"], "--fuse names the adapters that --adapter fusion fuses, not --adapter"),
     (["--adapter", "fusion"], "name the adapters it composes"),
     (["--adapter", "fusion", "--fuse", "a"], "--fuse a: give each adapter's folder, NAME=PATH"),
 ])
@@ -359,3 +359,14 @@ def test_mixed_batches_run_each_rows_fusion():
         alone[name] = model(**inputs).logits
     mixed = model(**inputs, adapter_names=["f2", "f1"]).logits
     torch.testing.assert_close(mixed, torch.stack([alone["f2"][0], alone["f1"][1]]))
+
+
+def test_fusion_over_compacter_sits_at_both_of_its_sites():
+    """Compacter is a series adapter on the houlsby placement: a fusion layer after the attention and the MLP."""
+    model = tiny_model("bert")
+    for name in ("a", "b"):
+        al.attach(model, "compacter", name, size=4)
+    al.attach(model, "fusion", "fuse", adapters=["a", "b"])
+    d = 32
+    assert al.count_parameters(model)[0] == 2 * 2 * (3 * d * d + 2 * d)
+    assert model(**tiny_inputs("bert")).logits.shape == (2, 3)

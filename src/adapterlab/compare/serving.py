@@ -101,7 +101,8 @@ def serving_throughput(configs: dict[str, Any], method: str, batch_size: int = 3
         backbone = getattr(first, prefix)
         for task, model in models.items():
             setattr(model, prefix, backbone)  # one base for every task; each keeps its own head
-            attach(backbone, method, adapter_name(task), **with_members(backbone, method, configs[task].adapter_options))
+            options = with_members(backbone, method, configs[task].adapter_options)
+            attach(backbone, method, adapter_name(task), **options)
         if any(a._site.kind == "model" for a in _adapters(backbone)):
             return {"method": method, "refused": "its adapters hook the model call, so they cannot be switched "
                                                  "or mixed under per-task heads on one base"}

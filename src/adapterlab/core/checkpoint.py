@@ -213,5 +213,5 @@ def attach_loaded(model: nn.Module, config: AdapterConfig, name: str, state: dic
         raise
 
 
-__all__ = ["save_adapter", "load_adapter", "load_members", "adapter_state_dict", "attach_loaded", "collapsed_state", "locate",
-           "write_adapter_files", "write_atomic", "write_json", "HOST_ATTR"]
+__all__ = ["save_adapter", "load_adapter", "load_members", "adapter_state_dict", "attach_loaded", "collapsed_state",
+           "locate", "write_adapter_files", "write_atomic", "write_json", "HOST_ATTR"]

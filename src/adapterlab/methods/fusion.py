@@ -1,6 +1,6 @@
 """AdapterFusion (Pfeiffer et al., EACL 2021), stage two: attention over the outputs of N trained, frozen adapters.
 
-At each site of its members (series bottleneck adapters: pfeiffer, houlsby, series), with the members' pieces
+At each site of its members (series bottleneck adapters: pfeiffer, houlsby, series, compacter), with the members' pieces
 (`BottleneckAdapter.branch`): q = the members' input, up_i = member i's scaled branch s * f_i(q), r = what the
 branch is added to (the site's output y), all three taken from the last member as AdapterHub's `compose_fuse`:
 
@@ -31,6 +31,7 @@ from torch import nn
 from ..core.adapter import Adapter
 from ..core.composition import Composing
 from ..core.config import AdapterConfig
+from ..core.layers import reference_tensor
 from ..core.option_help import documented, option_field
 from ..core.sites import Placement, Site
 from ..errors import AdapterError
@@ -58,8 +59,8 @@ class FusionConfig(Composing, AdapterConfig):
     residual_before: bool = option_field(False, "add the site's output to each member's output before the attention "
                                          "(keys and values) instead of to the result")
     temperature: bool = option_field(False, "softmax temperature from 50 down by 0.05 per training forward to 1")
-    regularization: bool = option_field(True, "add 0.01 x the squared distance of each site's value map from the identity to "
-                                        "the training loss",
+    regularization: bool = option_field(True, "add 0.01 x the squared distance of each site's value map from the "
+                                        "identity to the training loss",
                                         paper="AdapterHub's static config: false")
     dropout: float | None = option_field(None, "dropout on the attention scores; unset: the base model's "
                                          "attention_probs_dropout_prob (0 where it has none), as AdapterHub")
@@ -79,9 +80,9 @@ class FusionConfig(Composing, AdapterConfig):
     def check_member(self, name: str, module: Adapter) -> None:
         if getattr(module, "placement", None) != "series" or not hasattr(module, "branch"):
             what = getattr(module, "placement", type(module).__name__)
-            raise AdapterError(f"fusion fuses series bottleneck adapters (pfeiffer, houlsby, series); member {name!r} "
-                               f"has a {what} module at {module._site.path!r} (train_norms, parallel and input "
-                               "placements are not fused).")
+            raise AdapterError(f"fusion fuses series bottleneck adapters (pfeiffer, houlsby, series, compacter); "
+                               f"member {name!r} has a {what} module at {module._site.path!r} (train_norms, parallel "
+                               "and input placements are not fused).")
         if module.gate is not None:
             raise AdapterError(f"fusion: member {name!r} has robust AdapterDrop; fuse adapters that always run.")
 
@@ -91,8 +92,8 @@ class FusionConfig(Composing, AdapterConfig):
             raise AdapterError(f"fusion: the members' outputs at {site.path!r} differ in width.")
         rate = self.dropout if self.dropout is not None else \
             float(getattr(getattr(model, "config", None), "attention_probs_dropout_prob", 0.0) or 0.0)
-        weight = members[0].up.weight
-        return FusionModule(width, self, rate, members, weight.device, weight.dtype)
+        ref = reference_tensor(model.get_submodule(site.path))  # built as the host; attach's adapter_dtype applies
+        return FusionModule(width, self, rate, members, ref.device, ref.dtype)
 
 
 class FusionModule(Adapter):

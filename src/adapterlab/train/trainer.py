@@ -108,7 +108,8 @@ class AdapterTrainer(Trainer):
         loss, outputs = result if return_outputs else (result, None)
         scaled = getattr(self, "loss_is_scaled_for_ga", None)  # the Trainer's own test (training_step)
         if scaled is None:
-            scaled = (self.model_accepts_loss_kwargs and num_items_in_batch is not None) or self.compute_loss_func is not None
+            scaled = (self.model_accepts_loss_kwargs and num_items_in_batch is not None) \
+                or self.compute_loss_func is not None
         share = 1 / self.current_gradient_accumulation_steps if scaled else 1.0  # else the Trainer divides it
         loss = loss + share * penalty.to(loss.device, loss.dtype)
         return (loss, outputs) if return_outputs else loss
