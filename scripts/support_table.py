@@ -20,6 +20,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 from tiny_models import ALL, output_of, tiny_inputs, tiny_model  # noqa: E402
 
 import adapterlab as al  # noqa: E402
+from adapterlab.core.composition import Composing  # noqa: E402
 from adapterlab.errors import AdapterError  # noqa: E402
 from adapterlab.core.registry import config_class, method_names  # noqa: E402
 
@@ -37,8 +38,13 @@ def cell(method: str, family: str, reasons: dict[str, str]) -> str:
     """'✓' (attaches, trains), '✓ m' (also merges), or '✗ n' with footnote n holding the refusal."""
     torch.manual_seed(0)
     model, inputs = tiny_model(family), tiny_inputs(family)
+    options = options_for(method)
+    if issubclass(config_class(method), Composing):  # fusion: over two series adapters attached first
+        for member in ("m0", "m1"):
+            al.attach(model, "pfeiffer", member, **options_for("pfeiffer"))
+        options["adapters"] = ["m0", "m1"]
     try:
-        al.attach(model, method, **options_for(method))
+        al.attach(model, method, **options)
         output_of(model, inputs).float().sum().backward()
     except AdapterError as exc:
         return "✗ " + footnote(reasons, str(exc))

@@ -233,6 +233,31 @@ def test_a_tiny_comparison_writes_its_report(tmp_path):
     assert "| lora | mixed batches (" in (out / "report.md").read_text()
 
 
+@pytest.mark.slow
+def test_fusion_fuses_the_other_tasks_pfeiffer_adapters_of_its_seed(tmp_path):
+    model = encoder_folder(tmp_path / "bert")
+    tasks = [str(write_sst(tmp_path / f"{name}.tsv", 24, seed=i)) for i, name in enumerate(("one", "two", "three"))]
+    result = compare(str(model), tasks, ["full", "pfeiffer", "fusion"], str(tmp_path / "out"), seeds=1,
+                     max_steps=2, eval_steps=1, patience=10, batch_size=4, cutoff_len=16, isolate=False,
+                     options={"pfeiffer": {"size": 4}})
+    runs = tmp_path / "out" / "runs"
+    fused = {r["task"]: r for r in result["records"] if r["method"] == "fusion"}
+    assert set(fused) == {"one", "two", "three"} and not result["refused"]
+    saved = json.loads((runs / "one" / "fusion-seed0" / "adapter_config.json").read_text())
+    assert saved["adapters"] == [f"two_pfeiffer={runs / 'two' / 'pfeiffer-seed0'}",
+                                 f"three_pfeiffer={runs / 'three' / 'pfeiffer-seed0'}"]
+    d, layers, labels = 32, 2, 2
+    assert fused["one"]["trainable_parameters"] == layers * (3 * d * d + 2 * d) + d * labels + labels
+    stored = sum(f.stat().st_size for f in (runs / "one" / "fusion-seed0").glob("*.safetensors"))
+    assert fused["one"]["stored_bytes"] == stored  # fusion weights and head; the members are pfeiffer's
+    assert fused["one"]["latency"]["b1"]["unmerged_ms"] > 0 and fused["one"]["latency"]["b1"]["merged_ms"] is None
+    assert fused["one"]["curve"] and any(s["method"] == "fusion" for s in result["summary"])
+    serving = {row["method"]: row for row in result["serving"]}
+    assert serving["fusion"]["examples_per_s"] > 0 and serving["fusion"]["tasks"] == 3
+    assert serving["fusion"]["parameter_mb"] >= serving["pfeiffer"]["parameter_mb"]  # members too (0.1 MB rounding)
+    assert serving["fusion"]["mixed"]["examples_per_s"] > 0
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--methods", "full,lora,nope"], "unknown ['nope']"),
     (["--methods", "full,multitask-full"], "multitask-full"),
@@ -240,6 +265,10 @@ def test_a_tiny_comparison_writes_its_report(tmp_path):
     (["--tasks", "no-such-task"], "neither a known task"),
     (["--targets", "1.5"], "--targets"),
     (["--seeds", "0"], "--seeds must be a positive integer"),
+    (["--methods", "full,fusion"], "add pfeiffer to --methods"),
+    (["--methods", "pfeiffer,fusion"], "give two or more --tasks (got 1)"),
+    (["--methods", "pfeiffer,fusion", "--tasks", "sst2,boolq", "--option", "fusion.adapters=a"],
+     "compare names the adapters it fuses"),
 ])
 def test_bad_requests_are_refused_in_one_line_before_any_run(argv, message, tmp_path, capsys):
     data = write_sst(tmp_path / "data.tsv", 10)

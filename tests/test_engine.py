@@ -11,6 +11,7 @@ from probes import SideConfig
 from tiny_models import output_of, randomize_adapters, tiny_inputs, tiny_model
 
 import adapterlab as al
+from adapterlab.core.composition import Composing
 from adapterlab.core.engine import placed
 from adapterlab.core.stochastic import stochastic_modules
 
@@ -315,6 +316,10 @@ def test_adapters_stay_float32_over_a_bfloat16_base(method, family):
     model = tiny_model(family).to(torch.bfloat16)
     x = tiny_inputs(family)
     options = {**SMALL.get(method, {}), **({"size": 8} if "size" in al.config_class(method).option_names() else {})}
+    if issubclass(al.config_class(method), Composing):  # fusion: over two attached series adapters
+        for member in ("m0", "m1"):
+            al.attach(model, "pfeiffer", member, size=8)
+        options["adapters"] = ["m0", "m1"]
     al.attach(model, method, **options)
     dtypes = {p.dtype for _, _, a in placed(model) for p in a.parameters()}
     assert dtypes == {torch.float32}

@@ -40,10 +40,16 @@ IDENTITY_AT_INIT: dict[str, dict | str] = {
     "conformer": {"init": "zero"}, "mosa": {}, "adaptformer": {},
     "compacter": {"init": "zero", "size": 8}, "compacterpp": {"init": "zero", "size": 8},
     "linear_probe": {},
+    "fusion": "fuses its members' outputs, which change the model (AdapterFusion is stage two, over trained adapters)",
     "prompt": "adds virtual tokens that every real token attends to",
     "prefix": "adds learned keys and values that every token attends to",
     "ptuning": "adds virtual tokens that every real token attends to",
 }
+
+# Methods made of other attached adapters (core/composition.py): the method and options of the two members attached
+# (random weights) before them. Tests of one adapter standing alone (loaded into a bare base, detached back to it)
+# skip them; tests/test_fusion.py covers those with the members.
+COMPOSED: dict[str, tuple[str, dict]] = {"fusion": ("pfeiffer", dict(size=8))}
 
 # (method, family) pairs that cannot work, with the words the AdapterError must contain.
 UNSUPPORTED: dict[tuple[str, str], str] = {
@@ -84,7 +90,25 @@ def attach_or_skip(model: torch.nn.Module, method: str, family: str, name: str =
             al.attach(model, method, name, **options)
         assert not list(placed(model))
         pytest.skip(f"{method} does not apply to {family}: the AdapterError was checked")
+    if method in COMPOSED:
+        options["adapters"] = attach_members(model, method, name)
     al.attach(model, method, name, **options)
+
+
+def attach_members(model: torch.nn.Module, method: str, name: str) -> list[str]:
+    """Attach the members a composing method needs, each with its own random weights; their names."""
+    member, options = COMPOSED[method]
+    names = [f"{name}_m{i}" for i in range(2)]
+    for i, member_name in enumerate(names):
+        al.attach(model, member, member_name, **options)
+        randomize_adapters(model, seed=10 + i)  # only the newest member is active (trainable) here
+    return names
+
+
+def standalone_only(method: str) -> None:
+    """Skip a test of one adapter standing alone for a method made of other adapters."""
+    if method in COMPOSED:
+        pytest.skip(f"{method} runs other attached adapters; tests/test_fusion.py tests it with them")
 
 
 def is_adapter_parameter(name: str) -> bool:
@@ -123,6 +147,7 @@ def test_forward_backward_trains_only_the_adapter(method, family):
 
 @pytest.mark.parametrize("method,family", CELLS)
 def test_save_then_load_into_a_fresh_base_gives_the_same_outputs(method, family, tmp_path, monkeypatch):
+    standalone_only(method)
     model = adapted(method, family)
     x = tiny_inputs(family)
     expected = output_of(model, x)
@@ -185,6 +210,7 @@ def test_identity_at_init(method, family):
 
 @pytest.mark.parametrize("method,family", CELLS)
 def test_two_adapters_switch_disable_and_detach(method, family, tmp_path):
+    standalone_only(method)
     model, x = base_and_inputs(family)
     base = output_of(model, x)
     hooks, keys = hook_count(model), list(model.state_dict())
@@ -218,6 +244,7 @@ def test_two_adapters_switch_disable_and_detach(method, family, tmp_path):
 
 @pytest.mark.parametrize("method,family", CELLS)
 def test_deepcopy_runs_its_own_adapters(method, family):
+    standalone_only(method)
     model = adapted(method, family)
     x = tiny_inputs(family)
     before = output_of(model, x)
@@ -284,6 +311,7 @@ def test_activation_checkpointing_gives_the_same_gradients(method):
 
 @pytest.mark.parametrize("method", sorted(METHODS))
 def test_bad_options_and_targets_name_the_problem(method):
+    standalone_only(method)
     model = tiny_model(next(f for f in ("bert", "llama") if (method, f) not in UNSUPPORTED))
     with pytest.raises(al.AdapterError, match=r"unknown option\(s\) \['no_such_option'\]. Valid options: \[.*'targets'"):
         al.attach(model, method, no_such_option=1)

@@ -154,6 +154,11 @@ def add_adapter_flags(parser: argparse.ArgumentParser) -> None:
     add_method_groups(parser, OPTION_ALIASES, lambda name: dict(
         dest=OPTION_PREFIX + name, default=argparse.SUPPRESS, nargs="?", const=True, action=Spelled,
         type=parse_list_value if name in lists else parse_value))
+    fusion = next(g for g in parser._action_groups if g.title == "--adapter fusion")
+    fusion.add_argument("--fuse", dest=OPTION_PREFIX + "adapters", metavar="NAME=PATH,...", default=argparse.SUPPRESS,
+                        action=Spelled, type=parse_list_value,
+                        help="--adapter fusion: the trained adapters to fuse, each loaded frozen from its folder "
+                             "under NAME (the same as --adapters).")
     legacy = parser.add_argument_group("LLM-Adapters finetune.py compatibility")
     legacy.add_argument("--adapter_name", dest="adapter_name", default=argparse.SUPPRESS, action=Spelled,
                         help="lora | bottleneck | prefix-tuning (or any method name)")
@@ -225,6 +230,9 @@ def config_and_notes(args: argparse.Namespace) -> tuple[TrainConfig, list[str]]:
     given = vars(args)
     settings.update({k: v for k, v in given.items() if k in fields})
     options.update({k[len(OPTION_PREFIX):]: v for k, v in given.items() if k.startswith(OPTION_PREFIX)})
+    if "--fuse" in given.get(SPELLINGS, []) and settings.get("adapter") != "fusion":
+        raise UsageError(f"--fuse names the adapters that --adapter fusion fuses, not --adapter "
+                         f"{settings.get('adapter', 'lora')}; pass --adapter fusion or drop --fuse.")
     variants = {k for k in ("use_parallel_adapter", "use_adapterp") if given.get(k)}
     if "adapter_name" in given and "adapter" in given:
         raise UsageError(f"--adapter {given['adapter']} and --adapter_name {given['adapter_name']} both pick the "

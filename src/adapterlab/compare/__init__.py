@@ -24,6 +24,7 @@ from ..output_folder import OutputFolder
 from ..core.registry import make_config, method_names
 from .analysis import FULL, all_tasks, full_targets, label, per_run, summarise, verdicts
 from .baselines import no_signal, task_baselines, task_signal
+from .fusion import FUSION, check_fusion, fusion_options, last
 from .folder import OUTPUTS, comparison_folder, earlier, plan, resumed_settings, run_path
 from .latency_summary import method_latency
 from .multitask import EXTEND, MULTITASK, REPLAY, MultiTaskSpec
@@ -53,7 +54,7 @@ def check_methods(methods: list[str], options: dict[str, dict[str, Any]], lr: di
         if options.get(method):
             raise UsageError(f"--option: {method} (full fine-tuning) takes no options.")
     for method in methods:
-        if method not in (FULL, MULTITASK):
+        if method not in (FULL, MULTITASK, FUSION):  # fusion's members are named per run (compare/fusion.py)
             make_config(method, **options.get(method, {}))
 
 
@@ -138,7 +139,9 @@ def compare(model: str, tasks: list[str], methods: list[str], output: str, seeds
         raise UsageError(f"--targets are fractions of full fine-tuning's score in (0, 1], got {list(targets)}.")
     if not tasks:
         raise UsageError("--tasks is empty; give e.g. sst2,boolq.")
-    check_multitask(methods, [resolve_task(t, data_dir).name for t in tasks], extend, replay)
+    names = [resolve_task(t, data_dir).name for t in tasks]
+    check_multitask(methods, names, extend, replay)
+    check_fusion(methods, names, options)
     if resume and overwrite:
         raise UsageError("--resume adds to the comparison in --output and --overwrite replaces it; pass one.")
     folder = comparison_folder(Path(output).absolute())  # run settings record data paths: one spelling for all
@@ -172,9 +175,12 @@ def _compare(folder: OutputFolder, model: str, tasks: list[str], methods: list[s
                 "baselines": {t.name: task_baselines(t) for t in prepared}}
 
     def spec(method: str, task: CompareTask, seed: int) -> RunSpec:
+        given = options.get(method, {})
+        if method == FUSION:  # the other tasks' pfeiffer runs of this seed
+            given = fusion_options(task.name, [t.name for t in prepared], seed, out / "runs", given)
         return RunSpec(method=method, task=task.name, task_type=task.task, seed=seed, train=str(task.train),
                        dev=str(task.dev), output=str(out / "runs" / task.name / f"{method}-seed{seed}"), model=model,
-                       options=options.get(method, {}), latency=latency and seed == 0,
+                       options=given, latency=latency and seed == 0,
                        settings=dict(max_steps=max_steps, eval_steps=eval_steps, early_stopping=patience,
                                      batch_size=batch_size, micro_batch_size=batch_size,
                                      lr=lrs.get(method, DEFAULT_LR[FULL]),
@@ -191,7 +197,7 @@ def _compare(folder: OutputFolder, model: str, tasks: list[str], methods: list[s
 
     specs: list[Any] = []
     for s in range(seeds):
-        specs += [spec(m, t, s) for t in prepared for m in order if m != MULTITASK]
+        specs += last([spec(m, t, s) for t in prepared for m in order if m != MULTITASK])
         if MULTITASK in order:
             specs.append(joint(MULTITASK, s, lrs[MULTITASK]))
         if extend:

@@ -24,7 +24,10 @@ from typing import Any
 
 import torch
 
-from ..core.engine import attach, set_active
+from ..core.checkpoint import read_adapter_config
+from ..core.composition import is_composing
+from ..core.engine import adapter_names, attach, set_active
+from ..core.registry import config_from_dict, make_config
 from ..core.task_heads import mixed_heads
 from ..errors import AdapterError
 from ..train.recipe import prepare_task
@@ -98,7 +101,8 @@ def serving_throughput(configs: dict[str, Any], method: str, batch_size: int = 3
         backbone = getattr(first, prefix)
         for task, model in models.items():
             setattr(model, prefix, backbone)  # one base for every task; each keeps its own head
-            attach(backbone, method, adapter_name(task), **configs[task].adapter_options)
+            options = with_members(backbone, method, configs[task].adapter_options)
+            attach(backbone, method, adapter_name(task), **options)
         if any(a._site.kind == "model" for a in _adapters(backbone)):
             return {"method": method, "refused": "its adapters hook the model call, so they cannot be switched "
                                                  "or mixed under per-task heads on one base"}
@@ -115,6 +119,18 @@ def serving_throughput(configs: dict[str, Any], method: str, batch_size: int = 3
     if method != FULL:
         row["mixed"] = _mixed(models, setups, examples, batch_size)
     return row
+
+
+def with_members(backbone: torch.nn.Module, method: str, options: dict[str, Any]) -> dict[str, Any]:
+    """A composing method's options (fusion) with its members attached to `backbone` first, freshly from their saved
+    configs (weights do not change forward time), once for all the tasks that share them, and named."""
+    config = make_config(method, **options)
+    if not is_composing(config):
+        return options
+    for member, path in config.member_paths().items():
+        if member not in adapter_names(backbone):
+            attach(backbone, config_from_dict(read_adapter_config(path), source=str(path)), member)
+    return {**options, "adapters": config.member_names()}
 
 
 def _serve(models: dict[str, torch.nn.Module], method: str, task: str, batch: dict[str, torch.Tensor]) -> None:

@@ -195,6 +195,10 @@ class Adapter(nn.Module):
     def after_model(self, model: nn.Module, args: tuple, kwargs: dict[str, Any], output: Any) -> Any:
         return output
 
+    def penalty(self) -> torch.Tensor | None:
+        """A term this module adds to the training loss (AdapterFusion's value regularization), or None."""
+        return None
+
     def check_inputs(self, names: set[str]) -> None:
         """Refuse model inputs (by name: a training example's keys, a call's arguments) this adapter cannot take."""
 

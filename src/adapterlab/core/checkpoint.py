@@ -19,8 +19,9 @@ from ..errors import AdapterError, CorruptFileError, IncompatibleAdapterError
 from ..files import group_file, read_json_object, read_safetensors, replace_files, write_atomic, write_json
 from ..files import safetensors_shapes, write_safetensors
 from .adapter_fit import check_fit
+from .composition import is_composing, record_source
 from .config import AdapterConfig
-from .engine import HOST_ATTR, attach, detach, get_config, placed, planned_shapes, set_active
+from .engine import HOST_ATTR, adapter_names, attach, detach, get_config, placed, planned_shapes, set_active
 from .registry import config_from_dict
 from .shared_params import shared_of, shared_state
 from .sites import model_type_of
@@ -143,7 +144,8 @@ def load_state(model: nn.Module, name: str, state: dict[str, torch.Tensor], wher
 def load_adapter(
     model: nn.Module, path: str | os.PathLike, name: str = "default", *, trainable: bool = False, **attach_options: Any
 ) -> nn.Module:
-    """Attach the adapter saved in `path` (a folder or hub id) to `model` as `name`; frozen unless trainable."""
+    """Attach the adapter saved in `path` (a folder or hub id) to `model` as `name`; frozen unless trainable. A
+    composing adapter (fusion) first gets the members it names that are not attached, from their recorded folders."""
     saved = read_adapter_config(path)
     if "method" not in saved:
         if "peft_type" in saved:
@@ -152,14 +154,51 @@ def load_adapter(
     _check_base(saved.get("base_model", {}), model, str(path))
     _refuse_outside_reads(saved, path)
     config = config_from_dict(saved, source=str(Path(path) / CONFIG_NAME))
+    loaded = load_members(model, config, str(path), **attach_options) if is_composing(config) else []
+    try:
+        _load_checked(model, path, name, config, trainable, attach_options)
+    except Exception:  # a failed load leaves the model as it was: the members it loaded go too
+        for member in reversed(loaded):
+            detach(model, member)
+        raise
+    return model
+
+
+def _load_checked(model: nn.Module, path: str | os.PathLike, name: str, config: AdapterConfig, trainable: bool,
+                  attach_options: dict[str, Any]) -> None:
+    """load_adapter's part after the config: the weights checked against what it builds, attached, activated."""
     weights = locate(path, WEIGHTS_NAME)
     # the header's shapes against what the config builds on the meta device, before any module is allocated
     check_fit(planned_shapes(model, config, attach_options.get("architecture")),
               safetensors_shapes(weights, RESAVE), str(path))
     state = read_safetensors(weights, RESAVE)
     attach_loaded(model, config, name, state, str(path), **attach_options)
+    record_source(model, name, path)
     set_active(model, name, trainable=trainable)
-    return model
+
+
+def load_members(model: nn.Module, config: AdapterConfig, where: str, **attach_options: Any) -> list[str]:
+    """Load (frozen) the members of composing `config` that are not attached yet, each from its recorded folder;
+    refuse by name one that has none. Returns the names it loaded."""
+    attached, loaded = set(adapter_names(model)), []
+    try:
+        for member, path in config.member_paths().items():
+            if member in attached:
+                continue
+            if path is None:
+                raise AdapterError(f"{where}: {config.method} composes adapter {member!r}, which is not attached and "
+                                   f"has no saved folder; load it first: adapterlab.load_adapter(model, PATH, "
+                                   f"{member!r}).")
+            try:
+                load_adapter(model, path, member, **attach_options)
+            except AdapterError as exc:
+                raise type(exc)(f"{where}: member adapter {member!r} ({path}): {exc}") from exc
+            loaded.append(member)
+    except Exception:
+        for member in reversed(loaded):
+            detach(model, member)
+        raise
+    return loaded
 
 
 def attach_loaded(model: nn.Module, config: AdapterConfig, name: str, state: dict[str, torch.Tensor], where: str,
@@ -174,5 +213,5 @@ def attach_loaded(model: nn.Module, config: AdapterConfig, name: str, state: dic
         raise
 
 
-__all__ = ["save_adapter", "load_adapter", "adapter_state_dict", "attach_loaded", "collapsed_state", "locate",
-           "write_adapter_files", "write_atomic", "write_json", "HOST_ATTR"]
+__all__ = ["save_adapter", "load_adapter", "load_members", "adapter_state_dict", "attach_loaded", "collapsed_state",
+           "locate", "write_adapter_files", "write_atomic", "write_json", "HOST_ATTR"]

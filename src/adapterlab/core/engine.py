@@ -18,6 +18,7 @@ from torch import nn
 from ..errors import AdapterError, NotMergeableError
 from .adapter import Adapter, check_adapter_dtype, keep_dtype
 from .architectures import Architecture
+from .composition import check_active, check_attachable, check_not_member, forget_source, is_composing
 from .config import AdapterConfig, facts_of
 from .layers import building_on_meta
 from .registry import METHODS, config_class, make_config
@@ -92,6 +93,8 @@ def attach(
                            "merge_and_unload it and attach to the merged model.")
     if not isinstance(fuse_inputs, bool):
         raise AdapterError(f"fuse_inputs must be True or False, got {fuse_inputs!r}.")
+    if is_composing(config):  # its members must be attached; it records the folders they came from
+        config = check_attachable(model, config)
     modules, placement = _build(model, config, architecture)
     if placement.shared is not None:  # parameters all the sites share: once in the model tree (shared_params.py)
         keep_dtype(placement.shared, adapter_dtype)
@@ -161,6 +164,7 @@ def planned_shapes(model: nn.Module, config: AdapterConfig,
 def detach(model: nn.Module, name: str = "default") -> nn.Module:
     """Remove adapter `name` (unmerging it first if it was merged)."""
     get_config(model, name)
+    check_not_member(model, name, "detach")
     for _, host, adapter in list(placed(model, name)):
         adapter.unfold(host)
         adapter.on_detach(host)
@@ -173,6 +177,7 @@ def detach(model: nn.Module, name: str = "default") -> nn.Module:
     configs = dict(model.adapterlab_configs)
     configs.pop(name)
     model.adapterlab_configs = configs
+    forget_source(model, name)
     if not configs:  # the last adapter gone: the model is left as it was before attach
         for handle in model.adapterlab_guard:
             handle.remove()
@@ -196,6 +201,7 @@ def set_active(model: nn.Module, names: str | list[str], trainable: bool = True)
     unknown = [n for n in names if n not in known]
     if unknown:
         raise AdapterError(f"Unknown adapter(s) {unknown}; this model has {known or 'none'}.")
+    check_active(model, names)
     for name in known:
         for _, host, adapter in placed(model, name):
             if name not in names:
@@ -242,6 +248,7 @@ def disabled(model: nn.Module) -> Iterator[nn.Module]:
 def _check_mergeable(model: nn.Module, names: list[str]) -> None:
     for name in names:
         check_mergeable(get_config(model, name), name)
+        check_not_member(model, name, "merge")
 
 
 def check_mergeable(config: AdapterConfig | type[AdapterConfig], name: str = "default") -> None:

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import AdapterError
+from .site_hooks import placed
 from .head_rows import logits_at, next_token_positions, next_token_targets, shifts_labels
 
 
@@ -94,4 +95,11 @@ def training_objective(model: nn.Module) -> ConsistencyObjective | None:
     return found.pop() if found else None
 
 
-__all__ = ["ConsistencyObjective", "symmetric_kl", "training_objective"]
+def training_penalty(model: nn.Module) -> torch.Tensor | None:
+    """The sum of the `penalty()` terms of the active adapters' modules (AdapterFusion's regularization), or None."""
+    active = set(getattr(model, "adapterlab_active", []))
+    terms = [t for _, _, a in placed(model) if a._name in active and (t := a.penalty()) is not None]
+    return torch.stack([t.float() for t in terms]).sum() if terms else None
+
+
+__all__ = ["ConsistencyObjective", "symmetric_kl", "training_objective", "training_penalty"]

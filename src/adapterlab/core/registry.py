@@ -27,6 +27,7 @@ METHODS: dict[str, tuple[str, dict[str, Any]]] = {
     "bitfit": ("adapterlab.methods.bitfit:BitFitConfig", {}),
     "mosa": ("adapterlab.methods.mosa:MosaConfig", {}),
     "linear_probe": ("adapterlab.methods.linear_probe:LinearProbeConfig", {}),
+    "fusion": ("adapterlab.methods.fusion:FusionConfig", {}),
 }
 
 

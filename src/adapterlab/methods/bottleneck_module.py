@@ -10,6 +10,7 @@ from torch import nn
 from transformers.activations import ACT2FN
 
 from ..core.adapter import Adapter
+from ..errors import AdapterError
 
 NORM_EPS = 1e-6  # MoSA's AdaptFormer/Pfeiffer adapter_norm
 
@@ -99,6 +100,17 @@ class BottleneckAdapter(Adapter):
     def adapt_output_after_down(self, x: torch.Tensor, y: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
         out = y + self.after_down(h).to(y.dtype)
         return out + x.to(y.dtype) if self.residual else out
+
+    def branch(self, x: torch.Tensor | None, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """The pieces a composer (AdapterFusion) combines at an output site: (what the adapter reads, its scaled
+        branch s * f(.) (AdapterHub's `up`), what the branch is added to, or None without the identity term), so that
+        `adapt_output(x, y)` is base + branch (the branch alone where base is None)."""
+        if self.placement == "series":
+            return y, self.delta(y).to(y.dtype), (y if self.residual else None)
+        if self.placement == "parallel":
+            return x, self.delta(x).to(y.dtype), (y + x.to(y.dtype) if self.residual else y)
+        raise AdapterError("A bottleneck adapter placed on a layer's input (input_targets) has no output branch to "
+                           "compose; compose adapters placed on outputs.")
 
     def changes_input(self) -> bool:
         return self.placement == "input"

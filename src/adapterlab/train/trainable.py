@@ -13,7 +13,8 @@ from typing import Any
 
 from torch import nn
 
-from ..core.checkpoint import write_adapter_files
+from ..core.checkpoint import load_members, write_adapter_files
+from ..core.composition import is_composing
 from ..core.engine import attach
 from ..core.registry import config_class, make_config, method_names
 from ..errors import AdapterError, UsageError
@@ -42,16 +43,26 @@ class AdapterTraining:
                                "change --adapter.")
 
     def check_values(self, options: dict[str, Any]) -> None:
-        """The option values too (MoSA's --base prompt), before the model is loaded."""
-        make_config(self.method, **options)
+        """The option values too (MoSA's --base prompt), before the model is loaded; a composing method's members
+        each need a folder (a run attaches nothing else)."""
+        config = make_config(self.method, **options)
+        if is_composing(config):
+            bare = [n for n, path in config.member_paths().items() if path is None]
+            if bare:
+                raise AdapterError(f"--fuse {bare[0]}: give each adapter's folder, NAME=PATH (e.g. --fuse "
+                                   f"{bare[0]}=runs/{bare[0]}); a training run attaches no other adapters.")
 
     def check_quantized(self, flag_given: str) -> None:
         """Adapters train in float32 on top of a quantized base: nothing to refuse."""
 
     def prepare(self, model: nn.Module, options: dict[str, Any], head_modules: Sequence[str],
                 frozen_modules: Sequence[str] = ()) -> None:
-        """Attach the adapter (base frozen) and unfreeze the task head unless the method trains it itself."""
-        attach(model, self.method, **options)
+        """Attach the adapter (base frozen) and unfreeze the task head unless the method trains it itself. A
+        composing method (fusion) first gets its members loaded, frozen, from the folders its options name."""
+        config = make_config(self.method, **options)
+        if is_composing(config):
+            load_members(model, config, "--fuse")
+        attach(model, config)
         if is_quantized(model):
             prepare_for_kbit_training(model)
         if config_class(self.method).trains_head:  # linear_probe: the head trains through the adapter's deltas

@@ -28,7 +28,7 @@ from transformers.trainer import SCHEDULER_NAME
 from transformers.trainer_pt_utils import LengthGroupedSampler
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 
-from ..core.objectives import training_objective
+from ..core.objectives import training_objective, training_penalty
 from ..core.stochastic import draw_context
 from ..data.packing import is_packed
 from ..errors import IncompatibleAdapterError, TrainingDivergedError
@@ -98,6 +98,23 @@ class AdapterTrainer(Trainer):
         return loss
 
     def compute_loss(self, model: nn.Module, inputs: dict, return_outputs: bool = False, num_items_in_batch=None):
+        """The task loss (`task_loss`) plus, in training, the active adapters' penalty terms (AdapterFusion's
+        regularization) once per optimizer step: a share of it on every micro-batch, so that it counts once however
+        the Trainer scales the micro-batches' losses for gradient accumulation."""
+        result = self.task_loss(model, inputs, return_outputs, num_items_in_batch)
+        penalty = training_penalty(self.model) if model.training else None
+        if penalty is None:
+            return result
+        loss, outputs = result if return_outputs else (result, None)
+        scaled = getattr(self, "loss_is_scaled_for_ga", None)  # the Trainer's own test (training_step)
+        if scaled is None:
+            scaled = (self.model_accepts_loss_kwargs and num_items_in_batch is not None) \
+                or self.compute_loss_func is not None
+        share = 1 / self.current_gradient_accumulation_steps if scaled else 1.0  # else the Trainer divides it
+        loss = loss + share * penalty.to(loss.device, loss.dtype)
+        return (loss, outputs) if return_outputs else loss
+
+    def task_loss(self, model: nn.Module, inputs: dict, return_outputs: bool = False, num_items_in_batch=None):
         """The model's loss, or the active method's training objective (e.g. MoSA's consistency loss) in training;
         either divided by the label items of the whole accumulated batch when the Trainer counts them.
 
