@@ -102,6 +102,10 @@ def test_different_ranks_and_targets_equal_peft(kind: str, tmp_path) -> None:
     twin = peft_twin(model, ["a", "b", "c"], tmp_path)
     combine_both(model, twin, ["a", "b", "c"], kind, seed=5)
     assert_same(model, twin)
+    adapterlab.save_adapter(model, tmp_path / "m", name="m")  # placed at the union of the layers: saved that way
+    loaded = adapterlab.load_adapter(tiny_model("llama"), tmp_path / "m")
+    inputs = tiny_inputs("llama")
+    torch.testing.assert_close(logits(loaded, inputs), logits(model, inputs))
 
 
 @pytest.mark.parametrize("options", [dict(svd_rank=2), dict(svd_clamp=0.9), dict(svd_full_matrices=False)])
@@ -301,3 +305,21 @@ def test_cli_merge_refuses_a_non_empty_output_and_bad_arguments(tmp_path, capsys
         assert not (tmp_path / "new").exists()
     assert main(["merge", "--model", str(base), "--adapter", f"a={tmp_path}", "--output", str(tmp_path / "n")]) == 2
     assert "holds no adapter_config.json" in capsys.readouterr().err
+
+
+def test_ia3_refuses_a_layer_scaled_on_input_by_one_and_output_by_another() -> None:
+    model = tiny_model("llama")
+    adapterlab.attach(model, "ia3", "a")  # the down projection scales its input
+    adapterlab.attach(model, "ia3", "b", targets=["down"], feedforward=[])  # ... and here its output
+    with pytest.raises(AdapterError, match="scale the layer's input"):
+        add_weighted_adapter(model, ["a", "b"], [0.5, 0.5], "m")
+    assert adapterlab.adapter_names(model) == ["a", "b"] and adapterlab.active_adapters(model) == ["b"]
+
+
+def test_one_adapter_is_combined_as_linear_as_in_peft() -> None:
+    model = lora_model()
+    add_weighted_adapter(model, ["a"], [2.0], "m", combination_type="svd")
+    assert adapterlab.get_config(model, "m").r == 4  # linear keeps the rank; the weight splits as sqrt(2 * 2) each
+    for _, host, new in adapterlab.core.site_hooks.placed(model, "m"):
+        a = host._modules["adapterlab"]["a"]
+        torch.testing.assert_close(new.delta_weight(), 2.0 * a.delta_weight())

@@ -3,6 +3,8 @@ parameter-by-parameter sum for methods whose adapters of equal options share eve
 
 from __future__ import annotations
 
+import copy
+
 import torch
 from torch import nn
 
@@ -63,7 +65,7 @@ def add_average(model: nn.Module, names: list[str], weights: list[float], name: 
                                f"equal; {names[0]!r} and {other!r} differ in {', '.join(differ)}. Combine adapters "
                                "trained with the same options.")
     states = [adapter_state_dict(model, n) for n in names]
-    attach(model, type(configs[0]).from_options({k: v for k, v in first.items() if k != "method"}), name)
+    attach(model, copy.deepcopy(configs[0]), name)
     target = adapter_state_dict(model, name)
     if any(set(s) != set(target) or any(s[k].shape != target[k].shape for k in target) for s in states):
         raise AdapterError(f"The {configs[0].method} adapters {names} do not share their layers and shapes (one was "
