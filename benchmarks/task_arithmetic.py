@@ -65,8 +65,8 @@ def train_lora(task: str, seed: int, select: Path, work: Path) -> Path:
 
 
 def accuracy(model: torch.nn.Module, data) -> float:
-    right = sum(int(p.argmax()) == data.gold[i] for batch in predict_batches(model.eval(), data, range(len(data.gold)), 32)
-                for i, p in batch)
+    batches = predict_batches(model.eval(), data, range(len(data.gold)), 32)
+    right = sum(int(p.argmax()) == data.gold[i] for batch in batches for i, p in batch)
     return right / len(data.gold)
 
 

@@ -135,7 +135,8 @@ def _add_lora(model: nn.Module, names: list[str], weights: list[float], name: st
     rank = lora_combine.new_rank(options.kind, [c.r for c in configs], options.svd_rank)
     paths = union_paths(model, names)
     first: LoraConfig = configs[0]
-    attach_union(model, name, configs, paths, lambda t, l: lora_combine.new_config(first, rank, t, l))
+    attach_union(model, name, configs, paths,
+                 lambda targets, layers: lora_combine.new_config(first, rank, targets, layers))
     for path, host, new in list(placed(model, name)):
         members = lora_combine.members_at(host, HOST_ATTR, names, weights)
         lora_combine.combine_site(options.kind, members, new, path, density=options.density,
