@@ -322,3 +322,16 @@ def test_one_adapter_is_combined_as_linear_as_in_peft() -> None:
     for _, host, new in adapterlab.core.site_hooks.placed(model, "m"):
         a = host._modules["adapterlab"]["a"]
         torch.testing.assert_close(new.delta_weight(), 2.0 * a.delta_weight())
+
+
+def test_dare_equals_peft_when_shared_targets_do_not_place_the_union(tmp_path) -> None:
+    """Both adapters say targets=q, but they were attached with an architecture that calls v_proj q: attached again
+    without it, q is q_proj. That first try is undone, its init draws with it, so the seeded masks match PEFT's."""
+    model = tiny_model("llama")
+    for i, (name, alpha) in enumerate([("a", 8), ("b", 4)]):
+        adapterlab.attach(model, "lora", name, r=4, alpha=alpha, targets=["q"], architecture={"q": "self_attn.v_proj"})
+        randomize_adapters(model, std=0.3, seed=10 + i)
+    twin = peft_twin(model, ["a", "b"], tmp_path)
+    combine_both(model, twin, ["a", "b"], "dare_linear", seed=2)
+    assert_same(model, twin)
+    assert all(".v_proj." in key for key in adapter_state_dict(model, "m"))

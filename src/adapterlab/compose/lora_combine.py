@@ -16,7 +16,8 @@ The new adapter's rank and alpha, as PEFT sets them (alpha = rank, so its scalin
 
 At a layer that only some of the adapters adapt, only those are combined there (PEFT's union of targets). Layers
 are visited in the model's module order and, at each, A's tensors before B's, adapter by adapter: the order of
-PEFT's DARE draws, so one torch seed gives one result in both.
+PEFT's DARE draws. The new adapter's A is drawn (Kaiming) when it is attached, before any mask, as PEFT's injected
+one is, so one torch seed gives one result in both.
 """
 
 from __future__ import annotations
