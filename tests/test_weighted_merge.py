@@ -273,16 +273,20 @@ def test_cli_merge_writes_a_folder_that_loads_to_the_in_process_result(kind, ext
         assert (logits(loaded, inputs) - logits(model, inputs)).abs().max() > 1e-3
 
 
-def test_cli_merge_dare_and_default_weights(tmp_path, capsys) -> None:
-    """DARE draws from torch's generator (seed it to repeat a merge); --weights defaults to 1/n each."""
-    from adapterlab.models import load_model
+def test_cli_merge_dare_is_seeded_and_weights_default_to_the_average(tmp_path, capsys) -> None:
+    """--seed (default 0) seeds DARE's masks: the same command writes the same folder, another seed another one;
+    --weights defaults to 1/n each."""
+    from safetensors.torch import load_file
 
     base, model = saved_loras(tmp_path)
-    assert cli_merge(base, tmp_path, tmp_path / "dare", "--combination", "dare_linear", "--density", "0.5") == 0
+    for out, seed in (("d1", []), ("d2", []), ("d3", ["--seed", "1"])):
+        assert cli_merge(base, tmp_path, tmp_path / out, "--combination", "dare_linear", "--density", "0.5",
+                         *seed) == 0
     assert "weights [0.5, 0.5]" in capsys.readouterr().out
-    loaded, _ = load_model(str(base), log=lambda _: None)
-    adapterlab.load_adapter(loaded, tmp_path / "dare")
-    assert adapterlab.get_config(loaded).r == 4
+    d1, d2, d3 = (load_file(tmp_path / out / "adapter.safetensors") for out in ("d1", "d2", "d3"))
+    assert all(torch.equal(d1[k], d2[k]) for k in d1) and not all(torch.equal(d1[k], d3[k]) for k in d1)
+    assert cli_merge(base, tmp_path, tmp_path / "d4", "--seed", "1") == 2
+    assert "draws nothing at random" in capsys.readouterr().err
 
 
 def test_cli_merge_refuses_a_non_empty_output_and_bad_arguments(tmp_path, capsys) -> None:

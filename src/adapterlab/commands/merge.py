@@ -12,6 +12,8 @@ import contextlib
 import warnings
 from pathlib import Path
 
+import torch
+
 from ..compose import add_weighted_adapter
 from ..compose.lora_combine import LORA_TYPES
 from ..compose.options import check_options, check_weights
@@ -20,6 +22,7 @@ from ..errors import UsageError
 from ..files import PENDING
 from ..output_folder import OutputFolder
 from ..models import model_folder
+from ..models.loading import TASKS
 
 MERGED = "merged"  # the combined adapter's name inside the command (the folder is loaded under any name)
 WRITES = (CONFIG_NAME, WEIGHTS_NAME, PENDING)
@@ -51,10 +54,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--svd-clamp", type=float, help="quantile at which the _svd types clip their factors")
     parser.add_argument("--svd-full-matrices", action=argparse.BooleanOptionalAction, default=None,
                         help="full or reduced SVD for the _svd types (default: full, as PEFT)")
+    parser.add_argument("--seed", type=int, help="torch seed of the dare_* types' random masks (default 0, so a "
+                                                 "command repeated gives the same folder)")
     parser.add_argument("--model", help="base model the adapters were trained on (short name, folder or hub id); "
                                         "default: the training runs' own")
-    parser.add_argument("--task", help="the model head to load the adapters with (causal-lm, seq-cls, ...); "
-                                       "default: the training runs' own, else causal-lm")
+    parser.add_argument("--task", choices=TASKS, help="the model head to load the adapters with; default: the "
+                                                      "training runs' own, else causal-lm")
     parser.add_argument("--output", required=True, help="new or empty folder for the combined adapter")
     parser.add_argument("--overwrite", action="store_true", help="replace an earlier merge's output in --output "
                         "(only what it wrote is removed)")
@@ -120,6 +125,9 @@ def run(args: argparse.Namespace) -> int:
     options = dict(density=args.density, majority_sign_method=args.majority_sign_method, svd_rank=args.svd_rank,
                    svd_clamp=args.svd_clamp, svd_full_matrices=args.svd_full_matrices)
     check_options(args.combination, **options)
+    if args.seed is not None and not args.combination.startswith("dare"):
+        raise UsageError(f"--seed {args.seed}: --combination {args.combination} draws nothing at random; drop --seed "
+                         "(it seeds the dare_* types' masks).")
     spec, task = run_settings(pairs, args.model, args.task)
     _warn_other_bases(pairs)
     folder = OutputFolder(args.output, "merge", "--output")
@@ -133,6 +141,7 @@ def run(args: argparse.Namespace) -> int:
         model, _ = load_model(spec, task=task)
         for name, path in pairs:
             load_any_adapter(model, path, name)  # refuses an adapter made for another base model, by name
+        torch.manual_seed(0 if args.seed is None else args.seed)  # the dare_* masks; nothing else draws now
         add_weighted_adapter(model, [n for n, _ in pairs], weights, MERGED, args.combination, **options)
         if args.overwrite:
             folder.clear()
