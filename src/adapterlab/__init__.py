@@ -1,5 +1,6 @@
 """adapterlab: attach, train, evaluate and measure parameter-efficient adapters on transformers models."""
 
+from .compose import add_weighted_adapter
 from .core.architectures import ARCHITECTURES, Architecture
 from .core.checkpoint import load_adapter, save_adapter
 from .core.config import AdapterConfig
@@ -26,6 +27,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ARCHITECTURES", "AdapterConfig", "AdapterError", "Architecture", "IncompatibleAdapterError",
+    "add_weighted_adapter",
     "NotMergeableError", "TargetNotFoundError", "active_adapters", "adapter_names", "attach", "config_class",
     "count_parameters", "detach", "disabled", "export_peft", "get_config", "load_adapter", "load_peft",
     "make_config", "merge", "merge_and_unload", "method_names", "routed", "save_adapter", "save_merged", "set_active",

@@ -23,6 +23,7 @@ SUBCOMMANDS = [
     "adapterlab.commands.demo",
     "adapterlab.commands.eval",
     "adapterlab.commands.export",
+    "adapterlab.commands.merge",
     "adapterlab.commands.measure",
     "adapterlab.commands.compare",
     "adapterlab.commands.data",
