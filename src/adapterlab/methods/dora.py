@@ -13,8 +13,6 @@ adapter that runs before it on the same layer (another active LoRA there) is res
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -23,8 +21,7 @@ from ..core.layers import weight_as_out_in
 from ..core.site_hooks import HOST_ATTR
 from ..errors import NotMergeableError
 
-if TYPE_CHECKING:
-    from .lora import LoraAdapter
+from .lora_init import LowRankPair
 
 MAGNITUDE = "lora_magnitude_vector"  # PEFT's parameter name; its file key is <layer path>.lora_magnitude_vector
 
@@ -45,14 +42,14 @@ class DoraVariant:
     LoRA module keeps A, B, dropout and scaling; these hooks are called with it (as PEFT's LoraVariant)."""
 
     @staticmethod
-    def build(adapter: LoraAdapter, out_features: int) -> None:
+    def build(adapter: LowRankPair, out_features: int) -> None:
         """Add the magnitude vector (its value is set by `init`, once the module sits at its host)."""
         weight = adapter.lora_B.weight
         setattr(adapter, MAGNITUDE, nn.Parameter(torch.ones(out_features, device=weight.device, dtype=weight.dtype)))
 
     @staticmethod
     @torch.no_grad()
-    def init(adapter: LoraAdapter, host: nn.Module) -> None:
+    def init(adapter: LowRankPair, host: nn.Module) -> None:
         """m = ||W + s B A|| per output feature: the adapted layer starts as the LoRA one."""
         magnitude = getattr(adapter, MAGNITUDE)
         delta = adapter.delta_weight()
@@ -60,7 +57,7 @@ class DoraVariant:
         magnitude.copy_(weight_norm(weight, delta.to(torch.promote_types(weight.dtype, delta.dtype))))
 
     @staticmethod
-    def forward(adapter: LoraAdapter, host: nn.Module, x: torch.Tensor, y: torch.Tensor,
+    def forward(adapter: LowRankPair, host: nn.Module, x: torch.Tensor, y: torch.Tensor,
                 h: torch.Tensor | None = None) -> torch.Tensor:
         """y adapted: y + (m/n - 1) W x' + (m/n) s B A x', n = ||W + s B A|| (detached), x' the dropped input. `x` is
         cast to the adapter's dtype; `h` is A x when the shared-input path computed it (no dropout drawn then)."""
@@ -80,7 +77,7 @@ class DoraVariant:
 
     @staticmethod
     @torch.no_grad()
-    def merge(adapter: LoraAdapter, host: nn.Module) -> None:
+    def merge(adapter: LowRankPair, host: nn.Module) -> None:
         """W <- (m / n) (W + s B A), n = ||W + s B A|| kept for `unmerge` (the merged weight no longer tells it)."""
         check_alone(adapter, host, "merged")
         weight = host_weight(host)
@@ -92,7 +89,7 @@ class DoraVariant:
 
     @staticmethod
     @torch.no_grad()
-    def unmerge(adapter: LoraAdapter, host: nn.Module) -> None:
+    def unmerge(adapter: LowRankPair, host: nn.Module) -> None:
         """W <- W / (m / n) - s B A, with the n that `merge` used."""
         check_alone(adapter, host, "unmerged")
         weight = host_weight(host)

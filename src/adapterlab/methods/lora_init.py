@@ -12,7 +12,7 @@ trained A and B are copied in. `detach` restores W (to float rounding); merge_an
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import torch
 from torch import nn
@@ -21,8 +21,20 @@ from transformers.pytorch_utils import Conv1D
 from ..core.layers import is_quantized_layer, weight_as_out_in
 from ..errors import AdapterError
 
-if TYPE_CHECKING:
-    from .lora import LoraAdapter
+
+
+class LowRankPair(Protocol):
+    """What the initialisations and DoRA read of a LoRA module (methods/lora.py's LoraAdapter): its two linear layers
+    and its scale; typed structurally so that these variant files need not import the module that uses them."""
+
+    lora_A: nn.Linear
+    lora_B: nn.Linear
+    scaling: float
+    dropout: nn.Module
+    drops: bool
+    training: bool
+
+    def delta_weight(self) -> torch.Tensor: ...
 
 INITS = (True, False, "gaussian", "pissa", "olora")
 RESIDUAL_INITS = ("pissa", "olora")  # those that change the host's weight
@@ -55,7 +67,7 @@ def check_init(value: Any) -> bool | str:
     raise AdapterError(f"lora: `init_lora_weights` must be true, false, gaussian, pissa or olora, got {value!r}.")
 
 
-def draw(adapter: LoraAdapter, init: bool | str) -> None:
+def draw(adapter: LowRankPair, init: bool | str) -> None:
     """Set A and B for the inits that need no host weight (A and B were just built as nn.Linear, as PEFT's are)."""
     if init is True:
         nn.init.kaiming_uniform_(adapter.lora_A.weight, a=math.sqrt(5))
@@ -84,7 +96,7 @@ def check_host(host: nn.Module, init: bool | str, r: int, in_features: int, out_
 
 
 @torch.no_grad()
-def residual_init(adapter: LoraAdapter, host: nn.Module, init: str) -> tuple[torch.Tensor, torch.Tensor]:
+def residual_init(adapter: LowRankPair, host: nn.Module, init: str) -> tuple[torch.Tensor, torch.Tensor]:
     """Set A and B from the host's weight W (PiSSA or OLoRA) and leave W - s B A in the host, as PEFT computes it
     (in float32, cast back to W's dtype). Returns (B, A) as set, for `restore`."""
     weight = weight_as_out_in(host)
