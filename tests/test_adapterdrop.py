@@ -175,7 +175,7 @@ def test_bad_adapterdrop_values_are_refused_by_name(options, match):
 
 
 @pytest.mark.parametrize("method, options, match", [
-    ("lora", {"drop_layers": 1}, "`drop_layers` is an option of adaptformer, houlsby, parallel"),
+    ("lora", {"drop_layers": 1}, "`drop_layers` is an option of adaptformer, compacter, compacterpp, houlsby"),
     ("ia3", {"drop_training": "robust"}, "`drop_training` is an option of"),
     ("mosa", {"drop_layers": 1}, "mosa: AdapterDrop"),
 ])
