@@ -100,3 +100,51 @@ def test_cli_merge_refuses_a_non_empty_output_and_bad_arguments(tmp_path, capsys
         assert not (tmp_path / "new").exists()
     assert main(["merge", "--model", str(base), "--adapter", f"a={tmp_path}", "--output", str(tmp_path / "n")]) == 2
     assert "holds no adapter_config.json" in capsys.readouterr().err
+
+
+def test_cli_merge_head_from_gives_a_folder_eval_scores_with_that_tasks_head(tmp_path, capsys) -> None:
+    """--head-from NAME copies that run's head, labels and settings, so `adapterlab eval --adapter-path OUT` scores the
+    combined adapter with that task's head: its predictions are the in-process merge's with the head loaded."""
+    import json
+
+    import transformers as T
+
+    from adapterlab.cli import main
+    from adapterlab.train import TrainConfig, load_head, train
+    from train_helpers import encoder_folder, write_sst
+
+    bert = encoder_folder(tmp_path / "bert")
+    data = str(write_sst(tmp_path / "train.tsv", 16))
+    for i, name in enumerate(("one", "two")):
+        train(TrainConfig(model=str(bert), data=[data], task="seq-cls", output=str(tmp_path / name), adapter="lora",
+                          adapter_options={"r": 4}, max_steps=2, batch_size=4, micro_batch_size=4, warmup_steps=0,
+                          lr=5e-2, seed=i))
+    out = tmp_path / "merged"
+    merge = ["merge", "--adapter", f"one={tmp_path / 'one'}", "--adapter", f"two={tmp_path / 'two'}",
+             "--weights", "1,1", "--combination", "cat"]
+    assert main([*merge, "--head-from", "one", "--output", str(out)]) == 0, capsys.readouterr().err
+    assert {"head.safetensors", "labels.json", "train_config.yaml"} <= {p.name for p in out.iterdir()}
+    test = write_sst(tmp_path / "test.tsv", 12, seed=5)
+    assert main(["eval", "--adapter-path", str(out), "--datasets", str(test), "--output", str(tmp_path / "ev")]) == 0
+    predicted = [json.loads(line)["predicted"] for line in
+                 (tmp_path / "ev" / "test.predictions.jsonl").read_text().splitlines()]
+
+    model = T.AutoModelForSequenceClassification.from_pretrained(bert, num_labels=2)
+    adapterlab.load_adapter(model, tmp_path / "one", "one")
+    adapterlab.load_adapter(model, tmp_path / "two", "two")
+    add_weighted_adapter(model, ["one", "two"], [1.0, 1.0], "m", combination_type="cat")
+    assert load_head(model, tmp_path / "one")
+    tokenizer = T.AutoTokenizer.from_pretrained(tmp_path / "one")
+    texts = [line.split("\t", 1)[1] for line in test.read_text().splitlines()[1:]]
+    labels = json.loads((tmp_path / "one" / "labels.json").read_text())["labels"]
+    with torch.no_grad():
+        expected = model.eval()(**tokenizer(texts, return_tensors="pt", padding=True)).logits.argmax(-1)
+    assert predicted == [labels[i] for i in expected.tolist()]
+
+    for extra, named in [(["--head-from", "three"], "no --adapter is named so"),
+                         (["--head-from", "one"], "--overwrite")]:
+        assert main([*merge, *extra, "--output", str(out)]) == 2
+        assert named in capsys.readouterr().err
+    assert main([*merge, "--output", str(out), "--overwrite"]) == 0  # its own settings file is no training run's
+    assert not (out / "train_config.yaml").exists() and (out / "adapter_config.json").is_file()
+    assert main([*merge, "--output", str(out / "inner")]) == 0  # out is no run now: nothing to mix with

@@ -86,8 +86,9 @@ class OutputFolder:
             if how:
                 raise RunFolderError(f"{self.flag} {self.path} {how} {what} ({folder}); {self.command} would "
                                      f"write over its files. Choose a {self.flag} folder outside it.")
+        ours = self.written()  # a marker this command wrote itself (merge --head-from's settings) is no run's
         for folder in (where, *where.parents):
-            if any((folder / marker).is_file() for marker in RUN_MARKERS):
+            if any((folder / marker).is_file() and not (folder == where and marker in ours) for marker in RUN_MARKERS):
                 how = "is" if folder == where else "lies inside"
                 raise RunFolderError(f"{self.flag} {self.path} {how} the training run folder {folder}; "
                                      f"{self.command} would mix its files with the run's. Choose a {self.flag} "

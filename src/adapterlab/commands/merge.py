@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import shutil
 import warnings
 from pathlib import Path
 
@@ -17,9 +18,9 @@ import torch
 from ..compose import add_weighted_adapter
 from ..compose.lora_combine import LORA_TYPES
 from ..compose.options import check_options, check_weights
-from ..core.checkpoint import CONFIG_NAME, WEIGHTS_NAME, read_adapter_config, save_adapter
+from ..core.checkpoint import CONFIG_NAME, WEIGHTS_NAME, read_adapter_config, write_adapter_files
 from ..errors import UsageError
-from ..files import PENDING
+from ..files import PENDING, replace_files
 from ..output_folder import OutputFolder
 from ..models import model_folder
 from ..models.loading import TASKS
@@ -60,6 +61,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                         "default: the training runs' own")
     parser.add_argument("--task", choices=TASKS, help="the model head to load the adapters with; default: the "
                                                       "training runs' own, else causal-lm")
+    parser.add_argument("--head-from", metavar="NAME", help="copy this --adapter's trained classification head "
+                        "(head.safetensors, labels.json) and its train_config.yaml into --output, so that `adapterlab "
+                        "eval --adapter-path OUTPUT` evaluates the combined adapter with that task's head, reading "
+                        "test data as that run did (task arithmetic keeps each task's head); default: the adapter "
+                        "only")
     parser.add_argument("--output", required=True, help="new or empty folder for the combined adapter")
     parser.add_argument("--overwrite", action="store_true", help="replace an earlier merge's output in --output "
                         "(only what it wrote is removed)")
@@ -128,6 +134,8 @@ def run(args: argparse.Namespace) -> int:
     if args.seed is not None and not args.combination.startswith("dare"):
         raise UsageError(f"--seed {args.seed}: --combination {args.combination} draws nothing at random; drop --seed "
                          "(it seeds the dare_* types' masks).")
+    head_files = head_source(pairs, args.head_from)
+    writes = WRITES + tuple(p.name for p in head_files)
     spec, task = run_settings(pairs, args.model, args.task)
     _warn_other_bases(pairs)
     folder = OutputFolder(args.output, "merge", "--output")
@@ -137,7 +145,7 @@ def run(args: argparse.Namespace) -> int:
     from ..models import load_model
 
     with contextlib.ExitStack() as stack:
-        stack.enter_context(folder.claim(args.overwrite, WRITES))
+        stack.enter_context(folder.claim(args.overwrite, writes))
         model, _ = load_model(spec, task=task)
         for name, path in pairs:
             load_any_adapter(model, path, name)  # refuses an adapter made for another base model, by name
@@ -145,11 +153,41 @@ def run(args: argparse.Namespace) -> int:
         add_weighted_adapter(model, [n for n, _ in pairs], weights, MERGED, args.combination, **options)
         if args.overwrite:
             folder.clear()
-        folder.record(WRITES)
-        save_adapter(model, folder.path, name=MERGED)
+        folder.record(writes)
+        replace_files(folder.path, lambda stage: _write(model, stage, head_files))  # adapter and head as one
     print(f"Combined adapter ({args.combination}, weights {weights}) in {args.output}/ (load with "
           f"adapterlab.load_adapter(model, {args.output!r}))")
     return 0
+
+
+def head_source(pairs: list[tuple[str, Path]], name: str | None) -> list[Path]:
+    """The files --head-from copies: the named training run's head.safetensors, its labels.json and its settings
+    (train_config.yaml: how eval reads the task's test data; they describe that run, the adapter is the merge's)."""
+    if name is None:
+        return []
+    from ..train.checkpointing import HEAD_NAME  # the train room loads the Trainer: only when a head is asked for
+    from ..train.run_dir import CONFIG_FILE
+    from ..train.run_folder import LABELS_FILE
+
+    folders = dict(pairs)
+    if name not in folders:
+        raise UsageError(f"--head-from {name}: no --adapter is named so; give one of {sorted(folders)}.")
+    head = folders[name] / HEAD_NAME
+    if not head.is_file():
+        raise UsageError(f"--head-from {name}: {folders[name]} holds no {HEAD_NAME} (no trained classification head); "
+                         "drop --head-from, or name the training run of a classification task.")
+    settings = folders[name] / CONFIG_FILE
+    if not settings.is_file():
+        raise UsageError(f"--head-from {name}: {folders[name]} holds a head but no {CONFIG_FILE}; name the folder "
+                         "`adapterlab train` wrote.")
+    return [p for p in (head, folders[name] / LABELS_FILE, settings) if p.is_file()]
+
+
+def _write(model: torch.nn.Module, stage: Path, head_files: list[Path]) -> None:
+    """The combined adapter's files and the copied head files into the staging folder."""
+    write_adapter_files(model, stage, MERGED)
+    for file in head_files:
+        shutil.copyfile(file, stage / file.name)
 
 
 def _warn_other_bases(pairs: list[tuple[str, Path]]) -> None:
