@@ -258,6 +258,20 @@ def test_fusion_fuses_the_other_tasks_pfeiffer_adapters_of_its_seed(tmp_path):
     assert serving["fusion"]["mixed"]["examples_per_s"] > 0
 
 
+def test_fusion_members_all_fuses_every_tasks_adapter_its_own_included(tmp_path):
+    """--option fusion.members=all: AdapterFusion's usual setup (and xnli_fuse.py's), the task's own adapter among
+    the members; the default fuses the other tasks' only. The compare-level key does not reach the fusion config."""
+    from adapterlab.compare.fusion import check_fusion, fusion_options
+
+    runs = tmp_path / "runs"
+    tasks = ["one", "two", "three"]
+    others = fusion_options("one", tasks, 1, runs, {"dropout": 0.0})
+    every = fusion_options("one", tasks, 1, runs, {"dropout": 0.0, "members": "all"})
+    assert others == {"dropout": 0.0, "adapters": [f"{t}_pfeiffer={runs / t / 'pfeiffer-seed1'}" for t in tasks[1:]]}
+    assert every == {"dropout": 0.0, "adapters": [f"{t}_pfeiffer={runs / t / 'pfeiffer-seed1'}" for t in tasks]}
+    check_fusion(["pfeiffer", "fusion"], ["one"], {"fusion": {"members": "all"}})  # one task: its own adapter
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--methods", "full,lora,nope"], "unknown ['nope']"),
     (["--methods", "full,multitask-full"], "multitask-full"),
@@ -269,6 +283,7 @@ def test_fusion_fuses_the_other_tasks_pfeiffer_adapters_of_its_seed(tmp_path):
     (["--methods", "pfeiffer,fusion"], "give two or more --tasks (got 1)"),
     (["--methods", "pfeiffer,fusion", "--tasks", "sst2,boolq", "--option", "fusion.adapters=a"],
      "compare names the adapters it fuses"),
+    (["--methods", "pfeiffer,fusion", "--option", "fusion.members=own"], "choose others"),
 ])
 def test_bad_requests_are_refused_in_one_line_before_any_run(argv, message, tmp_path, capsys):
     data = write_sst(tmp_path / "data.tsv", 10)
