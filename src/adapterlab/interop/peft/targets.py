@@ -12,10 +12,9 @@ from torch import nn
 
 from ...core.checkpoint import CONFIG_NAME
 from ...core.layers import is_linear
-from ...core.target_forms import ALL_LINEAR, module_names
+from ...core.target_forms import ALL_LINEAR, HEAD_NAMES, excludes, module_names
 from ...errors import CorruptFileError, IncompatibleAdapterError
 
-SEQ_CLS_HEADS = ("classifier", "score")  # what PEFT adds to modules_to_save for a SEQ_CLS adapter
 CONSUMED = ("exclude_modules", "layers_to_transform", "layers_pattern")  # folded into the list of paths
 
 
@@ -32,7 +31,7 @@ def peft_paths(model: nn.Module, saved: dict[str, Any], where: str) -> dict[str,
             targets = _peft_all_linear(model, saved.get("task_type"))
         protected = list(saved.get("modules_to_save") or [])
         if saved.get("task_type") == "SEQ_CLS":
-            protected += SEQ_CLS_HEADS
+            protected += HEAD_NAMES  # what PEFT adds to modules_to_save for SEQ_CLS
         rules = {**saved, "target_modules": targets}
         out["target_modules"] = [n for n in names if _peft_targets(rules, protected, n)]
         if not out["target_modules"]:
@@ -71,7 +70,7 @@ def _peft_all_linear(model: nn.Module, task_type: str | None) -> list[str]:
     get_output = getattr(model, "get_output_embeddings", None)
     output = get_output() if callable(get_output) else None
     if output is None and task_type == "SEQ_CLS":
-        output = next((getattr(model, n) for n in ("score", "classifier") if getattr(model, n, None) is not None),
+        output = next((getattr(model, n) for n in HEAD_NAMES if getattr(model, n, None) is not None),
                       None)
     if output is not None:
         head = next(n for n, m in model.named_modules() if m is output)
@@ -81,12 +80,8 @@ def _peft_all_linear(model: nn.Module, task_type: str | None) -> list[str]:
 def _peft_targets(saved: dict[str, Any], protected: list[str], name: str) -> bool:
     """Whether PEFT adapts module `name`: excluded (exclude_modules, then modules_to_save) or else targeted."""
     exclude = saved.get("exclude_modules")
-    if exclude:
-        if isinstance(exclude, str):
-            if re.fullmatch(exclude, name):
-                return False
-        elif any(name == e or name.endswith("." + e) for e in exclude):
-            return False
+    if exclude and excludes(name, exclude):
+        return False
     if any(re.match(rf"(^|.*\.){m}($|\..*)", name) for m in protected):
         return False
     targets = saved["target_modules"]
